@@ -1,0 +1,462 @@
+//! The local backend: a pool of worker threads taking jobs from one queue (a worker that
+//! finishes takes the next job at once), each job in its own process group.
+//!
+//! Output is read through pipes and written to `<logs>/<id>.out|.err` only once the job prints
+//! something, so a quiet job creates no file. A worker stops its own child (SIGTERM to the
+//! group, a grace period, then SIGKILL) when the time limit passes or the run is cancelled:
+//! only the thread that will reap a child ever signals it, so a recycled pid is never hit.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use super::{Backend, CancelMode, Event, Launch, StageSpec};
+use crate::error::Result;
+use crate::manifest::ResultMode;
+use crate::outcome::{JobRecord, Outcome, ResultValue};
+use crate::plan::Command;
+use crate::store::now;
+
+/// How long a job may take to exit after SIGTERM before it is killed.
+pub const GRACE: Duration = Duration::from_secs(5);
+/// How long output is still drained after the job's main process exited while something it
+/// started keeps the pipes open; then the job's process group is killed.
+const LINGER: Duration = Duration::from_secs(1);
+/// `$POOLPARTY_JOB` above this size goes to a file instead (`$POOLPARTY_JOB_FILE`), since
+/// Linux caps one environment string at 128 KiB.
+const JOB_ENV_MAX: usize = 64 * 1024;
+
+const RUNNING: u8 = 0;
+const STOP: u8 = 1;
+const KILL: u8 = 2;
+
+struct Queue {
+    items: VecDeque<Launch>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    stop: AtomicU8,
+    spec: StageSpec,
+    events: Sender<Event>,
+}
+
+/// A pool of `spec.workers` threads.
+pub struct LocalBackend {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl LocalBackend {
+    /// Starts the workers.
+    #[must_use]
+    pub fn new(spec: StageSpec, events: Sender<Event>) -> Self {
+        let n = spec.workers.max(1);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+            stop: AtomicU8::new(RUNNING),
+            spec,
+            events,
+        });
+        let workers = (0..n)
+            .map(|_| {
+                let s = Arc::clone(&shared);
+                std::thread::spawn(move || worker(&s))
+            })
+            .collect();
+        Self { shared, workers }
+    }
+}
+
+impl Backend for LocalBackend {
+    fn submit(&mut self, launches: Vec<Launch>) -> Result<()> {
+        let mut q = self.shared.queue.lock().expect("queue lock");
+        q.items.extend(launches);
+        drop(q);
+        self.shared.ready.notify_all();
+        Ok(())
+    }
+
+    fn cancel(&mut self, mode: CancelMode) -> Vec<Launch> {
+        let level = match mode {
+            CancelMode::Graceful => STOP,
+            CancelMode::Kill => KILL,
+        };
+        self.shared.stop.fetch_max(level, Ordering::SeqCst);
+        let mut q = self.shared.queue.lock().expect("queue lock");
+        q.closed = true;
+        let dropped = q.items.drain(..).collect();
+        drop(q);
+        self.shared.ready.notify_all();
+        dropped
+    }
+
+    fn close(&mut self) {
+        self.shared.queue.lock().expect("queue lock").closed = true;
+        self.shared.ready.notify_all();
+    }
+}
+
+impl Drop for LocalBackend {
+    fn drop(&mut self) {
+        self.close();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+fn worker(shared: &Shared) {
+    loop {
+        let launch = {
+            let mut q = shared.queue.lock().expect("queue lock");
+            loop {
+                if let Some(l) = q.items.pop_front() {
+                    break l;
+                }
+                if q.closed {
+                    return;
+                }
+                q = shared.ready.wait(q).expect("queue lock");
+            }
+        };
+        let record = run_one(shared, &launch);
+        if shared
+            .events
+            .send(Event::Finished {
+                stage: shared.spec.stage,
+                record,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// A log file created on the first byte written.
+struct LazyLog {
+    path: PathBuf,
+    file: Option<File>,
+    error: Option<std::io::Error>,
+}
+
+impl LazyLog {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            file: None,
+            error: None,
+        }
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if self.file.is_none() {
+            match File::create(&self.path) {
+                Ok(f) => self.file = Some(f),
+                Err(e) => {
+                    self.error = Some(e);
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.file.as_mut().expect("opened above").write_all(bytes) {
+            self.error = Some(e);
+        }
+    }
+}
+
+fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
+    let spec = &shared.spec;
+    let job = &launch.job;
+    let id = job.id.as_str();
+    let result_path = spec.results_dir.join(id);
+    let start = now();
+    let record = |outcome: Outcome, result: Option<ResultValue>| JobRecord {
+        index: job.index,
+        id: id.to_owned(),
+        attempt: launch.attempt,
+        outcome,
+        start: Some(start),
+        end: Some(now()),
+        run: spec.run.clone(),
+        fp: job.fp.clone(),
+        result,
+    };
+    if shared.stop.load(Ordering::SeqCst) != RUNNING {
+        return record(
+            Outcome::NotRun {
+                reason: "run interrupted".into(),
+            },
+            None,
+        );
+    }
+    if spec.settings.result == ResultMode::File {
+        let _ = std::fs::remove_file(&result_path);
+    }
+    let mut cmd = match &job.command {
+        Command::Shell(s) => {
+            let mut c = std::process::Command::new("/bin/sh");
+            c.arg("-c").arg(s);
+            c
+        }
+        Command::Argv(a) => {
+            let mut c = std::process::Command::new(&a[0]);
+            c.args(&a[1..]);
+            c
+        }
+    };
+    cmd.current_dir(&spec.cwd)
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("POOLPARTY_JOB_ID", id)
+        .env("POOLPARTY_JOB_INDEX", job.index.to_string())
+        .env("POOLPARTY_ATTEMPT", launch.attempt.to_string())
+        .env("POOLPARTY_RESULT", &result_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if job.json.len() <= JOB_ENV_MAX {
+        cmd.env("POOLPARTY_JOB", &job.json);
+    } else {
+        let path = spec.results_dir.join(format!("{id}.job.json"));
+        if let Err(e) = std::fs::write(&path, &job.json) {
+            return record(
+                Outcome::ExecFailed {
+                    error: format!("cannot write {}: {e}", path.display()),
+                },
+                None,
+            );
+        }
+        cmd.env("POOLPARTY_JOB_FILE", &path);
+    }
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return record(
+                Outcome::ExecFailed {
+                    error: e.to_string(),
+                },
+                None,
+            );
+        }
+    };
+    let deadline = spec.settings.time.map(|t| Instant::now() + t.0);
+    let capture_stdout = spec.settings.result == ResultMode::Stdout;
+    let mut out = LazyLog::new(spec.logs_dir.join(format!("{id}.out")));
+    let mut err = LazyLog::new(spec.logs_dir.join(format!("{id}.err")));
+    let (status, stopped, stdout_buf) =
+        supervise(shared, child, deadline, &mut out, &mut err, capture_stdout);
+    let outcome = match (stopped, status) {
+        (Some(Stop::Cancelled), _) => Outcome::Interrupted,
+        (Some(Stop::TimedOut), _) => Outcome::TimedOut,
+        (None, Err(e)) => Outcome::ExecFailed {
+            error: e.to_string(),
+        },
+        (None, Ok(st)) => match (st.code(), st.signal()) {
+            (Some(0), _) => Outcome::Succeeded,
+            (Some(c), _) => Outcome::Failed { code: c },
+            (None, Some(s)) => Outcome::Signaled { signal: s },
+            (None, None) => Outcome::ExecFailed {
+                error: st.to_string(),
+            },
+        },
+    };
+    let outcome = match (&outcome, out.error.or(err.error)) {
+        (Outcome::Succeeded, Some(e)) => Outcome::ExecFailed {
+            error: format!("writing its log failed: {e}"),
+        },
+        _ => outcome,
+    };
+    let result = match spec.settings.result {
+        ResultMode::None => None,
+        ResultMode::Stdout => stdout_buf.map(|b| {
+            if b.len() as u64 > spec.settings.result_max_bytes {
+                ResultValue::File {
+                    path: out.path.display().to_string(),
+                    bytes: b.len() as u64,
+                }
+            } else {
+                ResultValue::from_bytes(b)
+            }
+        }),
+        ResultMode::File => take_result_file(&result_path, spec.settings.result_max_bytes),
+    };
+    record(outcome, result)
+}
+
+/// Reads and removes a small result file; leaves a large one in place and points to it.
+fn take_result_file(path: &Path, max: u64) -> Option<ResultValue> {
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    if len > max {
+        return Some(ResultValue::File {
+            path: path.display().to_string(),
+            bytes: len,
+        });
+    }
+    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    f.read_to_end(&mut buf).ok()?;
+    let _ = std::fs::remove_file(path);
+    Some(ResultValue::from_bytes(buf))
+}
+
+#[derive(Clone, Copy)]
+enum Stop {
+    Cancelled,
+    TimedOut,
+}
+
+type Supervised = (
+    std::io::Result<std::process::ExitStatus>,
+    Option<Stop>,
+    Option<Vec<u8>>,
+);
+
+/// Copies the child's output to its logs until both pipes close, stopping it on cancel or
+/// deadline, then reaps it.
+fn supervise(
+    shared: &Shared,
+    mut child: Child,
+    deadline: Option<Instant>,
+    out: &mut LazyLog,
+    err: &mut LazyLog,
+    capture_stdout: bool,
+) -> Supervised {
+    let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let mut captured = capture_stdout.then(Vec::new);
+    let mut stopped: Option<Stop> = None;
+    let mut term_sent: Option<Instant> = None;
+    let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut idle = Duration::from_millis(1);
+    loop {
+        // Decide whether to signal the group: cancel, deadline, or lingering descendants.
+        let stop_level = shared.stop.load(Ordering::SeqCst);
+        if stopped.is_none() {
+            if stop_level != RUNNING {
+                stopped = Some(Stop::Cancelled);
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                stopped = Some(Stop::TimedOut);
+            }
+        }
+        if stopped.is_some() {
+            let now = Instant::now();
+            match term_sent {
+                None if stop_level == KILL => {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                    term_sent = Some(now - GRACE);
+                }
+                None => {
+                    let _ = killpg(pgid, Signal::SIGTERM);
+                    term_sent = Some(now);
+                }
+                Some(t) if now.duration_since(t) >= GRACE || stop_level == KILL => {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                }
+                Some(_) => {}
+            }
+        }
+        if exited.is_none() {
+            if let Ok(Some(st)) = child.try_wait() {
+                exited = Some((st, Instant::now()));
+            }
+        }
+        if stdout.is_none() && stderr.is_none() {
+            if exited.is_some() {
+                break;
+            }
+            // The job closed its output but runs on: wait for it, still watching for stops.
+            std::thread::sleep(idle);
+            idle = (idle * 2).min(Duration::from_millis(100));
+            continue;
+        }
+        if let Some((_, at)) = exited {
+            if at.elapsed() >= LINGER {
+                // Descendants still hold the pipes: the job is over, stop them.
+                let _ = killpg(pgid, Signal::SIGKILL);
+                break;
+            }
+        }
+        let mut fds = Vec::with_capacity(2);
+        if let Some(s) = &stdout {
+            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(s) = &stderr {
+            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+        }
+        let ready = match poll(&mut fds, PollTimeout::from(200u16)) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => 0,
+            Err(_) => break,
+        };
+        if ready == 0 {
+            continue;
+        }
+        let flags: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        let mut i = 0;
+        if stdout.is_some() {
+            if flags[i] && !pump(&mut stdout, &mut buf, out, captured.as_mut()) {
+                stdout = None;
+            }
+            i += 1;
+        }
+        if stderr.is_some() && flags[i] && !pump(&mut stderr, &mut buf, err, None) {
+            stderr = None;
+        }
+    }
+    let status = match exited {
+        Some((st, _)) => Ok(st),
+        None => child.wait(),
+    };
+    (status, stopped, captured)
+}
+
+/// Reads once from a ready pipe into its log; false at end of file.
+fn pump<R: Read>(
+    pipe: &mut Option<R>,
+    buf: &mut [u8],
+    log: &mut LazyLog,
+    captured: Option<&mut Vec<u8>>,
+) -> bool {
+    let Some(p) = pipe.as_mut() else { return false };
+    match p.read(buf) {
+        Ok(0) => false,
+        Ok(n) => {
+            log.write(&buf[..n]);
+            if let Some(c) = captured {
+                c.extend_from_slice(&buf[..n]);
+            }
+            true
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock) => true,
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,150 @@
+//! Backends run planned jobs somewhere and report how each attempt ended as [`Event`]s.
+//!
+//! One small trait, [`Backend`]: `submit` launches, `poll` asks the scheduler (clusters), and
+//! `cancel` stops. Backends never print, never read the manifest and never write poolparty's
+//! state: they get a [`StageSpec`] with the paths to use, and the runner records what they report.
+
+pub mod local;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::manifest::{BackendKind, Settings};
+use crate::outcome::JobRecord;
+use crate::plan::{PlannedJob, StagePlan};
+
+/// What a backend (or the signal handler) tells the runner.
+#[derive(Debug)]
+pub enum Event {
+    /// An attempt ended (any outcome, including `Interrupted`).
+    Finished {
+        /// Stage index.
+        stage: usize,
+        /// The record to store.
+        record: JobRecord,
+    },
+    /// SIGINT or SIGTERM arrived; `count` is how many so far.
+    Signal {
+        /// The signal number.
+        signal: i32,
+        /// How many termination signals so far.
+        count: usize,
+    },
+}
+
+/// One attempt to launch.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// The job.
+    pub job: Arc<PlannedJob>,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+}
+
+/// How hard to cancel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelMode {
+    /// Ask jobs to stop (SIGTERM), then kill after a grace period.
+    Graceful,
+    /// Kill at once.
+    Kill,
+}
+
+/// Everything a backend needs to know about a stage, without the manifest.
+#[derive(Clone, Debug)]
+pub struct StageSpec {
+    /// Stage index.
+    pub stage: usize,
+    /// Stage name.
+    pub name: String,
+    /// Settings.
+    pub settings: Settings,
+    /// Jobs' working directory.
+    pub cwd: PathBuf,
+    /// Stage environment.
+    pub env: Vec<(String, String)>,
+    /// Where logs go: `<logs>/<id>.out|.err`.
+    pub logs_dir: PathBuf,
+    /// Where results go: `<results>/<id>`.
+    pub results_dir: PathBuf,
+    /// Where cluster wrappers drop outcome files.
+    pub staging_dir: PathBuf,
+    /// The run id.
+    pub run: String,
+    /// Workers for the local backend (resolved `max_parallel`).
+    pub workers: usize,
+}
+
+impl StageSpec {
+    /// The spec for a planned stage.
+    #[must_use]
+    pub fn new(plan: &StagePlan, layout: &crate::store::Layout, run: &str, workers: usize) -> Self {
+        let name = plan.name.to_string();
+        Self {
+            stage: plan.stage,
+            settings: plan.settings.clone(),
+            cwd: plan.cwd.clone(),
+            env: plan.env.clone(),
+            logs_dir: layout.logs_dir(&name),
+            results_dir: layout.results_dir(&name),
+            staging_dir: layout.staging_dir(&name),
+            run: run.to_owned(),
+            workers,
+            name,
+        }
+    }
+}
+
+/// A place that runs jobs.
+pub trait Backend: Send {
+    /// Launches attempts; each ends with exactly one [`Event::Finished`].
+    ///
+    /// # Errors
+    /// When the backend refuses them (e.g. `sbatch` fails); nothing was launched then.
+    fn submit(&mut self, launches: Vec<Launch>) -> Result<()>;
+
+    /// Asks the scheduler for news; clusters report finished jobs from here. The default does
+    /// nothing (the local backend reports from its workers).
+    ///
+    /// # Errors
+    /// A failure that stops the run.
+    fn poll(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// How long the runner may wait before the next `poll`; `None` means no polling needed.
+    fn next_poll(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Stops everything submitted. Returns the launches that never started (the runner records
+    /// them as not run); every started one still ends with an `Event::Finished`.
+    fn cancel(&mut self, mode: CancelMode) -> Vec<Launch>;
+
+    /// No more submissions will come; workers may exit once idle.
+    fn close(&mut self) {}
+}
+
+/// Creates the backend for a stage.
+///
+/// # Errors
+/// When the backend is not available.
+pub fn create(
+    kind: BackendKind,
+    spec: StageSpec,
+    events: Sender<Event>,
+) -> Result<Box<dyn Backend>> {
+    match kind {
+        BackendKind::Local => Ok(Box::new(local::LocalBackend::new(spec, events))),
+        BackendKind::Slurm | BackendKind::Sge => Err(crate::error::Error::Backend {
+            backend: kind.as_str(),
+            message: format!("the `{kind}` backend is not available in this build yet"),
+            detail: Some(
+                "run with `--backend local` to run the same manifest on this machine".to_owned(),
+            ),
+        }),
+    }
+}

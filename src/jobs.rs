@@ -1,0 +1,424 @@
+//! Job expansion: a stage's job source (inline `jobs`, `matrix`, `jobs_file`, or a generator's
+//! output) becomes an ordered list of [`Job`]s with validated, unique [`JobId`]s.
+//!
+//! Reads a [`Stage`](crate::manifest::Stage); runs the generator command it is given (already
+//! rendered by the caller) with its stdout read whole and its stderr drained on a thread, so
+//! neither pipe can fill up and deadlock. Produces `Vec<Job>`; touches no state.
+
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use miette::{LabeledSpan, NamedSource, SourceSpan};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result, Source};
+use crate::manifest::{JobSource, Manifest, Stage};
+
+/// A job's identity within its stage: its `id` field, or a hash of its canonical JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    /// Validates an explicit id: `[A-Za-z0-9][A-Za-z0-9._-]*`, at most 128 bytes, so it is
+    /// safe as a file name and in a shell word.
+    ///
+    /// # Errors
+    /// A message saying what is allowed.
+    pub fn new(id: &str) -> Result<Self, String> {
+        let ok = !id.is_empty()
+            && id.len() <= 128
+            && id.as_bytes()[0].is_ascii_alphanumeric()
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(Self(id.to_owned()))
+        } else {
+            Err(format!(
+                "`id` {id:?} is not valid: use 1 to 128 letters, digits, `.`, `_`, `-`, starting with a letter or digit"
+            ))
+        }
+    }
+
+    /// The id derived from a job's canonical JSON: 16 hex digits of its SHA-256.
+    #[must_use]
+    pub fn from_canonical(json: &str) -> Self {
+        Self(sha256_hex(json.as_bytes())[..16].to_owned())
+    }
+
+    /// The id as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One job of a stage.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// Position in the stage's job order (0-based): the slot of its result.
+    pub index: usize,
+    /// Its identity.
+    pub id: JobId,
+    /// Its value.
+    pub value: Value,
+    /// Its value as canonical compact JSON (keys sorted, numbers as written).
+    pub json: String,
+}
+
+/// Hex SHA-256 of some bytes.
+#[must_use]
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = Sha256::digest(bytes);
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Where the jobs came from, for diagnostics: the text and each job's span in it.
+struct Origin<'a> {
+    src: &'a Source,
+    spans: Vec<SourceSpan>,
+}
+
+impl Origin<'_> {
+    fn span(&self, i: usize) -> Option<SourceSpan> {
+        self.spans.get(i).or_else(|| self.spans.last()).copied()
+    }
+}
+
+/// Expands a stage whose jobs are known without running anything (inline, matrix, file).
+/// Returns `None` for generator and element-wise stages.
+///
+/// # Errors
+/// A bad job, duplicate id, or unreadable / unparsable jobs file.
+pub fn expand_static(manifest: &Manifest, stage: &Stage) -> Option<Result<Vec<Job>>> {
+    match &stage.source {
+        JobSource::Inline(values) => {
+            let origin = Origin {
+                src: &manifest.src,
+                spans: vec![stage.source_span],
+            };
+            Some(assign_ids(stage, values.clone(), &origin))
+        }
+        JobSource::Matrix(m) => {
+            let origin = Origin {
+                src: &manifest.src,
+                spans: vec![stage.source_span],
+            };
+            Some(assign_ids(stage, cartesian(m), &origin))
+        }
+        JobSource::File(path) => Some(read_jobs_file(manifest, stage, path)),
+        JobSource::Generate(_) | JobSource::ForEach(_) => None,
+    }
+}
+
+fn cartesian(m: &indexmap::IndexMap<String, Vec<Value>>) -> Vec<Value> {
+    let mut out = vec![serde_json::Map::new()];
+    for (key, values) in m {
+        let mut next = Vec::with_capacity(out.len() * values.len());
+        for partial in &out {
+            for v in values {
+                let mut p = partial.clone();
+                p.insert(key.clone(), v.clone());
+                next.push(p);
+            }
+        }
+        out = next;
+    }
+    out.into_iter().map(Value::Object).collect()
+}
+
+fn read_jobs_file(manifest: &Manifest, stage: &Stage, path: &Path) -> Result<Vec<Job>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::JobsFile {
+        stage: stage.name.to_string(),
+        path: path.to_path_buf(),
+        source,
+        src: manifest.src.clone(),
+        span: stage.source_span,
+    })?;
+    let what = format!("jobs file `{}`", path.display());
+    let src = NamedSource::new(path.display().to_string(), text);
+    parse_jobs(stage, &src, &what)
+}
+
+/// Runs a generator command (already rendered) in `cwd` and parses its stdout.
+///
+/// # Errors
+/// `GeneratorFailed` with the tail of its stderr; parse errors pointing at the output line.
+pub fn run_generator(
+    manifest: &Manifest,
+    stage: &Stage,
+    command: &str,
+    env: &[(String, String)],
+) -> Result<Vec<Job>> {
+    let failed = |status: String, stderr: Option<String>| Error::GeneratorFailed {
+        stage: stage.name.to_string(),
+        status,
+        src: manifest.src.clone(),
+        span: stage.source_span,
+        stderr,
+    };
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(&manifest.dir)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(format!("could not start `/bin/sh`: {e}"), None))?;
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let drain = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let mut out = Vec::new();
+    let read = child
+        .stdout
+        .take()
+        .expect("stdout is piped")
+        .read_to_end(&mut out);
+    let status = child.wait();
+    let err_bytes = drain.join().unwrap_or_default();
+    let tail = stderr_tail(&err_bytes, 20);
+    let status = status.map_err(|e| failed(e.to_string(), tail.clone()))?;
+    read.map_err(|e| failed(format!("reading its output failed: {e}"), tail.clone()))?;
+    if !status.success() {
+        return Err(failed(
+            describe_status(status),
+            tail.map(|t| format!("its stderr ended with:\n{t}")),
+        ));
+    }
+    let text = String::from_utf8(out).map_err(|e| {
+        failed(
+            format!(
+                "its output is not UTF-8 (byte {})",
+                e.utf8_error().valid_up_to()
+            ),
+            None,
+        )
+    })?;
+    let src = NamedSource::new(format!("output of `{command}`"), text);
+    parse_jobs(stage, &src, "the generator's output")
+}
+
+/// The last `n` lines of some bytes, lossily decoded; `None` when empty.
+#[must_use]
+pub fn stderr_tail(bytes: &[u8], n: usize) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.is_empty() {
+        return None;
+    }
+    Some(lines[lines.len().saturating_sub(n)..].join("\n"))
+}
+
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Parses jobs from JSON (one array) or JSON Lines, keeping each job's span.
+fn parse_jobs(stage: &Stage, src: &Source, what: &str) -> Result<Vec<Job>> {
+    let text = src.inner().as_str();
+    let trimmed = text.trim_start();
+    let parse_err = |message: String, at: usize, len: usize| Error::JobsParse {
+        stage: stage.name.to_string(),
+        what: what.to_owned(),
+        message,
+        src: src.clone(),
+        span: SourceSpan::from(at..(at + len).min(text.len()).max(at)),
+    };
+    let mut values = Vec::new();
+    let mut spans = Vec::new();
+    if trimmed.starts_with('[') {
+        let raws: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
+            let at = offset_of(text, e.line(), e.column());
+            parse_err(e.to_string(), at, 1)
+        })?;
+        for raw in raws {
+            let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+            spans.push(SourceSpan::from(start..start + raw.get().len()));
+            values.push(
+                serde_json::from_str(raw.get())
+                    .map_err(|e| parse_err(e.to_string(), start, raw.get().len()))?,
+            );
+        }
+    } else {
+        let mut offset = 0;
+        for line in text.split_inclusive('\n') {
+            let body = line.trim_end_matches(['\n', '\r']);
+            let start = offset;
+            offset += line.len();
+            if body.trim().is_empty() {
+                continue;
+            }
+            let v: Value = serde_json::from_str(body)
+                .map_err(|e| parse_err(e.to_string(), start, body.len()))?;
+            values.push(v);
+            spans.push(SourceSpan::from(start..start + body.len()));
+        }
+    }
+    assign_ids(stage, values, &Origin { src, spans })
+}
+
+fn offset_of(text: &str, line: usize, column: usize) -> usize {
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    (line_start + column.saturating_sub(1)).min(text.len())
+}
+
+fn assign_ids(stage: &Stage, values: Vec<Value>, origin: &Origin<'_>) -> Result<Vec<Job>> {
+    let mut jobs = Vec::with_capacity(values.len());
+    let mut seen: std::collections::HashMap<JobId, usize> =
+        std::collections::HashMap::with_capacity(values.len());
+    for (index, value) in values.into_iter().enumerate() {
+        let json = serde_json::to_string(&value).expect("a JSON value serializes");
+        let id = match value.get("id") {
+            Some(Value::String(s)) => JobId::new(s),
+            Some(Value::Number(n)) if n.as_u64().is_some() => JobId::new(&n.to_string()),
+            Some(other) => Err(format!(
+                "`id` must be a string or a non-negative integer, not `{other}`"
+            )),
+            None => Ok(JobId::from_canonical(&json)),
+        }
+        .map_err(|message| Error::InvalidJob {
+            stage: stage.name.to_string(),
+            index,
+            message,
+            src: origin.src.clone(),
+            span: origin.span(index),
+            help: None,
+        })?;
+        if let Some(&first) = seen.get(&id) {
+            let mut spans = Vec::new();
+            if let Some(s) = origin.span(first) {
+                spans.push(LabeledSpan::new_with_span(Some(format!("job {first}")), s));
+            }
+            if let Some(s) = origin.span(index) {
+                if spans.first().map(LabeledSpan::inner) != Some(&s) {
+                    spans.push(LabeledSpan::new_with_span(Some(format!("job {index}")), s));
+                }
+            }
+            return Err(Error::DuplicateJobId {
+                stage: stage.name.to_string(),
+                id: id.to_string(),
+                first,
+                second: index,
+                src: origin.src.clone(),
+                spans,
+            });
+        }
+        seen.insert(id.clone(), index);
+        jobs.push(Job {
+            index,
+            id,
+            value,
+            json,
+        });
+    }
+    Ok(jobs)
+}
+
+/// The jobs of an element-wise stage: one per upstream job, same id and order.
+#[must_use]
+pub fn for_each(upstream: &[Job]) -> Vec<Job> {
+    upstream.to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::parse;
+
+    fn manifest(stage_body: &str) -> Manifest {
+        parse(
+            Path::new("/tmp/poolparty.toml"),
+            format!("[workflow]\nname='w'\n[stages.a]\nrun='true'\n{stage_body}\n"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn hash_ids_are_stable_and_order_independent() {
+        let m1 = manifest("jobs=[[1,2],{b=1,a=2}]");
+        let m2 = manifest("jobs=[{a=2,b=1},[1,2]]");
+        let j1 = expand_static(&m1, &m1.stages[0]).unwrap().unwrap();
+        let j2 = expand_static(&m2, &m2.stages[0]).unwrap().unwrap();
+        assert_eq!(j1[0].id, j2[1].id);
+        assert_eq!(j1[1].id, j2[0].id);
+        assert_eq!(j1[1].json, r#"{"a":2,"b":1}"#);
+    }
+
+    #[test]
+    fn explicit_ids_and_duplicates() {
+        let m = manifest("jobs=[{id='x'},{id=7},{id='x'}]");
+        match expand_static(&m, &m.stages[0]).unwrap().unwrap_err() {
+            Error::DuplicateJobId {
+                first, second, id, ..
+            } => {
+                assert_eq!((first, second, id.as_str()), (0, 2, "x"));
+            }
+            e => panic!("{e:?}"),
+        }
+        let m = manifest("jobs=[{id='../etc'}]");
+        assert!(matches!(
+            expand_static(&m, &m.stages[0]).unwrap(),
+            Err(Error::InvalidJob { .. })
+        ));
+    }
+
+    #[test]
+    fn matrix_is_cartesian_in_key_order() {
+        let m = manifest("matrix={x=[1,2],y=['a','b','c']}");
+        let jobs = expand_static(&m, &m.stages[0]).unwrap().unwrap();
+        assert_eq!(jobs.len(), 6);
+        assert_eq!(jobs[1].json, r#"{"x":1,"y":"b"}"#);
+        assert_eq!(jobs[3].json, r#"{"x":2,"y":"a"}"#);
+    }
+
+    #[test]
+    fn json_lines_error_points_at_line() {
+        let m = manifest("generate='x'");
+        let src = NamedSource::new("out", "1\n2\n{bad\n4\n".to_owned());
+        match parse_jobs(&m.stages[0], &src, "output").unwrap_err() {
+            Error::JobsParse { span, .. } => assert_eq!(span.offset(), 4),
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn json_array_keeps_exact_numbers() {
+        let m = manifest("generate='x'");
+        let src = NamedSource::new("out", "[0.1, 12345678901234567890, 1e400]".to_owned());
+        let jobs = parse_jobs(&m.stages[0], &src, "output").unwrap();
+        let texts: Vec<&str> = jobs.iter().map(|j| j.json.as_str()).collect();
+        // serde_json writes exponents with an explicit sign; the value is the same number.
+        assert_eq!(texts, ["0.1", "12345678901234567890", "1e+400"]);
+    }
+}

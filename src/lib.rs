@@ -1,0 +1,456 @@
+//! poolparty: a declarative `Pool.map` for the shell.
+//!
+//! The pipeline, one module per step, data flowing one way:
+//! [`manifest`] (parse, validate) → [`jobs`] (expand) → [`template`] → [`graph`] → [`plan`]
+//! (rendered commands) → [`runner`] driving a [`backend`] → [`outcome`]s recorded by [`store`]
+//! → [`summary`]. [`query`] reads recorded state back (`status`, `results`).
+//!
+//! [`run`] is the whole program: parse the command line, dispatch, print an error once, and
+//! return the exit code (see [`error`] for the table).
+
+pub mod backend;
+pub mod cli;
+pub mod error;
+pub mod graph;
+pub mod jobs;
+pub mod manifest;
+pub mod outcome;
+pub mod plan;
+pub mod query;
+pub mod runner;
+pub mod store;
+pub mod summary;
+pub mod template;
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+
+use clap::Parser;
+
+use crate::cli::{Cli, Cmd, ColorChoice};
+use crate::error::{EXIT_INVALID_INPUT, EXIT_SUCCESS, Error, Result};
+use crate::graph::StageGraph;
+use crate::jobs::Job;
+use crate::manifest::{JobSource, Manifest};
+use crate::plan::{Upstream, UpstreamStage};
+use crate::runner::{Prepared, RunOptions, Runner};
+use crate::store::Layout;
+use crate::summary::{Reporter, Verbosity};
+
+/// Runs poolparty with these arguments (the first is the program name) and returns the exit
+/// code.
+pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> u8 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                EXIT_INVALID_INPUT
+            } else {
+                EXIT_SUCCESS
+            };
+        }
+    };
+    let color = use_color(cli.global.color);
+    match dispatch(&cli, color) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = std::io::stderr().write_all(summary::render_diagnostic(&e, color).as_bytes());
+            e.exit_code()
+        }
+    }
+}
+
+fn use_color(choice: ColorChoice) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::io::stderr().is_terminal()
+        }
+    }
+}
+
+fn load(path: Option<&std::path::Path>) -> Result<(Manifest, StageGraph, Layout)> {
+    let manifest = manifest::load(&manifest::resolve_path(path))?;
+    let graph = StageGraph::build(&manifest)?;
+    let layout = Layout::new(manifest.state_dir());
+    Ok((manifest, graph, layout))
+}
+
+fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
+    let g = &cli.global;
+    let verbosity = if g.quiet {
+        Verbosity::Quiet
+    } else if g.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    let mut stdout = std::io::stdout().lock();
+    match &cli.command {
+        Cmd::Schema => {
+            let _ = stdout.write_all(manifest::json_schema().as_bytes());
+            Ok(EXIT_SUCCESS)
+        }
+        Cmd::Validate { manifest } => {
+            let (m, graph, layout) = load(manifest.as_deref())?;
+            let selected = vec![true; m.stages.len()];
+            let prepared = prepare(&m, &graph, &layout, &selected)?;
+            let jobs: usize = prepared.iter().flatten().map(|(j, _)| j.len()).sum();
+            let _ = writeln!(
+                stdout,
+                "{}: valid ({}, {} expanded and rendered)",
+                m.path.display(),
+                error::count(m.stages.len(), "stage"),
+                error::count(jobs, "job")
+            );
+            Ok(EXIT_SUCCESS)
+        }
+        Cmd::Plan { manifest, stages } => {
+            let (m, graph, layout) = load(manifest.as_deref())?;
+            let selected = select(&m, &graph, stages)?;
+            let prepared = prepare(&m, &graph, &layout, &selected)?;
+            let text = if g.json {
+                plan_json(&m, &graph, &layout, &prepared, &selected, g)?
+            } else {
+                plan_text(&m, &graph, &layout, &prepared, &selected, g, verbosity)?
+            };
+            let _ = stdout.write_all(text.as_bytes());
+            Ok(EXIT_SUCCESS)
+        }
+        Cmd::Run {
+            manifest,
+            stages,
+            force,
+        } => {
+            let (m, graph, layout) = load(manifest.as_deref())?;
+            let selected = select(&m, &graph, stages)?;
+            let run_id = runner::new_run_id();
+            let _lock = store::lock(&layout, &run_id)?;
+            let prepared = prepare(&m, &graph, &layout, &selected)?;
+            let opts = RunOptions {
+                backend: g.backend,
+                max_parallel: g.max_parallel,
+                force: *force,
+                stages: Vec::new(),
+            };
+            let mut reporter = Reporter::new(verbosity, color);
+            let report = Runner::new(
+                &m,
+                &graph,
+                layout.clone(),
+                run_id,
+                opts,
+                &selected,
+                &mut reporter,
+            )
+            .run(prepared)?;
+            runner::write_report(&layout, &report)?;
+            reporter.finish(&report);
+            if g.json {
+                let _ = writeln!(
+                    stdout,
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serializes")
+                );
+            }
+            Ok(report.verdict.exit_code())
+        }
+        Cmd::Status { manifest } => {
+            let (m, _, layout) = load(manifest.as_deref())?;
+            let report = query::status(&m, &layout)?;
+            if g.json {
+                let _ = writeln!(
+                    stdout,
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serializes")
+                );
+            } else {
+                let _ =
+                    stdout.write_all(summary::format_report(&report, color, verbosity).as_bytes());
+            }
+            Ok(report.verdict.exit_code())
+        }
+        Cmd::Results {
+            manifest,
+            stage,
+            format,
+            with_job,
+            allow_missing,
+        } => {
+            let (m, _, layout) = load(manifest.as_deref())?;
+            let out = query::results(
+                &m,
+                &layout,
+                &query::ResultsOptions {
+                    stage: stage.clone(),
+                    format: *format,
+                    with_job: *with_job,
+                },
+            )?;
+            let _ = stdout.write_all(out.stdout.as_bytes());
+            let mut err = std::io::stderr().lock();
+            for n in &out.notes {
+                let _ = writeln!(err, "poolparty: {n}");
+            }
+            if out.missing.is_empty() {
+                return Ok(EXIT_SUCCESS);
+            }
+            if !g.quiet {
+                let _ = writeln!(
+                    err,
+                    "poolparty: {} without a result:",
+                    error::count(out.missing.len(), "job")
+                );
+                for line in out.missing.iter().take(50) {
+                    let _ = writeln!(err, "  {line}");
+                }
+                if out.missing.len() > 50 {
+                    let _ = writeln!(err, "  … and {} more", out.missing.len() - 50);
+                }
+            }
+            Ok(if *allow_missing {
+                EXIT_SUCCESS
+            } else {
+                error::EXIT_JOBS_FAILED
+            })
+        }
+        Cmd::Graph { manifest, format } => {
+            let (m, graph, layout) = load(manifest.as_deref())?;
+            let counts: Vec<Option<usize>> = m
+                .stages
+                .iter()
+                .map(|s| match jobs::expand_static(&m, s) {
+                    Some(Ok(j)) => Some(j.len()),
+                    _ => store::read_jobs(&layout.jobs_file(s.name.as_str()))
+                        .ok()
+                        .flatten()
+                        .map(|j| j.len()),
+                })
+                .collect();
+            let _ = stdout.write_all(graph.render(&m, &counts, *format).as_bytes());
+            Ok(EXIT_SUCCESS)
+        }
+    }
+}
+
+/// The stages to run: those named with `--stage` plus everything they need (resume makes a
+/// need that already succeeded cost nothing), or all.
+fn select(m: &Manifest, graph: &StageGraph, names: &[String]) -> Result<Vec<bool>> {
+    if names.is_empty() {
+        return Ok(vec![true; m.stages.len()]);
+    }
+    let mut selected = vec![false; m.stages.len()];
+    for n in names {
+        let i = m
+            .stages
+            .iter()
+            .position(|s| s.name.as_str() == n)
+            .ok_or_else(|| Error::Usage {
+                message: format!("the manifest has no stage `{n}`"),
+                help: error::did_you_mean(n, m.stage_names()),
+            })?;
+        selected[i] = true;
+        for u in graph.upstream(i) {
+            selected[u] = true;
+        }
+    }
+    Ok(selected)
+}
+
+/// The upstream paths a stage sees, with no failures (the runner re-plans if there are).
+fn upstream_paths(m: &Manifest, graph: &StageGraph, layout: &Layout, i: usize) -> Upstream {
+    let mut up = Upstream::default();
+    for n in graph.needs(i) {
+        let name = m.stages[n].name.as_str();
+        up.stages.insert(
+            name.to_owned(),
+            UpstreamStage {
+                dir: layout.stage_dir(name),
+                outcomes: layout.ledger(name),
+                results: layout.results_file(name),
+                jobs: layout.jobs_file(name),
+                failed: Vec::new(),
+            },
+        );
+    }
+    up
+}
+
+/// Expands and plans every selected stage whose jobs can be known before anything runs:
+/// inline, matrix and file sources, and generators of stages that need nothing. Element-wise
+/// stages over such a stage are checked by rendering their command for every upstream job.
+/// Everything here fails before any job starts.
+fn prepare(
+    m: &Manifest,
+    graph: &StageGraph,
+    layout: &Layout,
+    selected: &[bool],
+) -> Result<Prepared> {
+    let mut prepared: Prepared = (0..m.stages.len()).map(|_| None).collect();
+    for &i in graph.order() {
+        if !selected[i] {
+            continue;
+        }
+        let stage = &m.stages[i];
+        let upstream = upstream_paths(m, graph, layout, i);
+        let jobs: Option<Vec<Job>> = match &stage.source {
+            JobSource::Generate(cmd) if stage.needs.is_empty() => {
+                let base = plan::base_context(m, stage, layout, &upstream);
+                let rendered = plan::render_generator(m, stage, cmd, &base)?;
+                let env = plan::stage_env(m, stage, layout, &upstream);
+                Some(jobs::run_generator(m, stage, &rendered, &env)?)
+            }
+            JobSource::Generate(_) => None,
+            JobSource::ForEach(_) => {
+                let up = graph.needs(i)[0];
+                if let Some((up_jobs, _)) = &prepared[up] {
+                    let base = plan::base_context(m, stage, layout, &upstream);
+                    let mut renderer = plan::Renderer::new(m, stage, base)?;
+                    for j in up_jobs {
+                        let value = serde_json::json!({
+                            "id": j.id.as_str(), "index": j.index, "upstream": j.value,
+                            "exit_code": 0, "outcome": "succeeded", "result": null,
+                            "stdout": layout.log_out(m.stages[up].name.as_str(), j.id.as_str()),
+                            "stderr": layout.log_err(m.stages[up].name.as_str(), j.id.as_str()),
+                        });
+                        let probe = Job {
+                            index: j.index,
+                            id: j.id.clone(),
+                            json: String::new(),
+                            value,
+                        };
+                        renderer.plan(&probe)?;
+                    }
+                }
+                None
+            }
+            _ => Some(jobs::expand_static(m, stage).expect("static source")?),
+        };
+        if let Some(jobs) = jobs {
+            let p = plan::plan_stage(m, i, &jobs, layout, &upstream)?;
+            prepared[i] = Some((jobs, p));
+        }
+    }
+    Ok(prepared)
+}
+
+fn resume_counts(
+    layout: &Layout,
+    name: &str,
+    p: &plan::StagePlan,
+) -> Result<(usize, usize, usize, usize)> {
+    let latest = store::latest(store::read_ledger(&layout.ledger(name))?);
+    let (mut new, mut changed, mut failed, mut done) = (0, 0, 0, 0);
+    for j in &p.jobs {
+        match latest.get(j.id.as_str()) {
+            None => new += 1,
+            Some(r) if r.outcome.is_success() && r.fp == j.fp => done += 1,
+            Some(r) if r.outcome.is_success() => changed += 1,
+            Some(_) => failed += 1,
+        }
+    }
+    Ok((new, changed, failed, done))
+}
+
+fn plan_text(
+    m: &Manifest,
+    graph: &StageGraph,
+    layout: &Layout,
+    prepared: &Prepared,
+    selected: &[bool],
+    g: &cli::GlobalArgs,
+    verbosity: Verbosity,
+) -> Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for &i in graph.order() {
+        if !selected[i] {
+            continue;
+        }
+        let s = &m.stages[i];
+        let backend = g.backend.unwrap_or(s.settings.backend);
+        let needs: Vec<&str> = s.needs.iter().map(|n| n.stage.as_str()).collect();
+        let _ = write!(out, "stage `{}` ({backend}", s.name);
+        if !needs.is_empty() {
+            let _ = write!(out, ", after {}", needs.join(", "));
+        }
+        out.push_str(")\n");
+        match &prepared[i] {
+            Some((_, p)) => {
+                let (new, changed, failed, done) = resume_counts(layout, s.name.as_str(), p)?;
+                let _ = writeln!(
+                    out,
+                    "  {}: {} would run ({new} new, {changed} changed, {failed} failed before), {done} done and reused",
+                    error::count(p.jobs.len(), "job"),
+                    new + changed + failed
+                );
+                let limit = if verbosity == Verbosity::Verbose {
+                    usize::MAX
+                } else {
+                    10
+                };
+                for j in p.jobs.iter().take(limit) {
+                    let _ = writeln!(out, "  [{}] {}: {}", j.index, j.id, j.command.display());
+                }
+                if p.jobs.len() > limit {
+                    let _ = writeln!(
+                        out,
+                        "  … {} more (use -v to list all)",
+                        p.jobs.len() - limit
+                    );
+                }
+            }
+            None => {
+                let why = match &s.source {
+                    JobSource::ForEach(up) => format!(
+                        "one job per job of `{up}`, each started when its upstream job succeeds"
+                    ),
+                    _ => "jobs are generated at run time, once its needs are done".to_owned(),
+                };
+                let _ = writeln!(out, "  {why}");
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn plan_json(
+    m: &Manifest,
+    graph: &StageGraph,
+    layout: &Layout,
+    prepared: &Prepared,
+    selected: &[bool],
+    g: &cli::GlobalArgs,
+) -> Result<String> {
+    let mut stages = Vec::new();
+    for &i in graph.order() {
+        if !selected[i] {
+            continue;
+        }
+        let s = &m.stages[i];
+        let mut v = serde_json::json!({
+            "name": s.name.as_str(),
+            "backend": g.backend.unwrap_or(s.settings.backend),
+            "needs": s.needs.iter().map(|n| n.stage.as_str()).collect::<Vec<_>>(),
+        });
+        if let Some((_, p)) = &prepared[i] {
+            let (new, changed, failed, done) = resume_counts(layout, s.name.as_str(), p)?;
+            v["counts"] =
+                serde_json::json!({"new": new, "changed": changed, "failed": failed, "done": done});
+            v["jobs"] = p
+                .jobs
+                .iter()
+                .map(|j| serde_json::json!({"index": j.index, "id": j.id.as_str(), "command": j.command.display(), "fingerprint": j.fp}))
+                .collect();
+        }
+        stages.push(v);
+    }
+    Ok(
+        serde_json::to_string_pretty(&serde_json::json!({"workflow": m.name, "stages": stages}))
+            .expect("serializes")
+            + "\n",
+    )
+}

@@ -1,0 +1,1009 @@
+//! The manifest: `poolparty.toml` parsed into [`RawManifest`] (serde, spans kept), then
+//! validated once into [`Manifest`], whose types cannot hold an invalid value.
+//!
+//! Data flows out of here only: `jobs`, `template`, `graph` and `plan` read a [`Manifest`];
+//! nothing writes back into it. Spans of the fields that later checks point at (stage names,
+//! `needs`, templates, job sources) are kept so their errors still land in the manifest.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use miette::{NamedSource, SourceSpan};
+use schemars::JsonSchema;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::error::{Error, Result, Source, did_you_mean};
+
+/// The file name looked for when a folder is given.
+pub const DEFAULT_MANIFEST: &str = "poolparty.toml";
+
+/// Where jobs run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// A pool of worker processes on this machine.
+    Local,
+    /// Slurm job arrays (`sbatch --array`).
+    Slurm,
+    /// Sun / Son of Grid Engine array jobs (`qsub -t`).
+    Sge,
+}
+
+impl BackendKind {
+    /// The name used in manifests and on the command line.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Slurm => "slurm",
+            Self::Sge => "sge",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(Self::Local),
+            "slurm" => Ok(Self::Slurm),
+            "sge" => Ok(Self::Sge),
+            other => Err(format!(
+                "unknown backend `{other}`, expected `local`, `slurm` or `sge`"
+            )),
+        }
+    }
+}
+
+/// What a job's result is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultMode {
+    /// The file the job writes to `$POOLPARTY_RESULT` (none if it writes nothing).
+    #[default]
+    File,
+    /// The job's whole standard output (still logged as well).
+    Stdout,
+    /// No result is recorded.
+    None,
+}
+
+/// What a stage does when a stage it needs had failed jobs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Do not start; its jobs are reported "not run".
+    #[default]
+    Stop,
+    /// Start anyway; the failed upstream jobs are listed in its context.
+    Continue,
+}
+
+/// A job's command: a shell string or an argv array.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunSpec {
+    /// Run by `/bin/sh -c`; interpolated values are shell-quoted.
+    Shell(String),
+    /// Run without a shell; each element is one argument, interpolated raw.
+    Argv(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for RunSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RunSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a command string or an array of argument strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<RunSpec, E> {
+                Ok(RunSpec::Shell(v.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<RunSpec, A::Error> {
+                let mut argv = Vec::new();
+                while let Some(arg) = seq.next_element::<String>()? {
+                    argv.push(arg);
+                }
+                if argv.is_empty() {
+                    return Err(de::Error::invalid_length(0, &"at least the program"));
+                }
+                Ok(RunSpec::Argv(argv))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for RunSpec {
+    fn schema_name() -> String {
+        "RunSpec".to_owned()
+    }
+    fn json_schema(g: &mut schemars::r#gen::SchemaGenerator) -> schemars::schema::Schema {
+        use schemars::schema::{InstanceType, Metadata, Schema, SchemaObject, SubschemaValidation};
+        let string = g.subschema_for::<String>();
+        let array = {
+            let mut s = g.subschema_for::<Vec<String>>().into_object();
+            s.array().min_items = Some(1);
+            Schema::Object(s)
+        };
+        Schema::Object(SchemaObject {
+            metadata: Some(Box::new(Metadata {
+                description: Some(
+                    "A shell command (run by /bin/sh -c, values shell-quoted) or an argv array (no shell)."
+                        .to_owned(),
+                ),
+                ..Metadata::default()
+            })),
+            instance_type: None::<schemars::schema::SingleOrVec<InstanceType>>,
+            subschemas: Some(Box::new(SubschemaValidation {
+                any_of: Some(vec![string, array]),
+                ..SubschemaValidation::default()
+            })),
+            ..SchemaObject::default()
+        })
+    }
+}
+
+/// `[workflow]`: the workflow's name and where its state lives.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkflow {
+    /// The workflow's name, `[A-Za-z0-9_-]+`; its state lives in `<work_dir>/<name>/`.
+    #[schemars(with = "String", regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+    pub name: Spanned<String>,
+    /// Folder of poolparty's state, relative to the manifest (default `.poolparty`).
+    #[serde(default)]
+    pub work_dir: Option<String>,
+}
+
+/// Declares the settings every stage inherits from `[defaults]` and may override, once for
+/// both tables, so the two can never drift apart.
+macro_rules! with_settings {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+            /// Where jobs run: `local`, `slurm` or `sge` (default `local`).
+            #[serde(default)]
+            #[schemars(with = "Option<BackendKind>")]
+            pub backend: Option<Spanned<BackendKind>>,
+            /// Jobs of the stage running at once (local: worker count, default the number of CPUs;
+            /// clusters: the array throttle).
+            #[serde(default)]
+            #[schemars(with = "Option<u32>", range(min = 1))]
+            pub max_parallel: Option<Spanned<u32>>,
+            /// Reruns of a job that exited non-zero (default 0).
+            #[serde(default)]
+            pub retries: Option<u32>,
+            /// Environment variables for the jobs; a stage's table is merged over `[defaults]`.
+            #[serde(default)]
+            pub env: Option<BTreeMap<String, String>>,
+            /// Wall-time limit of one job, e.g. `"90s"`, `"30m"`, `"2h"`, `"1d12h"` or `"1:30:00"`.
+            /// Local jobs are stopped when it is exceeded; on clusters it becomes the time limit.
+            #[serde(default)]
+            #[schemars(with = "Option<String>")]
+            pub time: Option<Spanned<String>>,
+            /// Where a job's result comes from: `file` ($POOLPARTY_RESULT, default), `stdout`, `none`.
+            #[serde(default)]
+            pub result: Option<ResultMode>,
+            /// Results larger than this many bytes stay files and are not inlined (default 1 MiB).
+            #[serde(default)]
+            pub result_max_bytes: Option<u64>,
+            /// Cluster: CPUs per job (Slurm `--cpus-per-task`, Grid Engine `-pe <pe> N`).
+            #[serde(default)]
+            pub cpus: Option<u32>,
+            /// Cluster: memory per job, e.g. `"4G"` (Slurm `--mem`, Grid Engine `h_vmem`).
+            #[serde(default)]
+            pub memory: Option<String>,
+            /// Slurm partition.
+            #[serde(default)]
+            pub partition: Option<String>,
+            /// Slurm account.
+            #[serde(default)]
+            pub account: Option<String>,
+            /// Slurm QOS.
+            #[serde(default)]
+            pub qos: Option<String>,
+            /// Grid Engine queue.
+            #[serde(default)]
+            pub queue: Option<String>,
+            /// Grid Engine project.
+            #[serde(default)]
+            pub project: Option<String>,
+            /// Grid Engine parallel environment used with `cpus` (default `smp`).
+            #[serde(default)]
+            pub pe: Option<String>,
+            /// Raw scheduler options added to the script header, e.g. `["--constraint=avx2"]`.
+            #[serde(default)]
+            pub extra: Option<Vec<String>>,
+            /// Path of a handlebars template replacing the embedded sbatch / qsub script.
+            #[serde(default)]
+            #[schemars(with = "Option<String>")]
+            pub template: Option<Spanned<String>>,
+            /// Cluster: jobs packed into one array task, run one after another (default 1).
+            #[serde(default)]
+            #[schemars(with = "Option<u32>", range(min = 1))]
+            pub bundle: Option<Spanned<u32>>,
+            /// Cluster: resubmissions of a job that vanished without an outcome (default 3).
+            #[serde(default)]
+            pub resubmit_lost: Option<u32>,
+            /// Cluster: first interval between scheduler polls (default `"2s"`).
+            #[serde(default)]
+            #[schemars(with = "Option<String>")]
+            pub poll_interval: Option<Spanned<String>>,
+            /// Cluster: longest interval between scheduler polls (default `"60s"`).
+            #[serde(default)]
+            #[schemars(with = "Option<String>")]
+            pub poll_max: Option<Spanned<String>>,
+        }
+    };
+}
+
+with_settings! {
+    /// `[defaults]`: settings inherited by every stage.
+    #[derive(Debug, Default, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct RawDefaults {}
+}
+
+with_settings! {
+    /// `[stages.NAME]`: one map stage.
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct RawStage {
+        /// A command whose standard output is the jobs: a JSON array or JSON Lines.
+        #[serde(default)]
+        #[schemars(with = "Option<String>")]
+        pub generate: Option<Spanned<String>>,
+        /// The jobs, inline: any TOML values (tables, arrays, strings, numbers).
+        #[serde(default)]
+        #[schemars(with = "Option<Vec<serde_json::Value>>")]
+        pub jobs: Option<Spanned<Vec<serde_json::Value>>>,
+        /// A table of arrays; the jobs are the cartesian product, as tables.
+        #[serde(default)]
+        #[schemars(with = "Option<IndexMap<String, Vec<serde_json::Value>>>")]
+        pub matrix: Option<Spanned<IndexMap<String, Vec<serde_json::Value>>>>,
+        /// A `.json` (array) or `.jsonl` (one job per line) file, relative to the manifest.
+        #[serde(default)]
+        #[schemars(with = "Option<String>")]
+        pub jobs_file: Option<Spanned<String>>,
+        /// One job per job of the named stage, each started as soon as its upstream job
+        /// succeeded (element-wise stage; implies `needs`).
+        #[serde(default)]
+        #[schemars(with = "Option<String>")]
+        pub for_each: Option<Spanned<String>>,
+        /// The command run for each job (handlebars template).
+        #[schemars(with = "RunSpec")]
+        pub run: Spanned<RunSpec>,
+        /// Stages that must succeed before this one starts.
+        #[serde(default)]
+        #[schemars(with = "Vec<String>")]
+        pub needs: Vec<Spanned<String>>,
+        /// `stop` (default) or `continue` when a needed stage had failed jobs.
+        #[serde(default)]
+        pub on_failure: Option<OnFailure>,
+    }
+}
+
+/// The manifest as written, before validation.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "poolparty manifest")]
+pub struct RawManifest {
+    /// The workflow's name and state folder.
+    pub workflow: RawWorkflow,
+    /// Settings every stage inherits.
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    /// The stages, by name (`[A-Za-z0-9_-]+`).
+    #[schemars(with = "IndexMap<String, RawStage>")]
+    pub stages: IndexMap<Spanned<String>, RawStage>,
+}
+
+/// A validated stage name: `[A-Za-z0-9_-]+`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StageName(String);
+
+impl StageName {
+    /// Validates a name.
+    ///
+    /// # Errors
+    /// When the name is empty or has characters outside `[A-Za-z0-9_-]`.
+    pub fn new(name: &str) -> Result<Self, String> {
+        if valid_name(name) {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(format!(
+                "`{name}` is not a valid name: use letters, digits, `_` and `-`"
+            ))
+        }
+    }
+    /// The name.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A duration written as `"90s"`, `"30m"`, `"2h"`, `"1d12h"` or `"H:MM:SS"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WallTime(pub Duration);
+
+impl WallTime {
+    /// Parses the manifest's duration syntax.
+    ///
+    /// # Errors
+    /// A message saying what is accepted.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "`{text}` is not a duration: write e.g. `90s`, `30m`, `2h`, `1d12h` or `1:30:00`"
+            )
+        };
+        let t = text.trim();
+        if t.contains(':') {
+            let parts: Vec<&str> = t.split(':').collect();
+            if parts.len() > 3 {
+                return Err(bad());
+            }
+            let mut secs = 0u64;
+            for p in parts {
+                secs = secs * 60 + p.parse::<u64>().map_err(|_| bad())?;
+            }
+            return if secs == 0 {
+                Err(bad())
+            } else {
+                Ok(Self(Duration::from_secs(secs)))
+            };
+        }
+        let mut total = 0u64;
+        let mut num = String::new();
+        let mut seen_unit = false;
+        for c in t.chars() {
+            if c.is_ascii_digit() {
+                num.push(c);
+                continue;
+            }
+            let unit = match c {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86400,
+                _ => return Err(bad()),
+            };
+            let n: u64 = num.parse().map_err(|_| bad())?;
+            total += n * unit;
+            num.clear();
+            seen_unit = true;
+        }
+        if !num.is_empty() || !seen_unit || total == 0 {
+            return Err(bad());
+        }
+        Ok(Self(Duration::from_secs(total)))
+    }
+
+    /// Slurm's `--time` format: `D-HH:MM:SS`.
+    #[must_use]
+    pub fn slurm(self) -> String {
+        let s = self.0.as_secs();
+        format!(
+            "{}-{:02}:{:02}:{:02}",
+            s / 86400,
+            s % 86400 / 3600,
+            s % 3600 / 60,
+            s % 60
+        )
+    }
+
+    /// Grid Engine's `h_rt` format: `HH:MM:SS` (hours may exceed 24).
+    #[must_use]
+    pub fn hms(self) -> String {
+        let s = self.0.as_secs();
+        format!("{}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+    }
+}
+
+/// Cluster resources of a stage.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Resources {
+    /// CPUs per job.
+    pub cpus: Option<u32>,
+    /// Memory per job.
+    pub memory: Option<String>,
+    /// Slurm partition.
+    pub partition: Option<String>,
+    /// Slurm account.
+    pub account: Option<String>,
+    /// Slurm QOS.
+    pub qos: Option<String>,
+    /// Grid Engine queue.
+    pub queue: Option<String>,
+    /// Grid Engine project.
+    pub project: Option<String>,
+    /// Grid Engine parallel environment.
+    pub pe: String,
+    /// Raw scheduler options.
+    pub extra: Vec<String>,
+}
+
+/// A stage's resolved settings: `[defaults]` with the stage's own keys over them.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where jobs run.
+    pub backend: BackendKind,
+    /// Jobs at once; `None` means the number of CPUs (local) or unthrottled (clusters).
+    pub max_parallel: Option<u32>,
+    /// Reruns of a failed job.
+    pub retries: u32,
+    /// Job environment.
+    pub env: BTreeMap<String, String>,
+    /// Per-job wall-time limit.
+    pub time: Option<WallTime>,
+    /// Where results come from.
+    pub result: ResultMode,
+    /// Results above this stay files.
+    pub result_max_bytes: u64,
+    /// Cluster resources.
+    pub resources: Resources,
+    /// A custom scheduler script template, resolved against the manifest folder.
+    pub template: Option<(PathBuf, SourceSpan)>,
+    /// Jobs per array task.
+    pub bundle: u32,
+    /// Resubmissions of lost jobs.
+    pub resubmit_lost: u32,
+    /// First poll interval.
+    pub poll_interval: Duration,
+    /// Longest poll interval.
+    pub poll_max: Duration,
+}
+
+/// Where a stage's jobs come from.
+#[derive(Clone, Debug)]
+pub enum JobSource {
+    /// A command printing JSON or JSON Lines (a template).
+    Generate(String),
+    /// Inline values.
+    Inline(Vec<serde_json::Value>),
+    /// The cartesian product of named value lists.
+    Matrix(IndexMap<String, Vec<serde_json::Value>>),
+    /// A `.json` or `.jsonl` file.
+    File(PathBuf),
+    /// One job per job of another stage.
+    ForEach(StageName),
+}
+
+/// A `needs` entry.
+#[derive(Clone, Debug)]
+pub struct Need {
+    /// The needed stage.
+    pub stage: StageName,
+    /// Where it is named.
+    pub span: SourceSpan,
+}
+
+/// One validated stage.
+#[derive(Clone, Debug)]
+pub struct Stage {
+    /// Its name.
+    pub name: StageName,
+    /// The span of its name in `[stages.NAME]`.
+    pub span: SourceSpan,
+    /// Where its jobs come from.
+    pub source: JobSource,
+    /// The span of the job source's value.
+    pub source_span: SourceSpan,
+    /// The run command template.
+    pub run: RunSpec,
+    /// The span of the `run` value.
+    pub run_span: SourceSpan,
+    /// Stages it waits for (includes the `for_each` stage).
+    pub needs: Vec<Need>,
+    /// Behaviour when a needed stage failed.
+    pub on_failure: OnFailure,
+    /// Resolved settings.
+    pub settings: Settings,
+}
+
+/// A validated manifest.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    /// The manifest file.
+    pub path: PathBuf,
+    /// Its folder (absolute): `workflow.dir` in templates, jobs' working directory.
+    pub dir: PathBuf,
+    /// The manifest's text, for diagnostics.
+    pub src: Source,
+    /// The SHA-256 of the manifest's bytes, hex.
+    pub hash: String,
+    /// `workflow.name`.
+    pub name: String,
+    /// The state root (absolute): `<dir>/<work_dir>`.
+    pub work_dir: PathBuf,
+    /// The stages, in manifest order.
+    pub stages: Vec<Stage>,
+}
+
+impl Manifest {
+    /// Finds a stage by name.
+    #[must_use]
+    pub fn stage(&self, name: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name.as_str() == name)
+    }
+
+    /// The stage names, in manifest order.
+    pub fn stage_names(&self) -> impl Iterator<Item = &str> {
+        self.stages.iter().map(|s| s.name.as_str())
+    }
+
+    /// The folder of this workflow's state: `<work_dir>/<name>`.
+    #[must_use]
+    pub fn state_dir(&self) -> PathBuf {
+        self.work_dir.join(&self.name)
+    }
+
+    /// An `InvalidManifest` error at `span`.
+    #[must_use]
+    pub fn error(
+        &self,
+        span: SourceSpan,
+        message: impl Into<String>,
+        label: impl Into<String>,
+        help: Option<String>,
+    ) -> Error {
+        Error::InvalidManifest {
+            message: message.into(),
+            src: self.src.clone(),
+            span,
+            label: label.into(),
+            help,
+        }
+    }
+}
+
+/// Resolves the manifest path: a file, or a folder holding `poolparty.toml`.
+#[must_use]
+pub fn resolve_path(arg: Option<&Path>) -> PathBuf {
+    let p = arg.map_or_else(|| PathBuf::from(DEFAULT_MANIFEST), Path::to_path_buf);
+    if p.is_dir() {
+        p.join(DEFAULT_MANIFEST)
+    } else {
+        p
+    }
+}
+
+/// Reads, parses and validates a manifest file.
+///
+/// # Errors
+/// Any read, syntax or validation error, as a diagnostic pointing into the file.
+pub fn load(path: &Path) -> Result<Manifest> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadManifest {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let abs = std::path::absolute(path).map_err(|source| Error::ReadManifest {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&abs, text)
+}
+
+/// Parses and validates manifest text that was read from `path`.
+///
+/// # Errors
+/// Syntax or validation errors, as diagnostics pointing into `text`.
+pub fn parse(path: &Path, text: String) -> Result<Manifest> {
+    let src = NamedSource::new(path.display().to_string(), text.clone()).with_language("toml");
+    let raw: RawManifest = toml::from_str(&text).map_err(|e| syntax_error(&e, &src))?;
+    validate(path, raw, src, &text)
+}
+
+fn syntax_error(e: &toml::de::Error, src: &Source) -> Error {
+    let message = e.message().trim().to_owned();
+    let help = suggest_from_message(&message);
+    Error::ManifestSyntax {
+        message,
+        src: src.clone(),
+        span: e.span().map(SourceSpan::from),
+        help,
+    }
+}
+
+/// Turns toml's "unknown field `x`, expected one of `a`, `b`" into a did-you-mean.
+fn suggest_from_message(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))?;
+    let (name, expected) = rest.split_once('`')?;
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    did_you_mean(name, candidates.iter().copied())
+}
+
+fn span_of<T>(s: &Spanned<T>) -> SourceSpan {
+    s.span().into()
+}
+
+fn validate(path: &Path, raw: RawManifest, src: Source, text: &str) -> Result<Manifest> {
+    let dir = path
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let err = |span: SourceSpan, message: String, label: &str, help: Option<String>| {
+        Error::InvalidManifest {
+            message,
+            src: src.clone(),
+            span,
+            label: label.to_owned(),
+            help,
+        }
+    };
+
+    let name = raw.workflow.name.get_ref().clone();
+    if !valid_name(&name) {
+        return Err(err(
+            span_of(&raw.workflow.name),
+            format!("invalid workflow name `{name}`"),
+            "not a valid name",
+            Some("use letters, digits, `_` and `-`".to_owned()),
+        ));
+    }
+    let work_dir = dir.join(raw.workflow.work_dir.as_deref().unwrap_or(".poolparty"));
+    if raw.stages.is_empty() {
+        return Err(err(
+            SourceSpan::from(0..0),
+            "the manifest has no stages".to_owned(),
+            "add a [stages.NAME] table",
+            Some(
+                "a stage needs a job source (`generate`, `jobs`, `matrix`, `jobs_file`) and `run`"
+                    .to_owned(),
+            ),
+        ));
+    }
+
+    let mut stages = Vec::with_capacity(raw.stages.len());
+    for (key, rs) in raw.stages {
+        let span = span_of(&key);
+        let name = StageName::new(key.get_ref())
+            .map_err(|m| err(span, m.clone(), "invalid stage name", None))?;
+        stages.push(validate_stage(name, span, rs, &raw.defaults, &dir, &err)?);
+    }
+    let hash = crate::jobs::sha256_hex(text.as_bytes());
+    Ok(Manifest {
+        path: path.to_path_buf(),
+        dir,
+        src,
+        hash,
+        name,
+        work_dir,
+        stages,
+    })
+}
+
+type ErrFn<'a> = dyn Fn(SourceSpan, String, &str, Option<String>) -> Error + 'a;
+
+fn validate_stage(
+    name: StageName,
+    span: SourceSpan,
+    rs: RawStage,
+    d: &RawDefaults,
+    dir: &Path,
+    err: &ErrFn<'_>,
+) -> Result<Stage> {
+    let settings = resolve_settings(&name, &rs, d, dir, err)?;
+    let mut sources: Vec<(&str, SourceSpan)> = Vec::new();
+    if let Some(g) = &rs.generate {
+        sources.push(("generate", span_of(g)));
+    }
+    if let Some(j) = &rs.jobs {
+        sources.push(("jobs", span_of(j)));
+    }
+    if let Some(m) = &rs.matrix {
+        sources.push(("matrix", span_of(m)));
+    }
+    if let Some(f) = &rs.jobs_file {
+        sources.push(("jobs_file", span_of(f)));
+    }
+    if let Some(f) = &rs.for_each {
+        sources.push(("for_each", span_of(f)));
+    }
+    if sources.len() > 1 {
+        let (second, s2) = sources[1];
+        return Err(err(
+            s2,
+            format!(
+                "stage `{name}` has more than one job source: `{}` and `{second}`",
+                sources[0].0
+            ),
+            "second job source",
+            Some(
+                "keep exactly one of `generate`, `jobs`, `matrix`, `jobs_file`, `for_each`"
+                    .to_owned(),
+            ),
+        ));
+    }
+    let Some(&(_, source_span)) = sources.first() else {
+        return Err(err(
+            span,
+            format!("stage `{name}` has no job source"),
+            "this stage",
+            Some("add one of `generate`, `jobs`, `matrix`, `jobs_file` or `for_each`".to_owned()),
+        ));
+    };
+    let mut needs = Vec::new();
+    for n in &rs.needs {
+        let stage = StageName::new(n.get_ref())
+            .map_err(|m| err(span_of(n), m.clone(), "invalid stage name", None))?;
+        if needs.iter().any(|x: &Need| x.stage == stage) {
+            return Err(err(
+                span_of(n),
+                format!("stage `{name}` lists `{stage}` twice in `needs`"),
+                "duplicate",
+                None,
+            ));
+        }
+        needs.push(Need {
+            stage,
+            span: span_of(n),
+        });
+    }
+    let source = if let Some(g) = rs.generate {
+        if g.get_ref().trim().is_empty() {
+            return Err(err(
+                source_span,
+                "`generate` is empty".to_owned(),
+                "empty command",
+                None,
+            ));
+        }
+        JobSource::Generate(g.into_inner())
+    } else if let Some(j) = rs.jobs {
+        JobSource::Inline(j.into_inner())
+    } else if let Some(m) = rs.matrix {
+        let m = m.into_inner();
+        if let Some((k, _)) = m.iter().find(|(_, v)| v.is_empty()) {
+            return Err(err(
+                source_span,
+                format!("matrix key `{k}` has no values"),
+                "empty list",
+                Some("every matrix key needs at least one value".to_owned()),
+            ));
+        }
+        JobSource::Matrix(m)
+    } else if let Some(f) = rs.jobs_file {
+        JobSource::File(dir.join(f.get_ref()))
+    } else if let Some(f) = rs.for_each {
+        let up = StageName::new(f.get_ref())
+            .map_err(|m| err(source_span, m.clone(), "invalid stage name", None))?;
+        if !needs.iter().any(|n| n.stage == up) {
+            needs.insert(
+                0,
+                Need {
+                    stage: up.clone(),
+                    span: source_span,
+                },
+            );
+        }
+        if needs.len() > 1 {
+            return Err(err(
+                source_span,
+                format!("stage `{name}` is element-wise over `{up}` and cannot need other stages"),
+                "element-wise stage",
+                Some("an element-wise stage's job i depends only on job i of its `for_each` stage; put other dependencies on that stage".to_owned()),
+            ));
+        }
+        JobSource::ForEach(up)
+    } else {
+        unreachable!("one source was found above")
+    };
+
+    let run_span = span_of(&rs.run);
+    let run = rs.run.into_inner();
+    if let RunSpec::Shell(s) = &run {
+        if s.trim().is_empty() {
+            return Err(err(
+                run_span,
+                "`run` is empty".to_owned(),
+                "empty command",
+                None,
+            ));
+        }
+    }
+
+    Ok(Stage {
+        name,
+        span,
+        source,
+        source_span,
+        run,
+        run_span,
+        needs,
+        on_failure: rs.on_failure.unwrap_or_default(),
+        settings,
+    })
+}
+
+macro_rules! pick {
+    ($s:expr, $d:expr, $f:ident) => {
+        $s.$f.as_ref().or($d.$f.as_ref())
+    };
+}
+
+fn resolve_settings(
+    name: &StageName,
+    s: &RawStage,
+    d: &RawDefaults,
+    dir: &Path,
+    err: &ErrFn<'_>,
+) -> Result<Settings> {
+    let positive = |v: Option<&Spanned<u32>>, key: &str| -> Result<Option<u32>> {
+        match v {
+            Some(x) if *x.get_ref() == 0 => Err(err(
+                span_of(x),
+                format!("`{key}` of stage `{name}` must be at least 1"),
+                "zero",
+                None,
+            )),
+            Some(x) => Ok(Some(*x.get_ref())),
+            None => Ok(None),
+        }
+    };
+    let duration = |v: Option<&Spanned<String>>| -> Result<Option<WallTime>> {
+        v.map(|t| {
+            WallTime::parse(t.get_ref()).map_err(|m| err(span_of(t), m, "invalid duration", None))
+        })
+        .transpose()
+    };
+    let mut env = d.env.clone().unwrap_or_default();
+    env.extend(s.env.clone().unwrap_or_default());
+    for (k, v) in &env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(err(
+                SourceSpan::from(0..0),
+                format!("invalid environment variable `{k}` in stage `{name}`"),
+                "env",
+                None,
+            ));
+        }
+    }
+    let poll_interval =
+        duration(pick!(s, d, poll_interval))?.map_or(Duration::from_secs(2), |w| w.0);
+    let poll_max = duration(pick!(s, d, poll_max))?.map_or(Duration::from_secs(60), |w| w.0);
+    Ok(Settings {
+        backend: pick!(s, d, backend).map_or(BackendKind::Local, |b| *b.get_ref()),
+        max_parallel: positive(pick!(s, d, max_parallel), "max_parallel")?,
+        retries: s.retries.or(d.retries).unwrap_or(0),
+        env,
+        time: duration(pick!(s, d, time))?,
+        result: s.result.or(d.result).unwrap_or_default(),
+        result_max_bytes: s.result_max_bytes.or(d.result_max_bytes).unwrap_or(1 << 20),
+        resources: Resources {
+            cpus: s.cpus.or(d.cpus),
+            memory: pick!(s, d, memory).cloned(),
+            partition: pick!(s, d, partition).cloned(),
+            account: pick!(s, d, account).cloned(),
+            qos: pick!(s, d, qos).cloned(),
+            queue: pick!(s, d, queue).cloned(),
+            project: pick!(s, d, project).cloned(),
+            pe: pick!(s, d, pe).cloned().unwrap_or_else(|| "smp".to_owned()),
+            extra: pick!(s, d, extra).cloned().unwrap_or_default(),
+        },
+        template: pick!(s, d, template).map(|t| (dir.join(t.get_ref()), span_of(t))),
+        bundle: positive(pick!(s, d, bundle), "bundle")?.unwrap_or(1),
+        resubmit_lost: s.resubmit_lost.or(d.resubmit_lost).unwrap_or(3),
+        poll_interval,
+        poll_max: poll_max.max(poll_interval),
+    })
+}
+
+/// The JSON Schema of the manifest, as checked in at `schemas/poolparty.schema.json`.
+#[must_use]
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(RawManifest);
+    let mut s = serde_json::to_string_pretty(&schema).expect("a schema serializes");
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Manifest> {
+        parse(Path::new("/tmp/poolparty.toml"), text.to_owned())
+    }
+
+    #[test]
+    fn minimal_manifest_gets_defaults() {
+        let m = parse_str("[workflow]\nname='w'\n[stages.a]\njobs=[1,2]\nrun='echo {{job}}'\n")
+            .unwrap();
+        assert_eq!(m.name, "w");
+        assert_eq!(m.work_dir, Path::new("/tmp/.poolparty"));
+        let s = &m.stages[0];
+        assert_eq!(s.settings.backend, BackendKind::Local);
+        assert_eq!(s.settings.retries, 0);
+        assert_eq!(s.settings.bundle, 1);
+        assert!(matches!(s.source, JobSource::Inline(ref v) if v.len() == 2));
+    }
+
+    #[test]
+    fn stage_overrides_defaults_and_merges_env() {
+        let m = parse_str(
+            "[workflow]\nname='w'\n[defaults]\nretries=2\nenv={A='1',B='2'}\n[stages.a]\njobs=[1]\nrun='x'\nretries=0\nenv={B='3'}\n",
+        )
+        .unwrap();
+        let s = &m.stages[0].settings;
+        assert_eq!(s.retries, 0);
+        assert_eq!(s.env.get("A").unwrap(), "1");
+        assert_eq!(s.env.get("B").unwrap(), "3");
+    }
+
+    #[test]
+    fn unknown_key_suggests_nearest() {
+        let e = parse_str("[workflow]\nname='w'\n[stages.a]\njobs=[1]\nrun='x'\nretires=1\n")
+            .unwrap_err();
+        match e {
+            Error::ManifestSyntax { help, span, .. } => {
+                assert_eq!(help.as_deref(), Some("did you mean `retries`?"));
+                assert!(span.is_some());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(WallTime::parse("90s").unwrap().0, Duration::from_secs(90));
+        assert_eq!(
+            WallTime::parse("1d12h").unwrap().0,
+            Duration::from_secs(129_600)
+        );
+        assert_eq!(
+            WallTime::parse("1:30:00").unwrap().0,
+            Duration::from_secs(5400)
+        );
+        assert_eq!(WallTime::parse("1:30:00").unwrap().slurm(), "0-01:30:00");
+        assert_eq!(WallTime::parse("25h").unwrap().hms(), "25:00:00");
+        for bad in ["", "10", "1x", "0s", "h", "1:2:3:4"] {
+            assert!(WallTime::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn two_sources_point_at_second() {
+        let text = "[workflow]\nname='w'\n[stages.a]\njobs=[1]\nmatrix={x=[1]}\nrun='x'\n";
+        let e = parse_str(text).unwrap_err();
+        match e {
+            Error::InvalidManifest { span, .. } => {
+                assert_eq!(&text[span.offset()..span.offset() + span.len()], "{x=[1]}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

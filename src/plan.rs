@@ -1,0 +1,423 @@
+//! Planning: a stage and its expanded jobs become a [`StagePlan`]: every job's command
+//! rendered (so a bad template or job fails before anything starts), its fingerprint, and the
+//! environment the backend gives it.
+//!
+//! Reads `manifest`, `jobs` and `template`; pure (paths come in as a [`Layout`] value, nothing is
+//! written). The same plan feeds `run` and `plan`, so a dry run shows exactly what would run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use miette::SourceSpan;
+use serde_json::{Map, Value, json};
+
+use crate::error::{Error, Result};
+use crate::jobs::{Job, JobId, sha256_hex};
+use crate::manifest::{Manifest, RunSpec, Settings, Stage, StageName};
+use crate::store::Layout;
+use crate::template::{Quoting, TemplateFailure, Templates};
+
+/// A job's rendered command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Run by `/bin/sh -c`.
+    Shell(String),
+    /// Run directly.
+    Argv(Vec<String>),
+}
+
+impl Command {
+    /// The command as one line a user could paste into a shell.
+    #[must_use]
+    pub fn display(&self) -> String {
+        match self {
+            Self::Shell(s) => s.clone(),
+            Self::Argv(a) => a
+                .iter()
+                .map(|x| crate::template::shell_quote(x).into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+
+    /// The command as a shell script fragment (argv quoted, shell text as written).
+    #[must_use]
+    pub fn shell_text(&self) -> String {
+        self.display()
+    }
+}
+
+/// One job, ready to launch.
+#[derive(Clone, Debug)]
+pub struct PlannedJob {
+    /// Index in the stage.
+    pub index: usize,
+    /// Id.
+    pub id: JobId,
+    /// The value as canonical JSON (`$POOLPARTY_JOB`).
+    pub json: String,
+    /// The rendered command.
+    pub command: Command,
+    /// Fingerprint: what decides whether a recorded success is still valid.
+    pub fp: String,
+}
+
+/// What a stage that needs other stages learns about them.
+#[derive(Clone, Debug, Default)]
+pub struct Upstream {
+    /// Per needed stage: its folder, ledger, jobs and ordered results files, failed ids.
+    pub stages: BTreeMap<String, UpstreamStage>,
+}
+
+/// One needed stage, as seen from a stage that needs it.
+#[derive(Clone, Debug)]
+pub struct UpstreamStage {
+    /// Its state folder.
+    pub dir: PathBuf,
+    /// Its ledger (outcomes).
+    pub outcomes: PathBuf,
+    /// Its ordered results file.
+    pub results: PathBuf,
+    /// Its jobs file.
+    pub jobs: PathBuf,
+    /// Ids of its jobs that did not succeed.
+    pub failed: Vec<String>,
+}
+
+/// A stage with every job planned.
+#[derive(Debug)]
+pub struct StagePlan {
+    /// Index of the stage in the manifest.
+    pub stage: usize,
+    /// Its name.
+    pub name: StageName,
+    /// Its settings.
+    pub settings: Settings,
+    /// Working directory of its jobs (the manifest's folder).
+    pub cwd: PathBuf,
+    /// Its state folder.
+    pub dir: PathBuf,
+    /// Environment shared by all its jobs (settings `env`, `POOLPARTY_*` stage variables).
+    pub env: Vec<(String, String)>,
+    /// Its jobs, in order (empty until known for element-wise stages).
+    pub jobs: Vec<Arc<PlannedJob>>,
+    /// The rendered-command template, kept for element-wise jobs planned later.
+    pub renderer: Renderer,
+}
+
+/// Renders one stage's `run` for jobs.
+pub struct Renderer {
+    templates: Templates,
+    base: Map<String, Value>,
+    run: RunShape,
+    settings_fp: String,
+    src: crate::error::Source,
+    span: SourceSpan,
+    stage: String,
+}
+
+impl std::fmt::Debug for Renderer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renderer")
+            .field("stage", &self.stage)
+            .finish_non_exhaustive()
+    }
+}
+
+enum RunShape {
+    Shell,
+    Argv(usize),
+}
+
+/// The template context shared by a stage's templates, without the job.
+#[must_use]
+pub fn base_context(
+    manifest: &Manifest,
+    stage: &Stage,
+    layout: &Layout,
+    upstream: &Upstream,
+) -> Map<String, Value> {
+    let mut env: Map<String, Value> = std::env::vars()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    for (k, v) in &stage.settings.env {
+        env.insert(k.clone(), Value::String(v.clone()));
+    }
+    let needs: Map<String, Value> = upstream
+        .stages
+        .iter()
+        .map(|(name, u)| {
+            (
+                name.clone(),
+                json!({
+                    "dir": u.dir,
+                    "outcomes": u.outcomes,
+                    "results": u.results,
+                    "jobs": u.jobs,
+                    "failed": u.failed,
+                }),
+            )
+        })
+        .collect();
+    let mut m = Map::new();
+    m.insert(
+        "stage".into(),
+        json!({"name": stage.name.as_str(), "dir": layout.stage_dir(stage.name.as_str())}),
+    );
+    m.insert(
+        "workflow".into(),
+        json!({"name": manifest.name, "dir": manifest.dir, "work_dir": manifest.work_dir}),
+    );
+    m.insert("env".into(), Value::Object(env));
+    m.insert("needs".into(), Value::Object(needs));
+    m
+}
+
+/// The environment variables a stage's jobs (and its generator) get besides their own.
+#[must_use]
+pub fn stage_env(
+    manifest: &Manifest,
+    stage: &Stage,
+    layout: &Layout,
+    upstream: &Upstream,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = stage
+        .settings
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let p = |p: &Path| p.display().to_string();
+    env.push(("POOLPARTY_WORKFLOW".into(), manifest.name.clone()));
+    env.push(("POOLPARTY_WORKFLOW_DIR".into(), p(&manifest.dir)));
+    env.push(("POOLPARTY_STAGE".into(), stage.name.to_string()));
+    env.push((
+        "POOLPARTY_STAGE_DIR".into(),
+        p(&layout.stage_dir(stage.name.as_str())),
+    ));
+    for (name, u) in &upstream.stages {
+        let key = name.to_uppercase().replace('-', "_");
+        env.push((format!("POOLPARTY_NEEDS_{key}_DIR"), p(&u.dir)));
+        env.push((format!("POOLPARTY_NEEDS_{key}_OUTCOMES"), p(&u.outcomes)));
+        env.push((format!("POOLPARTY_NEEDS_{key}_RESULTS"), p(&u.results)));
+        env.push((format!("POOLPARTY_NEEDS_{key}_JOBS"), p(&u.jobs)));
+    }
+    env
+}
+
+/// Maps a template failure to a diagnostic on the template's span in the manifest.
+#[must_use]
+pub fn template_error(
+    src: &crate::error::Source,
+    span: SourceSpan,
+    template: &str,
+    failure: TemplateFailure,
+    context: &str,
+) -> Error {
+    let text = src.inner().as_str();
+    let literal = text
+        .get(span.offset()..span.offset() + span.len())
+        .unwrap_or("");
+    // Point inside the string when the template stands in it verbatim (no escapes).
+    let span = match (failure.offset, literal.find(template)) {
+        (Some(off), Some(at)) if !template.is_empty() => SourceSpan::from((
+            span.offset() + at + off.min(template.len().saturating_sub(1)),
+            1,
+        )),
+        _ => span,
+    };
+    Error::Template {
+        message: format!("{context}: {}", failure.message),
+        src: src.clone(),
+        span,
+        label: "in this template".to_owned(),
+        help: failure.help,
+    }
+}
+
+impl Renderer {
+    /// Compiles a stage's `run` template.
+    ///
+    /// # Errors
+    /// A template syntax error pointing into the manifest.
+    pub fn new(manifest: &Manifest, stage: &Stage, base: Map<String, Value>) -> Result<Self> {
+        let mut templates = Templates::new();
+        let what = format!("invalid `run` of stage `{}`", stage.name);
+        let run = match &stage.run {
+            RunSpec::Shell(s) => {
+                templates
+                    .add("run", s, Quoting::Shell)
+                    .map_err(|f| template_error(&manifest.src, stage.run_span, s, f, &what))?;
+                RunShape::Shell
+            }
+            RunSpec::Argv(args) => {
+                for (i, a) in args.iter().enumerate() {
+                    templates
+                        .add(&format!("arg{i}"), a, Quoting::Raw)
+                        .map_err(|f| template_error(&manifest.src, stage.run_span, a, f, &what))?;
+                }
+                RunShape::Argv(args.len())
+            }
+        };
+        let s = &stage.settings;
+        let settings_fp = format!("{:?}|{:?}|{:?}", s.env, s.time, s.result);
+        Ok(Self {
+            templates,
+            base,
+            run,
+            settings_fp,
+            src: manifest.src.clone(),
+            span: stage.run_span,
+            stage: stage.name.to_string(),
+        })
+    }
+
+    /// Plans one job: renders its command with `job`, `job_id` and `index` in the context.
+    ///
+    /// # Errors
+    /// An undefined variable or helper error, naming the job.
+    pub fn plan(&mut self, job: &Job) -> Result<PlannedJob> {
+        self.base.insert("job".into(), job.value.clone());
+        self.base
+            .insert("job_id".into(), Value::String(job.id.to_string()));
+        self.base.insert("index".into(), Value::from(job.index));
+        let ctx = Value::Object(std::mem::take(&mut self.base));
+        let rendered = self.render(&ctx);
+        let Value::Object(base) = ctx else {
+            unreachable!()
+        };
+        self.base = base;
+        let command = rendered.map_err(|(f, text)| {
+            template_error(
+                &self.src,
+                self.span,
+                &text,
+                f,
+                &format!(
+                    "cannot render `run` of stage `{}` for job {} (id `{}`)",
+                    self.stage, job.index, job.id
+                ),
+            )
+        })?;
+        let fp_input = format!("{}\0{}\0{}", job.json, command.display(), self.settings_fp);
+        Ok(PlannedJob {
+            index: job.index,
+            id: job.id.clone(),
+            json: job.json.clone(),
+            command,
+            fp: sha256_hex(fp_input.as_bytes())[..16].to_owned(),
+        })
+    }
+
+    fn render(&self, ctx: &Value) -> Result<Command, (TemplateFailure, String)> {
+        match self.run {
+            RunShape::Shell => self
+                .templates
+                .render("run", Quoting::Shell, ctx)
+                .map(Command::Shell)
+                .map_err(|f| (f, String::new())),
+            RunShape::Argv(n) => (0..n)
+                .map(|i| self.templates.render(&format!("arg{i}"), Quoting::Raw, ctx))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Command::Argv)
+                .map_err(|f| (f, String::new())),
+        }
+    }
+}
+
+/// Renders a stage's `generate` command.
+///
+/// # Errors
+/// A template error pointing at `generate`.
+pub fn render_generator(
+    manifest: &Manifest,
+    stage: &Stage,
+    text: &str,
+    base: &Map<String, Value>,
+) -> Result<String> {
+    let ctx = Value::Object(base.clone());
+    crate::template::render_once(text, Quoting::Shell, &ctx).map_err(|f| {
+        template_error(
+            &manifest.src,
+            stage.source_span,
+            text,
+            f,
+            &format!("cannot render `generate` of stage `{}`", stage.name),
+        )
+    })
+}
+
+/// Plans a stage whose jobs are known.
+///
+/// # Errors
+/// Template errors for any job (the first one found).
+pub fn plan_stage(
+    manifest: &Manifest,
+    stage_index: usize,
+    jobs: &[Job],
+    layout: &Layout,
+    upstream: &Upstream,
+) -> Result<StagePlan> {
+    let stage = &manifest.stages[stage_index];
+    let base = base_context(manifest, stage, layout, upstream);
+    let mut renderer = Renderer::new(manifest, stage, base)?;
+    let planned = jobs
+        .iter()
+        .map(|j| renderer.plan(j).map(Arc::new))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(StagePlan {
+        stage: stage_index,
+        name: stage.name.clone(),
+        settings: stage.settings.clone(),
+        cwd: manifest.dir.clone(),
+        dir: layout.stage_dir(stage.name.as_str()),
+        env: stage_env(manifest, stage, layout, upstream),
+        jobs: planned,
+        renderer,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::expand_static;
+    use crate::manifest::parse;
+
+    #[test]
+    fn plans_every_job_and_fingerprints_differ() {
+        let m = parse(
+            Path::new("/tmp/p.toml"),
+            "[workflow]\nname='w'\n[stages.a]\njobs=[{x='a b'},{x='$(id)'}]\nrun='echo {{job.x}} {{index}}'\n".into(),
+        )
+        .unwrap();
+        let jobs = expand_static(&m, &m.stages[0]).unwrap().unwrap();
+        let layout = Layout::new("/tmp/.poolparty/w".into());
+        let plan = plan_stage(&m, 0, &jobs, &layout, &Upstream::default()).unwrap();
+        assert_eq!(plan.jobs[0].command, Command::Shell("echo 'a b' 0".into()));
+        assert_eq!(
+            plan.jobs[1].command,
+            Command::Shell("echo '$(id)' 1".into())
+        );
+        assert_ne!(plan.jobs[0].fp, plan.jobs[1].fp);
+    }
+
+    #[test]
+    fn undefined_variable_names_job_and_points_into_manifest() {
+        let text = "[workflow]\nname='w'\n[stages.a]\njobs=[{x=1},{y=2}]\nrun='echo {{job.x}}'\n";
+        let m = parse(Path::new("/tmp/p.toml"), text.into()).unwrap();
+        let jobs = expand_static(&m, &m.stages[0]).unwrap().unwrap();
+        let layout = Layout::new("/tmp/.poolparty/w".into());
+        match plan_stage(&m, 0, &jobs, &layout, &Upstream::default()).unwrap_err() {
+            Error::Template { message, span, .. } => {
+                assert!(message.contains("job 1"), "{message}");
+                assert!(message.contains("`job.x` is not defined"), "{message}");
+                assert_eq!(
+                    &text[span.offset()..span.offset() + span.len()],
+                    "'echo {{job.x}}'"
+                );
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+}

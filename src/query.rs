@@ -1,0 +1,356 @@
+//! Read-only views of recorded state: `poolparty results` (a stage's results in job order) and
+//! `poolparty status` (every stage's outcomes).
+//!
+//! Reads only the store (jobs and ledger files), never the scheduler, so both work during a
+//! run, after a killed run, after a resumed run and after a detached one.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::cli::ResultsFormat;
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::outcome::{JobRecord, Outcome, Stats, Verdict};
+use crate::store::{self, JobLine, Layout};
+use crate::summary::{FailedJob, RunReport, StageReport};
+
+/// What `results` printed and how it ends.
+#[derive(Debug)]
+pub struct ResultsOutput {
+    /// The text for stdout.
+    pub stdout: String,
+    /// One line per job without a result, for stderr.
+    pub missing: Vec<String>,
+    /// Notes for stderr (results kept as files).
+    pub notes: Vec<String>,
+}
+
+/// Options of `results`.
+#[derive(Clone, Debug)]
+pub struct ResultsOptions {
+    /// The stage.
+    pub stage: Option<String>,
+    /// Output format.
+    pub format: ResultsFormat,
+    /// Include each job's value.
+    pub with_job: bool,
+}
+
+fn stage_name<'a>(manifest: &'a Manifest, wanted: Option<&'a str>) -> Result<&'a str> {
+    match wanted {
+        Some(s) => manifest
+            .stage(s)
+            .map(|st| st.name.as_str())
+            .ok_or_else(|| Error::Usage {
+                message: format!("the manifest has no stage `{s}`"),
+                help: crate::error::did_you_mean(s, manifest.stage_names()).or_else(|| {
+                    Some(format!(
+                        "stages: {}",
+                        manifest.stage_names().collect::<Vec<_>>().join(", ")
+                    ))
+                }),
+            }),
+        None if manifest.stages.len() == 1 => Ok(manifest.stages[0].name.as_str()),
+        None => Err(Error::Usage {
+            message: "the manifest has several stages: choose one with `--stage`".to_owned(),
+            help: Some(format!(
+                "stages: {}",
+                manifest.stage_names().collect::<Vec<_>>().join(", ")
+            )),
+        }),
+    }
+}
+
+/// A stage's jobs and the latest record of each.
+type Recorded = (Vec<JobLine>, HashMap<String, JobRecord>);
+
+fn load_stage(layout: &Layout, name: &str) -> Result<Option<Recorded>> {
+    let Some(jobs) = store::read_jobs(&layout.jobs_file(name))? else {
+        return Ok(None);
+    };
+    let latest = store::latest(store::read_ledger(&layout.ledger(name))?);
+    Ok(Some((jobs, latest)))
+}
+
+/// A stage's results in job order.
+///
+/// # Errors
+/// An unknown stage, a stage that never ran, or unreadable state.
+pub fn results(
+    manifest: &Manifest,
+    layout: &Layout,
+    opts: &ResultsOptions,
+) -> Result<ResultsOutput> {
+    let name = stage_name(manifest, opts.stage.as_deref())?;
+    let (jobs, latest) = load_stage(layout, name)?.ok_or_else(|| Error::Usage {
+        message: format!("stage `{name}` has not run yet: there are no results"),
+        help: Some("run it first with `poolparty run`".to_owned()),
+    })?;
+    let mut out = String::with_capacity(jobs.len() * 24);
+    let mut missing = Vec::new();
+    let mut notes = Vec::new();
+    // (line, record, result text or None)
+    let rows: Vec<(&JobLine, Option<&JobRecord>, Option<String>)> = jobs
+        .iter()
+        .map(|j| {
+            let rec = latest.get(&j.id);
+            let result = rec
+                .and_then(|r| r.result.as_ref())
+                .map(crate::outcome::ResultValue::to_json);
+            (j, rec, result)
+        })
+        .collect();
+    for (j, rec, result) in &rows {
+        let ok = rec.is_some_and(|r| r.outcome.is_success());
+        match (rec, result) {
+            (Some(r), _) if !ok => missing.push(format!(
+                "job {} `{}`: {}",
+                j.index,
+                j.id,
+                r.outcome.describe()
+            )),
+            (None, _) => missing.push(format!("job {} `{}`: no outcome recorded", j.index, j.id)),
+            (Some(_), None) => missing.push(format!(
+                "job {} `{}`: succeeded but wrote no result",
+                j.index, j.id
+            )),
+            _ => {}
+        }
+        if let Some(crate::outcome::ResultValue::File { path, bytes }) =
+            rec.and_then(|r| r.result.as_ref())
+        {
+            notes.push(format!(
+                "job {} `{}`: result of {bytes} bytes kept as a file: {path}",
+                j.index, j.id
+            ));
+        }
+    }
+    match opts.format {
+        ResultsFormat::Json => {
+            out.push('[');
+            for (n, (_, rec, result)) in rows.iter().enumerate() {
+                if n > 0 {
+                    out.push_str(", ");
+                }
+                let ok = rec.is_some_and(|r| r.outcome.is_success());
+                match result {
+                    Some(t) if ok => out.push_str(t),
+                    _ => out.push_str("null"),
+                }
+            }
+            out.push_str("]\n");
+        }
+        ResultsFormat::Jsonl => {
+            for (j, rec, result) in &rows {
+                let code = rec
+                    .and_then(|r| r.outcome.exit_code())
+                    .map_or_else(|| "null".to_owned(), |c| c.to_string());
+                let outcome = rec.map_or("not_run", |r| outcome_kind(&r.outcome));
+                let _ = write!(
+                    out,
+                    "{{\"index\":{},\"id\":{},\"outcome\":\"{outcome}\",\"exit_code\":{code},\"result\":{}",
+                    j.index,
+                    serde_json::to_string(&j.id).expect("string"),
+                    result.as_deref().unwrap_or("null")
+                );
+                if opts.with_job {
+                    let _ = write!(out, ",\"job\":{}", j.job.get());
+                }
+                out.push_str("}\n");
+            }
+        }
+        ResultsFormat::Csv | ResultsFormat::Tsv => table(&rows, opts, &mut out),
+    }
+    Ok(ResultsOutput {
+        stdout: out,
+        missing,
+        notes,
+    })
+}
+
+fn outcome_kind(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Failed { .. } => "failed",
+        Outcome::Signaled { .. } => "signaled",
+        Outcome::ExecFailed { .. } => "exec_failed",
+        Outcome::TimedOut => "timed_out",
+        Outcome::Lost => "lost",
+        Outcome::Interrupted => "interrupted",
+        Outcome::NotRun { .. } => "not_run",
+    }
+}
+
+fn table(
+    rows: &[(&JobLine, Option<&JobRecord>, Option<String>)],
+    opts: &ResultsOptions,
+    out: &mut String,
+) {
+    let tsv = opts.format == ResultsFormat::Tsv;
+    let parsed: Vec<Option<Value>> = rows
+        .iter()
+        .map(|(_, _, r)| r.as_deref().and_then(|t| serde_json::from_str(t).ok()))
+        .collect();
+    let mut keys: Vec<String> = Vec::new();
+    let mut scalar = false;
+    for v in parsed.iter().flatten() {
+        match v {
+            Value::Object(m) => {
+                for k in m.keys() {
+                    if !keys.contains(k) {
+                        keys.push(k.clone());
+                    }
+                }
+            }
+            _ => scalar = true,
+        }
+    }
+    let mut header: Vec<String> = vec!["index".into(), "id".into(), "exit_code".into()];
+    if scalar || keys.is_empty() {
+        header.push("result".into());
+    }
+    header.extend(keys.iter().cloned());
+    if opts.with_job {
+        header.push("job".into());
+    }
+    let cell = |s: &str| -> String {
+        if tsv {
+            s.replace('\\', "\\\\")
+                .replace('\t', "\\t")
+                .replace('\n', "\\n")
+                .replace('\r', "\\r")
+        } else if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_owned()
+        }
+    };
+    let sep = if tsv { "\t" } else { "," };
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    out.push_str(&header.iter().map(|h| cell(h)).collect::<Vec<_>>().join(sep));
+    out.push('\n');
+    for ((j, rec, _), v) in rows.iter().zip(&parsed) {
+        let mut cells = vec![
+            j.index.to_string(),
+            j.id.clone(),
+            rec.and_then(|r| r.outcome.exit_code())
+                .map_or_else(String::new, |c| c.to_string()),
+        ];
+        if scalar || keys.is_empty() {
+            cells.push(match v {
+                Some(Value::Object(_)) | None => String::new(),
+                Some(other) => text(other),
+            });
+        }
+        for k in &keys {
+            cells.push(
+                v.as_ref()
+                    .and_then(|v| v.get(k))
+                    .map_or_else(String::new, text),
+            );
+        }
+        if opts.with_job {
+            cells.push(j.job.get().to_owned());
+        }
+        out.push_str(&cells.iter().map(|c| cell(c)).collect::<Vec<_>>().join(sep));
+        out.push('\n');
+    }
+}
+
+/// Every stage's recorded state, as a report.
+///
+/// # Errors
+/// Unreadable state.
+pub fn status(manifest: &Manifest, layout: &Layout) -> Result<RunReport> {
+    let mut stages = Vec::new();
+    let mut all = Vec::new();
+    for stage in &manifest.stages {
+        let name = stage.name.as_str();
+        let Some((jobs, latest)) = load_stage(layout, name)? else {
+            stages.push(StageReport {
+                name: name.to_owned(),
+                backend: stage.settings.backend,
+                jobs: None,
+                stats: Stats::default(),
+                reused: 0,
+                wall_seconds: None,
+                not_started: Some("no jobs expanded yet".to_owned()),
+                results: None,
+                failed: Vec::new(),
+            });
+            all.push(Stats {
+                total: 1,
+                not_run: 1,
+                ..Stats::default()
+            });
+            continue;
+        };
+        let mut stats = Stats::default();
+        let mut failed = Vec::new();
+        let (mut first, mut last) = (f64::MAX, 0.0f64);
+        for j in &jobs {
+            let rec = latest.get(&j.id);
+            stats.add(rec.map(|r| &r.outcome));
+            if let Some(r) = rec {
+                if let (Some(s), Some(e)) = (r.start, r.end) {
+                    first = first.min(s);
+                    last = last.max(e);
+                }
+                if !r.outcome.is_success() && !matches!(r.outcome, Outcome::NotRun { .. }) {
+                    let out = layout.log_out(name, &j.id);
+                    let err = layout.log_err(name, &j.id);
+                    failed.push(FailedJob {
+                        index: j.index,
+                        id: j.id.clone(),
+                        outcome: r.outcome.clone(),
+                        attempts: r.attempt,
+                        exit_code: r.outcome.exit_code(),
+                        stderr_tail: if failed.len() < 20 {
+                            store::tail(&err, 5)
+                        } else {
+                            None
+                        },
+                        stdout_log: out.exists().then_some(out),
+                        stderr_log: err.exists().then_some(err),
+                    });
+                }
+            }
+        }
+        all.push(stats);
+        stages.push(StageReport {
+            name: name.to_owned(),
+            backend: stage.settings.backend,
+            jobs: Some(jobs.len()),
+            stats,
+            reused: 0,
+            wall_seconds: (last > 0.0).then_some(last - first),
+            not_started: None,
+            results: Some(layout.results_file(name)),
+            failed,
+        });
+    }
+    let summary: Option<RunReport> = std::fs::read_to_string(layout.summary())
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    Ok(RunReport {
+        format_version: store::FORMAT_VERSION,
+        workflow: manifest.name.clone(),
+        run: summary
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |s| s.run.clone()),
+        manifest: manifest.path.clone(),
+        manifest_sha256: manifest.hash.clone(),
+        poolparty_version: env!("CARGO_PKG_VERSION").to_owned(),
+        started: summary.as_ref().map_or(0.0, |s| s.started),
+        ended: summary.as_ref().and_then(|s| s.ended),
+        verdict: Verdict::of(&all, false),
+        state_dir: layout.root().to_path_buf(),
+        stages,
+    })
+}

@@ -1,0 +1,801 @@
+//! The runner drives a run: it starts each stage when what it needs is done, hands planned jobs
+//! to the stage's backend, and is the one consumer of the backends' [`Event`]s. For each event
+//! it alone appends the record to the store's ledger (durable first), retries or finalizes the
+//! job, feeds element-wise stages, and only then tells the reporter.
+//!
+//! Reads `plan`, `graph`, `store`, `backend` and `summary`; those never call each other.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::backend::{self, Backend, CancelMode, Event, Launch, StageSpec};
+use crate::error::Result;
+use crate::graph::StageGraph;
+use crate::jobs::{self, Job};
+use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure};
+use crate::outcome::{JobRecord, Outcome, ResultValue, Stats, Verdict};
+use crate::plan::{self, PlannedJob, StagePlan, Upstream, UpstreamStage};
+use crate::store::{self, Layout, Ledger};
+use crate::summary::{FailedJob, Reporter, RunReport, StageReport};
+
+/// Choices that come from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Overrides every stage's backend.
+    pub backend: Option<BackendKind>,
+    /// Overrides every stage's `max_parallel`.
+    pub max_parallel: Option<u32>,
+    /// Rerun jobs that already succeeded.
+    pub force: bool,
+    /// Stages to run (indices); their needs are included unless complete. Empty: all.
+    pub stages: Vec<usize>,
+}
+
+/// A stage's jobs, expanded before the run started (for validation), if they could be.
+pub type Prepared = Vec<Option<(Vec<Job>, StagePlan)>>;
+
+#[derive(Debug)]
+enum Phase {
+    Waiting,
+    Running,
+    Done,
+    Skipped(String),
+    Unselected,
+}
+
+struct StageState {
+    phase: Phase,
+    jobs: Vec<Job>,
+    plan: Option<StagePlan>,
+    planned: Vec<Option<Arc<PlannedJob>>>,
+    backend: Option<Box<dyn Backend>>,
+    ledger: Option<Ledger>,
+    finals: Vec<Option<Outcome>>,
+    results: Vec<Option<ResultValue>>,
+    attempts: Vec<u32>,
+    remaining: usize,
+    in_flight: usize,
+    done_before: usize,
+    prior: HashMap<String, JobRecord>,
+    started: Option<Instant>,
+    wall: Option<f64>,
+    failed: Vec<FailedJob>,
+    next_poll: Option<Instant>,
+}
+
+impl StageState {
+    fn new(selected: bool) -> Self {
+        Self {
+            phase: if selected {
+                Phase::Waiting
+            } else {
+                Phase::Unselected
+            },
+            jobs: Vec::new(),
+            plan: None,
+            planned: Vec::new(),
+            backend: None,
+            ledger: None,
+            finals: Vec::new(),
+            results: Vec::new(),
+            attempts: Vec::new(),
+            remaining: 0,
+            in_flight: 0,
+            done_before: 0,
+            prior: HashMap::new(),
+            started: None,
+            wall: None,
+            failed: Vec::new(),
+            next_poll: None,
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        for f in &self.finals {
+            s.add(f.as_ref());
+        }
+        s
+    }
+
+    fn jobs_known(&self) -> bool {
+        matches!(self.phase, Phase::Running | Phase::Done)
+    }
+}
+
+/// How many failed jobs get their stderr tail read for the summary.
+const TAILS_SHOWN: usize = 20;
+
+/// One run of a manifest.
+pub struct Runner<'a> {
+    manifest: &'a Manifest,
+    graph: &'a StageGraph,
+    layout: Layout,
+    run_id: String,
+    opts: RunOptions,
+    states: Vec<StageState>,
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+    reporter: &'a mut Reporter,
+    interrupted: bool,
+    signals: usize,
+    last_sync: Instant,
+    started: f64,
+}
+
+impl<'a> Runner<'a> {
+    /// Prepares a run of the `selected` stages (all when `opts.stages` is empty).
+    #[must_use]
+    pub fn new(
+        manifest: &'a Manifest,
+        graph: &'a StageGraph,
+        layout: Layout,
+        run_id: String,
+        opts: RunOptions,
+        selected: &[bool],
+        reporter: &'a mut Reporter,
+    ) -> Self {
+        let (tx, rx) = channel();
+        let states = selected.iter().map(|&s| StageState::new(s)).collect();
+        Self {
+            manifest,
+            graph,
+            layout,
+            run_id,
+            opts,
+            states,
+            tx,
+            rx,
+            reporter,
+            interrupted: false,
+            signals: 0,
+            last_sync: Instant::now(),
+            started: store::now(),
+        }
+    }
+
+    /// Runs until every selected stage is done, skipped or interrupted.
+    ///
+    /// # Errors
+    /// Only errors that make the state untrustworthy (the ledger cannot be written) or a
+    /// backend failure; job failures are outcomes, not errors.
+    pub fn run(mut self, mut prepared: Prepared) -> Result<RunReport> {
+        let signals = install_signals(self.tx.clone());
+        let result = self.drive(&mut prepared);
+        if let Some(h) = signals {
+            h.close();
+        }
+        // Stop whatever still runs if we leave on an error.
+        if result.is_err() {
+            for st in &mut self.states {
+                if let Some(b) = st.backend.as_mut() {
+                    b.cancel(CancelMode::Kill);
+                }
+            }
+        }
+        for st in &mut self.states {
+            if let Some(l) = st.ledger.as_mut() {
+                l.sync()?;
+            }
+            st.backend = None;
+        }
+        result?;
+        Ok(self.report())
+    }
+
+    fn drive(&mut self, prepared: &mut Prepared) -> Result<()> {
+        self.write_provenance(None)?;
+        loop {
+            if !self.interrupted {
+                self.start_ready(prepared)?;
+            }
+            self.finish_done_stages()?;
+            if self
+                .states
+                .iter()
+                .all(|s| !matches!(s.phase, Phase::Waiting | Phase::Running))
+            {
+                break;
+            }
+            let timeout = self.wait_time();
+            match self.rx.recv_timeout(timeout) {
+                Ok(ev) => {
+                    self.handle(ev)?;
+                    while let Ok(ev) = self.rx.try_recv() {
+                        self.handle(ev)?;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => unreachable!("the runner holds a sender"),
+            }
+            self.poll_backends()?;
+            if self.last_sync.elapsed() >= Duration::from_millis(200) {
+                self.sync_ledgers()?;
+            }
+        }
+        self.sync_ledgers()?;
+        Ok(())
+    }
+
+    fn wait_time(&self) -> Duration {
+        let now = Instant::now();
+        self.states
+            .iter()
+            .filter_map(|s| s.next_poll)
+            .map(|t| t.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1))
+    }
+
+    fn sync_ledgers(&mut self) -> Result<()> {
+        for st in &mut self.states {
+            if let Some(l) = st.ledger.as_mut() {
+                l.sync()?;
+            }
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    fn poll_backends(&mut self) -> Result<()> {
+        let now = Instant::now();
+        for st in &mut self.states {
+            if let (Some(b), Some(t)) = (st.backend.as_mut(), st.next_poll) {
+                if now >= t {
+                    b.poll()?;
+                    st.next_poll = b.next_poll().map(|d| Instant::now() + d);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts every waiting stage whose needs allow it.
+    fn start_ready(&mut self, prepared: &mut Prepared) -> Result<()> {
+        for &i in self.graph.order() {
+            if !matches!(self.states[i].phase, Phase::Waiting) {
+                continue;
+            }
+            let stage = &self.manifest.stages[i];
+            let needs = self.graph.needs(i);
+            let element_wise = matches!(stage.source, JobSource::ForEach(_));
+            let mut ready = true;
+            let mut blocked: Option<String> = None;
+            for &n in &needs {
+                let up = &self.states[n];
+                let name = &self.manifest.stages[n].name;
+                match &up.phase {
+                    Phase::Done => {
+                        if !up.stats().all_succeeded()
+                            && stage.on_failure == OnFailure::Stop
+                            && !element_wise
+                        {
+                            blocked = Some(format!("needed stage `{name}` had failed jobs"));
+                        }
+                    }
+                    Phase::Skipped(_) => {
+                        blocked = Some(format!("needed stage `{name}` did not run"))
+                    }
+                    Phase::Running if element_wise => {}
+                    Phase::Unselected => {}
+                    Phase::Waiting | Phase::Running => ready = false,
+                }
+            }
+            if let Some(reason) = blocked {
+                self.skip(i, reason);
+                continue;
+            }
+            if ready {
+                if let Err(e) = self.start_stage(i, prepared[i].take()) {
+                    if e.exit_code() == crate::error::EXIT_INVALID_INPUT {
+                        // A generator or template failing at run time fails its stage only.
+                        self.reporter.diagnostic(&e);
+                        self.skip(i, format!("could not plan its jobs: {e}"));
+                    } else {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, i: usize, reason: String) {
+        self.reporter
+            .stage_skipped(self.manifest.stages[i].name.as_str(), &reason);
+        self.states[i].phase = Phase::Skipped(reason);
+    }
+
+    fn upstream(&self, i: usize) -> Upstream {
+        let mut up = Upstream::default();
+        for n in self.graph.needs(i) {
+            let name = self.manifest.stages[n].name.as_str();
+            let st = &self.states[n];
+            let failed = st
+                .jobs
+                .iter()
+                .zip(&st.finals)
+                .filter(|(_, f)| !f.as_ref().is_some_and(Outcome::is_success))
+                .map(|(j, _)| j.id.to_string())
+                .collect();
+            up.stages.insert(
+                name.to_owned(),
+                UpstreamStage {
+                    dir: self.layout.stage_dir(name),
+                    outcomes: self.layout.ledger(name),
+                    results: self.layout.results_file(name),
+                    jobs: self.layout.jobs_file(name),
+                    failed,
+                },
+            );
+        }
+        up
+    }
+
+    fn start_stage(&mut self, i: usize, prepared: Option<(Vec<Job>, StagePlan)>) -> Result<()> {
+        let manifest = self.manifest;
+        let stage = &manifest.stages[i];
+        let name = stage.name.to_string();
+        let upstream = self.upstream(i);
+        let any_upstream_failed = upstream.stages.values().any(|u| !u.failed.is_empty());
+        let (jobs, plan) = match (prepared, &stage.source) {
+            (Some(p), _) if !any_upstream_failed => p,
+            (_, JobSource::ForEach(up)) => {
+                let n = self.graph.needs(i)[0];
+                debug_assert_eq!(manifest.stages[n].name, *up);
+                let jobs = jobs::for_each(&self.states[n].jobs);
+                let plan = plan::plan_stage(manifest, i, &[], &self.layout, &upstream)?;
+                (jobs, plan)
+            }
+            (_, source) => {
+                let jobs = match source {
+                    JobSource::Generate(cmd) => {
+                        let base = plan::base_context(manifest, stage, &self.layout, &upstream);
+                        let rendered = plan::render_generator(manifest, stage, cmd, &base)?;
+                        let env = plan::stage_env(manifest, stage, &self.layout, &upstream);
+                        jobs::run_generator(manifest, stage, &rendered, &env)?
+                    }
+                    _ => jobs::expand_static(manifest, stage).expect("static source")?,
+                };
+                let plan = plan::plan_stage(manifest, i, &jobs, &self.layout, &upstream)?;
+                (jobs, plan)
+            }
+        };
+        self.layout.create_stage_dirs(&name)?;
+        store::write_jobs(&self.layout.jobs_file(&name), &jobs)?;
+        let prior = if self.opts.force {
+            HashMap::new()
+        } else {
+            store::latest(store::read_ledger(&self.layout.ledger(&name))?)
+        };
+        let ledger = Ledger::open(self.layout.ledger(&name))?;
+        let kind = self.opts.backend.unwrap_or(plan.settings.backend);
+        let workers = self
+            .opts
+            .max_parallel
+            .or(plan.settings.max_parallel)
+            .map_or_else(
+                || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+                |n| n as usize,
+            );
+        let spec = StageSpec::new(&plan, &self.layout, &self.run_id, workers);
+        let backend = backend::create(kind, spec, self.tx.clone())?;
+        let n = jobs.len();
+        let st = &mut self.states[i];
+        st.planned = if matches!(stage.source, JobSource::ForEach(_)) {
+            vec![None; n]
+        } else {
+            plan.jobs.iter().cloned().map(Some).collect()
+        };
+        st.jobs = jobs;
+        st.plan = Some(plan);
+        st.finals = vec![None; n];
+        st.results = vec![None; n];
+        st.attempts = vec![0; n];
+        st.remaining = n;
+        st.prior = prior;
+        st.ledger = Some(ledger);
+        st.next_poll = backend.next_poll().map(|d| Instant::now() + d);
+        st.backend = Some(backend);
+        st.started = Some(Instant::now());
+        st.phase = Phase::Running;
+        self.reporter.stage_started(i, &name, n, kind);
+
+        if let JobSource::ForEach(_) = stage.source {
+            // Feed the elements whose upstream job already ended.
+            let up = self.graph.needs(i)[0];
+            for idx in 0..n {
+                if let Some(o) = self.states[up].finals[idx].clone() {
+                    self.feed_element(i, idx, &o)?;
+                }
+            }
+        } else {
+            let launches: Vec<Launch> = (0..n)
+                .filter_map(|idx| self.launch_or_reuse(i, idx))
+                .collect();
+            self.submit(i, launches)?;
+        }
+        Ok(())
+    }
+
+    /// The first launch of a job, or `None` when a recorded success with the same
+    /// fingerprint is reused (and the job is finalized here).
+    fn launch_or_reuse(&mut self, i: usize, idx: usize) -> Option<Launch> {
+        let st = &mut self.states[i];
+        let job = st.planned[idx].clone().expect("planned");
+        if let Some(prev) = st.prior.get(job.id.as_str()) {
+            if prev.outcome.is_success() && prev.fp == job.fp {
+                let result = prev.result.clone();
+                st.done_before += 1;
+                self.finalize(i, idx, Outcome::Succeeded, result, None);
+                return None;
+            }
+        }
+        self.states[i].attempts[idx] = 1;
+        Some(Launch { job, attempt: 1 })
+    }
+
+    fn submit(&mut self, i: usize, launches: Vec<Launch>) -> Result<()> {
+        if launches.is_empty() {
+            return Ok(());
+        }
+        let st = &mut self.states[i];
+        st.in_flight += launches.len();
+        let n = launches.len();
+        if let Err(e) = st.backend.as_mut().expect("running stage").submit(launches) {
+            st.in_flight -= n;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Job `idx` of element-wise stage `i` may go: its upstream job ended with `upstream`.
+    fn feed_element(&mut self, i: usize, idx: usize, upstream: &Outcome) -> Result<()> {
+        let stage = &self.manifest.stages[i];
+        let up = self.graph.needs(i)[0];
+        if !upstream.is_success() && stage.on_failure == OnFailure::Stop {
+            let reason = format!(
+                "upstream job of `{}` did not succeed",
+                self.manifest.stages[up].name
+            );
+            self.record_not_run(i, idx, reason)?;
+            return Ok(());
+        }
+        let up_name = self.manifest.stages[up].name.to_string();
+        let up_job = &self.states[up].jobs[idx];
+        let value = json!({
+            "id": up_job.id.as_str(),
+            "index": idx,
+            "upstream": up_job.value,
+            "exit_code": upstream.exit_code(),
+            "outcome": upstream.describe(),
+            "result": self.states[up].results[idx].as_ref().map(|r| serde_json::from_str::<Value>(&r.to_json()).unwrap_or(Value::Null)),
+            "stdout": self.layout.log_out(&up_name, up_job.id.as_str()),
+            "stderr": self.layout.log_err(&up_name, up_job.id.as_str()),
+        });
+        let element = Job {
+            index: idx,
+            id: up_job.id.clone(),
+            json: serde_json::to_string(&value).expect("serializes"),
+            value,
+        };
+        let st = &mut self.states[i];
+        let planned = st.plan.as_mut().expect("running").renderer.plan(&element);
+        match planned {
+            Ok(p) => {
+                st.planned[idx] = Some(Arc::new(p));
+                if let Some(l) = self.launch_or_reuse(i, idx) {
+                    self.submit(i, vec![l])?;
+                }
+            }
+            Err(e) => {
+                self.reporter.diagnostic(&e);
+                self.record_not_run(i, idx, "its command could not be rendered".to_owned())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn record_not_run(&mut self, i: usize, idx: usize, reason: String) -> Result<()> {
+        let st = &mut self.states[i];
+        let job = &st.jobs[idx];
+        let outcome = Outcome::NotRun { reason };
+        let record = JobRecord {
+            index: idx,
+            id: job.id.to_string(),
+            attempt: 0,
+            outcome: outcome.clone(),
+            start: None,
+            end: None,
+            run: self.run_id.clone(),
+            fp: String::new(),
+            result: None,
+        };
+        st.ledger.as_mut().expect("running").append(&record)?;
+        self.finalize(i, idx, outcome, None, Some(&record));
+        Ok(())
+    }
+
+    fn handle(&mut self, ev: Event) -> Result<()> {
+        match ev {
+            Event::Signal { signal, count } => {
+                self.signals = count;
+                let mode = if count >= 2 {
+                    CancelMode::Kill
+                } else {
+                    CancelMode::Graceful
+                };
+                if !self.interrupted {
+                    self.reporter.message(&format!(
+                        "received signal {signal}: stopping running jobs (send it again to kill them at once)"
+                    ));
+                }
+                self.interrupted = true;
+                self.cancel_all(mode)?;
+            }
+            Event::Finished { stage, record } => self.finished(stage, record)?,
+        }
+        Ok(())
+    }
+
+    fn cancel_all(&mut self, mode: CancelMode) -> Result<()> {
+        for i in 0..self.states.len() {
+            match self.states[i].phase {
+                Phase::Waiting => self.skip(i, "run interrupted".to_owned()),
+                Phase::Running => {
+                    let dropped = self.states[i]
+                        .backend
+                        .as_mut()
+                        .expect("running")
+                        .cancel(mode);
+                    self.states[i].in_flight -= dropped.len();
+                    for l in dropped {
+                        self.record_not_run(i, l.job.index, "run interrupted".to_owned())?;
+                    }
+                    // Element-wise jobs not yet fed will never be.
+                    let missing: Vec<usize> = (0..self.states[i].finals.len())
+                        .filter(|&idx| {
+                            self.states[i].finals[idx].is_none()
+                                && self.states[i].attempts[idx] == 0
+                        })
+                        .collect();
+                    for idx in missing {
+                        self.record_not_run(i, idx, "run interrupted".to_owned())?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn finished(&mut self, i: usize, record: JobRecord) -> Result<()> {
+        let st = &mut self.states[i];
+        st.in_flight -= 1;
+        st.ledger.as_mut().expect("running stage").append(&record)?;
+        let idx = record.index;
+        let retries = st.plan.as_ref().expect("running").settings.retries;
+        if record.outcome.is_retryable() && record.attempt <= retries && !self.interrupted {
+            self.reporter.job_retrying(i, &record);
+            let job = st.planned[idx].clone().expect("planned");
+            st.attempts[idx] = record.attempt + 1;
+            let attempt = record.attempt + 1;
+            return self.submit(i, vec![Launch { job, attempt }]);
+        }
+        let outcome = record.outcome.clone();
+        let result = record.result.clone();
+        self.finalize(i, idx, outcome, result, Some(&record));
+        Ok(())
+    }
+
+    fn finalize(
+        &mut self,
+        i: usize,
+        idx: usize,
+        outcome: Outcome,
+        result: Option<ResultValue>,
+        record: Option<&JobRecord>,
+    ) {
+        let name = self.manifest.stages[i].name.to_string();
+        let st = &mut self.states[i];
+        if st.finals[idx].is_some() {
+            return;
+        }
+        if !outcome.is_success() && !matches!(outcome, Outcome::NotRun { .. }) {
+            let id = st.jobs[idx].id.to_string();
+            let out = self.layout.log_out(&name, &id);
+            let err = self.layout.log_err(&name, &id);
+            let tail = if st.failed.len() < TAILS_SHOWN {
+                store::tail(&err, 5)
+            } else {
+                None
+            };
+            st.failed.push(FailedJob {
+                index: idx,
+                id,
+                outcome: outcome.clone(),
+                attempts: record.map_or(0, |r| r.attempt),
+                exit_code: outcome.exit_code(),
+                stdout_log: out.exists().then_some(out),
+                stderr_log: err.exists().then_some(err),
+                stderr_tail: tail,
+            });
+        }
+        st.finals[idx] = Some(outcome.clone());
+        st.results[idx] = result;
+        st.remaining -= 1;
+        if let Some(r) = record {
+            self.reporter.job_finished(i, r);
+        } else {
+            self.reporter.job_reused(i);
+        }
+        // Element-wise dependents that are already running get their element now.
+        let dependents: Vec<usize> = (0..self.states.len())
+            .filter(|&d| {
+                matches!(self.states[d].phase, Phase::Running)
+                    && matches!(&self.manifest.stages[d].source, JobSource::ForEach(up) if up.as_str() == name)
+            })
+            .collect();
+        for d in dependents {
+            if let Err(e) = self.feed_element(d, idx, &outcome) {
+                self.reporter.diagnostic(&e);
+            }
+        }
+    }
+
+    fn finish_done_stages(&mut self) -> Result<()> {
+        for i in 0..self.states.len() {
+            let st = &self.states[i];
+            if !matches!(st.phase, Phase::Running) || st.remaining > 0 || st.in_flight > 0 {
+                continue;
+            }
+            let name = self.manifest.stages[i].name.to_string();
+            let mut buf = Vec::new();
+            for r in &st.results {
+                match r {
+                    Some(r) => buf.extend_from_slice(r.to_json().as_bytes()),
+                    None => buf.extend_from_slice(b"null"),
+                }
+                buf.push(b'\n');
+            }
+            store::atomic_write(&self.layout.results_file(&name), &buf)?;
+            let st = &mut self.states[i];
+            if let Some(mut b) = st.backend.take() {
+                b.close();
+            }
+            if let Some(l) = st.ledger.as_mut() {
+                l.sync()?;
+            }
+            st.wall = st.started.map(|t| t.elapsed().as_secs_f64());
+            st.phase = Phase::Done;
+            let report = self.stage_report(i);
+            self.reporter.stage_finished(&report);
+        }
+        Ok(())
+    }
+
+    fn stage_report(&self, i: usize) -> StageReport {
+        let st = &self.states[i];
+        let stage = &self.manifest.stages[i];
+        let (stats, jobs) = if st.jobs_known() {
+            (st.stats(), Some(st.jobs.len()))
+        } else {
+            (Stats::default(), None)
+        };
+        StageReport {
+            name: stage.name.to_string(),
+            backend: self.opts.backend.unwrap_or(stage.settings.backend),
+            jobs,
+            stats,
+            reused: st.done_before,
+            wall_seconds: st.wall,
+            not_started: match &st.phase {
+                Phase::Skipped(r) => Some(r.clone()),
+                _ => None,
+            },
+            results: Some(self.layout.results_file(stage.name.as_str())),
+            failed: st.failed.clone(),
+        }
+    }
+
+    fn report(&self) -> RunReport {
+        let stages: Vec<StageReport> = (0..self.states.len())
+            .filter(|&i| !matches!(self.states[i].phase, Phase::Unselected))
+            .map(|i| self.stage_report(i))
+            .collect();
+        let mut all: Vec<Stats> = stages.iter().map(|s| s.stats).collect();
+        // A stage that never started counts as failed work.
+        if stages.iter().any(|s| s.not_started.is_some()) {
+            all.push(Stats {
+                total: 1,
+                not_run: 1,
+                ..Stats::default()
+            });
+        }
+        RunReport {
+            format_version: store::FORMAT_VERSION,
+            workflow: self.manifest.name.clone(),
+            run: self.run_id.clone(),
+            manifest: self.manifest.path.clone(),
+            manifest_sha256: self.manifest.hash.clone(),
+            poolparty_version: env!("CARGO_PKG_VERSION").to_owned(),
+            started: self.started,
+            ended: Some(store::now()),
+            verdict: Verdict::of(&all, self.interrupted),
+            state_dir: self.layout.root().to_path_buf(),
+            stages,
+        }
+    }
+
+    fn write_provenance(&self, report: Option<&RunReport>) -> Result<()> {
+        let path: PathBuf = self.layout.runs_dir().join(format!("{}.json", self.run_id));
+        let value = report.map_or_else(
+            || {
+                json!({
+                    "format_version": store::FORMAT_VERSION,
+                    "run": self.run_id,
+                    "workflow": self.manifest.name,
+                    "manifest": self.manifest.path,
+                    "manifest_sha256": self.manifest.hash,
+                    "poolparty_version": env!("CARGO_PKG_VERSION"),
+                    "started": self.started,
+                    "host": store::hostname(),
+                })
+            },
+            |r| serde_json::to_value(r).expect("serializes"),
+        );
+        store::atomic_write(
+            &path,
+            serde_json::to_string_pretty(&value)
+                .expect("serializes")
+                .as_bytes(),
+        )
+    }
+}
+
+/// Writes the end-of-run records: the run's provenance and `summary.json`.
+///
+/// # Errors
+/// On I/O failure.
+pub fn write_report(layout: &Layout, report: &RunReport) -> Result<()> {
+    let text = serde_json::to_string_pretty(report).expect("serializes");
+    store::atomic_write(
+        &layout.runs_dir().join(format!("{}.json", report.run)),
+        text.as_bytes(),
+    )?;
+    store::atomic_write(&layout.summary(), text.as_bytes())
+}
+
+fn install_signals(tx: Sender<Event>) -> Option<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).ok()?;
+    let handle = signals.handle();
+    std::thread::spawn(move || {
+        for (n, signal) in signals.forever().enumerate() {
+            let count = n + 1;
+            if tx.send(Event::Signal { signal, count }).is_err() {
+                break;
+            }
+        }
+    });
+    Some(handle)
+}
+
+/// A fresh run id: UTC time plus the process id.
+#[must_use]
+pub fn new_run_id() -> String {
+    let t = store::format_time(store::now());
+    let compact: String = t.chars().filter(char::is_ascii_digit).collect();
+    format!(
+        "{}T{}-{}",
+        &compact[..8],
+        &compact[8..14],
+        std::process::id()
+    )
+}

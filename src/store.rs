@@ -1,0 +1,499 @@
+//! The state store: the only module that touches a workflow's state folder
+//! (`<work_dir>/<workflow>/`).
+//!
+//! Layout (see DESIGN.md):
+//! ```text
+//! <state>/.lock                  flock'ed while a runner is active; names its holder
+//! <state>/.runs/<run>.json       provenance of each run
+//! <state>/summary.json           the last run's summary
+//! <state>/<stage>/jobs.jsonl     the expanded jobs, in order: {"index","id","job"}
+//! <state>/<stage>/ledger.jsonl   append-only: one JobRecord per finished attempt
+//! <state>/<stage>/results.jsonl  ordered results, written when the stage ends
+//! <state>/<stage>/logs/<id>.out|.err   a job's output (only when it printed something)
+//! <state>/<stage>/results/<id>   $POOLPARTY_RESULT; large results stay here
+//! <state>/<stage>/staging/       outcome files written by cluster job wrappers
+//! ```
+//! Small files that change as a whole go through [`atomic_write`]; outcomes are appended to
+//! the ledger, never rewritten.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::{Error, Result};
+use crate::jobs::Job;
+use crate::outcome::JobRecord;
+
+/// Version of the on-disk formats; readers accept this and older.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Paths inside a workflow's state folder.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// The layout rooted at `root` (`<work_dir>/<workflow>`).
+    #[must_use]
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+    /// The state folder.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// A stage's folder.
+    #[must_use]
+    pub fn stage_dir(&self, stage: &str) -> PathBuf {
+        self.root.join(stage)
+    }
+    /// A stage's log folder.
+    #[must_use]
+    pub fn logs_dir(&self, stage: &str) -> PathBuf {
+        self.stage_dir(stage).join("logs")
+    }
+    /// A job's stdout log.
+    #[must_use]
+    pub fn log_out(&self, stage: &str, id: &str) -> PathBuf {
+        self.logs_dir(stage).join(format!("{id}.out"))
+    }
+    /// A job's stderr log.
+    #[must_use]
+    pub fn log_err(&self, stage: &str, id: &str) -> PathBuf {
+        self.logs_dir(stage).join(format!("{id}.err"))
+    }
+    /// The folder of result files.
+    #[must_use]
+    pub fn results_dir(&self, stage: &str) -> PathBuf {
+        self.stage_dir(stage).join("results")
+    }
+    /// `$POOLPARTY_RESULT` of a job.
+    #[must_use]
+    pub fn result_path(&self, stage: &str, id: &str) -> PathBuf {
+        self.results_dir(stage).join(id)
+    }
+    /// The stage's ledger.
+    #[must_use]
+    pub fn ledger(&self, stage: &str) -> PathBuf {
+        self.stage_dir(stage).join("ledger.jsonl")
+    }
+    /// The stage's expanded jobs.
+    #[must_use]
+    pub fn jobs_file(&self, stage: &str) -> PathBuf {
+        self.stage_dir(stage).join("jobs.jsonl")
+    }
+    /// The stage's ordered results.
+    #[must_use]
+    pub fn results_file(&self, stage: &str) -> PathBuf {
+        self.stage_dir(stage).join("results.jsonl")
+    }
+    /// Where cluster job wrappers drop outcome files.
+    #[must_use]
+    pub fn staging_dir(&self, stage: &str) -> PathBuf {
+        self.stage_dir(stage).join("staging")
+    }
+    /// The last run's summary.
+    #[must_use]
+    pub fn summary(&self) -> PathBuf {
+        self.root.join("summary.json")
+    }
+    /// Provenance records.
+    #[must_use]
+    pub fn runs_dir(&self) -> PathBuf {
+        self.root.join(".runs")
+    }
+    /// The lock file.
+    #[must_use]
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join(".lock")
+    }
+
+    /// Creates a stage's folders.
+    ///
+    /// # Errors
+    /// When a folder cannot be created.
+    pub fn create_stage_dirs(&self, stage: &str) -> Result<()> {
+        for d in [
+            self.logs_dir(stage),
+            self.results_dir(stage),
+            self.staging_dir(stage),
+        ] {
+            std::fs::create_dir_all(&d).map_err(|e| Error::store("create", d, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsync and rename: readers see the old
+/// or the new content, never a mix.
+///
+/// # Errors
+/// Any I/O error, naming the path.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::store("create", dir, e))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| Error::store("write", path, e))
+}
+
+/// Who holds the lock.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Holder {
+    /// Process id.
+    pub pid: u32,
+    /// Host name.
+    pub host: String,
+    /// Start, seconds since the epoch.
+    pub started: f64,
+    /// The run id.
+    pub run: String,
+}
+
+/// An exclusive hold on a workflow's state folder, released on drop (or when the process
+/// dies, even by SIGKILL: it is an `flock`).
+#[derive(Debug)]
+pub struct Lock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+/// Takes the workflow lock.
+///
+/// # Errors
+/// `Locked` naming the holder when another live process has it.
+pub fn lock(layout: &Layout, run: &str) -> Result<Lock> {
+    let path = layout.lock_file();
+    std::fs::create_dir_all(layout.root()).map_err(|e| Error::store("create", layout.root(), e))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::store("open", &path, e))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            let holder = Holder {
+                pid: std::process::id(),
+                host: hostname(),
+                started: now(),
+                run: run.to_owned(),
+            };
+            let text = serde_json::to_string(&holder).expect("holder serializes");
+            let write = |f: &mut File| -> std::io::Result<()> {
+                f.set_len(0)?;
+                use std::io::Seek;
+                f.seek(std::io::SeekFrom::Start(0))?;
+                f.write_all(text.as_bytes())?;
+                f.sync_data()
+            };
+            write(&mut lock).map_err(|e| Error::store("write", &path, e))?;
+            Ok(Lock { _lock: lock })
+        }
+        Err((_, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Holder>(&t).ok())
+                .map_or_else(
+                    || "holder unknown".to_owned(),
+                    |h| {
+                        format!(
+                            "pid {} on {}, run {} started {}",
+                            h.pid,
+                            h.host,
+                            h.run,
+                            format_time(h.started)
+                        )
+                    },
+                );
+            Err(Error::Locked {
+                path: layout.root().to_path_buf(),
+                holder,
+            })
+        }
+        Err((_, errno)) => Err(Error::store("lock", &path, errno.into())),
+    }
+}
+
+/// The host name.
+#[must_use]
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+/// Seconds since the Unix epoch.
+#[must_use]
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A Unix time as `YYYY-MM-DD HH:MM:SS UTC`.
+#[must_use]
+pub fn format_time(t: f64) -> String {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "seconds since 1970 fit in i64"
+    )]
+    let secs = t as i64;
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// An open, append-only ledger.
+#[derive(Debug)]
+pub struct Ledger {
+    file: File,
+    path: PathBuf,
+    unsynced: bool,
+}
+
+impl Ledger {
+    /// Opens (creating) a stage's ledger for appending.
+    ///
+    /// # Errors
+    /// When it cannot be opened.
+    pub fn open(path: PathBuf) -> Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::store("open", &path, e))?;
+        Ok(Self {
+            file,
+            path,
+            unsynced: false,
+        })
+    }
+
+    /// Appends one record with a single `write` (so a killed runner leaves whole lines).
+    ///
+    /// # Errors
+    /// When the write fails.
+    pub fn append(&mut self, record: &JobRecord) -> Result<()> {
+        let mut line = serde_json::to_vec(record).expect("a record serializes");
+        line.push(b'\n');
+        self.file
+            .write_all(&line)
+            .map_err(|e| Error::store("append to", &self.path, e))?;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Flushes appended records to stable storage.
+    ///
+    /// # Errors
+    /// When fsync fails.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.unsynced {
+            self.file
+                .sync_data()
+                .map_err(|e| Error::store("sync", &self.path, e))?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+}
+
+/// Reads every record of a ledger (none if it does not exist). A torn last line, left by a
+/// machine crash mid-write, is skipped.
+///
+/// # Errors
+/// When the file cannot be read, or a line other than the last is not a record.
+pub fn read_ledger(path: &Path) -> Result<Vec<JobRecord>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::store("read", path, e)),
+    };
+    let mut out = Vec::new();
+    let mut lines = BufReader::new(file).lines().enumerate().peekable();
+    while let Some((n, line)) = lines.next() {
+        let line = line.map_err(|e| Error::store("read", path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<JobRecord>(&line) {
+            Ok(r) => out.push(r),
+            Err(_) if lines.peek().is_none() => {}
+            Err(e) => {
+                return Err(Error::CorruptState {
+                    path: path.to_path_buf(),
+                    message: format!("line {}: {e}", n + 1),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The last record of each job id.
+#[must_use]
+pub fn latest(records: Vec<JobRecord>) -> HashMap<String, JobRecord> {
+    let mut map: HashMap<String, JobRecord> = HashMap::with_capacity(records.len());
+    for r in records {
+        map.insert(r.id.clone(), r);
+    }
+    map
+}
+
+/// One line of `jobs.jsonl`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobLine {
+    /// Index.
+    pub index: usize,
+    /// Id.
+    pub id: String,
+    /// Value, exactly as expanded.
+    pub job: Box<RawValue>,
+}
+
+/// Writes a stage's expanded jobs.
+///
+/// # Errors
+/// On I/O failure.
+pub fn write_jobs(path: &Path, jobs: &[Job]) -> Result<()> {
+    let mut buf = Vec::with_capacity(jobs.len() * 64);
+    for j in jobs {
+        buf.extend_from_slice(b"{\"index\":");
+        buf.extend_from_slice(j.index.to_string().as_bytes());
+        buf.extend_from_slice(b",\"id\":");
+        buf.extend_from_slice(
+            serde_json::to_string(j.id.as_str())
+                .expect("string")
+                .as_bytes(),
+        );
+        buf.extend_from_slice(b",\"job\":");
+        buf.extend_from_slice(j.json.as_bytes());
+        buf.extend_from_slice(b"}\n");
+    }
+    atomic_write(path, &buf)
+}
+
+/// Reads a stage's expanded jobs (`None` when the stage was never expanded).
+///
+/// # Errors
+/// On I/O failure or a corrupt line.
+pub fn read_jobs(path: &Path) -> Result<Option<Vec<JobLine>>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::store("read", path, e)),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(n, l)| {
+            serde_json::from_str(l).map_err(|e| Error::CorruptState {
+                path: path.to_path_buf(),
+                message: format!("line {}: {e}", n + 1),
+            })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// The last `n` lines of a file, if it exists and is not empty.
+#[must_use]
+pub fn tail(path: &Path, n: usize) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let start = len.saturating_sub(8192);
+    f.seek(SeekFrom::Start(start)).ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    crate::jobs::stderr_tail(&buf, n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::Outcome;
+
+    fn rec(id: &str, attempt: u32, outcome: Outcome) -> JobRecord {
+        JobRecord {
+            index: 0,
+            id: id.into(),
+            attempt,
+            outcome,
+            start: None,
+            end: None,
+            run: "r".into(),
+            fp: "f".into(),
+            result: None,
+        }
+    }
+
+    #[test]
+    fn ledger_appends_and_skips_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let mut l = Ledger::open(path.clone()).unwrap();
+        l.append(&rec("a", 1, Outcome::Failed { code: 1 })).unwrap();
+        l.append(&rec("a", 2, Outcome::Succeeded)).unwrap();
+        l.sync().unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"index\":1,\"id")
+            .unwrap();
+        let recs = read_ledger(&path).unwrap();
+        assert_eq!(recs.len(), 2);
+        let last = latest(recs);
+        assert_eq!(last["a"].attempt, 2);
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_names_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().join("w"));
+        let held = lock(&layout, "run1").unwrap();
+        // flock is per open file description: a second open in the same process conflicts.
+        match lock(&layout, "run2").unwrap_err() {
+            Error::Locked { holder, .. } => assert!(holder.contains("run1"), "{holder}"),
+            e => panic!("{e:?}"),
+        }
+        drop(held);
+        lock(&layout, "run3").unwrap();
+    }
+
+    #[test]
+    fn time_format() {
+        assert_eq!(format_time(0.0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_time(1_795_000_000.0), "2026-11-18 11:06:40 UTC");
+    }
+}

@@ -1,0 +1,438 @@
+//! The summary: the one place (besides error printing) that writes to the terminal.
+//!
+//! [`Reporter`] receives what the runner decided (stage started, job finished, stage done) and
+//! shows live progress: indicatif bars on a terminal, plain lines otherwise. At the end it prints
+//! the per-stage table and every failed job with its code, log path and last stderr lines.
+//! [`RunReport`] is the same summary for machines (`summary.json`, `--json`).
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::error::count;
+use crate::manifest::BackendKind;
+use crate::outcome::{JobRecord, Outcome, Stats, Verdict};
+
+/// A job that did not succeed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FailedJob {
+    /// Index.
+    pub index: usize,
+    /// Id.
+    pub id: String,
+    /// Final outcome.
+    pub outcome: Outcome,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Its stdout log, if it printed anything.
+    pub stdout_log: Option<PathBuf>,
+    /// Its stderr log, if it printed anything.
+    pub stderr_log: Option<PathBuf>,
+    /// The last lines of its stderr.
+    pub stderr_tail: Option<String>,
+}
+
+/// One stage's summary.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StageReport {
+    /// Name.
+    pub name: String,
+    /// Backend used.
+    pub backend: BackendKind,
+    /// Job count, when known.
+    pub jobs: Option<usize>,
+    /// Final outcome counts.
+    pub stats: Stats,
+    /// Jobs whose earlier success was reused (resume).
+    pub reused: usize,
+    /// Wall time of the stage.
+    pub wall_seconds: Option<f64>,
+    /// Why it did not start, if it did not.
+    pub not_started: Option<String>,
+    /// Its ordered results file.
+    pub results: Option<PathBuf>,
+    /// Its failed jobs.
+    pub failed: Vec<FailedJob>,
+}
+
+/// A run's summary: printed at the end, written to `summary.json`, printed by `--json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Format version of this record.
+    pub format_version: u32,
+    /// Workflow name.
+    pub workflow: String,
+    /// Run id.
+    pub run: String,
+    /// Manifest path.
+    pub manifest: PathBuf,
+    /// Manifest hash.
+    pub manifest_sha256: String,
+    /// poolparty version.
+    pub poolparty_version: String,
+    /// Start time (Unix seconds).
+    pub started: f64,
+    /// End time.
+    pub ended: Option<f64>,
+    /// Overall verdict.
+    pub verdict: Verdict,
+    /// The workflow's state folder.
+    pub state_dir: PathBuf,
+    /// Per stage.
+    pub stages: Vec<StageReport>,
+}
+
+/// How much to print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    /// Only the final summary's failures and errors.
+    Quiet,
+    /// Progress and the summary.
+    Normal,
+    /// Also every job as it ends.
+    Verbose,
+}
+
+/// Live progress and the final summary, on stderr.
+pub struct Reporter {
+    verbosity: Verbosity,
+    color: bool,
+    multi: Option<MultiProgress>,
+    bars: HashMap<usize, ProgressBar>,
+    names: HashMap<usize, String>,
+    counts: HashMap<usize, (usize, usize, usize)>,
+    last_plain: Instant,
+}
+
+impl Reporter {
+    /// A reporter; progress bars only when stderr is a terminal and not quiet.
+    #[must_use]
+    pub fn new(verbosity: Verbosity, color: bool) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let multi = (tty && verbosity == Verbosity::Normal)
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(5)));
+        Self {
+            verbosity,
+            color,
+            multi,
+            bars: HashMap::new(),
+            names: HashMap::new(),
+            counts: HashMap::new(),
+            last_plain: Instant::now(),
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(text);
+            }
+            None => {
+                let _ = writeln!(std::io::stderr().lock(), "{text}");
+            }
+        }
+    }
+
+    /// A diagnostic that does not stop the run (a stage that could not be planned).
+    pub fn diagnostic(&self, e: &crate::error::Error) {
+        self.line(&render_diagnostic(e, self.color));
+    }
+
+    /// A notice.
+    pub fn message(&self, text: &str) {
+        if self.verbosity > Verbosity::Quiet {
+            self.line(&format!("poolparty: {text}"));
+        }
+    }
+
+    /// A stage started with `total` jobs.
+    pub fn stage_started(&mut self, stage: usize, name: &str, total: usize, backend: BackendKind) {
+        self.names.insert(stage, name.to_owned());
+        self.counts.insert(stage, (total, 0, 0));
+        if let Some(m) = &self.multi {
+            let bar = m.add(ProgressBar::new(total as u64));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(name.to_owned());
+            bar.enable_steady_tick(Duration::from_millis(500));
+            self.bars.insert(stage, bar);
+        } else if self.verbosity > Verbosity::Quiet {
+            self.line(&format!(
+                "stage `{name}`: started, {} ({backend})",
+                count(total, "job")
+            ));
+        }
+    }
+
+    /// A stage did not start.
+    pub fn stage_skipped(&self, name: &str, reason: &str) {
+        if self.verbosity > Verbosity::Quiet {
+            self.line(&format!(
+                "stage `{name}`: {} ({reason})",
+                self.paint("33", "not run")
+            ));
+        }
+    }
+
+    fn bump(&mut self, stage: usize, failed: bool) {
+        let e = self.counts.entry(stage).or_insert((0, 0, 0));
+        e.1 += 1;
+        if failed {
+            e.2 += 1;
+        }
+        let (total, done, nfailed) = *e;
+        if let Some(bar) = self.bars.get(&stage) {
+            bar.inc(1);
+            if nfailed > 0 {
+                bar.set_message(format!("{nfailed} failed"));
+            }
+        } else if self.verbosity == Verbosity::Normal
+            && self.last_plain.elapsed() >= Duration::from_secs(10)
+        {
+            self.last_plain = Instant::now();
+            let name = self.names.get(&stage).cloned().unwrap_or_default();
+            self.line(&format!(
+                "stage `{name}`: {done}/{total} done, {nfailed} failed"
+            ));
+        }
+    }
+
+    /// A job reached its final outcome.
+    pub fn job_finished(&mut self, stage: usize, r: &JobRecord) {
+        let failed = !r.outcome.is_success();
+        let name = self.names.get(&stage).cloned().unwrap_or_default();
+        if self.verbosity == Verbosity::Verbose
+            || (failed
+                && self.verbosity > Verbosity::Quiet
+                && !matches!(r.outcome, Outcome::NotRun { .. }))
+        {
+            let what = if failed {
+                self.paint("31", &r.outcome.describe())
+            } else {
+                r.outcome.describe()
+            };
+            self.line(&format!(
+                "stage `{name}`: job {} `{}` {what}",
+                r.index, r.id
+            ));
+        }
+        self.bump(stage, failed);
+    }
+
+    /// A job's earlier success was reused.
+    pub fn job_reused(&mut self, stage: usize) {
+        self.bump(stage, false);
+    }
+
+    /// A failed attempt will be retried.
+    pub fn job_retrying(&self, stage: usize, r: &JobRecord) {
+        if self.verbosity > Verbosity::Quiet {
+            let name = self.names.get(&stage).cloned().unwrap_or_default();
+            self.line(&format!(
+                "stage `{name}`: job {} `{}` {} on attempt {}; retrying",
+                r.index,
+                r.id,
+                r.outcome.describe(),
+                r.attempt
+            ));
+        }
+    }
+
+    /// A stage ended.
+    pub fn stage_finished(&mut self, s: &StageReport) {
+        if let Some(bar) = self.bars.remove(&s.name_index(&self.names)) {
+            bar.finish();
+        }
+        if self.multi.is_none() && self.verbosity > Verbosity::Quiet {
+            self.line(&format!(
+                "stage `{}`: done: {} succeeded, {} failed, {} not run in {}",
+                s.name,
+                s.stats.succeeded,
+                s.stats.failed + s.stats.interrupted,
+                s.stats.not_run,
+                s.wall_seconds.map_or_else(String::new, secs)
+            ));
+        }
+    }
+
+    /// Prints the final table and failures.
+    pub fn finish(&mut self, report: &RunReport) {
+        for (_, bar) in self.bars.drain() {
+            bar.abandon();
+        }
+        if let Some(m) = self.multi.take() {
+            let _ = m.clear();
+        }
+        let text = format_report(report, self.color, self.verbosity);
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    }
+}
+
+impl StageReport {
+    fn name_index(&self, names: &HashMap<usize, String>) -> usize {
+        names
+            .iter()
+            .find(|(_, n)| **n == self.name)
+            .map_or(usize::MAX, |(i, _)| *i)
+    }
+}
+
+fn secs(s: f64) -> String {
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else if s < 3600.0 {
+        format!("{}m{:02}s", (s / 60.0).floor(), (s % 60.0).floor())
+    } else {
+        format!(
+            "{}h{:02}m",
+            (s / 3600.0).floor(),
+            ((s % 3600.0) / 60.0).floor()
+        )
+    }
+}
+
+/// Renders a diagnostic the way `main` prints errors.
+#[must_use]
+pub fn render_diagnostic(e: &dyn miette::Diagnostic, color: bool) -> String {
+    let handler = if color {
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode())
+    } else {
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+    }
+    .with_width(100);
+    let mut out = String::new();
+    let _ = handler.render_report(&mut out, e);
+    out
+}
+
+/// The human summary of a report.
+#[must_use]
+pub fn format_report(report: &RunReport, color: bool, verbosity: Verbosity) -> String {
+    use std::fmt::Write as _;
+    let paint = |code: &str, t: &str| {
+        if color {
+            format!("\x1b[{code}m{t}\x1b[0m")
+        } else {
+            t.to_owned()
+        }
+    };
+    let mut out = String::new();
+    if verbosity > Verbosity::Quiet {
+        let _ = writeln!(out, "\nworkflow `{}`, run {}", report.workflow, report.run);
+        let width = report
+            .stages
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let _ = writeln!(
+            out,
+            "  {:<width$}  {:>7}  {:>9}  {:>6}  {:>7}  {:>7}  {:>8}",
+            "stage", "jobs", "succeeded", "failed", "not run", "reused", "time"
+        );
+        for s in &report.stages {
+            let jobs = s.jobs.map_or_else(|| "-".to_owned(), |n| n.to_string());
+            let failed = s.stats.failed + s.stats.interrupted;
+            let _ = write!(
+                out,
+                "  {:<width$}  {:>7}  {:>9}  {:>6}  {:>7}  {:>7}  {:>8}",
+                s.name,
+                jobs,
+                s.stats.succeeded,
+                failed,
+                s.stats.not_run,
+                s.reused,
+                s.wall_seconds.map_or_else(|| "-".to_owned(), secs)
+            );
+            if let Some(r) = &s.not_started {
+                let _ = write!(out, "  not started: {r}");
+            }
+            out.push('\n');
+        }
+    }
+    let failed: usize = report.stages.iter().map(|s| s.failed.len()).sum();
+    if failed > 0 {
+        let _ = writeln!(
+            out,
+            "\n{}:",
+            paint("31;1", &format!("{} did not succeed", count(failed, "job")))
+        );
+        let mut shown = 0;
+        for s in &report.stages {
+            for f in &s.failed {
+                if shown == 50 {
+                    let _ = writeln!(
+                        out,
+                        "  … and {} more (see `poolparty status --json`)",
+                        failed - shown
+                    );
+                    break;
+                }
+                shown += 1;
+                let attempts = if f.attempts > 1 {
+                    format!(" after {} attempts", f.attempts)
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    out,
+                    "  {} job {} `{}`: {}{attempts}",
+                    s.name,
+                    f.index,
+                    f.id,
+                    paint("31", &f.outcome.describe())
+                );
+                match (&f.stderr_log, &f.stdout_log) {
+                    (Some(e), _) => {
+                        let _ = writeln!(out, "    log: {}", e.display());
+                    }
+                    (None, Some(o)) => {
+                        let _ = writeln!(out, "    log: {} (stderr was empty)", o.display());
+                    }
+                    (None, None) => {
+                        let _ = writeln!(out, "    log: none (the job printed nothing)");
+                    }
+                }
+                if let Some(t) = &f.stderr_tail {
+                    for l in t.lines() {
+                        let _ = writeln!(out, "    │ {l}");
+                    }
+                }
+            }
+        }
+    }
+    let verdict = match report.verdict {
+        Verdict::Succeeded => paint("32;1", "every job succeeded"),
+        Verdict::JobsFailed => paint("31;1", "some jobs failed or did not run"),
+        Verdict::Interrupted => paint("33;1", "interrupted"),
+    };
+    let total: usize = report.stages.iter().map(|s| s.stats.total).sum();
+    let _ = writeln!(
+        out,
+        "\n{verdict} ({} in {}; exit code {})",
+        count(total, "job"),
+        report.stages.len().to_string() + " stage(s)",
+        report.verdict.exit_code()
+    );
+    out
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Stop the single-node Grid Engine cluster started by sge-up.sh: sge_execd, then
+# sge_qmaster, and wait until both are gone. Jobs stay in the qmaster's database
+# (spool) and reappear on the next sge-up.sh; running jobs keep running under
+# their sge_shepherd unless --kill-jobs is given (then execd kills them).
+# Returns 0 if nothing was running.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=sge-common.sh
+source "$here/sge-common.sh"
+
+kill_jobs=0
+case ${1:-} in
+    "") ;;
+    --kill-jobs) kill_jobs=1 ;;
+    *) echo "usage: $0 [--kill-jobs]" >&2; exit 2 ;;
+esac
+[[ $(id -u) == 0 ]] || { echo "sge-down.sh: must run as root" >&2; exit 1; }
+t0=$SECONDS
+
+if pid=$(sge_daemon_pid sge_execd); then
+    sge_log "stopping sge_execd (pid $pid)"
+    # Through the qmaster if it answers (-kej also kills the running jobs), else by signal.
+    opt=-ke; ((kill_jobs)) && opt=-kej
+    if ! { sge_qmaster_answers && timeout 10 qconf "$opt" "$SGE_HOST" >/dev/null 2>&1; }; then
+        kill -TERM "$pid" 2>/dev/null || true
+    fi
+    if ! sge_wait_gone sge_execd 30; then
+        sge_log "sge_execd still alive after 30 s: SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        sge_wait_gone sge_execd 5 || sge_die "cannot stop sge_execd (pid $pid)"
+    fi
+fi
+
+sge_stop_qmaster
+echo "sge: down on $SGE_HOST in $((SECONDS - t0)) s"

@@ -1,0 +1,139 @@
+//! The local backend end to end: outcomes, aggregation, logs, retries, signals.
+
+use crate::harness::Test;
+
+#[test]
+fn all_succeed_exit_0_and_results_in_order() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[defaults]
+max_parallel = 3
+[stages.a]
+jobs = [3, 1, 2, 0]
+run = "sleep 0.{{job}}; echo {{job}} > $POOLPARTY_RESULT"
+"#,
+    );
+    t.run(&["run"]).code(0).stderr_has("every job succeeded");
+    // Jobs finish in reverse order of their sleep, but results keep job order.
+    let r = t.run(&["results"]);
+    r.code(0);
+    assert_eq!(r.stdout, "[3, 1, 2, 0]\n");
+}
+
+#[test]
+fn failure_names_job_code_and_log() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[stages.a]
+jobs = [{id = "good"}, {id = "bad"}]
+run = "if [ {{job.id}} = bad ]; then echo boom >&2; exit 7; fi"
+"#,
+    );
+    let r = t.run(&["run"]);
+    r.code(1)
+        .stderr_has("a job 1 `bad`: exit code 7")
+        .stderr_has("/.poolparty/w/a/logs/bad.err")
+        .stderr_has("│ boom");
+    let summary: serde_json::Value =
+        serde_json::from_str(&t.read(".poolparty/w/summary.json")).unwrap();
+    assert_eq!(summary["verdict"], "jobs_failed");
+    assert_eq!(summary["stages"][0]["failed"][0]["exit_code"], 7);
+}
+
+#[test]
+fn quiet_job_creates_no_log_files() {
+    let t = Test::new().manifest("[workflow]\nname='w'\n[stages.a]\njobs=[1,2]\nrun='true'\n");
+    t.run(&["run"]).code(0);
+    let logs: Vec<_> = std::fs::read_dir(t.state("w").join("a/logs"))
+        .unwrap()
+        .collect();
+    assert!(logs.is_empty(), "{logs:?}");
+}
+
+#[test]
+fn retries_rerun_failed_jobs_and_record_every_attempt() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[stages.a]
+jobs = [1]
+retries = 2
+run = "echo x >> tries; [ $(wc -l < tries) -ge 3 ]"
+"#,
+    );
+    t.run(&["run"]).code(0);
+    let ledger = t.read(".poolparty/w/a/ledger.jsonl");
+    let attempts: Vec<u64> = ledger
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["attempt"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(attempts, [1, 2, 3]);
+}
+
+#[test]
+fn rerun_reuses_successes_and_reruns_changed_jobs() {
+    let t = Test::new()
+        .manifest("[workflow]\nname='w'\n[stages.a]\njobs=[1,2,3]\nrun='echo {{job}} >> ran'\n");
+    t.run(&["run"]).code(0);
+    t.run(&["run"]).code(0);
+    assert_eq!(t.read("ran").lines().count(), 3, "second run reran jobs");
+    let t =
+        t.manifest("[workflow]\nname='w'\n[stages.a]\njobs=[1,2,4]\nrun='echo {{job}} >> ran'\n");
+    t.run(&["run"]).code(0);
+    // Only the new job ran.
+    assert_eq!(t.read("ran").lines().last(), Some("4"));
+    assert_eq!(t.read("ran").lines().count(), 4);
+    t.run(&["run", "--force"]).code(0);
+    assert_eq!(t.read("ran").lines().count(), 7);
+}
+
+#[test]
+fn shell_injection_is_inert() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[stages.a]
+jobs = [{s = "$(touch pwned); `touch pwned2`; ' \" \n ; rm -rf /"}]
+run = "printf '%s' {{job.s}} > $POOLPARTY_RESULT"
+"#,
+    );
+    t.run(&["run"]).code(0);
+    assert!(!t.path().join("pwned").exists());
+    assert!(!t.path().join("pwned2").exists());
+    let r = t.run(&["results"]);
+    assert_eq!(
+        r.stdout,
+        "[\"$(touch pwned); `touch pwned2`; ' \\\" \\n ; rm -rf /\"]\n"
+    );
+}
+
+#[test]
+fn job_env_carries_exact_json() {
+    let t = Test::new().manifest(
+        "[workflow]\nname='w'\n[stages.a]\njobs=[{x=0.1, y='q\"'}]\nrun=['sh','-c','printf %s \"$POOLPARTY_JOB\" > \"$POOLPARTY_RESULT\"']\n",
+    );
+    t.run(&["run"]).code(0);
+    assert_eq!(
+        t.run(&["results"]).stdout,
+        "[{\"x\":0.1,\"y\":\"q\\\"\"}]\n"
+    );
+}
+
+#[test]
+fn timeout_stops_the_job() {
+    let t = Test::new()
+        .manifest("[workflow]\nname='w'\n[stages.a]\njobs=[1]\ntime='1s'\nrun='sleep 30'\n");
+    let start = std::time::Instant::now();
+    t.run(&["run"]).code(1).stderr_has("timed out");
+    assert!(start.elapsed().as_secs() < 20);
+}
