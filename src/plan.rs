@@ -111,6 +111,8 @@ pub struct Renderer {
     templates: Templates,
     base: Map<String, Value>,
     run: RunShape,
+    /// The `run` template texts (one for a shell string, one per argv element).
+    texts: Vec<String>,
     settings_fp: String,
     src: crate::error::Source,
     span: SourceSpan,
@@ -219,12 +221,20 @@ pub fn template_error(
     let literal = text
         .get(span.offset()..span.offset() + span.len())
         .unwrap_or("");
-    // Point inside the string when the template stands in it verbatim (no escapes).
+    // Point inside the string when the template stands in it verbatim (no escapes): at the
+    // whole `{{…}}` tag when the failure is at one, else at one character.
     let span = match (failure.offset, literal.find(template)) {
-        (Some(off), Some(at)) if !template.is_empty() => SourceSpan::from((
-            span.offset() + at + off.min(template.len().saturating_sub(1)),
-            1,
-        )),
+        (Some(off), Some(at)) if !template.is_empty() => {
+            let off = off.min(template.len().saturating_sub(1));
+            let tail = template.get(off..).unwrap_or("");
+            let close = if tail.starts_with("{{{") { "}}}" } else { "}}" };
+            let len = if tail.starts_with("{{") {
+                tail.find(close).map_or(1, |e| e + close.len())
+            } else {
+                1
+            };
+            SourceSpan::from((span.offset() + at + off, len))
+        }
         _ => span,
     };
     Error::Template {
@@ -260,12 +270,17 @@ impl Renderer {
                 RunShape::Argv(args.len())
             }
         };
+        let texts = match &stage.run {
+            RunSpec::Shell(s) => vec![s.clone()],
+            RunSpec::Argv(args) => args.clone(),
+        };
         let s = &stage.settings;
         let settings_fp = format!("{:?}|{:?}|{:?}", s.env, s.time, s.result);
         Ok(Self {
             templates,
             base,
             run,
+            texts,
             settings_fp,
             src: manifest.src.clone(),
             span: stage.run_span,
@@ -316,12 +331,15 @@ impl Renderer {
                 .templates
                 .render("run", Quoting::Shell, ctx)
                 .map(Command::Shell)
-                .map_err(|f| (f, String::new())),
+                .map_err(|f| (f, self.texts[0].clone())),
             RunShape::Argv(n) => (0..n)
-                .map(|i| self.templates.render(&format!("arg{i}"), Quoting::Raw, ctx))
+                .map(|i| {
+                    self.templates
+                        .render(&format!("arg{i}"), Quoting::Raw, ctx)
+                        .map_err(|f| (f, self.texts[i].clone()))
+                })
                 .collect::<Result<Vec<_>, _>>()
-                .map(Command::Argv)
-                .map_err(|f| (f, String::new())),
+                .map(Command::Argv),
         }
     }
 }

@@ -58,6 +58,8 @@ struct StageState {
     finals: Vec<Option<Outcome>>,
     results: Vec<Option<ResultValue>>,
     attempts: Vec<u32>,
+    failures: Vec<u32>,
+    losses: Vec<u32>,
     remaining: usize,
     in_flight: usize,
     done_before: usize,
@@ -84,6 +86,8 @@ impl StageState {
             finals: Vec::new(),
             results: Vec::new(),
             attempts: Vec::new(),
+            failures: Vec::new(),
+            losses: Vec::new(),
             remaining: 0,
             in_flight: 0,
             done_before: 0,
@@ -126,6 +130,7 @@ pub struct Runner<'a> {
     signals: usize,
     last_sync: Instant,
     started: f64,
+    staged: Vec<PathBuf>,
 }
 
 impl<'a> Runner<'a> {
@@ -156,6 +161,7 @@ impl<'a> Runner<'a> {
             signals: 0,
             last_sync: Instant::now(),
             started: store::now(),
+            staged: Vec::new(),
         }
     }
 
@@ -209,6 +215,13 @@ impl<'a> Runner<'a> {
                     while let Ok(ev) = self.rx.try_recv() {
                         self.handle(ev)?;
                     }
+                    if !self.staged.is_empty() {
+                        // Outcome files go only once their records are on disk.
+                        self.sync_ledgers()?;
+                        for p in self.staged.drain(..) {
+                            let _ = std::fs::remove_file(p);
+                        }
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => unreachable!("the runner holds a sender"),
@@ -252,6 +265,9 @@ impl<'a> Runner<'a> {
                     st.next_poll = b.next_poll().map(|d| Instant::now() + d);
                 }
             }
+        }
+        for i in 0..self.states.len() {
+            self.record_submissions(i)?;
         }
         Ok(())
     }
@@ -384,7 +400,7 @@ impl<'a> Runner<'a> {
                 || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
                 |n| n as usize,
             );
-        let spec = StageSpec::new(&plan, &self.layout, &self.run_id, workers);
+        let spec = StageSpec::new(&plan, &self.layout, &manifest.name, &self.run_id, workers);
         let backend = backend::create(kind, spec, self.tx.clone())?;
         let n = jobs.len();
         let st = &mut self.states[i];
@@ -398,6 +414,8 @@ impl<'a> Runner<'a> {
         st.finals = vec![None; n];
         st.results = vec![None; n];
         st.attempts = vec![0; n];
+        st.failures = vec![0; n];
+        st.losses = vec![0; n];
         st.remaining = n;
         st.prior = prior;
         st.ledger = Some(ledger);
@@ -452,7 +470,20 @@ impl<'a> Runner<'a> {
             st.in_flight -= n;
             return Err(e);
         }
-        Ok(())
+        self.record_submissions(i)
+    }
+
+    /// Appends the arrays a backend submitted to the stage's `submissions.jsonl`, synced,
+    /// before anything else happens.
+    fn record_submissions(&mut self, i: usize) -> Result<()> {
+        let Some(b) = self.states[i].backend.as_mut() else { return Ok(()) };
+        let subs = b.take_submissions();
+        if subs.is_empty() {
+            return Ok(());
+        }
+        let lines: Vec<String> = subs.iter().map(|s| serde_json::to_string(s).expect("serializes")).collect();
+        let name = self.manifest.stages[i].name.as_str();
+        store::append_lines(&self.layout.submissions(name), &lines)
     }
 
     /// Job `idx` of element-wise stage `i` may go: its upstream job ended with `upstream`.
@@ -503,13 +534,17 @@ impl<'a> Runner<'a> {
     }
 
     fn record_not_run(&mut self, i: usize, idx: usize, reason: String) -> Result<()> {
+        self.record_outcome(i, idx, 0, Outcome::NotRun { reason })
+    }
+
+    /// Records an outcome the runner decided itself (not run, interrupted).
+    fn record_outcome(&mut self, i: usize, idx: usize, attempt: u32, outcome: Outcome) -> Result<()> {
         let st = &mut self.states[i];
         let job = &st.jobs[idx];
-        let outcome = Outcome::NotRun { reason };
         let record = JobRecord {
             index: idx,
             id: job.id.to_string(),
-            attempt: 0,
+            attempt,
             outcome: outcome.clone(),
             start: None,
             end: None,
@@ -539,7 +574,14 @@ impl<'a> Runner<'a> {
                 self.interrupted = true;
                 self.cancel_all(mode)?;
             }
-            Event::Finished { stage, record } => self.finished(stage, record)?,
+            Event::Finished {
+                stage,
+                record,
+                staged,
+            } => {
+                self.finished(stage, record)?;
+                self.staged.extend(staged);
+            }
         }
         Ok(())
     }
@@ -555,8 +597,8 @@ impl<'a> Runner<'a> {
                         .expect("running")
                         .cancel(mode);
                     self.states[i].in_flight -= dropped.len();
-                    for l in dropped {
-                        self.record_not_run(i, l.job.index, "run interrupted".to_owned())?;
+                    for (l, outcome) in dropped {
+                        self.record_outcome(i, l.job.index, l.attempt, outcome)?;
                     }
                     // Element-wise jobs not yet fed will never be.
                     let missing: Vec<usize> = (0..self.states[i].finals.len())
@@ -580,8 +622,20 @@ impl<'a> Runner<'a> {
         st.in_flight -= 1;
         st.ledger.as_mut().expect("running stage").append(&record)?;
         let idx = record.index;
-        let retries = st.plan.as_ref().expect("running").settings.retries;
-        if record.outcome.is_retryable() && record.attempt <= retries && !self.interrupted {
+        let settings = &st.plan.as_ref().expect("running").settings;
+        let (retries, resubmit_lost) = (settings.retries, settings.resubmit_lost);
+        // Lost tasks are resubmitted up to `resubmit_lost` times; failures are retried
+        // `retries` times; the two budgets are separate.
+        let again = if record.outcome == Outcome::Lost {
+            st.losses[idx] += 1;
+            st.losses[idx] <= resubmit_lost
+        } else if record.outcome.is_retryable() {
+            st.failures[idx] += 1;
+            st.failures[idx] <= retries
+        } else {
+            false
+        };
+        if again && !self.interrupted {
             self.reporter.job_retrying(i, &record);
             let job = st.planned[idx].clone().expect("planned");
             st.attempts[idx] = record.attempt + 1;

@@ -98,6 +98,16 @@ impl Layout {
     pub fn staging_dir(&self, stage: &str) -> PathBuf {
         self.stage_dir(stage).join("staging")
     }
+    /// Where cluster backends write array scripts.
+    #[must_use]
+    pub fn scripts_dir(&self, stage: &str) -> PathBuf {
+        self.stage_dir(stage).join("scripts")
+    }
+    /// The durable record of a stage's submitted arrays.
+    #[must_use]
+    pub fn submissions(&self, stage: &str) -> PathBuf {
+        self.stage_dir(stage).join("submissions.jsonl")
+    }
     /// The last run's summary.
     #[must_use]
     pub fn summary(&self) -> PathBuf {
@@ -325,6 +335,24 @@ impl Ledger {
         }
         Ok(())
     }
+}
+
+/// Appends lines to a file and syncs it (small durable logs such as `submissions.jsonl`).
+///
+/// # Errors
+/// On I/O failure.
+pub fn append_lines(path: &Path, lines: &[String]) -> Result<()> {
+    let mut buf = String::new();
+    for l in lines {
+        buf.push_str(l);
+        buf.push('\n');
+    }
+    let write = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+        f.write_all(buf.as_bytes())?;
+        f.sync_data()
+    };
+    write().map_err(|e| Error::store("append to", path, e))
 }
 
 /// Reads every record of a ledger (none if it does not exist). A torn last line, left by a

@@ -9,11 +9,12 @@
 //! Pure: compiles and renders strings, does no I/O.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use handlebars::template::{Parameter, Template, TemplateElement};
 use handlebars::{
     Context, Handlebars, Helper, HelperResult, Output, Path as HbPath, RenderContext, RenderError,
-    RenderErrorReason,
+    RenderErrorReason, TemplateErrorReason,
 };
 use serde_json::Value;
 
@@ -46,6 +47,8 @@ pub struct TemplateFailure {
 pub struct Templates {
     shell: Handlebars<'static>,
     raw: Handlebars<'static>,
+    /// Each template's text, to turn a render error's line and column into an offset.
+    texts: HashMap<String, String>,
 }
 
 impl Default for Templates {
@@ -76,6 +79,7 @@ impl Templates {
         Self {
             shell: make(|s| shell_quote(s).into_owned()),
             raw: make(handlebars::no_escape),
+            texts: HashMap::new(),
         }
     }
 
@@ -84,12 +88,29 @@ impl Templates {
     /// # Errors
     /// The syntax error with its position.
     pub fn add(&mut self, name: &str, text: &str, quoting: Quoting) -> Result<(), TemplateFailure> {
-        let mut tpl = Template::compile(text).map_err(|e| TemplateFailure {
-            message: format!("invalid template: {}", e.reason()),
-            offset: e.pos().map(|(line, col)| offset_of(text, line, col)),
-            help: None,
+        let mut tpl = Template::compile(text).map_err(|e| {
+            let offset = e.pos().map(|(line, col)| offset_of(text, line, col));
+            if let TemplateErrorReason::InvalidSyntax(_) = e.reason() {
+                // The parser reports an unclosed block at the end of the text, as a list of
+                // grammar rules; name the block and point at where it was opened instead.
+                if let Some((at, block)) = unclosed_block(text) {
+                    if offset.is_none_or(|o| o >= at) {
+                        return TemplateFailure {
+                            message: format!("invalid template: `{{{{#{block}}}}}` is never closed"),
+                            offset: Some(at),
+                            help: Some(format!("close it with `{{{{/{block}}}}}`")),
+                        };
+                    }
+                }
+            }
+            TemplateFailure {
+                message: format!("invalid template: {}", e.reason()),
+                offset,
+                help: None,
+            }
         })?;
         rewrite(&mut tpl.elements, quoting);
+        self.texts.insert(name.to_owned(), text.to_owned());
         match quoting {
             Quoting::Shell => self.shell.register_template(name, tpl),
             Quoting::Raw => self.raw.register_template(name, tpl),
@@ -112,7 +133,15 @@ impl Templates {
             Quoting::Shell => &self.shell,
             Quoting::Raw => &self.raw,
         };
-        hb.render(name, ctx).map_err(|e| render_failure(&e, ctx))
+        hb.render(name, ctx).map_err(|e| {
+            let mut f = render_failure(&e, ctx);
+            if let (Some(line), Some(col), Some(text)) =
+                (e.line_no, e.column_no, self.texts.get(name))
+            {
+                f.offset = Some(offset_of(text, line, col));
+            }
+            f
+        })
     }
 }
 
@@ -168,6 +197,45 @@ fn suggest_path(ctx: &Value, path: &str) -> Option<String> {
         };
         Some(format!("{at} has {}", listed.join(", ")))
     })
+}
+
+/// The innermost `{{#block}}` of `text` that is never closed: its offset and name.
+fn unclosed_block(text: &str) -> Option<(usize, String)> {
+    let mut open: Vec<(usize, String)> = Vec::new();
+    let mut i = 0;
+    while let Some(rel) = text[i..].find("{{") {
+        let at = i + rel;
+        let rest = &text[at + 2..];
+        if at > 0 && text.as_bytes()[at - 1] == b'\\' {
+            i = at + 2;
+            continue;
+        }
+        let tag = rest.trim_start_matches('~').trim_start();
+        if let Some(comment) = tag.strip_prefix('!') {
+            let end = if comment.starts_with("--") { "--}}" } else { "}}" };
+            let Some(e) = rest.find(end) else { break };
+            i = at + 2 + e + end.len();
+            continue;
+        }
+        let name = |t: &str| -> String {
+            t.trim_start_matches(['>', '*'])
+                .split(|c: char| c.is_whitespace() || c == '}' || c == '~')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        };
+        if let Some(t) = tag.strip_prefix('#') {
+            open.push((at, name(t)));
+        } else if let Some(t) = tag.strip_prefix('/') {
+            if open.last().is_some_and(|(_, n)| *n == name(t)) {
+                open.pop();
+            } else {
+                return None;
+            }
+        }
+        i = at + 2;
+    }
+    open.pop()
 }
 
 fn offset_of(text: &str, line: usize, col: usize) -> usize {

@@ -4,3 +4,6 @@
 mod harness;
 
 mod local;
+mod quoting;
+mod examples;
+mod schema;

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
@@ -23,7 +23,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use super::{Backend, CancelMode, Event, Launch, StageSpec};
+use super::{Backend, CancelMode, Event, Launch, StageSpec, take_result_file};
 use crate::error::Result;
 use crate::manifest::ResultMode;
 use crate::outcome::{JobRecord, Outcome, ResultValue};
@@ -96,7 +96,7 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
-    fn cancel(&mut self, mode: CancelMode) -> Vec<Launch> {
+    fn cancel(&mut self, mode: CancelMode) -> Vec<(Launch, Outcome)> {
         let level = match mode {
             CancelMode::Graceful => STOP,
             CancelMode::Kill => KILL,
@@ -104,7 +104,11 @@ impl Backend for LocalBackend {
         self.shared.stop.fetch_max(level, Ordering::SeqCst);
         let mut q = self.shared.queue.lock().expect("queue lock");
         q.closed = true;
-        let dropped = q.items.drain(..).collect();
+        let dropped = q
+            .items
+            .drain(..)
+            .map(|l| (l, Outcome::NotRun { reason: "run interrupted".into() }))
+            .collect();
         drop(q);
         self.shared.ready.notify_all();
         dropped
@@ -145,6 +149,7 @@ fn worker(shared: &Shared) {
             .send(Event::Finished {
                 stage: shared.spec.stage,
                 record,
+                staged: None,
             })
             .is_err()
         {
@@ -304,22 +309,6 @@ fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
         ResultMode::File => take_result_file(&result_path, spec.settings.result_max_bytes),
     };
     record(outcome, result)
-}
-
-/// Reads and removes a small result file; leaves a large one in place and points to it.
-fn take_result_file(path: &Path, max: u64) -> Option<ResultValue> {
-    let mut f = File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    if len > max {
-        return Some(ResultValue::File {
-            path: path.display().to_string(),
-            bytes: len,
-        });
-    }
-    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    f.read_to_end(&mut buf).ok()?;
-    let _ = std::fs::remove_file(path);
-    Some(ResultValue::from_bytes(buf))
 }
 
 #[derive(Clone, Copy)]

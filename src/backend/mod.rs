@@ -4,7 +4,10 @@
 //! `cancel` stops. Backends never print, never read the manifest and never write poolparty's
 //! state: they get a [`StageSpec`] with the paths to use, and the runner records what they report.
 
+pub mod cluster;
 pub mod local;
+pub mod sge;
+pub mod slurm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::manifest::{BackendKind, Settings};
-use crate::outcome::JobRecord;
+use crate::outcome::{JobRecord, Outcome, ResultValue};
 use crate::plan::{PlannedJob, StagePlan};
 
 /// What a backend (or the signal handler) tells the runner.
@@ -25,6 +28,8 @@ pub enum Event {
         stage: usize,
         /// The record to store.
         record: JobRecord,
+        /// The outcome file it came from: deleted once the record is durable.
+        staged: Option<PathBuf>,
     },
     /// SIGINT or SIGTERM arrived; `count` is how many so far.
     Signal {
@@ -60,6 +65,10 @@ pub struct StageSpec {
     pub stage: usize,
     /// Stage name.
     pub name: String,
+    /// Workflow name.
+    pub workflow: String,
+    /// Where cluster backends write their array scripts.
+    pub scripts_dir: PathBuf,
     /// Settings.
     pub settings: Settings,
     /// Jobs' working directory.
@@ -81,9 +90,11 @@ pub struct StageSpec {
 impl StageSpec {
     /// The spec for a planned stage.
     #[must_use]
-    pub fn new(plan: &StagePlan, layout: &crate::store::Layout, run: &str, workers: usize) -> Self {
+    pub fn new(plan: &StagePlan, layout: &crate::store::Layout, workflow: &str, run: &str, workers: usize) -> Self {
         let name = plan.name.to_string();
         Self {
+            workflow: workflow.to_owned(),
+            scripts_dir: layout.scripts_dir(&name),
             stage: plan.stage,
             settings: plan.settings.clone(),
             cwd: plan.cwd.clone(),
@@ -120,9 +131,15 @@ pub trait Backend: Send {
         None
     }
 
-    /// Stops everything submitted. Returns the launches that never started (the runner records
-    /// them as not run); every started one still ends with an `Event::Finished`.
-    fn cancel(&mut self, mode: CancelMode) -> Vec<Launch>;
+    /// Stops everything submitted. Returns the launches it settled itself, with their outcome
+    /// (never started: not run; cancelled on a cluster: interrupted); every other launch still
+    /// ends with an `Event::Finished`.
+    fn cancel(&mut self, mode: CancelMode) -> Vec<(Launch, Outcome)>;
+
+    /// Arrays submitted since the last call, for the runner to record durably.
+    fn take_submissions(&mut self) -> Vec<cluster::Submission> {
+        Vec::new()
+    }
 
     /// No more submissions will come; workers may exit once idle.
     fn close(&mut self) {}
@@ -139,12 +156,27 @@ pub fn create(
 ) -> Result<Box<dyn Backend>> {
     match kind {
         BackendKind::Local => Ok(Box::new(local::LocalBackend::new(spec, events))),
-        BackendKind::Slurm | BackendKind::Sge => Err(crate::error::Error::Backend {
-            backend: kind.as_str(),
-            message: format!("the `{kind}` backend is not available in this build yet"),
-            detail: Some(
-                "run with `--backend local` to run the same manifest on this machine".to_owned(),
-            ),
-        }),
+        BackendKind::Slurm => {
+            let dir = spec.scripts_dir.clone();
+            Ok(Box::new(cluster::ClusterBackend::new(Box::new(slurm::Slurm), spec, events, dir)?))
+        }
+        BackendKind::Sge => {
+            let dir = spec.scripts_dir.clone();
+            Ok(Box::new(cluster::ClusterBackend::new(Box::new(sge::Sge), spec, events, dir)?))
+        }
     }
+}
+
+/// Reads and removes a small result file; leaves a large one in place and points to it.
+pub(crate) fn take_result_file(path: &std::path::Path, max: u64) -> Option<ResultValue> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    if len > max {
+        return Some(ResultValue::File { path: path.display().to_string(), bytes: len });
+    }
+    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    f.read_to_end(&mut buf).ok()?;
+    let _ = std::fs::remove_file(path);
+    Some(ResultValue::from_bytes(buf))
 }

@@ -34,14 +34,19 @@ if [ -n "$missing" ]; then
     # Another agent may run apt/dpkg at the same time: always wait on the locks.
     # (the lists lock of `update` may be busy too: retry for up to 10 min)
     tries=0
-    until apt-get -o DPkg::Lock::Timeout=600 -qq update; do
+    until apt-get -o DPkg::Lock::Timeout=600 -qq update >/dev/null; do
         tries=$((tries + 1))
         [ "$tries" -lt 60 ] || die "apt-get update kept failing"
         sleep 10
     done
+    aptlog=$(mktemp)
     # shellcheck disable=SC2086
-    apt-get -o DPkg::Lock::Timeout=600 -qq install -y --no-install-recommends $missing >/dev/null \
-        || die "apt-get install failed"
+    if ! apt-get -o DPkg::Lock::Timeout=600 -q install -y --no-install-recommends $missing \
+        >"$aptlog" 2>&1; then
+        tail -n 30 "$aptlog" >&2
+        die "apt-get install failed"
+    fi
+    rm -f "$aptlog"
 fi
 
 # ---- 2. slurm.conf ---------------------------------------------------------------
@@ -103,7 +108,7 @@ if [ "$conf_changed" = 0 ] && alive /run/munge/munged.pid munged \
 fi
 
 # ---- 4. daemons --------------------------------------------------------------------
-if [ "$conf_changed" = 1 ]; then
+if [ "$conf_changed" = 1 ] && { alive /run/slurmctld.pid slurmctld || alive /run/slurmd.pid slurmd; }; then
     log "slurm.conf changed: restarting slurmctld and slurmd"
     stop_daemon /run/slurmd.pid slurmd
     stop_daemon /run/slurmctld.pid slurmctld

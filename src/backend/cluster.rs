@@ -1,0 +1,570 @@
+//! What the Slurm and Grid Engine backends share: array scripts rendered from a template,
+//! chunking, bundling, throttled submission, one scheduler query per poll with backoff,
+//! outcome files harvested from the staging folder, and lost-task detection.
+//!
+//! A [`Scheduler`] only knows its commands (`sbatch`/`squeue`/`scancel` or
+//! `qsub`/`qstat`/`qdel`) and how to read their output; [`ClusterBackend`] does the rest.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Proc, Stdio};
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{Backend, CancelMode, Event, Launch, StageSpec, take_result_file};
+use crate::error::{Error, Result};
+use crate::outcome::{JobRecord, Outcome};
+use crate::plan::Command;
+use crate::template::{Quoting, Templates};
+
+/// The job wrapper shared by both script templates (rendered, then inserted as `{{{wrapper}}}`).
+pub const WRAPPER: &str = include_str!("../../templates/wrapper.sh");
+
+/// How long a scheduler command may take before it counts as failed.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the scheduler says about one array task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    /// Pending, running, or finishing.
+    Active,
+    /// Ended normally (its outcome file should exist).
+    Done,
+    /// Ended without running to completion: cancelled, node failure, out of memory...
+    Ended(String),
+    /// Ran past its time limit.
+    TimedOut,
+    /// Stuck in an error state (Grid Engine `Eqw`), with the reason when known.
+    Error(String),
+}
+
+/// The scheduler-specific part of a cluster backend.
+pub trait Scheduler: Send {
+    /// `slurm` or `sge`.
+    fn name(&self) -> &'static str;
+    /// The embedded script template.
+    fn default_template(&self) -> &'static str;
+    /// The first array index (Slurm 0, Grid Engine 1).
+    fn first_index(&self) -> usize;
+    /// The largest number of tasks one array may have.
+    ///
+    /// # Errors
+    /// When the scheduler cannot be asked.
+    fn max_array_tasks(&mut self) -> Result<usize>;
+    /// The `array` value of the script header for `tasks` tasks.
+    fn array_spec(&self, tasks: usize, throttle: Option<u32>) -> String;
+    /// The time limit in the scheduler's format.
+    fn format_time(&self, t: crate::manifest::WallTime) -> String;
+    /// Submits a script; returns the scheduler's job id.
+    ///
+    /// # Errors
+    /// [`CallError`] saying whether trying again may help.
+    fn submit(&mut self, script: &Path) -> std::result::Result<String, CallError>;
+    /// The state of every task of these jobs that the scheduler still lists, keyed by
+    /// (job id, array index). One call.
+    ///
+    /// # Errors
+    /// When the scheduler does not answer.
+    fn query(&mut self, job_ids: &[String]) -> std::result::Result<HashMap<(String, usize), TaskState>, CallError>;
+    /// Cancels whole jobs. One call.
+    ///
+    /// # Errors
+    /// When the scheduler does not answer.
+    fn cancel(&mut self, job_ids: &[String]) -> std::result::Result<(), CallError>;
+    /// Removes one task (e.g. stuck in an error state).
+    ///
+    /// # Errors
+    /// When the scheduler does not answer.
+    fn cancel_task(&mut self, job_id: &str, index: usize) -> std::result::Result<(), CallError>;
+}
+
+/// A failed scheduler call.
+#[derive(Debug, Clone)]
+pub struct CallError {
+    /// What happened, with the command's stderr.
+    pub message: String,
+    /// Whether a later try may succeed (timeouts, an unreachable controller).
+    pub transient: bool,
+}
+
+/// Runs a scheduler command with a timeout; stdout on success.
+///
+/// # Errors
+/// A [`CallError`] with its stderr; timeouts and spawn failures are transient.
+pub fn call(program: &str, args: &[&str], transient_markers: &[&str]) -> std::result::Result<String, CallError> {
+    let mut child = Proc::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| CallError {
+            message: format!("cannot run `{program}`: {e}"),
+            transient: e.kind() != std::io::ErrorKind::NotFound,
+        })?;
+    let mut so = child.stdout.take().expect("piped");
+    let mut se = child.stderr.take().expect("piped");
+    let t_out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = so.read_to_end(&mut b);
+        b
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = se.read_to_end(&mut b);
+        b
+    });
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => break None,
+        }
+    };
+    let out = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
+    let err = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).trim().to_owned();
+    let line = format!("{program} {}", args.join(" "));
+    match status {
+        None => Err(CallError {
+            message: format!("`{line}` did not answer within {}s", CALL_TIMEOUT.as_secs()),
+            transient: true,
+        }),
+        Some(st) if st.success() => Ok(out),
+        Some(st) => Err(CallError {
+            transient: transient_markers.iter().any(|m| err.contains(m)),
+            message: format!("`{line}` failed ({st}): {err}"),
+        }),
+    }
+}
+
+/// One submitted array, as recorded durably in `submissions.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Submission {
+    /// The scheduler's job id.
+    pub job_id: String,
+    /// The script.
+    pub script: PathBuf,
+    /// The run that submitted it.
+    pub run: String,
+    /// For each array task (index `first_index + position`): the jobs it runs, as
+    /// `(job index, attempt)`.
+    pub tasks: Vec<Vec<(usize, u32)>>,
+}
+
+struct Tracked {
+    launch: Launch,
+    job_id: String,
+    task: usize,
+    gone_since: Option<Instant>,
+}
+
+/// A cluster backend for one stage.
+pub struct ClusterBackend {
+    sched: Box<dyn Scheduler>,
+    spec: StageSpec,
+    events: Sender<Event>,
+    templates: Templates,
+    template_text: String,
+    scripts_dir: PathBuf,
+    job_name: String,
+    pending: VecDeque<Launch>,
+    /// Keyed by (job index, attempt).
+    tracked: HashMap<(usize, u32), Tracked>,
+    active_jobs: Vec<String>,
+    submissions: Vec<Submission>,
+    max_tasks: Option<usize>,
+    interval: Duration,
+    next: Instant,
+    grace: Duration,
+    polls: usize,
+    calls: usize,
+    cancelled: bool,
+    arrays: usize,
+}
+
+/// How long a task may be gone from the queue without an outcome before it counts as lost
+/// (outcome files may lag on shared file systems; a controller may show stale states after an
+/// outage).
+pub const LOST_GRACE: Duration = Duration::from_secs(20);
+
+impl ClusterBackend {
+    /// A backend submitting through `sched`.
+    ///
+    /// # Errors
+    /// A custom template that cannot be read or compiled.
+    pub fn new(sched: Box<dyn Scheduler>, spec: StageSpec, events: Sender<Event>, scripts_dir: PathBuf) -> Result<Self> {
+        let template_text = match &spec.settings.template {
+            Some((path, _)) => std::fs::read_to_string(path).map_err(|e| Error::Backend {
+                backend: sched.name(),
+                message: format!("cannot read template `{}`: {e}", path.display()),
+                detail: None,
+            })?,
+            None => sched.default_template().to_owned(),
+        };
+        let mut templates = Templates::new();
+        for (name, text) in [("script", template_text.as_str()), ("wrapper", WRAPPER)] {
+            templates.add(name, text, Quoting::Shell).map_err(|f| Error::Backend {
+                backend: sched.name(),
+                message: format!("invalid {name} template: {}", f.message),
+                detail: None,
+            })?;
+        }
+        let job_name = format!("pp-{}-{}-{}", spec.workflow, spec.name, spec.run);
+        let interval = spec.settings.poll_interval;
+        Ok(Self {
+            sched,
+            events,
+            templates,
+            template_text,
+            scripts_dir,
+            job_name,
+            pending: VecDeque::new(),
+            tracked: HashMap::new(),
+            active_jobs: Vec::new(),
+            submissions: Vec::new(),
+            max_tasks: None,
+            interval,
+            next: Instant::now() + interval,
+            grace: LOST_GRACE,
+            polls: 0,
+            calls: 0,
+            cancelled: false,
+            arrays: 0,
+            spec,
+        })
+    }
+
+    /// The template text in use (for `plan --out`).
+    #[must_use]
+    pub fn template_text(&self) -> &str {
+        &self.template_text
+    }
+
+    /// Renders the array script for `tasks` (each a list of launches).
+    ///
+    /// # Errors
+    /// A render failure of a custom template.
+    pub fn render(&self, tasks: &[Vec<Launch>], submission: &str) -> Result<String> {
+        let s = &self.spec.settings;
+        let env: Vec<Value> = self
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| json!({"name": k, "value": v}))
+            .collect();
+        let p = |p: &Path| p.display().to_string();
+        let base = json!({
+            "logs_dir": p(&self.spec.logs_dir),
+            "results_dir": p(&self.spec.results_dir),
+            "staging_dir": p(&self.spec.staging_dir),
+            "env": env,
+        });
+        let wrapper = self
+            .templates
+            .render("wrapper", Quoting::Shell, &base)
+            .map_err(|f| self.render_error(&f.message))?;
+        let first = self.sched.first_index();
+        let cases: Vec<Value> = tasks
+            .iter()
+            .enumerate()
+            .map(|(t, launches)| {
+                let jobs: Vec<Value> = launches
+                    .iter()
+                    .map(|l| {
+                        let argv: Vec<String> = match &l.job.command {
+                            Command::Shell(c) => vec!["/bin/sh".into(), "-c".into(), c.clone()],
+                            Command::Argv(a) => a.clone(),
+                        };
+                        json!({"index": l.job.index, "id": l.job.id.as_str(), "attempt": l.attempt, "json": l.job.json, "argv": argv})
+                    })
+                    .collect();
+                json!({"task": t + first, "jobs": jobs})
+            })
+            .collect();
+        let throttle = s.max_parallel;
+        let ctx = json!({
+            "workflow": self.spec.workflow,
+            "stage": self.spec.name,
+            "submission": submission,
+            "job_name": self.job_name,
+            "array": self.sched.array_spec(tasks.len(), throttle),
+            "throttle": throttle,
+            "tasks": tasks.len(),
+            "jobs": tasks.iter().map(Vec::len).sum::<usize>(),
+            "cwd": p(&self.spec.cwd),
+            "time": s.time.map(|t| self.sched.format_time(t)),
+            "cpus": s.resources.cpus,
+            "memory": s.resources.memory,
+            "partition": s.resources.partition,
+            "account": s.resources.account,
+            "qos": s.resources.qos,
+            "queue": s.resources.queue,
+            "project": s.resources.project,
+            "pe": s.resources.pe,
+            "extra": s.resources.extra,
+            "wrapper": wrapper,
+            "cases": cases,
+        });
+        self.templates
+            .render("script", Quoting::Shell, &ctx)
+            .map_err(|f| self.render_error(&format!("{}{}", f.message, f.help.map(|h| format!(" ({h})")).unwrap_or_default())))
+    }
+
+    fn render_error(&self, message: &str) -> Error {
+        Error::Backend {
+            backend: self.sched.name(),
+            message: format!("cannot render the array script of stage `{}`: {message}", self.spec.name),
+            detail: None,
+        }
+    }
+
+    /// Submits as much of the pending queue as the throttle allows: everything at once when
+    /// unthrottled, otherwise one array at a time (so `max_parallel` bounds the whole stage).
+    fn flush(&mut self) -> Result<()> {
+        while !self.pending.is_empty() {
+            if self.spec.settings.max_parallel.is_some() && !self.active_jobs.is_empty() {
+                return Ok(());
+            }
+            let max_tasks = match self.max_tasks {
+                Some(m) => m,
+                None => {
+                    self.calls += 1;
+                    let m = self.sched.max_array_tasks()?.max(1);
+                    self.max_tasks = Some(m);
+                    m
+                }
+            };
+            let bundle = self.spec.settings.bundle.max(1) as usize;
+            let take = (max_tasks * bundle).min(self.pending.len());
+            let launches: Vec<Launch> = self.pending.drain(..take).collect();
+            let tasks: Vec<Vec<Launch>> = launches.chunks(bundle).map(<[Launch]>::to_vec).collect();
+            self.arrays += 1;
+            let name = format!("{}-{}", self.spec.run, self.arrays);
+            let script = self.render(&tasks, &name)?;
+            std::fs::create_dir_all(&self.scripts_dir).map_err(|e| Error::store("create", &self.scripts_dir, e))?;
+            let path = self.scripts_dir.join(format!("{name}.sh"));
+            crate::store::atomic_write(&path, script.as_bytes())?;
+            let job_id = self.submit_with_retry(&path)?;
+            let first = self.sched.first_index();
+            let mut record = Vec::with_capacity(tasks.len());
+            for (t, launches) in tasks.into_iter().enumerate() {
+                record.push(launches.iter().map(|l| (l.job.index, l.attempt)).collect());
+                for l in launches {
+                    self.tracked.insert(
+                        (l.job.index, l.attempt),
+                        Tracked { launch: l, job_id: job_id.clone(), task: t + first, gone_since: None },
+                    );
+                }
+            }
+            self.active_jobs.push(job_id.clone());
+            self.submissions.push(Submission { job_id, script: path, run: self.spec.run.clone(), tasks: record });
+        }
+        Ok(())
+    }
+
+    fn submit_with_retry(&mut self, script: &Path) -> Result<String> {
+        let mut delay = Duration::from_secs(2);
+        let mut last = String::new();
+        for _ in 0..4 {
+            self.calls += 1;
+            match self.sched.submit(script) {
+                Ok(id) => return Ok(id),
+                Err(e) if e.transient => {
+                    last = e.message;
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                }
+                Err(e) => {
+                    return Err(Error::Backend {
+                        backend: self.sched.name(),
+                        message: format!("the scheduler refused the array script `{}`", script.display()),
+                        detail: Some(e.message),
+                    });
+                }
+            }
+        }
+        Err(Error::Backend {
+            backend: self.sched.name(),
+            message: format!("could not submit `{}` after 4 tries", script.display()),
+            detail: Some(last),
+        })
+    }
+
+    /// Reads every outcome file in the staging folder (one `read_dir`) and reports them.
+    fn harvest(&mut self) -> usize {
+        let Ok(dir) = std::fs::read_dir(&self.spec.staging_dir) else {
+            return 0;
+        };
+        let mut n = 0;
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') || !name.ends_with(".json") {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let Ok(staged) = serde_json::from_str::<Staged>(&text) else { continue };
+            let Some(t) = self.tracked.remove(&(staged.index, staged.attempt)) else {
+                continue;
+            };
+            let outcome = if staged.rc == 0 { Outcome::Succeeded } else { Outcome::Failed { code: staged.rc } };
+            let result = match self.spec.settings.result {
+                crate::manifest::ResultMode::None => None,
+                crate::manifest::ResultMode::File => {
+                    take_result_file(&self.spec.results_dir.join(t.launch.job.id.as_str()), self.spec.settings.result_max_bytes)
+                }
+                crate::manifest::ResultMode::Stdout => {
+                    take_result_file(&self.spec.logs_dir.join(format!("{}.out", t.launch.job.id)), self.spec.settings.result_max_bytes)
+                        .or_else(|| Some(crate::outcome::ResultValue::Text(String::new())))
+                }
+            };
+            let record = JobRecord {
+                index: staged.index,
+                id: t.launch.job.id.to_string(),
+                attempt: staged.attempt,
+                outcome,
+                start: Some(staged.start),
+                end: Some(staged.end),
+                run: self.spec.run.clone(),
+                fp: t.launch.job.fp.clone(),
+                result,
+            };
+            let _ = self.events.send(Event::Finished { stage: self.spec.stage, record, staged: Some(path) });
+            n += 1;
+        }
+        n
+    }
+
+    fn finish_lost(&mut self, key: (usize, u32), outcome: Outcome) {
+        if let Some(t) = self.tracked.remove(&key) {
+            let record = JobRecord {
+                index: t.launch.job.index,
+                id: t.launch.job.id.to_string(),
+                attempt: t.launch.attempt,
+                outcome,
+                start: None,
+                end: Some(crate::store::now()),
+                run: self.spec.run.clone(),
+                fp: t.launch.job.fp.clone(),
+                result: None,
+            };
+            let _ = self.events.send(Event::Finished { stage: self.spec.stage, record, staged: None });
+        }
+    }
+
+    /// Scheduler calls made so far.
+    #[must_use]
+    pub fn calls(&self) -> usize {
+        self.calls
+    }
+}
+
+#[derive(Deserialize)]
+struct Staged {
+    index: usize,
+    attempt: u32,
+    rc: i32,
+    start: f64,
+    end: f64,
+}
+
+impl Backend for ClusterBackend {
+    fn submit(&mut self, launches: Vec<Launch>) -> Result<()> {
+        self.pending.extend(launches);
+        self.flush()?;
+        self.interval = self.spec.settings.poll_interval;
+        self.next = Instant::now() + self.interval;
+        Ok(())
+    }
+
+    fn poll(&mut self) -> Result<()> {
+        self.polls += 1;
+        let ids = self.active_jobs.clone();
+        self.calls += 1;
+        let queue = self.sched.query(&ids);
+        let harvested = self.harvest();
+        let mut progress = harvested > 0;
+        if let Ok(states) = &queue {
+            let now = Instant::now();
+            let mut finished = Vec::new();
+            let mut errors = Vec::new();
+            for (key, t) in &mut self.tracked {
+                match states.get(&(t.job_id.clone(), t.task)) {
+                    Some(TaskState::Active) => t.gone_since = None,
+                    Some(TaskState::Error(reason)) => errors.push((*key, t.job_id.clone(), t.task, reason.clone())),
+                    state => {
+                        let since = *t.gone_since.get_or_insert(now);
+                        if now.duration_since(since) >= self.grace {
+                            let outcome = match state {
+                                Some(TaskState::TimedOut) => Outcome::TimedOut,
+                                _ => Outcome::Lost,
+                            };
+                            finished.push((*key, outcome));
+                        }
+                    }
+                }
+            }
+            for (job_id, task) in errors.iter().map(|(_, j, t, _)| (j.clone(), *t)).collect::<std::collections::BTreeSet<_>>() {
+                self.calls += 1;
+                let _ = self.sched.cancel_task(&job_id, task);
+            }
+            for (key, _, _, _) in errors {
+                finished.push((key, Outcome::Lost));
+            }
+            progress |= !finished.is_empty();
+            for (key, outcome) in finished {
+                self.finish_lost(key, outcome);
+            }
+            // Arrays with no tracked task left are over.
+            let tracked = &self.tracked;
+            self.active_jobs.retain(|j| tracked.values().any(|t| &t.job_id == j));
+        }
+        if !self.cancelled {
+            self.flush()?;
+        }
+        self.interval = if progress {
+            self.spec.settings.poll_interval
+        } else {
+            (self.interval.mul_f64(1.5)).min(self.spec.settings.poll_max)
+        };
+        self.next = Instant::now() + self.interval;
+        Ok(())
+    }
+
+    fn next_poll(&self) -> Option<Duration> {
+        Some(self.next.saturating_duration_since(Instant::now()))
+    }
+
+    fn take_submissions(&mut self) -> Vec<Submission> {
+        std::mem::take(&mut self.submissions)
+    }
+
+    fn cancel(&mut self, _mode: CancelMode) -> Vec<(Launch, Outcome)> {
+        self.cancelled = true;
+        let mut out: Vec<(Launch, Outcome)> = self
+            .pending
+            .drain(..)
+            .map(|l| (l, Outcome::NotRun { reason: "run interrupted".into() }))
+            .collect();
+        if !self.active_jobs.is_empty() {
+            self.calls += 1;
+            let _ = self.sched.cancel(&self.active_jobs);
+        }
+        // Collect what finished before the cancel took effect; the rest was interrupted.
+        self.harvest();
+        out.extend(self.tracked.drain().map(|(_, t)| (t.launch, Outcome::Interrupted)));
+        self.active_jobs.clear();
+        out
+    }
+}

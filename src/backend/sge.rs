@@ -1,0 +1,133 @@
+//! Grid Engine: `qsub -terse` per array (1-based local indices, `-tc` throttle), one
+//! `qstat -xml` per poll, `qdel`; tasks in an error state (`Eqw`) are deleted and resubmitted.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::cluster::{CallError, Scheduler, TaskState, call};
+use crate::error::Result;
+use crate::manifest::WallTime;
+
+/// The embedded qsub template.
+pub const TEMPLATE: &str = include_str!("../../templates/sge.qsub.hbs");
+
+const TRANSIENT: &[&str] = &[
+    "unable to send message to qmaster",
+    "unable to contact qmaster",
+    "failed receiving gdi request",
+    "commlib error",
+    "got send error",
+];
+
+/// The Grid Engine scheduler.
+#[derive(Debug, Default)]
+pub struct Sge;
+
+impl Scheduler for Sge {
+    fn name(&self) -> &'static str {
+        "sge"
+    }
+    fn default_template(&self) -> &'static str {
+        TEMPLATE
+    }
+    fn first_index(&self) -> usize {
+        1
+    }
+    fn max_array_tasks(&mut self) -> Result<usize> {
+        // The count bound; an unreadable configuration falls back to Grid Engine's default.
+        Ok(call("qconf", &["-sconf"], TRANSIENT)
+            .ok()
+            .and_then(|out| {
+                out.lines().find_map(|l| {
+                    let mut it = l.split_whitespace();
+                    (it.next() == Some("max_aj_tasks")).then(|| it.next()?.parse().ok())?
+                })
+            })
+            .unwrap_or(75_000))
+    }
+    fn array_spec(&self, tasks: usize, _throttle: Option<u32>) -> String {
+        format!("1-{tasks}")
+    }
+    fn format_time(&self, t: WallTime) -> String {
+        t.hms()
+    }
+    fn submit(&mut self, script: &Path) -> std::result::Result<String, CallError> {
+        let path = script.display().to_string();
+        let out = call("qsub", &["-terse", &path], TRANSIENT)?;
+        let id = out.trim().split('.').next().unwrap_or("").trim().to_owned();
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(CallError { message: format!("qsub printed no job id: {out:?}"), transient: false });
+        }
+        Ok(id)
+    }
+    fn query(&mut self, job_ids: &[String]) -> std::result::Result<HashMap<(String, usize), TaskState>, CallError> {
+        if job_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let out = call("qstat", &["-xml"], TRANSIENT)?;
+        let mut map = parse_qstat_xml(&out);
+        map.retain(|(job, _), _| job_ids.contains(job));
+        Ok(map)
+    }
+    fn cancel(&mut self, job_ids: &[String]) -> std::result::Result<(), CallError> {
+        let args: Vec<&str> = job_ids.iter().map(String::as_str).collect();
+        // qdel exits 1 when a job already left the queue: that is not a failure here.
+        match call("qdel", &args, TRANSIENT) {
+            Err(e) if !e.transient => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+    fn cancel_task(&mut self, job_id: &str, index: usize) -> std::result::Result<(), CallError> {
+        match call("qdel", &[job_id, "-t", &index.to_string()], TRANSIENT) {
+            Err(e) if !e.transient => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+}
+
+fn tag<'a>(block: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let start = block.find(&open)? + open.len();
+    let end = block[start..].find(&close)? + start;
+    Some(block[start..end].trim())
+}
+
+/// Parses `qstat -xml`: one `<job_list>` per running task, one per group of pending tasks
+/// (`<tasks>5-30:1</tasks>`, also `1,3,5-9:2`).
+#[must_use]
+pub fn parse_qstat_xml(xml: &str) -> HashMap<(String, usize), TaskState> {
+    let mut map = HashMap::new();
+    for block in xml.split("<job_list").skip(1) {
+        let block = block.split("</job_list>").next().unwrap_or("");
+        let (Some(job), Some(state)) = (tag(block, "JB_job_number"), tag(block, "state")) else { continue };
+        let st = if state.contains('E') { TaskState::Error(format!("state {state}")) } else { TaskState::Active };
+        let Some(tasks) = tag(block, "tasks") else { continue };
+        for part in tasks.split(',') {
+            let (range, step) = part.split_once(':').unwrap_or((part, "1"));
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            let (Ok(a), Ok(b), Ok(step)) = (a.parse::<usize>(), b.parse::<usize>(), step.parse::<usize>()) else { continue };
+            for t in (a..=b).step_by(step.max(1)) {
+                map.insert((job.to_owned(), t), st.clone());
+            }
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qstat_xml() {
+        let xml = r"<job_info><queue_info><job_list state='running'><JB_job_number>7</JB_job_number><state>r</state><tasks>2</tasks></job_list></queue_info>
+<job_info><job_list state='pending'><JB_job_number>7</JB_job_number><state>qw</state><tasks>4-8:2</tasks></job_list>
+<job_list state='pending'><JB_job_number>9</JB_job_number><state>Eqw</state><tasks>1</tasks></job_list></job_info></job_info>";
+        let m = parse_qstat_xml(xml);
+        assert_eq!(m[&("7".into(), 2)], TaskState::Active);
+        assert_eq!(m[&("7".into(), 6)], TaskState::Active);
+        assert!(!m.contains_key(&("7".into(), 5)));
+        assert!(matches!(m[&("9".into(), 1)], TaskState::Error(_)));
+    }
+}

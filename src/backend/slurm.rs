@@ -1,0 +1,156 @@
+//! Slurm: `sbatch --parsable` per array, one `squeue -t all` per poll for all of the stage's
+//! arrays, `scancel`. Array indices are local to each array (0..k-1), bounded by the
+//! cluster's `MaxArraySize`, which bounds the index rather than the count.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::cluster::{CallError, Scheduler, TaskState, call};
+use crate::error::{Error, Result};
+use crate::manifest::WallTime;
+
+/// The embedded sbatch template.
+pub const TEMPLATE: &str = include_str!("../../templates/slurm.sbatch.hbs");
+
+/// Error texts that mean "the controller is unreachable, try again".
+const TRANSIENT: &[&str] = &[
+    "Unable to contact",
+    "Socket timed out",
+    "connect failure",
+    "temporarily unavailable",
+    "Slurm temporarily unable",
+    "Zero Bytes were transmitted",
+];
+
+/// The Slurm scheduler.
+#[derive(Debug, Default)]
+pub struct Slurm;
+
+impl Scheduler for Slurm {
+    fn name(&self) -> &'static str {
+        "slurm"
+    }
+    fn default_template(&self) -> &'static str {
+        TEMPLATE
+    }
+    fn first_index(&self) -> usize {
+        0
+    }
+    fn max_array_tasks(&mut self) -> Result<usize> {
+        let out = call("scontrol", &["show", "config"], TRANSIENT).map_err(|e| Error::Backend {
+            backend: "slurm",
+            message: "cannot read the cluster's configuration".into(),
+            detail: Some(e.message),
+        })?;
+        Ok(parse_max_array_size(&out).unwrap_or(1001))
+    }
+    fn array_spec(&self, tasks: usize, throttle: Option<u32>) -> String {
+        let mut s = format!("0-{}", tasks.saturating_sub(1));
+        if let Some(t) = throttle {
+            s.push_str(&format!("%{t}"));
+        }
+        s
+    }
+    fn format_time(&self, t: WallTime) -> String {
+        t.slurm()
+    }
+    fn submit(&mut self, script: &Path) -> std::result::Result<String, CallError> {
+        let path = script.display().to_string();
+        let out = call("sbatch", &["--parsable", &path], TRANSIENT)?;
+        let id = out.trim().split(';').next().unwrap_or("").trim().to_owned();
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(CallError { message: format!("sbatch printed no job id: {out:?}"), transient: false });
+        }
+        Ok(id)
+    }
+    fn query(&mut self, job_ids: &[String]) -> std::result::Result<HashMap<(String, usize), TaskState>, CallError> {
+        if job_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids = job_ids.join(",");
+        match call("squeue", &["-h", "-t", "all", "-j", &ids, "-o", "%i|%T"], TRANSIENT) {
+            Ok(out) => Ok(parse_squeue(&out)),
+            // Every listed job was purged from the controller's memory: none is listed.
+            Err(e) if !e.transient && e.message.contains("Invalid job id") => Ok(HashMap::new()),
+            Err(e) => Err(e),
+        }
+    }
+    fn cancel(&mut self, job_ids: &[String]) -> std::result::Result<(), CallError> {
+        let mut args = vec!["--quiet"];
+        args.extend(job_ids.iter().map(String::as_str));
+        call("scancel", &args, TRANSIENT).map(|_| ())
+    }
+    fn cancel_task(&mut self, job_id: &str, index: usize) -> std::result::Result<(), CallError> {
+        call("scancel", &["--quiet", &format!("{job_id}_{index}")], TRANSIENT).map(|_| ())
+    }
+}
+
+/// `MaxArraySize = N` from `scontrol show config`: the largest array index is N-1, so N tasks.
+#[must_use]
+pub fn parse_max_array_size(config: &str) -> Option<usize> {
+    config.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == "MaxArraySize").then(|| v.trim().parse().ok())?
+    })
+}
+
+/// Maps a Slurm job state to a task state.
+#[must_use]
+pub fn task_state(state: &str) -> TaskState {
+    match state {
+        "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED" | "REQUEUED" | "REQUEUE_HOLD"
+        | "REQUEUE_FED" | "RESIZING" | "SIGNALING" | "STAGE_OUT" | "STOPPED" | "SPECIAL_EXIT" => TaskState::Active,
+        "COMPLETED" | "FAILED" => TaskState::Done,
+        "TIMEOUT" => TaskState::TimedOut,
+        other => TaskState::Ended(other.to_owned()),
+    }
+}
+
+/// Parses `squeue -h -o '%i|%T'` lines: `123_4|RUNNING`, `123_[5-9%2]|PENDING`,
+/// `123_[1,3,7-8]|PENDING`.
+#[must_use]
+pub fn parse_squeue(out: &str) -> HashMap<(String, usize), TaskState> {
+    let mut map = HashMap::new();
+    for line in out.lines() {
+        let Some((id, state)) = line.trim().split_once('|') else { continue };
+        let Some((job, tasks)) = id.split_once('_') else { continue };
+        let st = task_state(state.trim());
+        if let Some(inner) = tasks.strip_prefix('[') {
+            let inner = inner.trim_end_matches(']');
+            let inner = inner.split('%').next().unwrap_or("");
+            for part in inner.split(',') {
+                let (a, b) = part.split_once('-').unwrap_or((part, part));
+                if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                    for t in a..=b {
+                        map.insert((job.to_owned(), t), st.clone());
+                    }
+                }
+            }
+        } else if let Ok(t) = tasks.parse::<usize>() {
+            map.insert((job.to_owned(), t), st);
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn squeue_lines() {
+        let m = parse_squeue("12_3|RUNNING\n12_[5-7%2]|PENDING\n12_1|COMPLETED\n12_0|CANCELLED\n13_[1,4]|PENDING\n12_2|TIMEOUT\n");
+        assert_eq!(m[&("12".into(), 3)], TaskState::Active);
+        assert_eq!(m[&("12".into(), 6)], TaskState::Active);
+        assert_eq!(m[&("12".into(), 1)], TaskState::Done);
+        assert_eq!(m[&("12".into(), 0)], TaskState::Ended("CANCELLED".into()));
+        assert_eq!(m[&("12".into(), 2)], TaskState::TimedOut);
+        assert!(m.contains_key(&("13".into(), 4)));
+        assert!(!m.contains_key(&("13".into(), 2)));
+    }
+
+    #[test]
+    fn max_array_size() {
+        assert_eq!(parse_max_array_size("Foo = 1\nMaxArraySize            = 11\n"), Some(11));
+    }
+}
