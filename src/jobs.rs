@@ -110,9 +110,14 @@ impl Origin<'_> {
 pub fn expand_static(manifest: &Manifest, stage: &Stage) -> Option<Result<Vec<Job>>> {
     match &stage.source {
         JobSource::Inline(values) => {
+            let spans = if stage.job_spans.len() == values.len() {
+                stage.job_spans.clone()
+            } else {
+                vec![stage.source_span]
+            };
             let origin = Origin {
                 src: &manifest.src,
-                spans: vec![stage.source_span],
+                spans,
             };
             Some(assign_ids(stage, values.clone(), &origin))
         }
@@ -255,6 +260,15 @@ fn parse_jobs(stage: &Stage, src: &Source, what: &str) -> Result<Vec<Job>> {
     let mut spans = Vec::new();
     if trimmed.starts_with('[') {
         let raws: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
+            if e.is_eof() {
+                // Point at the last character, not past the end where no label shows.
+                let at = text.trim_end().len().saturating_sub(1);
+                return parse_err(
+                    format!("{} at the end of the text", json_message(&e)),
+                    at,
+                    1,
+                );
+            }
             let at = offset_of(text, e.line(), e.column());
             parse_err(e.to_string(), at, 1)
         })?;
@@ -268,20 +282,36 @@ fn parse_jobs(stage: &Stage, src: &Source, what: &str) -> Result<Vec<Job>> {
         }
     } else {
         let mut offset = 0;
-        for line in text.split_inclusive('\n') {
+        for (n, line) in text.split_inclusive('\n').enumerate() {
             let body = line.trim_end_matches(['\n', '\r']);
             let start = offset;
             offset += line.len();
             if body.trim().is_empty() {
                 continue;
             }
-            let v: Value = serde_json::from_str(body)
-                .map_err(|e| parse_err(e.to_string(), start, body.len()))?;
+            // serde_json counts lines within `body`; report the line of the whole text.
+            let v: Value = serde_json::from_str(body).map_err(|e| {
+                let message = format!(
+                    "{} at line {} column {}",
+                    json_message(&e),
+                    n + 1,
+                    e.column()
+                );
+                parse_err(message, start, body.len())
+            })?;
             values.push(v);
             spans.push(SourceSpan::from(start..start + body.len()));
         }
     }
     assign_ids(stage, values, &Origin { src, spans })
+}
+
+/// serde_json's message without the position it appends (" at line L column C").
+fn json_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    text.strip_suffix(&position)
+        .map_or_else(|| text.clone(), str::to_owned)
 }
 
 fn offset_of(text: &str, line: usize, column: usize) -> usize {

@@ -191,7 +191,8 @@ macro_rules! with_settings {
             pub retries: Option<u32>,
             /// Environment variables for the jobs; a stage's table is merged over `[defaults]`.
             #[serde(default)]
-            pub env: Option<BTreeMap<String, String>>,
+            #[schemars(with = "Option<BTreeMap<String, String>>")]
+            pub env: Option<BTreeMap<Spanned<String>, String>>,
             /// Wall-time limit of one job, e.g. `"90s"`, `"30m"`, `"2h"`, `"1d12h"` or `"1:30:00"`.
             /// Local jobs are stopped when it is exceeded; on clusters it becomes the time limit.
             #[serde(default)]
@@ -272,11 +273,11 @@ with_settings! {
         /// The jobs, inline: any TOML values (tables, arrays, strings, numbers).
         #[serde(default)]
         #[schemars(with = "Option<Vec<serde_json::Value>>")]
-        pub jobs: Option<Spanned<Vec<serde_json::Value>>>,
+        pub jobs: Option<Spanned<Vec<Spanned<serde_json::Value>>>>,
         /// A table of arrays; the jobs are the cartesian product, as tables.
         #[serde(default)]
         #[schemars(with = "Option<IndexMap<String, Vec<serde_json::Value>>>")]
-        pub matrix: Option<Spanned<IndexMap<String, Vec<serde_json::Value>>>>,
+        pub matrix: Option<Spanned<IndexMap<String, Spanned<Vec<serde_json::Value>>>>>,
         /// A `.json` (array) or `.jsonl` (one job per line) file, relative to the manifest.
         #[serde(default)]
         #[schemars(with = "Option<String>")]
@@ -310,8 +311,25 @@ pub struct RawManifest {
     #[serde(default)]
     pub defaults: RawDefaults,
     /// The stages, by name (`[A-Za-z0-9_-]+`).
-    #[schemars(with = "IndexMap<String, RawStage>")]
+    #[schemars(schema_with = "stages_schema")]
     pub stages: IndexMap<Spanned<String>, RawStage>,
+}
+
+/// `stages`: a table of [`RawStage`] whose keys are stage names.
+fn stages_schema(g: &mut schemars::r#gen::SchemaGenerator) -> schemars::schema::Schema {
+    let mut s = g
+        .subschema_for::<IndexMap<String, RawStage>>()
+        .into_object();
+    let names = schemars::schema::SchemaObject {
+        string: Some(Box::new(schemars::schema::StringValidation {
+            pattern: Some("^[A-Za-z0-9_-]{1,64}$".to_owned()),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    s.object().property_names = Some(Box::new(names.into()));
+    s.object().min_properties = Some(1);
+    schemars::schema::Schema::Object(s)
 }
 
 /// A validated stage name: `[A-Za-z0-9_-]+`.
@@ -521,6 +539,8 @@ pub struct Stage {
     pub source: JobSource,
     /// The span of the job source's value.
     pub source_span: SourceSpan,
+    /// The span of each inline job (`jobs = [..]`); empty for other sources.
+    pub job_spans: Vec<SourceSpan>,
     /// The run command template.
     pub run: RunSpec,
     /// The span of the `run` value.
@@ -639,6 +659,21 @@ fn syntax_error(e: &toml::de::Error, src: &Source) -> Error {
 
 /// Turns toml's "unknown field `x`, expected one of `a`, `b`" into a did-you-mean.
 fn suggest_from_message(message: &str) -> Option<String> {
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|r| r.strip_suffix('`'))
+    {
+        return match field {
+            "run" => Some("every stage needs `run`, the command run for each job".to_owned()),
+            "stages" => Some(
+                "add a [stages.NAME] table with a job source (`generate`, `jobs`, `matrix`, `jobs_file` or `for_each`) and `run`"
+                    .to_owned(),
+            ),
+            "workflow" => Some("add a [workflow] table with `name = \"...\"`".to_owned()),
+            "name" => Some("[workflow] needs `name`, the workflow's name".to_owned()),
+            _ => None,
+        };
+    }
     let rest = message
         .strip_prefix("unknown field `")
         .or_else(|| message.strip_prefix("unknown variant `"))?;
@@ -692,7 +727,9 @@ fn validate(path: &Path, raw: RawManifest, src: Source, text: &str) -> Result<Ma
         let span = span_of(&key);
         let name = StageName::new(key.get_ref())
             .map_err(|m| err(span, m.clone(), "invalid stage name", None))?;
-        stages.push(validate_stage(name, span, rs, &raw.defaults, &dir, &err)?);
+        let stage = validate_stage(name, span, rs, &raw.defaults, &dir, &err)?;
+        check_templates(&stage, &src)?;
+        stages.push(stage);
     }
     let hash = crate::jobs::sha256_hex(text.as_bytes());
     Ok(Manifest {
@@ -704,6 +741,32 @@ fn validate(path: &Path, raw: RawManifest, src: Source, text: &str) -> Result<Ma
         work_dir,
         stages,
     })
+}
+
+/// Compiles a stage's `run` and `generate` templates, so a syntax error fails every command
+/// before anything runs, also in stages whose jobs are only known at run time.
+fn check_templates(stage: &Stage, src: &Source) -> Result<()> {
+    use crate::plan::template_error;
+    use crate::template::{Quoting, Templates};
+    let mut t = Templates::new();
+    let what = format!("invalid `run` of stage `{}`", stage.name);
+    match &stage.run {
+        RunSpec::Shell(s) => t
+            .add("run", s, Quoting::Shell)
+            .map_err(|f| template_error(src, stage.run_span, s, f, &what))?,
+        RunSpec::Argv(args) => {
+            for a in args {
+                t.add("arg", a, Quoting::Raw)
+                    .map_err(|f| template_error(src, stage.run_span, a, f, &what))?;
+            }
+        }
+    }
+    if let JobSource::Generate(g) = &stage.source {
+        let what = format!("invalid `generate` of stage `{}`", stage.name);
+        t.add("generate", g, Quoting::Shell)
+            .map_err(|f| template_error(src, stage.source_span, g, f, &what))?;
+    }
+    Ok(())
 }
 
 type ErrFn<'a> = dyn Fn(SourceSpan, String, &str, Option<String>) -> Error + 'a;
@@ -733,6 +796,8 @@ fn validate_stage(
     if let Some(f) = &rs.for_each {
         sources.push(("for_each", span_of(f)));
     }
+    // In the order they stand in the file, so "second" points at the later one.
+    sources.sort_by_key(|(_, span)| span.offset());
     if sources.len() > 1 {
         let (second, s2) = sources[1];
         return Err(err(
@@ -773,6 +838,7 @@ fn validate_stage(
             span: span_of(n),
         });
     }
+    let mut job_spans = Vec::new();
     let source = if let Some(g) = rs.generate {
         if g.get_ref().trim().is_empty() {
             return Err(err(
@@ -784,18 +850,20 @@ fn validate_stage(
         }
         JobSource::Generate(g.into_inner())
     } else if let Some(j) = rs.jobs {
-        JobSource::Inline(j.into_inner())
+        let jobs = j.into_inner();
+        job_spans = jobs.iter().map(span_of).collect();
+        JobSource::Inline(jobs.into_iter().map(Spanned::into_inner).collect())
     } else if let Some(m) = rs.matrix {
         let m = m.into_inner();
-        if let Some((k, _)) = m.iter().find(|(_, v)| v.is_empty()) {
+        if let Some((k, v)) = m.iter().find(|(_, v)| v.get_ref().is_empty()) {
             return Err(err(
-                source_span,
-                format!("matrix key `{k}` has no values"),
+                span_of(v),
+                format!("matrix key `{k}` of stage `{name}` has no values"),
                 "empty list",
                 Some("every matrix key needs at least one value".to_owned()),
             ));
         }
-        JobSource::Matrix(m)
+        JobSource::Matrix(m.into_iter().map(|(k, v)| (k, v.into_inner())).collect())
     } else if let Some(f) = rs.jobs_file {
         JobSource::File(dir.join(f.get_ref()))
     } else if let Some(f) = rs.for_each {
@@ -810,11 +878,14 @@ fn validate_stage(
                 },
             );
         }
-        if needs.len() > 1 {
+        if let Some(other) = needs.iter().find(|n| n.stage != up) {
             return Err(err(
-                source_span,
-                format!("stage `{name}` is element-wise over `{up}` and cannot need other stages"),
-                "element-wise stage",
+                other.span,
+                format!(
+                    "stage `{name}` is element-wise over `{up}` and cannot need other stages, such as `{}`",
+                    other.stage
+                ),
+                "not allowed with `for_each`",
                 Some("an element-wise stage's job i depends only on job i of its `for_each` stage; put other dependencies on that stage".to_owned()),
             ));
         }
@@ -841,6 +912,7 @@ fn validate_stage(
         span,
         source,
         source_span,
+        job_spans,
         run,
         run_span,
         needs,
@@ -880,17 +952,20 @@ fn resolve_settings(
         })
         .transpose()
     };
-    let mut env = d.env.clone().unwrap_or_default();
-    env.extend(s.env.clone().unwrap_or_default());
-    for (k, v) in &env {
-        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+    let mut env = BTreeMap::new();
+    for (k, v) in d.env.iter().chain(s.env.iter()).flatten() {
+        let key = k.get_ref();
+        if key.is_empty() || key.contains('=') || key.contains('\0') || v.contains('\0') {
             return Err(err(
-                SourceSpan::from(0..0),
-                format!("invalid environment variable `{k}` in stage `{name}`"),
-                "env",
-                None,
+                span_of(k),
+                format!("invalid environment variable `{key}` in stage `{name}`"),
+                "not a valid variable",
+                Some(
+                    "names must be non-empty without `=`; names and values without NUL".to_owned(),
+                ),
             ));
         }
+        env.insert(key.clone(), v.clone());
     }
     let poll_interval =
         duration(pick!(s, d, poll_interval))?.map_or(Duration::from_secs(2), |w| w.0);

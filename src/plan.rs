@@ -432,7 +432,7 @@ mod tests {
                 assert!(message.contains("`job.x` is not defined"), "{message}");
                 assert_eq!(
                     &text[span.offset()..span.offset() + span.len()],
-                    "'echo {{job.x}}'"
+                    "{{job.x}}"
                 );
             }
             e => panic!("{e:?}"),

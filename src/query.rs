@@ -102,6 +102,9 @@ pub fn results(
             (j, rec, result)
         })
         .collect();
+    let records_results = manifest
+        .stage(name)
+        .is_some_and(|s| s.settings.result != crate::manifest::ResultMode::None);
     for (j, rec, result) in &rows {
         let ok = rec.is_some_and(|r| r.outcome.is_success());
         match (rec, result) {
@@ -112,6 +115,8 @@ pub fn results(
                 r.outcome.describe()
             )),
             (None, _) => missing.push(format!("job {} `{}`: no outcome recorded", j.index, j.id)),
+            // A stage with `result = "none"` records no results by design.
+            (Some(_), None) if !records_results => {}
             (Some(_), None) => missing.push(format!(
                 "job {} `{}`: succeeded but wrote no result",
                 j.index, j.id
@@ -211,7 +216,8 @@ fn table(
     if scalar || keys.is_empty() {
         header.push("result".into());
     }
-    header.extend(keys.iter().cloned());
+    // Object fields get a `result.` prefix so they never collide with the fixed columns.
+    header.extend(keys.iter().map(|k| format!("result.{k}")));
     if opts.with_job {
         header.push("job".into());
     }

@@ -5,7 +5,7 @@
 //!
 //! Reads `plan`, `graph`, `store`, `backend` and `summary`; those never call each other.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::backend::{self, Backend, CancelMode, Event, Launch, StageSpec};
+use crate::backend::cluster::Submission;
+use crate::backend::{self, Adopt, Backend, CancelMode, Event, Launch, StageSpec};
 use crate::error::Result;
 use crate::graph::StageGraph;
 use crate::jobs::{self, Job};
@@ -59,6 +60,7 @@ struct StageState {
     results: Vec<Option<ResultValue>>,
     attempts: Vec<u32>,
     failures: Vec<u32>,
+    base_attempt: Vec<u32>,
     losses: Vec<u32>,
     remaining: usize,
     in_flight: usize,
@@ -87,6 +89,7 @@ impl StageState {
             results: Vec::new(),
             attempts: Vec::new(),
             failures: Vec::new(),
+            base_attempt: Vec::new(),
             losses: Vec::new(),
             remaining: 0,
             in_flight: 0,
@@ -385,10 +388,26 @@ impl<'a> Runner<'a> {
         };
         self.layout.create_stage_dirs(&name)?;
         store::write_jobs(&self.layout.jobs_file(&name), &jobs)?;
+        let records = store::read_ledger(&self.layout.ledger(&name))?;
+        let submissions: Vec<Submission> = store::read_lines(&self.layout.submissions(&name))?;
+        // Attempts are numbered per job across runs, so outcome files never collide.
+        let mut last_attempt: HashMap<String, u32> = HashMap::new();
+        let mut recorded: HashSet<(String, u32)> = HashSet::new();
+        for r in &records {
+            let a = last_attempt.entry(r.id.clone()).or_default();
+            *a = (*a).max(r.attempt);
+            recorded.insert((r.id.clone(), r.attempt));
+        }
+        for s in &submissions {
+            for j in s.tasks.iter().flatten() {
+                let a = last_attempt.entry(j.id.clone()).or_default();
+                *a = (*a).max(j.attempt);
+            }
+        }
         let prior = if self.opts.force {
             HashMap::new()
         } else {
-            store::latest(store::read_ledger(&self.layout.ledger(&name))?)
+            store::latest(records)
         };
         let ledger = Ledger::open(self.layout.ledger(&name))?;
         let kind = self.opts.backend.unwrap_or(plan.settings.backend);
@@ -415,6 +434,11 @@ impl<'a> Runner<'a> {
         st.results = vec![None; n];
         st.attempts = vec![0; n];
         st.failures = vec![0; n];
+        st.base_attempt = st
+            .jobs
+            .iter()
+            .map(|j| last_attempt.get(j.id.as_str()).copied().unwrap_or(0))
+            .collect();
         st.losses = vec![0; n];
         st.remaining = n;
         st.prior = prior;
@@ -434,12 +458,72 @@ impl<'a> Runner<'a> {
                 }
             }
         } else {
+            let adopted = self.adopt(i, &submissions, &recorded);
             let launches: Vec<Launch> = (0..n)
+                .filter(|idx| !adopted.contains(idx))
                 .filter_map(|idx| self.launch_or_reuse(i, idx))
                 .collect();
             self.submit(i, launches)?;
         }
         Ok(())
+    }
+
+    /// Hands tasks of earlier runs that have no recorded outcome to the backend; returns the
+    /// job indices it took over (they are in flight now).
+    fn adopt(
+        &mut self,
+        i: usize,
+        submissions: &[Submission],
+        recorded: &HashSet<(String, u32)>,
+    ) -> HashSet<usize> {
+        let st = &mut self.states[i];
+        let mut open = Vec::new();
+        for s in submissions {
+            for (position, task) in s.tasks.iter().enumerate() {
+                for j in task {
+                    let Some(Some(job)) = st.planned.get(j.index) else {
+                        continue;
+                    };
+                    if job.id.as_str() != j.id || recorded.contains(&(j.id.clone(), j.attempt)) {
+                        continue;
+                    }
+                    let reusable = st
+                        .prior
+                        .get(&j.id)
+                        .is_some_and(|p| p.outcome.is_success() && p.fp == job.fp);
+                    if !reusable {
+                        open.push(Adopt {
+                            launch: Launch {
+                                job: Arc::clone(job),
+                                attempt: j.attempt,
+                            },
+                            job_id: s.job_id.clone(),
+                            position,
+                        });
+                    }
+                }
+            }
+        }
+        if open.is_empty() {
+            return HashSet::new();
+        }
+        let attempts: HashMap<usize, u32> = open
+            .iter()
+            .map(|a| (a.launch.job.index, a.launch.attempt))
+            .collect();
+        let kept = st.backend.as_mut().expect("running").adopt(open);
+        for &idx in &kept {
+            st.attempts[idx] = attempts[&idx];
+        }
+        st.in_flight += kept.len();
+        if !kept.is_empty() {
+            self.reporter.message(&format!(
+                "stage `{}`: reattached to {} of an earlier run",
+                self.manifest.stages[i].name,
+                crate::error::count(kept.len(), "job")
+            ));
+        }
+        kept.into_iter().collect()
     }
 
     /// The first launch of a job, or `None` when a recorded success with the same
@@ -455,8 +539,9 @@ impl<'a> Runner<'a> {
                 return None;
             }
         }
-        self.states[i].attempts[idx] = 1;
-        Some(Launch { job, attempt: 1 })
+        let attempt = self.states[i].base_attempt[idx] + 1;
+        self.states[i].attempts[idx] = attempt;
+        Some(Launch { job, attempt })
     }
 
     fn submit(&mut self, i: usize, launches: Vec<Launch>) -> Result<()> {
@@ -476,12 +561,17 @@ impl<'a> Runner<'a> {
     /// Appends the arrays a backend submitted to the stage's `submissions.jsonl`, synced,
     /// before anything else happens.
     fn record_submissions(&mut self, i: usize) -> Result<()> {
-        let Some(b) = self.states[i].backend.as_mut() else { return Ok(()) };
+        let Some(b) = self.states[i].backend.as_mut() else {
+            return Ok(());
+        };
         let subs = b.take_submissions();
         if subs.is_empty() {
             return Ok(());
         }
-        let lines: Vec<String> = subs.iter().map(|s| serde_json::to_string(s).expect("serializes")).collect();
+        let lines: Vec<String> = subs
+            .iter()
+            .map(|s| serde_json::to_string(s).expect("serializes"))
+            .collect();
         let name = self.manifest.stages[i].name.as_str();
         store::append_lines(&self.layout.submissions(name), &lines)
     }
@@ -538,7 +628,13 @@ impl<'a> Runner<'a> {
     }
 
     /// Records an outcome the runner decided itself (not run, interrupted).
-    fn record_outcome(&mut self, i: usize, idx: usize, attempt: u32, outcome: Outcome) -> Result<()> {
+    fn record_outcome(
+        &mut self,
+        i: usize,
+        idx: usize,
+        attempt: u32,
+        outcome: Outcome,
+    ) -> Result<()> {
         let st = &mut self.states[i];
         let job = &st.jobs[idx];
         let record = JobRecord {

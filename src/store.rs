@@ -355,6 +355,33 @@ pub fn append_lines(path: &Path, lines: &[String]) -> Result<()> {
     write().map_err(|e| Error::store("append to", path, e))
 }
 
+/// Reads a JSON Lines file of `T` (empty when missing; a torn last line is skipped).
+///
+/// # Errors
+/// On I/O failure or a corrupt line before the last.
+pub fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::store("read", path, e)),
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (n, l) in lines.iter().enumerate() {
+        match serde_json::from_str(l) {
+            Ok(v) => out.push(v),
+            Err(_) if n + 1 == lines.len() => {}
+            Err(e) => {
+                return Err(Error::CorruptState {
+                    path: path.to_path_buf(),
+                    message: format!("line {}: {e}", n + 1),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Reads every record of a ledger (none if it does not exist). A torn last line, left by a
 /// machine crash mid-write, is skipped.
 ///

@@ -96,7 +96,9 @@ impl Templates {
                 if let Some((at, block)) = unclosed_block(text) {
                     if offset.is_none_or(|o| o >= at) {
                         return TemplateFailure {
-                            message: format!("invalid template: `{{{{#{block}}}}}` is never closed"),
+                            message: format!(
+                                "invalid template: `{{{{#{block}}}}}` is never closed"
+                            ),
                             offset: Some(at),
                             help: Some(format!("close it with `{{{{/{block}}}}}`")),
                         };
@@ -212,7 +214,11 @@ fn unclosed_block(text: &str) -> Option<(usize, String)> {
         }
         let tag = rest.trim_start_matches('~').trim_start();
         if let Some(comment) = tag.strip_prefix('!') {
-            let end = if comment.starts_with("--") { "--}}" } else { "}}" };
+            let end = if comment.starts_with("--") {
+                "--}}"
+            } else {
+                "}}"
+            };
             let Some(e) = rest.find(end) else { break };
             i = at + 2 + e + end.len();
             continue;

@@ -3,7 +3,8 @@
 
 mod harness;
 
+mod examples;
 mod local;
 mod quoting;
-mod examples;
+mod readme;
 mod schema;

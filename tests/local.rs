@@ -137,3 +137,91 @@ fn timeout_stops_the_job() {
     t.run(&["run"]).code(1).stderr_has("timed out");
     assert!(start.elapsed().as_secs() < 20);
 }
+
+/// State of a process from /proc (None when gone); zombies count as dead since PID 1 here
+/// may not reap orphans.
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+        .map(|s| s.rsplit(')').next().unwrap_or("").split_whitespace().next() != Some("Z"))
+        .unwrap_or(false)
+}
+
+#[test]
+fn sigint_stops_jobs_records_interrupted_and_exits_130() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[defaults]
+max_parallel = 2
+[stages.a]
+jobs = [0, 1, 2, 3]
+run = "sleep 300 & echo $! > child{{job}}; touch ready{{job}}; wait"
+"#,
+    );
+    let mut child = t
+        .command(&["run"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(t.path().join("ready0").exists() && t.path().join("ready1").exists()) {
+        assert!(std::time::Instant::now() < deadline, "jobs never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    for n in ["child0", "child1"] {
+        assert!(!alive(&t.read(n)), "{n} survived");
+    }
+    let ledger = t.read(".poolparty/w/a/ledger.jsonl");
+    let kinds: Vec<String> = ledger
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["outcome"]["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "interrupted").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "not_run").count(),
+        2,
+        "{kinds:?}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&t.read(".poolparty/w/summary.json")).unwrap();
+    assert_eq!(summary["verdict"], "interrupted");
+}
+
+#[test]
+fn second_runner_is_refused_naming_the_holder() {
+    let t = Test::new()
+        .manifest("[workflow]\nname='w'\n[stages.a]\njobs=[1]\nrun='touch ready; sleep 30'\n");
+    let mut first = t.command(&["run", "-q"]).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !t.path().join("ready").exists() {
+        assert!(std::time::Instant::now() < deadline, "job never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    t.run(&["run"])
+        .code(2)
+        .stderr_has("in use by another poolparty run")
+        .stderr_has(&format!("pid {}", first.id()));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(first.wait().unwrap().code(), Some(130));
+}

@@ -232,8 +232,8 @@ proptest! {
 }
 
 /// Runs `script` with `sh -s` (the script on standard input, so its size is not limited by
-/// the argument list) and returns its output.
-fn sh(script: &str) -> Vec<u8> {
+/// the argument list) and returns its output, or why it failed.
+fn sh(script: &str) -> Result<Vec<u8>, TestCaseError> {
     let mut child = Command::new("/bin/sh")
         .arg("-s")
         .stdin(Stdio::piped())
@@ -248,12 +248,14 @@ fn sh(script: &str) -> Vec<u8> {
         .write_all(script.as_bytes())
         .expect("script written");
     let out = child.wait_with_output().expect("sh runs");
-    assert!(
-        out.status.success(),
-        "sh failed: {}\n--- script\n{script}",
-        String::from_utf8_lossy(&out.stderr)
+    prop_assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "sh: {}, stderr: {}\n--- script\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        script
     );
-    out.stdout
+    Ok(out.stdout)
 }
 
 proptest! {
@@ -269,7 +271,7 @@ proptest! {
             let q = poolparty::template::shell_quote(x);
             script.push_str(&format!("printf '%s\\000' {q}\nprintf '%s\\000' a{q}b\n"));
         }
-        let out = sh(&script);
+        let out = sh(&script)?;
         let mut expected = Vec::new();
         for x in &xs {
             for s in [x.clone(), format!("a{x}b")] {

@@ -69,7 +69,10 @@ pub trait Scheduler: Send {
     ///
     /// # Errors
     /// When the scheduler does not answer.
-    fn query(&mut self, job_ids: &[String]) -> std::result::Result<HashMap<(String, usize), TaskState>, CallError>;
+    fn query(
+        &mut self,
+        job_ids: &[String],
+    ) -> std::result::Result<HashMap<(String, usize), TaskState>, CallError>;
     /// Cancels whole jobs. One call.
     ///
     /// # Errors
@@ -95,7 +98,11 @@ pub struct CallError {
 ///
 /// # Errors
 /// A [`CallError`] with its stderr; timeouts and spawn failures are transient.
-pub fn call(program: &str, args: &[&str], transient_markers: &[&str]) -> std::result::Result<String, CallError> {
+pub fn call(
+    program: &str,
+    args: &[&str],
+    transient_markers: &[&str],
+) -> std::result::Result<String, CallError> {
     let mut child = Proc::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -132,7 +139,9 @@ pub fn call(program: &str, args: &[&str], transient_markers: &[&str]) -> std::re
         }
     };
     let out = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
-    let err = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).trim().to_owned();
+    let err = String::from_utf8_lossy(&t_err.join().unwrap_or_default())
+        .trim()
+        .to_owned();
     let line = format!("{program} {}", args.join(" "));
     match status {
         None => Err(CallError {
@@ -156,9 +165,19 @@ pub struct Submission {
     pub script: PathBuf,
     /// The run that submitted it.
     pub run: String,
-    /// For each array task (index `first_index + position`): the jobs it runs, as
-    /// `(job index, attempt)`.
-    pub tasks: Vec<Vec<(usize, u32)>>,
+    /// For each array task (index `first_index + position`): the jobs it runs.
+    pub tasks: Vec<Vec<SubmittedJob>>,
+}
+
+/// One job of a submitted array task.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SubmittedJob {
+    /// Job index.
+    pub index: usize,
+    /// Job id.
+    pub id: String,
+    /// Attempt (unique per job across runs).
+    pub attempt: u32,
 }
 
 struct Tracked {
@@ -202,7 +221,12 @@ impl ClusterBackend {
     ///
     /// # Errors
     /// A custom template that cannot be read or compiled.
-    pub fn new(sched: Box<dyn Scheduler>, spec: StageSpec, events: Sender<Event>, scripts_dir: PathBuf) -> Result<Self> {
+    pub fn new(
+        sched: Box<dyn Scheduler>,
+        spec: StageSpec,
+        events: Sender<Event>,
+        scripts_dir: PathBuf,
+    ) -> Result<Self> {
         let template_text = match &spec.settings.template {
             Some((path, _)) => std::fs::read_to_string(path).map_err(|e| Error::Backend {
                 backend: sched.name(),
@@ -213,11 +237,13 @@ impl ClusterBackend {
         };
         let mut templates = Templates::new();
         for (name, text) in [("script", template_text.as_str()), ("wrapper", WRAPPER)] {
-            templates.add(name, text, Quoting::Shell).map_err(|f| Error::Backend {
-                backend: sched.name(),
-                message: format!("invalid {name} template: {}", f.message),
-                detail: None,
-            })?;
+            templates
+                .add(name, text, Quoting::Shell)
+                .map_err(|f| Error::Backend {
+                    backend: sched.name(),
+                    message: format!("invalid {name} template: {}", f.message),
+                    detail: None,
+                })?;
         }
         let job_name = format!("pp-{}-{}-{}", spec.workflow, spec.name, spec.run);
         let interval = spec.settings.poll_interval;
@@ -317,13 +343,22 @@ impl ClusterBackend {
         });
         self.templates
             .render("script", Quoting::Shell, &ctx)
-            .map_err(|f| self.render_error(&format!("{}{}", f.message, f.help.map(|h| format!(" ({h})")).unwrap_or_default())))
+            .map_err(|f| {
+                self.render_error(&format!(
+                    "{}{}",
+                    f.message,
+                    f.help.map(|h| format!(" ({h})")).unwrap_or_default()
+                ))
+            })
     }
 
     fn render_error(&self, message: &str) -> Error {
         Error::Backend {
             backend: self.sched.name(),
-            message: format!("cannot render the array script of stage `{}`: {message}", self.spec.name),
+            message: format!(
+                "cannot render the array script of stage `{}`: {message}",
+                self.spec.name
+            ),
             detail: None,
         }
     }
@@ -351,23 +386,43 @@ impl ClusterBackend {
             self.arrays += 1;
             let name = format!("{}-{}", self.spec.run, self.arrays);
             let script = self.render(&tasks, &name)?;
-            std::fs::create_dir_all(&self.scripts_dir).map_err(|e| Error::store("create", &self.scripts_dir, e))?;
+            std::fs::create_dir_all(&self.scripts_dir)
+                .map_err(|e| Error::store("create", &self.scripts_dir, e))?;
             let path = self.scripts_dir.join(format!("{name}.sh"));
             crate::store::atomic_write(&path, script.as_bytes())?;
             let job_id = self.submit_with_retry(&path)?;
             let first = self.sched.first_index();
             let mut record = Vec::with_capacity(tasks.len());
             for (t, launches) in tasks.into_iter().enumerate() {
-                record.push(launches.iter().map(|l| (l.job.index, l.attempt)).collect());
+                record.push(
+                    launches
+                        .iter()
+                        .map(|l| SubmittedJob {
+                            index: l.job.index,
+                            id: l.job.id.to_string(),
+                            attempt: l.attempt,
+                        })
+                        .collect(),
+                );
                 for l in launches {
                     self.tracked.insert(
                         (l.job.index, l.attempt),
-                        Tracked { launch: l, job_id: job_id.clone(), task: t + first, gone_since: None },
+                        Tracked {
+                            launch: l,
+                            job_id: job_id.clone(),
+                            task: t + first,
+                            gone_since: None,
+                        },
                     );
                 }
             }
             self.active_jobs.push(job_id.clone());
-            self.submissions.push(Submission { job_id, script: path, run: self.spec.run.clone(), tasks: record });
+            self.submissions.push(Submission {
+                job_id,
+                script: path,
+                run: self.spec.run.clone(),
+                tasks: record,
+            });
         }
         Ok(())
     }
@@ -387,7 +442,10 @@ impl ClusterBackend {
                 Err(e) => {
                     return Err(Error::Backend {
                         backend: self.sched.name(),
-                        message: format!("the scheduler refused the array script `{}`", script.display()),
+                        message: format!(
+                            "the scheduler refused the array script `{}`",
+                            script.display()
+                        ),
                         detail: Some(e.message),
                     });
                 }
@@ -413,21 +471,31 @@ impl ClusterBackend {
                 continue;
             }
             let path = entry.path();
-            let Ok(text) = std::fs::read_to_string(&path) else { continue };
-            let Ok(staged) = serde_json::from_str::<Staged>(&text) else { continue };
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let Ok(staged) = serde_json::from_str::<Staged>(&text) else {
+                continue;
+            };
             let Some(t) = self.tracked.remove(&(staged.index, staged.attempt)) else {
                 continue;
             };
-            let outcome = if staged.rc == 0 { Outcome::Succeeded } else { Outcome::Failed { code: staged.rc } };
+            let outcome = if staged.rc == 0 {
+                Outcome::Succeeded
+            } else {
+                Outcome::Failed { code: staged.rc }
+            };
             let result = match self.spec.settings.result {
                 crate::manifest::ResultMode::None => None,
-                crate::manifest::ResultMode::File => {
-                    take_result_file(&self.spec.results_dir.join(t.launch.job.id.as_str()), self.spec.settings.result_max_bytes)
-                }
-                crate::manifest::ResultMode::Stdout => {
-                    take_result_file(&self.spec.logs_dir.join(format!("{}.out", t.launch.job.id)), self.spec.settings.result_max_bytes)
-                        .or_else(|| Some(crate::outcome::ResultValue::Text(String::new())))
-                }
+                crate::manifest::ResultMode::File => take_result_file(
+                    &self.spec.results_dir.join(t.launch.job.id.as_str()),
+                    self.spec.settings.result_max_bytes,
+                ),
+                crate::manifest::ResultMode::Stdout => take_result_file(
+                    &self.spec.logs_dir.join(format!("{}.out", t.launch.job.id)),
+                    self.spec.settings.result_max_bytes,
+                )
+                .or_else(|| Some(crate::outcome::ResultValue::Text(String::new()))),
             };
             let record = JobRecord {
                 index: staged.index,
@@ -440,7 +508,11 @@ impl ClusterBackend {
                 fp: t.launch.job.fp.clone(),
                 result,
             };
-            let _ = self.events.send(Event::Finished { stage: self.spec.stage, record, staged: Some(path) });
+            let _ = self.events.send(Event::Finished {
+                stage: self.spec.stage,
+                record,
+                staged: Some(path),
+            });
             n += 1;
         }
         n
@@ -459,7 +531,11 @@ impl ClusterBackend {
                 fp: t.launch.job.fp.clone(),
                 result: None,
             };
-            let _ = self.events.send(Event::Finished { stage: self.spec.stage, record, staged: None });
+            let _ = self.events.send(Event::Finished {
+                stage: self.spec.stage,
+                record,
+                staged: None,
+            });
         }
     }
 
@@ -502,7 +578,9 @@ impl Backend for ClusterBackend {
             for (key, t) in &mut self.tracked {
                 match states.get(&(t.job_id.clone(), t.task)) {
                     Some(TaskState::Active) => t.gone_since = None,
-                    Some(TaskState::Error(reason)) => errors.push((*key, t.job_id.clone(), t.task, reason.clone())),
+                    Some(TaskState::Error(reason)) => {
+                        errors.push((*key, t.job_id.clone(), t.task, reason.clone()))
+                    }
                     state => {
                         let since = *t.gone_since.get_or_insert(now);
                         if now.duration_since(since) >= self.grace {
@@ -515,7 +593,11 @@ impl Backend for ClusterBackend {
                     }
                 }
             }
-            for (job_id, task) in errors.iter().map(|(_, j, t, _)| (j.clone(), *t)).collect::<std::collections::BTreeSet<_>>() {
+            for (job_id, task) in errors
+                .iter()
+                .map(|(_, j, t, _)| (j.clone(), *t))
+                .collect::<std::collections::BTreeSet<_>>()
+            {
                 self.calls += 1;
                 let _ = self.sched.cancel_task(&job_id, task);
             }
@@ -528,7 +610,8 @@ impl Backend for ClusterBackend {
             }
             // Arrays with no tracked task left are over.
             let tracked = &self.tracked;
-            self.active_jobs.retain(|j| tracked.values().any(|t| &t.job_id == j));
+            self.active_jobs
+                .retain(|j| tracked.values().any(|t| &t.job_id == j));
         }
         if !self.cancelled {
             self.flush()?;
@@ -546,6 +629,49 @@ impl Backend for ClusterBackend {
         Some(self.next.saturating_duration_since(Instant::now()))
     }
 
+    fn adopt(&mut self, adopted: Vec<super::Adopt>) -> Vec<usize> {
+        if adopted.is_empty() {
+            return Vec::new();
+        }
+        let mut ids: Vec<String> = adopted.iter().map(|a| a.job_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        self.calls += 1;
+        // If the scheduler cannot be asked now, keep everything: tasks that are really gone
+        // are found lost after the grace period.
+        let states = self.sched.query(&ids).ok();
+        let first = self.sched.first_index();
+        let mut kept = Vec::new();
+        for a in adopted {
+            let task = a.position + first;
+            let staged = self
+                .spec
+                .staging_dir
+                .join(format!("{}.{}.json", a.launch.job.id, a.launch.attempt))
+                .exists();
+            let active = states
+                .as_ref()
+                .is_none_or(|s| s.get(&(a.job_id.clone(), task)) == Some(&TaskState::Active));
+            if staged || active {
+                if !self.active_jobs.contains(&a.job_id) {
+                    self.active_jobs.push(a.job_id.clone());
+                }
+                kept.push(a.launch.job.index);
+                self.tracked.insert(
+                    (a.launch.job.index, a.launch.attempt),
+                    Tracked {
+                        launch: a.launch,
+                        job_id: a.job_id,
+                        task,
+                        gone_since: None,
+                    },
+                );
+            }
+        }
+        self.next = Instant::now();
+        kept
+    }
+
     fn take_submissions(&mut self) -> Vec<Submission> {
         std::mem::take(&mut self.submissions)
     }
@@ -555,7 +681,14 @@ impl Backend for ClusterBackend {
         let mut out: Vec<(Launch, Outcome)> = self
             .pending
             .drain(..)
-            .map(|l| (l, Outcome::NotRun { reason: "run interrupted".into() }))
+            .map(|l| {
+                (
+                    l,
+                    Outcome::NotRun {
+                        reason: "run interrupted".into(),
+                    },
+                )
+            })
             .collect();
         if !self.active_jobs.is_empty() {
             self.calls += 1;
@@ -563,7 +696,11 @@ impl Backend for ClusterBackend {
         }
         // Collect what finished before the cancel took effect; the rest was interrupted.
         self.harvest();
-        out.extend(self.tracked.drain().map(|(_, t)| (t.launch, Outcome::Interrupted)));
+        out.extend(
+            self.tracked
+                .drain()
+                .map(|(_, t)| (t.launch, Outcome::Interrupted)),
+        );
         self.active_jobs.clear();
         out
     }

@@ -107,7 +107,14 @@ impl Backend for LocalBackend {
         let dropped = q
             .items
             .drain(..)
-            .map(|l| (l, Outcome::NotRun { reason: "run interrupted".into() }))
+            .map(|l| {
+                (
+                    l,
+                    Outcome::NotRun {
+                        reason: "run interrupted".into(),
+                    },
+                )
+            })
             .collect();
         drop(q);
         self.shared.ready.notify_all();

@@ -49,6 +49,17 @@ pub struct Launch {
     pub attempt: u32,
 }
 
+/// A task of an earlier run's array that may still be running.
+#[derive(Clone, Debug)]
+pub struct Adopt {
+    /// The job and its attempt.
+    pub launch: Launch,
+    /// The scheduler's job id of the array.
+    pub job_id: String,
+    /// The task's position in the array (0-based).
+    pub position: usize,
+}
+
 /// How hard to cancel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CancelMode {
@@ -90,7 +101,13 @@ pub struct StageSpec {
 impl StageSpec {
     /// The spec for a planned stage.
     #[must_use]
-    pub fn new(plan: &StagePlan, layout: &crate::store::Layout, workflow: &str, run: &str, workers: usize) -> Self {
+    pub fn new(
+        plan: &StagePlan,
+        layout: &crate::store::Layout,
+        workflow: &str,
+        run: &str,
+        workers: usize,
+    ) -> Self {
         let name = plan.name.to_string();
         Self {
             workflow: workflow.to_owned(),
@@ -136,6 +153,15 @@ pub trait Backend: Send {
     /// ends with an `Event::Finished`.
     fn cancel(&mut self, mode: CancelMode) -> Vec<(Launch, Outcome)>;
 
+    /// Takes over tasks that an earlier (killed) runner submitted: those still queued or
+    /// running, or whose outcome file is waiting, are tracked as if submitted now; returns
+    /// their job indices. The rest must be launched again. Backends that cannot reattach
+    /// (local) adopt nothing.
+    fn adopt(&mut self, adopted: Vec<Adopt>) -> Vec<usize> {
+        let _ = adopted;
+        Vec::new()
+    }
+
     /// Arrays submitted since the last call, for the runner to record durably.
     fn take_submissions(&mut self) -> Vec<cluster::Submission> {
         Vec::new()
@@ -158,11 +184,21 @@ pub fn create(
         BackendKind::Local => Ok(Box::new(local::LocalBackend::new(spec, events))),
         BackendKind::Slurm => {
             let dir = spec.scripts_dir.clone();
-            Ok(Box::new(cluster::ClusterBackend::new(Box::new(slurm::Slurm), spec, events, dir)?))
+            Ok(Box::new(cluster::ClusterBackend::new(
+                Box::new(slurm::Slurm),
+                spec,
+                events,
+                dir,
+            )?))
         }
         BackendKind::Sge => {
             let dir = spec.scripts_dir.clone();
-            Ok(Box::new(cluster::ClusterBackend::new(Box::new(sge::Sge), spec, events, dir)?))
+            Ok(Box::new(cluster::ClusterBackend::new(
+                Box::new(sge::Sge),
+                spec,
+                events,
+                dir,
+            )?))
         }
     }
 }
@@ -173,7 +209,10 @@ pub(crate) fn take_result_file(path: &std::path::Path, max: u64) -> Option<Resul
     let mut f = std::fs::File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
     if len > max {
-        return Some(ResultValue::File { path: path.display().to_string(), bytes: len });
+        return Some(ResultValue::File {
+            path: path.display().to_string(),
+            bytes: len,
+        });
     }
     let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     f.read_to_end(&mut buf).ok()?;

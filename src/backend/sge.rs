@@ -56,11 +56,17 @@ impl Scheduler for Sge {
         let out = call("qsub", &["-terse", &path], TRANSIENT)?;
         let id = out.trim().split('.').next().unwrap_or("").trim().to_owned();
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(CallError { message: format!("qsub printed no job id: {out:?}"), transient: false });
+            return Err(CallError {
+                message: format!("qsub printed no job id: {out:?}"),
+                transient: false,
+            });
         }
         Ok(id)
     }
-    fn query(&mut self, job_ids: &[String]) -> std::result::Result<HashMap<(String, usize), TaskState>, CallError> {
+    fn query(
+        &mut self,
+        job_ids: &[String],
+    ) -> std::result::Result<HashMap<(String, usize), TaskState>, CallError> {
         if job_ids.is_empty() {
             return Ok(HashMap::new());
         }
@@ -100,13 +106,27 @@ pub fn parse_qstat_xml(xml: &str) -> HashMap<(String, usize), TaskState> {
     let mut map = HashMap::new();
     for block in xml.split("<job_list").skip(1) {
         let block = block.split("</job_list>").next().unwrap_or("");
-        let (Some(job), Some(state)) = (tag(block, "JB_job_number"), tag(block, "state")) else { continue };
-        let st = if state.contains('E') { TaskState::Error(format!("state {state}")) } else { TaskState::Active };
-        let Some(tasks) = tag(block, "tasks") else { continue };
+        let (Some(job), Some(state)) = (tag(block, "JB_job_number"), tag(block, "state")) else {
+            continue;
+        };
+        let st = if state.contains('E') {
+            TaskState::Error(format!("state {state}"))
+        } else {
+            TaskState::Active
+        };
+        let Some(tasks) = tag(block, "tasks") else {
+            continue;
+        };
         for part in tasks.split(',') {
             let (range, step) = part.split_once(':').unwrap_or((part, "1"));
             let (a, b) = range.split_once('-').unwrap_or((range, range));
-            let (Ok(a), Ok(b), Ok(step)) = (a.parse::<usize>(), b.parse::<usize>(), step.parse::<usize>()) else { continue };
+            let (Ok(a), Ok(b), Ok(step)) = (
+                a.parse::<usize>(),
+                b.parse::<usize>(),
+                step.parse::<usize>(),
+            ) else {
+                continue;
+            };
             for t in (a..=b).step_by(step.max(1)) {
                 map.insert((job.to_owned(), t), st.clone());
             }

@@ -59,16 +59,26 @@ impl Scheduler for Slurm {
         let out = call("sbatch", &["--parsable", &path], TRANSIENT)?;
         let id = out.trim().split(';').next().unwrap_or("").trim().to_owned();
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(CallError { message: format!("sbatch printed no job id: {out:?}"), transient: false });
+            return Err(CallError {
+                message: format!("sbatch printed no job id: {out:?}"),
+                transient: false,
+            });
         }
         Ok(id)
     }
-    fn query(&mut self, job_ids: &[String]) -> std::result::Result<HashMap<(String, usize), TaskState>, CallError> {
+    fn query(
+        &mut self,
+        job_ids: &[String],
+    ) -> std::result::Result<HashMap<(String, usize), TaskState>, CallError> {
         if job_ids.is_empty() {
             return Ok(HashMap::new());
         }
         let ids = job_ids.join(",");
-        match call("squeue", &["-h", "-t", "all", "-j", &ids, "-o", "%i|%T"], TRANSIENT) {
+        match call(
+            "squeue",
+            &["-h", "-t", "all", "-j", &ids, "-o", "%i|%T"],
+            TRANSIENT,
+        ) {
             Ok(out) => Ok(parse_squeue(&out)),
             // Every listed job was purged from the controller's memory: none is listed.
             Err(e) if !e.transient && e.message.contains("Invalid job id") => Ok(HashMap::new()),
@@ -81,7 +91,12 @@ impl Scheduler for Slurm {
         call("scancel", &args, TRANSIENT).map(|_| ())
     }
     fn cancel_task(&mut self, job_id: &str, index: usize) -> std::result::Result<(), CallError> {
-        call("scancel", &["--quiet", &format!("{job_id}_{index}")], TRANSIENT).map(|_| ())
+        call(
+            "scancel",
+            &["--quiet", &format!("{job_id}_{index}")],
+            TRANSIENT,
+        )
+        .map(|_| ())
     }
 }
 
@@ -98,8 +113,9 @@ pub fn parse_max_array_size(config: &str) -> Option<usize> {
 #[must_use]
 pub fn task_state(state: &str) -> TaskState {
     match state {
-        "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED" | "REQUEUED" | "REQUEUE_HOLD"
-        | "REQUEUE_FED" | "RESIZING" | "SIGNALING" | "STAGE_OUT" | "STOPPED" | "SPECIAL_EXIT" => TaskState::Active,
+        "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED" | "REQUEUED"
+        | "REQUEUE_HOLD" | "REQUEUE_FED" | "RESIZING" | "SIGNALING" | "STAGE_OUT" | "STOPPED"
+        | "SPECIAL_EXIT" => TaskState::Active,
         "COMPLETED" | "FAILED" => TaskState::Done,
         "TIMEOUT" => TaskState::TimedOut,
         other => TaskState::Ended(other.to_owned()),
@@ -112,8 +128,12 @@ pub fn task_state(state: &str) -> TaskState {
 pub fn parse_squeue(out: &str) -> HashMap<(String, usize), TaskState> {
     let mut map = HashMap::new();
     for line in out.lines() {
-        let Some((id, state)) = line.trim().split_once('|') else { continue };
-        let Some((job, tasks)) = id.split_once('_') else { continue };
+        let Some((id, state)) = line.trim().split_once('|') else {
+            continue;
+        };
+        let Some((job, tasks)) = id.split_once('_') else {
+            continue;
+        };
         let st = task_state(state.trim());
         if let Some(inner) = tasks.strip_prefix('[') {
             let inner = inner.trim_end_matches(']');
@@ -139,7 +159,9 @@ mod tests {
 
     #[test]
     fn squeue_lines() {
-        let m = parse_squeue("12_3|RUNNING\n12_[5-7%2]|PENDING\n12_1|COMPLETED\n12_0|CANCELLED\n13_[1,4]|PENDING\n12_2|TIMEOUT\n");
+        let m = parse_squeue(
+            "12_3|RUNNING\n12_[5-7%2]|PENDING\n12_1|COMPLETED\n12_0|CANCELLED\n13_[1,4]|PENDING\n12_2|TIMEOUT\n",
+        );
         assert_eq!(m[&("12".into(), 3)], TaskState::Active);
         assert_eq!(m[&("12".into(), 6)], TaskState::Active);
         assert_eq!(m[&("12".into(), 1)], TaskState::Done);
@@ -151,6 +173,9 @@ mod tests {
 
     #[test]
     fn max_array_size() {
-        assert_eq!(parse_max_array_size("Foo = 1\nMaxArraySize            = 11\n"), Some(11));
+        assert_eq!(
+            parse_max_array_size("Foo = 1\nMaxArraySize            = 11\n"),
+            Some(11)
+        );
     }
 }
