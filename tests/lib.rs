@@ -4,7 +4,9 @@
 mod harness;
 
 mod examples;
+mod graph;
 mod local;
 mod quoting;
 mod readme;
+mod results;
 mod schema;

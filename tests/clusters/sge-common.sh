@@ -105,3 +105,30 @@ sge_stop_qmaster() {
         sge_wait_gone sge_qmaster 5 || sge_die "cannot stop sge_qmaster (pid $pid)"
     fi
 }
+
+# Start sge_execd unless running. It registers this host as an exec host itself.
+sge_start_execd() {
+    sge_daemon_pid sge_execd >/dev/null && return 0
+    rm -f "$EXECD_PIDFILE"
+    sge_log "starting sge_execd"
+    "$SGE_BIN/sge_execd" || sge_die "sge_execd failed to start"
+}
+
+# Stop sge_execd: through the qmaster if it answers (`qconf -ke`, or `-kej` to also
+# kill running jobs when $1 is "kill-jobs"), else SIGTERM; then SIGKILL; wait until gone.
+# Without kill-jobs, running jobs go on under their sge_shepherd and are picked up
+# by the next sge_execd.
+sge_stop_execd() {
+    local pid opt=-ke
+    [[ ${1:-} == kill-jobs ]] && opt=-kej
+    pid=$(sge_daemon_pid sge_execd) || return 0
+    sge_log "stopping sge_execd (pid $pid)"
+    if ! { sge_qmaster_answers && timeout 10 qconf "$opt" "$SGE_HOST" >/dev/null 2>&1; }; then
+        kill -TERM "$pid" 2>/dev/null || true
+    fi
+    if ! sge_wait_gone sge_execd 30; then
+        sge_log "sge_execd still alive after 30 s: SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        sge_wait_gone sge_execd 5 || sge_die "cannot stop sge_execd (pid $pid)"
+    fi
+}

@@ -19,19 +19,6 @@ esac
 [[ $(id -u) == 0 ]] || { echo "sge-down.sh: must run as root" >&2; exit 1; }
 t0=$SECONDS
 
-if pid=$(sge_daemon_pid sge_execd); then
-    sge_log "stopping sge_execd (pid $pid)"
-    # Through the qmaster if it answers (-kej also kills the running jobs), else by signal.
-    opt=-ke; ((kill_jobs)) && opt=-kej
-    if ! { sge_qmaster_answers && timeout 10 qconf "$opt" "$SGE_HOST" >/dev/null 2>&1; }; then
-        kill -TERM "$pid" 2>/dev/null || true
-    fi
-    if ! sge_wait_gone sge_execd 30; then
-        sge_log "sge_execd still alive after 30 s: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        sge_wait_gone sge_execd 5 || sge_die "cannot stop sge_execd (pid $pid)"
-    fi
-fi
-
+if ((kill_jobs)); then sge_stop_execd kill-jobs; else sge_stop_execd; fi
 sge_stop_qmaster
 echo "sge: down on $SGE_HOST in $((SECONDS - t0)) s"

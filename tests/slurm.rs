@@ -1,0 +1,784 @@
+//! The Slurm backend against a real single-node Slurm cluster (`tests/clusters/slurm-up.sh`,
+//! run once per test binary with `MaxArraySize=11`). The cluster must come up: if it does not,
+//! every test here fails (they never skip). The tests share the cluster (and one of them stops
+//! its controller), so they run one at a time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Ran, Test};
+
+/// `MaxArraySize` of the test cluster: arrays have at most 11 tasks.
+const MAX_ARRAY_SIZE: usize = 11;
+
+/// Fast polling for every manifest here.
+const POLL: &str = "poll_interval = \"1s\"\npoll_max = \"2s\"\n";
+
+static UP: OnceLock<Result<String, String>> = OnceLock::new();
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn clusters_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clusters")
+}
+
+/// Exclusive use of the cluster for one test. If the test panics, Slurm jobs of its workflow
+/// that are still queued or running are cancelled, so they do not slow down the next tests.
+struct Cluster {
+    workflow: String,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(out) = std::process::Command::new("squeue")
+            .args(["-h", "-o", "%F|%j"])
+            .output()
+        else {
+            return;
+        };
+        let prefix = format!("pp-{}-", self.workflow);
+        let ids: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .filter(|(_, name)| name.starts_with(&prefix))
+            .map(|(id, _)| id.to_owned())
+            .collect();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("scancel").args(&ids).status();
+        }
+    }
+}
+
+/// Brings the cluster up (once per test binary; a failure fails the test) and takes the lock
+/// that serializes the Slurm tests. `workflow` names the test's workflow (for cleanup).
+fn cluster(workflow: &str) -> Cluster {
+    let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let up = UP.get_or_init(|| {
+        let out = std::process::Command::new("bash")
+            .arg(clusters_dir().join("slurm-up.sh"))
+            .env("SLURM_MAX_ARRAY_SIZE", MAX_ARRAY_SIZE.to_string())
+            .output();
+        match out {
+            Ok(o) => {
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                if o.status.success() {
+                    Ok(text)
+                } else {
+                    Err(format!("{} ({})", text, o.status))
+                }
+            }
+            Err(e) => Err(format!("cannot run bash: {e}")),
+        }
+    });
+    if let Err(out) = up {
+        panic!("tests/clusters/slurm-up.sh failed, the Slurm cluster is not usable:\n{out}");
+    }
+    Cluster {
+        workflow: workflow.to_owned(),
+        _serial: serial,
+    }
+}
+
+/// A manifest header: workflow `name` on Slurm with fast polling, plus `defaults`.
+fn header(name: &str, defaults: &str) -> String {
+    format!("[workflow]\nname = \"{name}\"\n[defaults]\nbackend = \"slurm\"\n{POLL}{defaults}\n")
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn read_lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
+        .collect()
+}
+
+/// The ledger of a stage, grouped by job index: the attempts in the order recorded, as
+/// `(attempt, outcome kind)`.
+fn attempts(t: &Test, wf: &str, stage: &str) -> BTreeMap<u64, Vec<(u64, String)>> {
+    let mut map: BTreeMap<u64, Vec<(u64, String)>> = BTreeMap::new();
+    for r in read_lines(&t.state(wf).join(stage).join("ledger.jsonl")) {
+        map.entry(r["index"].as_u64().unwrap()).or_default().push((
+            r["attempt"].as_u64().unwrap(),
+            r["outcome"]["kind"].as_str().unwrap().to_owned(),
+        ));
+    }
+    map
+}
+
+/// Asserts every job `0..n` has exactly one attempt, which succeeded.
+#[track_caller]
+fn assert_each_succeeded_once(t: &Test, wf: &str, stage: &str, n: u64) {
+    let got = attempts(t, wf, stage);
+    let want: BTreeMap<u64, Vec<(u64, String)>> =
+        (0..n).map(|i| (i, vec![(1, "succeeded".to_owned())])).collect();
+    assert_eq!(got, want, "ledger of stage `{stage}`");
+}
+
+/// Asserts the lines of `file` are exactly `0..n`, each once (in any order).
+#[track_caller]
+fn assert_each_ran_once(t: &Test, file: &str, n: u64) {
+    let text = t.read(file);
+    let mut seen: Vec<u64> = text
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or_else(|_| panic!("bad line {l:?} in {file}")))
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..n).collect::<Vec<_>>(), "{file}:\n{text}");
+}
+
+fn summary(t: &Test, wf: &str) -> Value {
+    read_json(&t.state(wf).join("summary.json"))
+}
+
+/// `[0, 1, ..., n-1]` as a TOML array.
+fn numbers(n: u64) -> String {
+    let v: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    format!("[{}]", v.join(", "))
+}
+
+/// A `poolparty` process started in the background, its output going to files.
+struct Running {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Running {
+    fn start(t: &Test, args: &[&str], tag: &str) -> Self {
+        let out = t.path().join(format!("{tag}.stdout"));
+        let err = t.path().join(format!("{tag}.stderr"));
+        let child = t
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("poolparty starts");
+        Self { child, out, err }
+    }
+
+    fn output(&self) -> String {
+        format!(
+            "--- stdout\n{}\n--- stderr\n{}",
+            std::fs::read_to_string(&self.out).unwrap_or_default(),
+            std::fs::read_to_string(&self.err).unwrap_or_default()
+        )
+    }
+
+    /// Waits (up to `secs`) until `ready` holds; panics if the run ends first or time is up.
+    fn wait_until(&mut self, what: &str, secs: u64, ready: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !ready() {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!("the run ended ({st}) before {what}\n{}", self.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} after {secs} s\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits (up to `secs`) for the run to end.
+    fn wait(mut self, secs: u64) -> Ran {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the run did not end within {secs} s\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        Ran {
+            code: status.code(),
+            stdout: std::fs::read_to_string(&self.out).unwrap(),
+            stderr: std::fs::read_to_string(&self.err).unwrap(),
+        }
+    }
+
+    /// SIGKILL, as an OOM killer or a lost login session would.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The submissions of a stage (`submissions.jsonl`), once at least one is recorded.
+fn submissions(t: &Test, wf: &str, stage: &str) -> Vec<Value> {
+    read_lines(&t.state(wf).join(stage).join("submissions.jsonl"))
+}
+
+fn has_submission(t: &Test, wf: &str, stage: &str) -> bool {
+    std::fs::read_to_string(t.state(wf).join(stage).join("submissions.jsonl"))
+        .is_ok_and(|s| s.lines().any(|l| !l.trim().is_empty()))
+}
+
+/// Wrapper scripts for the Slurm commands that log every call (`<epoch> <command> <args>`) to
+/// `calls.log` and then run the real command from /usr/bin; put `<dir>/bin` first on PATH.
+fn call_logger(t: &Test) -> (String, PathBuf) {
+    let bin = t.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = t.path().join("calls.log");
+    for cmd in ["sbatch", "squeue", "scancel", "scontrol"] {
+        let script = format!(
+            "#!/bin/sh\nprintf '%s {cmd} %s\\n' \"$(date +%s.%N)\" \"$*\" >> '{}'\nexec /usr/bin/{cmd} \"$@\"\n",
+            log.display()
+        );
+        let p = bin.join(cmd);
+        std::fs::write(&p, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (path, log)
+}
+
+/// Each job writes a small JSON result; the same manifest on the local backend gives
+/// byte-identical `results` (both formats, with and without the jobs). The scheduler is asked
+/// once per poll: one `scontrol show config`, one `sbatch` (10 jobs fit one array), and
+/// `squeue` calls at least a poll interval apart.
+#[test]
+fn results_match_the_local_backend_with_one_squeue_per_poll() {
+    let _c = cluster("slok");
+    let n = 10;
+    let manifest = format!(
+        "{}[stages.a]\njobs = {}\nrun = \"printf '{{\\\"n\\\": %s, \\\"sq\\\": %s, \\\"s\\\": \\\"x%s\\\"}}' {{{{job}}}} $(( {{{{job}}}} * {{{{job}}}} )) {{{{job}}}} > $POOLPARTY_RESULT\"\n\
+         [stages.b]\nfor_each = \"a\"\nresult = \"stdout\"\nrun = \"echo {{{{job.result.sq}}}}\"\n",
+        header("slok", ""),
+        numbers(n)
+    );
+    let t = Test::new().manifest(&manifest);
+    let (path, log) = call_logger(&t);
+    let t = t.env("PATH", &path);
+    let local = Test::new().manifest(&manifest);
+
+    let started = Instant::now();
+    t.run(&["run"]).code(0).stderr_has("every job succeeded");
+    let wall = started.elapsed();
+    local
+        .run(&["run", "--backend", "local"])
+        .code(0)
+        .stderr_has("every job succeeded");
+
+    assert_each_succeeded_once(&t, "slok", "a", n);
+    assert_each_succeeded_once(&t, "slok", "b", n);
+    let s = summary(&t, "slok");
+    assert_eq!(s["verdict"], "succeeded");
+    assert_eq!(s["stages"][0]["backend"], "slurm");
+    assert_eq!(s["stages"][0]["stats"]["succeeded"], n);
+
+    for args in [
+        &["results", "--stage", "a"][..],
+        &["results", "--stage", "b"],
+        &["results", "--stage", "a", "--format", "jsonl", "--with-job"],
+        &["results", "--stage", "b", "--format", "csv", "--with-job"],
+    ] {
+        let (cluster, local) = (t.run(args), local.run(args));
+        cluster.code(0);
+        local.code(0);
+        assert_eq!(cluster.stdout, local.stdout, "{args:?}");
+    }
+    assert_eq!(
+        t.run(&["results", "--stage", "b"]).stdout,
+        format!(
+            "[{}]\n",
+            (0..n).map(|i| (i * i).to_string()).collect::<Vec<_>>().join(", ")
+        )
+    );
+
+    // Scheduler calls, from the logging wrappers.
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let count = |cmd: &str| calls.lines().filter(|l| l.split(' ').nth(1) == Some(cmd)).count();
+    let squeue: Vec<f64> = calls
+        .lines()
+        .filter(|l| l.split(' ').nth(1) == Some("squeue"))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    eprintln!(
+        "slurm calls for {n}+{n} jobs in {:.1}s: sbatch {}, squeue {}, scontrol {}, scancel {}",
+        wall.as_secs_f64(),
+        count("sbatch"),
+        count("squeue"),
+        count("scontrol"),
+        count("scancel")
+    );
+    // One configuration read per stage, no cancel; stage `a` is one array.
+    assert_eq!(count("scontrol"), 2, "{calls}");
+    assert_eq!(count("scancel"), 0, "{calls}");
+    let a_arrays = submissions(&t, "slok", "a");
+    assert_eq!(a_arrays.len(), 1, "{a_arrays:?}");
+    let arrays = a_arrays.len() + submissions(&t, "slok", "b").len();
+    assert_eq!(count("sbatch"), arrays, "{calls}");
+    // One squeue per poll of each stage: the two stages poll independently, so per stage the
+    // calls are a poll interval (1 s) apart; together at most two per second.
+    assert!(!squeue.is_empty());
+    for w in squeue.windows(3) {
+        assert!(
+            w[2] - w[0] >= 0.5,
+            "three squeue calls within {:.3}s: not one per poll\n{calls}",
+            w[2] - w[0]
+        );
+    }
+    assert!(
+        squeue.len() as f64 <= 2.0 * (wall.as_secs_f64() + 1.0),
+        "{} squeue calls in {:.1}s\n{calls}",
+        squeue.len(),
+        wall.as_secs_f64()
+    );
+}
+
+/// Failed jobs, and only those, are named with their exit code and log; the verdict says so.
+#[test]
+fn failing_jobs_are_named_with_code_and_log() {
+    let _c = cluster("slfail");
+    let t = Test::new().manifest(&format!(
+        "{}[stages.a]\njobs = [{{id = \"ok1\", code = 0}}, {{id = \"bad3\", code = 3}}, {{id = \"ok2\", code = 0}}, {{id = \"bad7\", code = 7}}, {{id = \"ok3\", code = 0}}]\n\
+         run = \"echo doing {{{{job.id}}}}; if [ {{{{job.code}}}} != 0 ]; then echo boom-{{{{job.id}}}} >&2; fi; exit {{{{job.code}}}}\"\n",
+        header("slfail", "")
+    ));
+    let r = t.run(&["run"]);
+    r.code(1)
+        .stderr_has("a job 1 `bad3`: exit code 3")
+        .stderr_has("a job 3 `bad7`: exit code 7")
+        .stderr_has("/.poolparty/slfail/a/logs/bad3.err")
+        .stderr_has("/.poolparty/slfail/a/logs/bad7.err")
+        .stderr_has("boom-bad7");
+    for ok in ["ok1", "ok2", "ok3"] {
+        assert!(
+            !r.stderr.contains(&format!("`{ok}`")),
+            "{ok} succeeded but is named:\n{}",
+            r.stderr
+        );
+    }
+    let s = summary(&t, "slfail");
+    assert_eq!(s["verdict"], "jobs_failed");
+    let failed: Vec<(String, i64)> = s["stages"][0]["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["id"].as_str().unwrap().to_owned(), f["exit_code"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(failed, [("bad3".to_owned(), 3), ("bad7".to_owned(), 7)]);
+    assert_eq!(s["stages"][0]["stats"]["succeeded"], 3);
+    let got = attempts(&t, "slfail", "a");
+    assert_eq!(got[&1], [(1, "failed".to_owned())]);
+    assert_eq!(got[&3], [(1, "failed".to_owned())]);
+    for i in [0, 2, 4] {
+        assert_eq!(got[&i], [(1, "succeeded".to_owned())]);
+    }
+    assert_eq!(t.read(".poolparty/slfail/a/logs/bad3.err"), "boom-bad3\n");
+    assert_eq!(t.read(".poolparty/slfail/a/logs/ok2.out"), "doing ok2\n");
+}
+
+/// 30 jobs with MaxArraySize 11 go in at least three arrays of at most 11 tasks, and every job
+/// runs exactly once.
+#[test]
+fn arrays_are_chunked_below_max_array_size() {
+    let _c = cluster("slchunk");
+    let n = 30;
+    let t = Test::new().manifest(&format!(
+        "{}[stages.a]\njobs = {}\nresult = \"none\"\nrun = \"echo {{{{job}}}} >> {{{{workflow.dir}}}}/ran\"\n",
+        header("slchunk", ""),
+        numbers(n)
+    ));
+    t.run(&["run"]).code(0).stderr_has("every job succeeded");
+    assert_each_ran_once(&t, "ran", n);
+    assert_each_succeeded_once(&t, "slchunk", "a", n);
+    let subs = submissions(&t, "slchunk", "a");
+    assert!(subs.len() >= 3, "{} arrays: {subs:?}", subs.len());
+    let mut indices = Vec::new();
+    let mut job_ids = BTreeSet::new();
+    for s in &subs {
+        let tasks = s["tasks"].as_array().unwrap();
+        assert!(
+            !tasks.is_empty() && tasks.len() <= MAX_ARRAY_SIZE,
+            "array of {} tasks",
+            tasks.len()
+        );
+        assert!(job_ids.insert(s["job_id"].as_str().unwrap().to_owned()));
+        for task in tasks {
+            for j in task.as_array().unwrap() {
+                indices.push(j["index"].as_u64().unwrap());
+            }
+        }
+    }
+    indices.sort_unstable();
+    assert_eq!(indices, (0..n).collect::<Vec<_>>());
+    let scripts = std::fs::read_dir(t.state("slchunk").join("a/scripts"))
+        .unwrap()
+        .count();
+    assert_eq!(scripts, subs.len());
+}
+
+/// `max_parallel = 3` bounds the jobs running at once, measured by the jobs themselves.
+#[test]
+fn max_parallel_throttles_running_tasks() {
+    let _c = cluster("slthrottle");
+    let n = 12;
+    let t = Test::new()
+        .manifest(&format!(
+            "{}[stages.a]\njobs = {}\nresult = \"none\"\nrun = \"sh {{{{workflow.dir}}}}/count.sh {{{{job}}}}\"\n",
+            header("slthrottle", "max_parallel = 3"),
+            numbers(n)
+        ))
+        .file("cur", "0\n")
+        .file(
+            "count.sh",
+            r#"d=$POOLPARTY_WORKFLOW_DIR
+flock "$d/lock" sh -c 'n=$(( $(cat "$1/cur") + 1 )); echo $n > "$1/cur"; echo $n >> "$1/seen"' _ "$d"
+sleep 1
+flock "$d/lock" sh -c 'echo $(( $(cat "$1/cur") - 1 )) > "$1/cur"; echo "$2" >> "$1/ran"' _ "$d" "$1"
+"#,
+        );
+    t.run(&["run"]).code(0).stderr_has("every job succeeded");
+    assert_each_ran_once(&t, "ran", n);
+    assert_each_succeeded_once(&t, "slthrottle", "a", n);
+    let seen: Vec<u32> = t.read("seen").lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(seen.len() as u64, n);
+    let max = seen.iter().copied().max().unwrap();
+    assert!(max <= 3, "{max} jobs ran at once: {seen:?}");
+    // The counter really measures concurrency (16 CPUs, so the throttle is what limits).
+    assert!(max >= 2, "never more than one job at once: {seen:?}");
+    assert_eq!(t.read("cur").trim(), "0");
+    for s in submissions(&t, "slthrottle", "a") {
+        let script = std::fs::read_to_string(s["script"].as_str().unwrap()).unwrap();
+        let tasks = s["tasks"].as_array().unwrap().len();
+        assert!(
+            script.contains(&format!("#SBATCH --array=0-{}%3\n", tasks - 1)),
+            "{script}"
+        );
+    }
+}
+
+/// `bundle = 4`: 10 jobs run in 3 array tasks (4, 4, 2), each job with its own outcome, log
+/// and result.
+#[test]
+fn bundles_put_several_jobs_in_one_task() {
+    let _c = cluster("slbundle");
+    let n = 10;
+    let t = Test::new().manifest(&format!(
+        "{}[stages.a]\njobs = {}\nrun = \"echo out-{{{{job}}}}; echo err-{{{{job}}}} >&2; echo {{{{job}}}} > $POOLPARTY_RESULT\"\n",
+        header("slbundle", "bundle = 4"),
+        numbers(n)
+    ));
+    t.run(&["run"]).code(0).stderr_has("every job succeeded");
+    assert_each_succeeded_once(&t, "slbundle", "a", n);
+    assert_eq!(t.run(&["results"]).stdout, format!("{}\n", numbers(n)));
+
+    let scripts: Vec<PathBuf> = std::fs::read_dir(t.state("slbundle").join("a/scripts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(scripts.len(), 1, "{scripts:?}");
+    let script = std::fs::read_to_string(&scripts[0]).unwrap();
+    assert!(script.contains("#SBATCH --array=0-2\n"), "{script}");
+    let runs_per_task: Vec<usize> = script
+        .split("\n0)\n")
+        .nth(1)
+        .expect("task 0")
+        .split(";;")
+        .take(3)
+        .map(|case| case.matches("pp_run ").count())
+        .collect();
+    assert_eq!(runs_per_task, [4, 4, 2], "{script}");
+    assert!(!script.contains("\n3)\n"), "{script}");
+    let subs = submissions(&t, "slbundle", "a");
+    assert_eq!(subs.len(), 1);
+    let sizes: Vec<usize> = subs[0]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, [4, 4, 2]);
+
+    // Every job has its own logs.
+    for r in read_lines(&t.state("slbundle").join("a/ledger.jsonl")) {
+        let (id, i) = (r["id"].as_str().unwrap(), r["index"].as_u64().unwrap());
+        assert_eq!(
+            t.read(&format!(".poolparty/slbundle/a/logs/{id}.out")),
+            format!("out-{i}\n")
+        );
+        assert_eq!(
+            t.read(&format!(".poolparty/slbundle/a/logs/{id}.err")),
+            format!("err-{i}\n")
+        );
+    }
+}
+
+/// A task cancelled from outside (`scancel`) is lost, then resubmitted and succeeds.
+#[test]
+fn task_cancelled_from_outside_is_lost_then_resubmitted() {
+    let _c = cluster("slcancel");
+    let t = Test::new().manifest(&format!(
+        "{}[stages.a]\njobs = [0, 1, 2]\n\
+         run = \"if [ {{{{job}}}} = 0 ] && [ $POOLPARTY_ATTEMPT = 1 ]; then touch {{{{workflow.dir}}}}/ready; sleep 300; fi; echo {{{{job}}}} > $POOLPARTY_RESULT\"\n",
+        header("slcancel", "")
+    ));
+    let mut run = Running::start(&t, &["run"], "run");
+    let ready = t.path().join("ready");
+    run.wait_until("job 0 running", 60, || {
+        ready.exists() && has_submission(&t, "slcancel", "a")
+    });
+    let subs = submissions(&t, "slcancel", "a");
+    let job_id = subs[0]["job_id"].as_str().unwrap().to_owned();
+    let task = subs[0]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|t| t.as_array().unwrap().iter().any(|j| j["index"] == 0))
+        .expect("job 0 submitted");
+    let st = std::process::Command::new("scancel")
+        .arg(format!("{job_id}_{task}"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "scancel {job_id}_{task}: {st}");
+
+    let r = run.wait(180);
+    r.code(0).stderr_has("every job succeeded");
+    let got = attempts(&t, "slcancel", "a");
+    assert_eq!(
+        got[&0],
+        [(1, "lost".to_owned()), (2, "succeeded".to_owned())],
+        "{}",
+        r.stderr
+    );
+    assert_eq!(got[&1], [(1, "succeeded".to_owned())]);
+    assert_eq!(got[&2], [(1, "succeeded".to_owned())]);
+    assert_eq!(t.run(&["results"]).stdout, "[0, 1, 2]\n");
+    // The resubmission is a second array.
+    assert_eq!(submissions(&t, "slcancel", "a").len(), 2);
+    assert_eq!(summary(&t, "slcancel")["verdict"], "succeeded");
+}
+
+/// The runner is SIGKILLed while jobs run; a new `poolparty run` reattaches to the queued and
+/// running tasks and collects what finished meanwhile: every job runs exactly once.
+#[test]
+fn killed_runner_is_restarted_and_every_job_runs_once() {
+    let _c = cluster("slkill");
+    let n = 10;
+    let t = Test::new()
+        .manifest(&format!(
+            "{}[stages.a]\njobs = {}\n\
+             run = \"touch {{{{workflow.dir}}}}/ready/{{{{job}}}}; sleep 2; echo {{{{job}}}} >> {{{{workflow.dir}}}}/ran; echo {{{{job}}}} > $POOLPARTY_RESULT\"\n",
+            header("slkill", "max_parallel = 4"),
+            numbers(n)
+        ))
+        .file("ready/.keep", "");
+    let mut first = Running::start(&t, &["run"], "first");
+    let ready = t.path().join("ready");
+    run_until_a_job_started(&mut first, &t, &ready, "slkill");
+    first.kill();
+
+    let r = Running::start(&t, &["run"], "second").wait(240);
+    r.code(0)
+        .stderr_has("reattached to")
+        .stderr_has("every job succeeded");
+    assert_each_ran_once(&t, "ran", n);
+    // Nothing was submitted again: the second run adopted the first run's array.
+    let subs = submissions(&t, "slkill", "a");
+    assert_eq!(subs.len(), 1, "{subs:?}");
+    let got = attempts(&t, "slkill", "a");
+    assert_eq!(got.len() as u64, n);
+    for (i, a) in &got {
+        let ok = a.iter().filter(|(_, k)| k == "succeeded").count();
+        assert_eq!(ok, 1, "job {i}: {a:?}");
+        assert!(a.iter().all(|(n, _)| *n == 1), "job {i}: {a:?}");
+    }
+    assert_eq!(t.run(&["results"]).stdout, format!("{}\n", numbers(n)));
+}
+
+fn run_until_a_job_started(run: &mut Running, t: &Test, ready: &Path, wf: &str) {
+    run.wait_until("a running job", 60, || {
+        std::fs::read_dir(ready).is_ok_and(|d| d.count() > 1) && has_submission(t, wf, "a")
+    });
+}
+
+/// Starts the controller again when dropped (also when the test fails).
+struct ControllerBack(bool);
+
+impl ControllerBack {
+    fn ctl(what: &str) {
+        let out = std::process::Command::new("bash")
+            .arg(clusters_dir().join("slurm-ctl.sh"))
+            .arg(what)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "slurm-ctl.sh {what}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for ControllerBack {
+    fn drop(&mut self) {
+        if !self.0 {
+            let _ = std::process::Command::new("bash")
+                .arg(clusters_dir().join("slurm-ctl.sh"))
+                .arg("start-controller")
+                .status();
+        }
+    }
+}
+
+/// slurmctld is down for 20 s while jobs run and wait; the run rides it out: exit 0, every job
+/// exactly once.
+#[test]
+fn controller_outage_is_survived() {
+    let _c = cluster("sloutage");
+    let n = 20;
+    let t = Test::new()
+        .manifest(&format!(
+            "{}[stages.a]\njobs = {}\n\
+             run = \"touch {{{{workflow.dir}}}}/ready/{{{{job}}}}; sleep $(( {{{{job}}}} % 2 + 1 )); echo {{{{job}}}} >> {{{{workflow.dir}}}}/ran; echo {{{{job}}}} > $POOLPARTY_RESULT\"\n",
+            header("sloutage", "max_parallel = 4"),
+            numbers(n)
+        ))
+        .file("ready/.keep", "");
+    let mut run = Running::start(&t, &["run"], "run");
+    let ready = t.path().join("ready");
+    run_until_a_job_started(&mut run, &t, &ready, "sloutage");
+
+    let mut back = ControllerBack(false);
+    ControllerBack::ctl("stop-controller");
+    std::thread::sleep(Duration::from_secs(20));
+    ControllerBack::ctl("start-controller");
+    back.0 = true;
+
+    let r = run.wait(300);
+    r.code(0).stderr_has("every job succeeded");
+    assert_each_ran_once(&t, "ran", n);
+    let got = attempts(&t, "sloutage", "a");
+    assert_eq!(got.len() as u64, n);
+    for (i, a) in &got {
+        assert_eq!(
+            a.iter().filter(|(_, k)| k == "succeeded").count(),
+            1,
+            "job {i}: {a:?}\n{}",
+            r.stderr
+        );
+    }
+    assert_eq!(t.run(&["results"]).stdout, format!("{}\n", numbers(n)));
+}
+
+/// An array script sbatch refuses (unknown partition) is a backend error: exit 3, sbatch's
+/// reason shown, nothing ran.
+#[test]
+fn refused_submission_is_a_backend_error() {
+    let _c = cluster("slrefused");
+    let t = Test::new().manifest(&format!(
+        "{}[stages.a]\njobs = [1, 2]\nrun = \"echo {{{{job}}}} >> {{{{workflow.dir}}}}/ran\"\n",
+        header("slrefused", "partition = \"nope\"")
+    ));
+    let r = t.run(&["run"]);
+    r.code(3);
+    assert!(
+        r.stderr.to_lowercase().contains("invalid partition"),
+        "stderr lacks the refusal:\n{}",
+        r.stderr
+    );
+    assert!(!t.path().join("ran").exists());
+    assert!(!has_submission(&t, "slrefused", "a"));
+    let ledger = t.state("slrefused").join("a/ledger.jsonl");
+    assert!(
+        std::fs::read_to_string(&ledger).unwrap_or_default().trim().is_empty(),
+        "a job has an outcome"
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if [".poolparty", "tut", "__pycache__"].contains(&name.to_string_lossy().as_ref()) {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(&name));
+        } else {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// `examples/telescope`, unchanged, runs on Slurm with the same results as on the local
+/// backend.
+#[test]
+fn telescope_example_runs_unchanged_on_slurm() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/telescope");
+    assert!(
+        example.join("poolparty.toml").is_file(),
+        "examples/telescope is missing"
+    );
+    let _c = cluster("telescope");
+    let (slurm, local) = (Test::new(), Test::new());
+    for t in [&slurm, &local] {
+        copy_tree(&example, &t.path().join("examples/telescope"));
+    }
+    slurm
+        .run(&["run", "--backend", "slurm", "examples/telescope"])
+        .code(0)
+        .stderr_has("every job succeeded");
+    local
+        .run(&["run", "--backend", "local", "examples/telescope"])
+        .code(0);
+    let state = slurm.path().join("examples/telescope/.poolparty/telescope");
+    let s = read_json(&state.join("summary.json"));
+    assert_eq!(s["verdict"], "succeeded");
+    for st in s["stages"].as_array().unwrap() {
+        assert_eq!(st["backend"], "slurm", "{st}");
+    }
+    assert!(
+        std::fs::read_dir(state.join("analyse/scripts")).unwrap().count() >= 1,
+        "no array script"
+    );
+    let results = |t: &Test| {
+        let r = t.run(&["results", "examples/telescope", "--stage", "analyse"]);
+        r.code(0);
+        r.stdout
+    };
+    let got = results(&slurm);
+    let parsed: Vec<Value> = serde_json::from_str(&got).unwrap();
+    assert_eq!(parsed.len(), 8, "{got}");
+    assert_eq!(got, results(&local));
+}
