@@ -65,8 +65,18 @@ pub enum Cmd {
         #[arg(long = "stage", value_name = "NAME")]
         stages: Vec<String>,
         /// Rerun every job, even those recorded as succeeded.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "retry_failed")]
         force: bool,
+        /// Rerun only jobs that did not succeed: recorded successes are kept even if the
+        /// manifest changed what they would run.
+        #[arg(long)]
+        retry_failed: bool,
+    },
+    /// Stop a run: a live runner is asked to stop (it cancels its jobs); arrays left on a
+    /// cluster by a killed runner are cancelled with one call per scheduler.
+    Cancel {
+        /// The manifest or its folder.
+        manifest: Option<PathBuf>,
     },
     /// Check the manifest, expand every job that can be expanded and render every command.
     Validate {

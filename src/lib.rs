@@ -120,10 +120,15 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             let _ = stdout.write_all(text.as_bytes());
             Ok(EXIT_SUCCESS)
         }
+        Cmd::Cancel { manifest } => {
+            let (m, _, layout) = load(manifest.as_deref())?;
+            cancel(&m, &layout)
+        }
         Cmd::Run {
             manifest,
             stages,
             force,
+            retry_failed,
         } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
             let selected = select(&m, &graph, stages)?;
@@ -134,6 +139,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 backend: g.backend,
                 max_parallel: g.max_parallel,
                 force: *force,
+                retry_failed: *retry_failed,
                 stages: Vec::new(),
             };
             let mut reporter = Reporter::new(verbosity, color);
@@ -234,6 +240,129 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             Ok(EXIT_SUCCESS)
         }
     }
+}
+
+/// `poolparty cancel`: stops a live runner on this host (SIGTERM; it cancels and records its
+/// jobs), or, with no runner, cancels the arrays recorded in `submissions.jsonl` that have
+/// jobs without an outcome and records those jobs as interrupted.
+fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
+    use std::collections::{BTreeMap, HashSet};
+    let lock = match store::lock(layout, "cancel") {
+        Ok(lock) => lock,
+        Err(Error::Locked { path, holder }) => {
+            let h = store::read_holder(layout).ok_or(Error::Locked {
+                path: path.clone(),
+                holder: holder.clone(),
+            })?;
+            if h.host != store::hostname() {
+                return Err(Error::Usage {
+                    message: format!(
+                        "the run holding `{}` runs on host `{}`",
+                        path.display(),
+                        h.host
+                    ),
+                    help: Some("run `poolparty cancel` on that host".to_owned()),
+                });
+            }
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(h.pid).unwrap_or(i32::MAX));
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).map_err(|e| {
+                Error::Usage {
+                    message: format!("cannot signal the runner (pid {}): {e}", h.pid),
+                    help: None,
+                }
+            })?;
+            eprintln!(
+                "poolparty: asked run {} (pid {}) to stop; waiting for it to cancel its jobs",
+                h.run, h.pid
+            );
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                if store::lock(layout, "cancel").is_ok() {
+                    eprintln!("poolparty: run {} stopped", h.run);
+                    return Ok(EXIT_SUCCESS);
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::Usage {
+                        message: format!("run {} (pid {}) did not stop within 120 s", h.run, h.pid),
+                        help: Some("send SIGTERM again to kill its jobs at once".to_owned()),
+                    });
+                }
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    let run = runner::new_run_id();
+    let mut by_scheduler: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut open_jobs = 0;
+    for stage in &m.stages {
+        let name = stage.name.as_str();
+        let subs: Vec<backend::cluster::Submission> = store::read_lines(&layout.submissions(name))?;
+        if subs.is_empty() {
+            continue;
+        }
+        let records = store::read_ledger(&layout.ledger(name))?;
+        let recorded: HashSet<(String, u32)> =
+            records.iter().map(|r| (r.id.clone(), r.attempt)).collect();
+        let mut ledger = store::Ledger::open(layout.ledger(name))?;
+        for s in subs {
+            let open: Vec<&backend::cluster::SubmittedJob> = s
+                .tasks
+                .iter()
+                .flatten()
+                .filter(|j| !recorded.contains(&(j.id.clone(), j.attempt)))
+                // An outcome file waiting in staging means the job ended: the next run
+                // collects it.
+                .filter(|j| {
+                    !layout
+                        .staging_dir(name)
+                        .join(format!("{}.{}.json", j.id, j.attempt))
+                        .exists()
+                })
+                .collect();
+            if open.is_empty() {
+                continue;
+            }
+            by_scheduler
+                .entry(s.scheduler.clone())
+                .or_default()
+                .push(s.job_id.clone());
+            for j in open {
+                open_jobs += 1;
+                ledger.append(&outcome::JobRecord {
+                    index: j.index,
+                    id: j.id.clone(),
+                    attempt: j.attempt,
+                    outcome: outcome::Outcome::Interrupted,
+                    start: None,
+                    end: Some(store::now()),
+                    run: run.clone(),
+                    fp: String::new(),
+                    result: None,
+                })?;
+            }
+        }
+        ledger.sync()?;
+    }
+    for (scheduler, ids) in &by_scheduler {
+        backend::cancel_arrays(scheduler, ids)?;
+        eprintln!(
+            "poolparty: cancelled {} on {scheduler}",
+            error::count(ids.len(), "array")
+        );
+    }
+    drop(lock);
+    if by_scheduler.is_empty() {
+        eprintln!(
+            "poolparty: nothing to cancel: no runner is active and no submitted job lacks an outcome"
+        );
+    } else {
+        eprintln!(
+            "poolparty: {} recorded as interrupted",
+            error::count(open_jobs, "job")
+        );
+    }
+    Ok(EXIT_SUCCESS)
 }
 
 /// The stages to run: those named with `--stage` plus everything they need (resume makes a

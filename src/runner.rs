@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub max_parallel: Option<u32>,
     /// Rerun jobs that already succeeded.
     pub force: bool,
+    /// Keep every recorded success, even with a changed fingerprint.
+    pub retry_failed: bool,
     /// Stages to run (indices); their needs are included unless complete. Empty: all.
     pub stages: Vec<usize>,
 }
@@ -532,7 +534,7 @@ impl<'a> Runner<'a> {
         let st = &mut self.states[i];
         let job = st.planned[idx].clone().expect("planned");
         if let Some(prev) = st.prior.get(job.id.as_str()) {
-            if prev.outcome.is_success() && prev.fp == job.fp {
+            if prev.outcome.is_success() && (prev.fp == job.fp || self.opts.retry_failed) {
                 let result = prev.result.clone();
                 st.done_before += 1;
                 self.finalize(i, idx, Outcome::Succeeded, result, None);

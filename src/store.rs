@@ -240,6 +240,13 @@ pub fn lock(layout: &Layout, run: &str) -> Result<Lock> {
     }
 }
 
+/// Who holds the lock, as written in the lock file.
+#[must_use]
+pub fn read_holder(layout: &Layout) -> Option<Holder> {
+    let text = std::fs::read_to_string(layout.lock_file()).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// The host name.
 #[must_use]
 pub fn hostname() -> String {

@@ -225,3 +225,19 @@ fn second_runner_is_refused_naming_the_holder() {
     .unwrap();
     assert_eq!(first.wait().unwrap().code(), Some(130));
 }
+
+#[test]
+fn cancel_stops_a_live_runner() {
+    let t = Test::new()
+        .manifest("[workflow]\nname='w'\n[stages.a]\njobs=[1]\nrun='touch ready; sleep 300'\n");
+    let mut runner = t.command(&["run", "-q"]).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !t.path().join("ready").exists() {
+        assert!(std::time::Instant::now() < deadline, "job never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    t.run(&["cancel"]).code(0).stderr_has("stopped");
+    assert_eq!(runner.wait().unwrap().code(), Some(130));
+    t.run(&["status"]).code(130).stdout_has("interrupted");
+    t.run(&["cancel"]).code(0).stderr_has("nothing to cancel");
+}

@@ -126,8 +126,9 @@ fn attempts(t: &Test, wf: &str, stage: &str) -> BTreeMap<u64, Vec<(u64, String)>
 #[track_caller]
 fn assert_each_succeeded_once(t: &Test, wf: &str, stage: &str, n: u64) {
     let got = attempts(t, wf, stage);
-    let want: BTreeMap<u64, Vec<(u64, String)>> =
-        (0..n).map(|i| (i, vec![(1, "succeeded".to_owned())])).collect();
+    let want: BTreeMap<u64, Vec<(u64, String)>> = (0..n)
+        .map(|i| (i, vec![(1, "succeeded".to_owned())]))
+        .collect();
     assert_eq!(got, want, "ledger of stage `{stage}`");
 }
 
@@ -137,7 +138,11 @@ fn assert_each_ran_once(t: &Test, file: &str, n: u64) {
     let text = t.read(file);
     let mut seen: Vec<u64> = text
         .lines()
-        .map(|l| l.trim().parse().unwrap_or_else(|_| panic!("bad line {l:?} in {file}")))
+        .map(|l| {
+            l.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("bad line {l:?} in {file}"))
+        })
         .collect();
     seen.sort_unstable();
     assert_eq!(seen, (0..n).collect::<Vec<_>>(), "{file}:\n{text}");
@@ -318,13 +323,21 @@ fn results_match_the_local_backend_with_one_squeue_per_poll() {
         t.run(&["results", "--stage", "b"]).stdout,
         format!(
             "[{}]\n",
-            (0..n).map(|i| (i * i).to_string()).collect::<Vec<_>>().join(", ")
+            (0..n)
+                .map(|i| (i * i).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     );
 
     // Scheduler calls, from the logging wrappers.
     let calls = std::fs::read_to_string(&log).unwrap();
-    let count = |cmd: &str| calls.lines().filter(|l| l.split(' ').nth(1) == Some(cmd)).count();
+    let count = |cmd: &str| {
+        calls
+            .lines()
+            .filter(|l| l.split(' ').nth(1) == Some(cmd))
+            .count()
+    };
     let squeue: Vec<f64> = calls
         .lines()
         .filter(|l| l.split(' ').nth(1) == Some("squeue"))
@@ -392,7 +405,12 @@ fn failing_jobs_are_named_with_code_and_log() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| (f["id"].as_str().unwrap().to_owned(), f["exit_code"].as_i64().unwrap()))
+        .map(|f| {
+            (
+                f["id"].as_str().unwrap().to_owned(),
+                f["exit_code"].as_i64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(failed, [("bad3".to_owned(), 3), ("bad7".to_owned(), 7)]);
     assert_eq!(s["stages"][0]["stats"]["succeeded"], 3);
@@ -720,7 +738,10 @@ fn refused_submission_is_a_backend_error() {
     assert!(!has_submission(&t, "slrefused", "a"));
     let ledger = t.state("slrefused").join("a/ledger.jsonl");
     assert!(
-        std::fs::read_to_string(&ledger).unwrap_or_default().trim().is_empty(),
+        std::fs::read_to_string(&ledger)
+            .unwrap_or_default()
+            .trim()
+            .is_empty(),
         "a job has an outcome"
     );
 }
@@ -769,7 +790,10 @@ fn telescope_example_runs_unchanged_on_slurm() {
         assert_eq!(st["backend"], "slurm", "{st}");
     }
     assert!(
-        std::fs::read_dir(state.join("analyse/scripts")).unwrap().count() >= 1,
+        std::fs::read_dir(state.join("analyse/scripts"))
+            .unwrap()
+            .count()
+            >= 1,
         "no array script"
     );
     let results = |t: &Test| {

@@ -165,6 +165,9 @@ pub struct Submission {
     pub script: PathBuf,
     /// The run that submitted it.
     pub run: String,
+    /// `slurm` or `sge`.
+    #[serde(default)]
+    pub scheduler: String,
     /// For each array task (index `first_index + position`): the jobs it runs.
     pub tasks: Vec<Vec<SubmittedJob>>,
 }
@@ -421,6 +424,7 @@ impl ClusterBackend {
                 job_id,
                 script: path,
                 run: self.spec.run.clone(),
+                scheduler: self.sched.name().to_owned(),
                 tasks: record,
             });
         }

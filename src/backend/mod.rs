@@ -203,6 +203,33 @@ pub fn create(
     }
 }
 
+/// Cancels whole arrays of an earlier run with one scheduler call (`poolparty cancel`).
+///
+/// # Errors
+/// When the scheduler refuses or cannot be reached.
+pub fn cancel_arrays(scheduler: &str, job_ids: &[String]) -> Result<()> {
+    use cluster::Scheduler as _;
+    if job_ids.is_empty() {
+        return Ok(());
+    }
+    let r = match scheduler {
+        "slurm" => slurm::Slurm.cancel(job_ids),
+        "sge" => sge::Sge.cancel(job_ids),
+        other => {
+            return Err(crate::error::Error::Backend {
+                backend: "cluster",
+                message: format!("unknown scheduler `{other}` in submissions.jsonl"),
+                detail: None,
+            });
+        }
+    };
+    r.map_err(|e| crate::error::Error::Backend {
+        backend: if scheduler == "slurm" { "slurm" } else { "sge" },
+        message: "cancelling failed".into(),
+        detail: Some(e.message),
+    })
+}
+
 /// Reads and removes a small result file; leaves a large one in place and points to it.
 pub(crate) fn take_result_file(path: &std::path::Path, max: u64) -> Option<ResultValue> {
     use std::io::Read;

@@ -15,6 +15,12 @@ EXECD_PIDFILE=$EXECD_SPOOL/execd.pid
 
 sge_log() { echo "[sge] $*" >&2; }
 
+# Serialize sge-up/down/ctl runs (parallel test runners): hold a lock until exit.
+sge_lock() {
+    exec 9>/run/lock/poolparty-sge.lock
+    flock -w 300 9 || { sge_log "ERROR: lock /run/lock/poolparty-sge.lock busy for 300 s"; exit 1; }
+}
+
 # True if PID is a live (not zombie) process running the daemon binary NAME.
 # PID 1 here does not reap orphans, so `kill -0` succeeds on zombies: read
 # /proc/PID/stat instead (state field after the last ')').
@@ -78,13 +84,14 @@ sge_die() {
 }
 
 # Start sge_qmaster (it daemonizes) unless running; wait until clients get answers.
+# Daemons are started with fd 9 closed so that they do not hold the sge_lock.
 sge_start_qmaster() {
     local i
     if ! sge_daemon_pid sge_qmaster >/dev/null; then
         # A pid file naming a dead (or zombie) process can make qmaster refuse to start.
         rm -f "$QMASTER_PIDFILE"
         sge_log "starting sge_qmaster"
-        "$SGE_BIN/sge_qmaster" || sge_die "sge_qmaster failed to start"
+        "$SGE_BIN/sge_qmaster" 9>&- || sge_die "sge_qmaster failed to start"
     fi
     for ((i = 0; i < 150; i++)); do
         sge_qmaster_answers && return 0
@@ -111,7 +118,7 @@ sge_start_execd() {
     sge_daemon_pid sge_execd >/dev/null && return 0
     rm -f "$EXECD_PIDFILE"
     sge_log "starting sge_execd"
-    "$SGE_BIN/sge_execd" || sge_die "sge_execd failed to start"
+    "$SGE_BIN/sge_execd" 9>&- || sge_die "sge_execd failed to start"
 }
 
 # Stop sge_execd: through the qmaster if it answers (`qconf -ke`, or `-kej` to also

@@ -12,6 +12,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/sge-common.sh"
 
 t0=$SECONDS
+case ${1:-} in stop-master | start-master) sge_lock ;; esac
 case ${1:-} in
     stop-master)
         sge_stop_qmaster

@@ -17,6 +17,7 @@ case ${1:-} in
     *) echo "usage: $0 [--kill-jobs]" >&2; exit 2 ;;
 esac
 [[ $(id -u) == 0 ]] || { echo "sge-down.sh: must run as root" >&2; exit 1; }
+sge_lock
 t0=$SECONDS
 
 if ((kill_jobs)); then sge_stop_execd kill-jobs; else sge_stop_execd; fi

@@ -13,6 +13,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/sge-common.sh"
 
 [[ $(id -u) == 0 ]] || { echo "sge-up.sh: must run as root" >&2; exit 1; }
+sge_lock
 t0=$SECONDS
 PKGS=(gridengine-master gridengine-exec gridengine-client)
 tmp=$(mktemp -d)
@@ -51,7 +52,8 @@ $p shared/gridengineconfig boolean true
     # The lists lock is not covered by DPkg::Lock::Timeout: retry apt-get update.
     retry 60 10 apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null ||
         sge_die "apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive retry 3 10 apt-get -o DPkg::Lock::Timeout=600 install -y \
+    export DEBIAN_FRONTEND=noninteractive
+    retry 3 10 apt-get -o DPkg::Lock::Timeout=600 install -y \
         -qq --no-install-recommends "${PKGS[@]}" >"$tmp/apt.log" 2>&1 ||
         { tail -n 30 "$tmp/apt.log" >&2; sge_die "apt-get install failed"; }
     [[ -f $SGE_ROOT/$SGE_CELL/common/bootstrap ]] ||
@@ -196,7 +198,8 @@ EOF
     ensure q all.q "$tmp/queue"
 }
 
-# States of the queue instance all.q@HOST ("" = usable; "au" = execd not heard from yet).
+# States of the queue instance all.q@HOST: "ok" = usable, else the qstat -f state
+# letters ("au" = execd not heard from yet, "E" = error, "d" = disabled).
 queue_state() {
     qstat -f -q "all.q@$SGE_HOST" 2>/dev/null |
         awk -v q="all.q@$SGE_HOST" '$1 == q { print (NF >= 6 ? $6 : "ok") }'
