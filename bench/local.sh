@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Local backend throughput: the same 2,000 no-op jobs with 2 workers through poolparty (shell
 # and argv `run`), xargs -P2, GNU parallel -j2 and Python multiprocessing.Pool(2).
-# Prints a markdown table of wall seconds (min and median of ROUNDS rounds, after one warm-up).
+#
+# Rounds are interleaved (round 1 of every tool, then round 2, ...) so that load from other
+# processes on a shared machine drifts over all tools alike; one warm-up round is not counted.
+# Each measurement is one hyperfine run (or `date +%s.%N` around the command when hyperfine
+# is missing). Prints a markdown table: min and median wall seconds, and median CPU seconds
+# (user + system, children included; hyperfine only).
 #
 # Usage: bench/local.sh            (JOBS=2000 ROUNDS=3 WORKERS=2 by default)
 set -euo pipefail
@@ -54,49 +59,76 @@ if __name__ == "__main__":
     sys.exit(max(codes))
 PY
 
-# name | command | command run before each round (not timed)
-BENCHES=(
-    "poolparty, run = \"true\" (sh -c)|$BIN -q run $WORK/shell/poolparty.toml|rm -rf $WORK/shell/.poolparty"
-    "poolparty, run = [\"true\"] (argv)|$BIN -q run $WORK/argv/poolparty.toml|rm -rf $WORK/argv/.poolparty"
-    "xargs -P$WORKERS -n1 sh -c true|seq $JOBS | xargs -P$WORKERS -n1 sh -c true|true"
-    "xargs -P$WORKERS -n1 true (no shell)|seq $JOBS | xargs -P$WORKERS -n1 true|true"
-    "GNU parallel -j$WORKERS|seq $JOBS | parallel --will-cite -j$WORKERS true|true"
-    "Python multiprocessing.Pool($WORKERS) + subprocess.run|python3 $WORK/pool.py|true"
+NAMES=(
+    "poolparty, run = \"true\" (/bin/sh -c true)"
+    "poolparty, run = [\"true\"] (argv)"
+    "xargs -P$WORKERS -n1 sh -c true"
+    "xargs -P$WORKERS -n1 true (no shell)"
+    "GNU parallel -j$WORKERS"
+    "Python multiprocessing.Pool($WORKERS) + subprocess.run"
+)
+CMDS=(
+    "$BIN -q run $WORK/shell/poolparty.toml"
+    "$BIN -q run $WORK/argv/poolparty.toml"
+    "seq $JOBS | xargs -P$WORKERS -n1 sh -c true"
+    "seq $JOBS | xargs -P$WORKERS -n1 true"
+    "seq $JOBS | parallel --will-cite -j$WORKERS true"
+    "python3 $WORK/pool.py"
+)
+# run before each round, not timed: poolparty starts from fresh state
+PREPS=(
+    "rm -rf $WORK/shell/.poolparty"
+    "rm -rf $WORK/argv/.poolparty"
+    true true true true
 )
 
-# time_rounds PREPARE COMMAND: prints "min median" wall seconds of ROUNDS rounds after a warm-up.
-time_rounds() {
-    local prepare=$1 cmd=$2
+# measure I: one timed run of command I; appends "wall cpu" to $WORK/t.I
+measure() {
+    local i=$1
     if command -v hyperfine >/dev/null 2>&1; then
-        hyperfine --style none --warmup 1 --runs "$ROUNDS" --prepare "$prepare" \
-            --export-json "$WORK/h.json" "$cmd" >/dev/null 2>&1
-        python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print("%.3f %.3f" % (r["min"], r["median"]))' "$WORK/h.json"
+        hyperfine --style none --runs 1 --prepare "${PREPS[$i]}" \
+            --export-json "$WORK/h.json" "${CMDS[$i]}" >/dev/null 2>&1
+        python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print("%.4f %.4f" % (r["times"][0], r["user"] + r["system"]))' \
+            "$WORK/h.json" >>"$WORK/t.$i"
     else
-        local times=() i t0 t1
-        for i in $(seq 0 "$ROUNDS"); do
-            bash -c "$prepare"
-            t0=$(date +%s.%N)
-            bash -c "$cmd" >/dev/null 2>&1
-            t1=$(date +%s.%N)
-            [ "$i" -gt 0 ] && times+=("$(echo "$t1 - $t0" | bc)")
-        done
-        printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f %.3f\n", a[1], m}'
+        bash -c "${PREPS[$i]}"
+        local t0 t1
+        t0=$(date +%s.%N)
+        bash -c "${CMDS[$i]}" >/dev/null 2>&1
+        t1=$(date +%s.%N)
+        echo "$(echo "$t1 - $t0" | bc) nan" >>"$WORK/t.$i"
     fi
 }
 
-echo "### $JOBS no-op jobs, $WORKERS workers, $ROUNDS rounds ($(command -v hyperfine >/dev/null && echo hyperfine || echo date))"
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
+for i in "${!CMDS[@]}"; do # warm-up, not counted
+    measure "$i"
+    rm -f "$WORK/t.$i"
+done
+for _ in $(seq "$ROUNDS"); do
+    for i in "${!CMDS[@]}"; do measure "$i"; done
+done
+load1=$(cut -d' ' -f1-3 /proc/loadavg)
+
+echo "### $JOBS no-op jobs, $WORKERS workers, $ROUNDS interleaved rounds ($(command -v hyperfine >/dev/null && echo hyperfine || echo date))"
 echo
-echo "| tool | min s | median s | jobs/s (median) |"
-echo "| --- | ---: | ---: | ---: |"
-for b in "${BENCHES[@]}"; do
-    IFS='|' read -r name cmd prepare <<<"$b"
-    # the pipes inside a command are part of it: re-split on the first and last field only
-    cmd=${b#*|}; cmd=${cmd%|*}
-    read -r min med <<<"$(time_rounds "$prepare" "$cmd")"
-    rate=$(python3 -c "print(round($JOBS / $med))")
-    echo "| $name | $min | $med | $rate |"
+echo "Load average before: $load0; after: $load1."
+echo
+echo "| tool | min s | median s | jobs/s (median) | CPU s (median) |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+for i in "${!CMDS[@]}"; do
+    python3 - "$WORK/t.$i" "${NAMES[$i]}" "$JOBS" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+wall = [float(r[0]) for r in rows]
+cpu = [float(r[1]) for r in rows]
+med = statistics.median(wall)
+c = statistics.median(cpu)
+cpu_s = "n/a" if c != c else "%.2f" % c
+print("| %s | %.3f | %.3f | %d | %s |" % (sys.argv[2], min(wall), med, round(int(sys.argv[3]) / med), cpu_s))
+PY
 done
 echo
-echo "Commands:"
+echo "Commands (\$WORK is a temporary folder with the manifests and pool.py):"
 echo
-for b in "${BENCHES[@]}"; do cmd=${b#*|}; cmd=${cmd%|*}; echo "- \`${cmd//$WORK/\$WORK}\`"; done
+for i in "${!CMDS[@]}"; do echo "- \`${CMDS[$i]//$WORK/\$WORK}\`"; done

@@ -71,6 +71,13 @@ pub enum Cmd {
         /// manifest changed what they would run.
         #[arg(long)]
         retry_failed: bool,
+        /// Submit the whole DAG with scheduler dependencies and exit (see `plan --out`);
+        /// follow it with `poolparty status`.
+        #[arg(long)]
+        detach: bool,
+        /// Wait for another run holding the workflow to end instead of refusing.
+        #[arg(long)]
+        wait: bool,
     },
     /// Stop a run: a live runner is asked to stop (it cancels its jobs); arrays left on a
     /// cluster by a killed runner are cancelled with one call per scheduler.
@@ -90,6 +97,10 @@ pub enum Cmd {
         /// Only these stages (and what they need).
         #[arg(long = "stage", value_name = "NAME")]
         stages: Vec<String>,
+        /// Write the exact scripts `run` would submit, and a `submit.sh` that submits the
+        /// whole DAG with scheduler dependencies, into this folder.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Show the recorded outcomes of every stage.
     Status {

@@ -437,7 +437,11 @@ mod tests {
         let m = manifest("generate='x'");
         let src = NamedSource::new("out", "1\n2\n{bad\n4\n".to_owned());
         match parse_jobs(&m.stages[0], &src, "output").unwrap_err() {
-            Error::JobsParse { span, .. } => assert_eq!(span.offset(), 4),
+            Error::JobsParse { span, message, .. } => {
+                assert_eq!(span.offset(), 4);
+                // The line of the whole output, not of the line on its own.
+                assert_eq!(message, "key must be a string at line 3 column 2");
+            }
             e => panic!("{e:?}"),
         }
     }

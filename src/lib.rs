@@ -9,6 +9,7 @@
 //! return the exit code (see [`error`] for the table).
 
 pub mod backend;
+pub mod bundle;
 pub mod cli;
 pub mod error;
 pub mod graph;
@@ -108,10 +109,20 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             );
             Ok(EXIT_SUCCESS)
         }
-        Cmd::Plan { manifest, stages } => {
+        Cmd::Plan {
+            manifest,
+            stages,
+            out,
+        } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
             let selected = select(&m, &graph, stages)?;
             let prepared = prepare(&m, &graph, &layout, &selected)?;
+            if let Some(out) = out {
+                let out = std::path::absolute(out).map_err(|e| Error::store("resolve", out, e))?;
+                let s = write_bundle(&m, &graph, &layout, &prepared, &selected, g, &out)?;
+                let _ = stdout.write_all(s.as_bytes());
+                return Ok(EXIT_SUCCESS);
+            }
             let text = if g.json {
                 plan_json(&m, &graph, &layout, &prepared, &selected, g)?
             } else {
@@ -129,11 +140,36 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             stages,
             force,
             retry_failed,
+            detach,
+            wait,
         } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
             let selected = select(&m, &graph, stages)?;
             let run_id = runner::new_run_id();
-            let _lock = store::lock(&layout, &run_id)?;
+            let _lock = if *wait {
+                store::lock_wait(&layout, &run_id)?
+            } else {
+                store::lock(&layout, &run_id)?
+            };
+            if *detach {
+                let prepared = prepare(&m, &graph, &layout, &selected)?;
+                let out = layout.root().join(".detached").join(&run_id);
+                let s = write_bundle(&m, &graph, &layout, &prepared, &selected, g, &out)?;
+                let _ = stdout.write_all(s.as_bytes());
+                drop(_lock);
+                let status = std::process::Command::new("bash")
+                    .arg(out.join("submit.sh"))
+                    .status()
+                    .map_err(|e| Error::store("run", out.join("submit.sh"), e))?;
+                if !status.success() {
+                    return Err(Error::Backend {
+                        backend: "cluster",
+                        message: format!("`{}` failed ({status})", out.join("submit.sh").display()),
+                        detail: None,
+                    });
+                }
+                return Ok(EXIT_SUCCESS);
+            }
             let prepared = prepare(&m, &graph, &layout, &selected)?;
             let opts = RunOptions {
                 backend: g.backend,
@@ -240,6 +276,45 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             Ok(EXIT_SUCCESS)
         }
     }
+}
+
+/// Writes a bundle and returns the text that describes it.
+fn write_bundle(
+    m: &Manifest,
+    graph: &StageGraph,
+    layout: &Layout,
+    prepared: &Prepared,
+    selected: &[bool],
+    g: &cli::GlobalArgs,
+    out: &std::path::Path,
+) -> Result<String> {
+    use std::fmt::Write as _;
+    let exe = std::env::current_exe().map_err(|e| Error::store("find", "poolparty", e))?;
+    let opts = bundle::BundleOptions {
+        out: out.to_path_buf(),
+        backend: g.backend,
+        max_parallel: g.max_parallel,
+        exe,
+    };
+    let summary = bundle::write(m, graph, layout, prepared, selected, &opts)?;
+    let mut s = format!(
+        "bundle written to {}
+",
+        out.display()
+    );
+    for (name, kind, jobs, what) in summary.stages {
+        let _ = writeln!(
+            s,
+            "  stage `{name}` ({kind}): {}, {what}",
+            error::count(jobs, "job")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "submit it with: bash {}",
+        out.join("submit.sh").display()
+    );
+    Ok(s)
 }
 
 /// `poolparty cancel`: stops a live runner on this host (SIGTERM; it cancels and records its

@@ -228,10 +228,13 @@ pub fn template_error(
             let off = off.min(template.len().saturating_sub(1));
             let tail = template.get(off..).unwrap_or("");
             let close = if tail.starts_with("{{{") { "}}}" } else { "}}" };
-            let len = if tail.starts_with("{{") {
-                tail.find(close).map_or(1, |e| e + close.len())
-            } else {
-                1
+            let next = tail
+                .get(2..)
+                .and_then(|t| t.find("{{"))
+                .map_or(usize::MAX, |n| n + 2);
+            let len = match tail.find(close) {
+                Some(e) if tail.starts_with("{{") && e < next => e + close.len(),
+                _ => 1,
             };
             SourceSpan::from((span.offset() + at + off, len))
         }

@@ -70,7 +70,51 @@ fn load_stage(layout: &Layout, name: &str) -> Result<Option<Recorded>> {
     let Some(jobs) = store::read_jobs(&layout.jobs_file(name))? else {
         return Ok(None);
     };
-    let latest = store::latest(store::read_ledger(&layout.ledger(name))?);
+    let mut latest = store::latest(store::read_ledger(&layout.ledger(name))?);
+    // Outcome files no runner has collected yet (a detached or hand-submitted bundle, or a
+    // killed runner) count too; a later attempt wins.
+    if let Ok(dir) = std::fs::read_dir(layout.staging_dir(name)) {
+        for entry in dir.flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let (Some(index), Some(id), Some(attempt), Some(rc)) = (
+                v["index"].as_u64(),
+                v["id"].as_str(),
+                v["attempt"].as_u64().and_then(|a| u32::try_from(a).ok()),
+                v["rc"].as_i64().and_then(|c| i32::try_from(c).ok()),
+            ) else {
+                continue;
+            };
+            if latest.get(id).is_some_and(|r| r.attempt >= attempt) {
+                continue;
+            }
+            let result = std::fs::read(layout.result_path(name, id))
+                .ok()
+                .map(crate::outcome::ResultValue::from_bytes);
+            latest.insert(
+                id.to_owned(),
+                JobRecord {
+                    index: usize::try_from(index).unwrap_or(usize::MAX),
+                    id: id.to_owned(),
+                    attempt,
+                    outcome: if rc == 0 {
+                        Outcome::Succeeded
+                    } else {
+                        Outcome::Failed { code: rc }
+                    },
+                    start: v["start"].as_f64(),
+                    end: v["end"].as_f64(),
+                    run: "staged".to_owned(),
+                    fp: String::new(),
+                    result,
+                },
+            );
+        }
+    }
     Ok(Some((jobs, latest)))
 }
 

@@ -240,6 +240,19 @@ pub fn lock(layout: &Layout, run: &str) -> Result<Lock> {
     }
 }
 
+/// Takes the workflow lock, waiting while another live process holds it.
+///
+/// # Errors
+/// I/O errors.
+pub fn lock_wait(layout: &Layout, run: &str) -> Result<Lock> {
+    loop {
+        match lock(layout, run) {
+            Err(Error::Locked { .. }) => std::thread::sleep(std::time::Duration::from_millis(500)),
+            other => return other,
+        }
+    }
+}
+
 /// Who holds the lock, as written in the lock file.
 #[must_use]
 pub fn read_holder(layout: &Layout) -> Option<Holder> {

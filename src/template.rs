@@ -93,6 +93,16 @@ impl Templates {
             if let TemplateErrorReason::InvalidSyntax(_) = e.reason() {
                 // The parser reports an unclosed block at the end of the text, as a list of
                 // grammar rules; name the block and point at where it was opened instead.
+                // Likewise for a `{{` whose `}}` is missing.
+                if let Some(at) = unclosed_tag(text) {
+                    if offset.is_none_or(|o| o >= at) {
+                        return TemplateFailure {
+                            message: "invalid template: `{{` is not closed by `}}`".to_owned(),
+                            offset: Some(at),
+                            help: Some("write values as `{{job.field}}`".to_owned()),
+                        };
+                    }
+                }
                 if let Some((at, block)) = unclosed_block(text) {
                     if offset.is_none_or(|o| o >= at) {
                         return TemplateFailure {
@@ -199,6 +209,41 @@ fn suggest_path(ctx: &Value, path: &str) -> Option<String> {
         };
         Some(format!("{at} has {}", listed.join(", ")))
     })
+}
+
+/// The offset of the first `{{` of `text` with no `}}` before the next `{{` or the end.
+fn unclosed_tag(text: &str) -> Option<usize> {
+    let mut i = 0;
+    while let Some(rel) = text[i..].find("{{") {
+        let at = i + rel;
+        if at > 0 && text.as_bytes()[at - 1] == b'\\' {
+            i = at + 2;
+            continue;
+        }
+        // Skip the braces of `{{{x}}}` and `{{{{raw}}}}`.
+        let inner = at + text[at..].bytes().take_while(|&b| b == b'{').count();
+        let rest = &text[inner..];
+        if rest.starts_with('!') {
+            let end = if rest.starts_with("!--") {
+                "--}}"
+            } else {
+                "}}"
+            };
+            match rest.find(end) {
+                Some(e) => {
+                    i = inner + e + end.len();
+                    continue;
+                }
+                None => return Some(at),
+            }
+        }
+        match (rest.find("}}"), rest.find("{{")) {
+            (Some(close), Some(next)) if close < next => i = inner + close + 2,
+            (Some(close), None) => i = inner + close + 2,
+            _ => return Some(at),
+        }
+    }
+    None
 }
 
 /// The innermost `{{#block}}` of `text` that is never closed: its offset and name.
@@ -422,6 +467,26 @@ mod tests {
     fn syntax_error_has_offset() {
         let e = render_once("ok\n{{#if x}}", Quoting::Shell, &json!({})).unwrap_err();
         assert!(e.offset.is_some(), "{e:?}");
+    }
+
+    #[test]
+    fn unclosed_tags_and_blocks_point_at_their_start() {
+        let e = render_once("a {{#if x}}b", Quoting::Shell, &json!({})).unwrap_err();
+        assert_eq!(e.message, "invalid template: `{{#if}}` is never closed");
+        assert_eq!(e.offset, Some(2));
+        let e = render_once("{{#each x}}{{#if y}}{{/if}}", Quoting::Shell, &json!({})).unwrap_err();
+        assert_eq!(e.message, "invalid template: `{{#each}}` is never closed");
+        assert_eq!(e.offset, Some(0));
+        let e = render_once("a {{x} b {{y}}", Quoting::Shell, &json!({})).unwrap_err();
+        assert_eq!(e.message, "invalid template: `{{` is not closed by `}}`");
+        assert_eq!(e.offset, Some(2));
+    }
+
+    #[test]
+    fn render_error_has_offset_of_the_expression() {
+        let ctx = json!({"job": {"x": 1}});
+        let e = render_once("ok {{job.x}}\n  {{job.y}}", Quoting::Shell, &ctx).unwrap_err();
+        assert_eq!(e.offset, Some(15));
     }
 
     #[test]

@@ -3,6 +3,7 @@ set -u
 pp_logs={{logs_dir}}
 pp_results={{results_dir}}
 pp_staging={{staging_dir}}
+pp_failed=0
 {{#each env}}
 export {{{name}}}={{value}}
 {{/each}}
@@ -23,6 +24,7 @@ pp_run() {
     exec "$@"
   ) >"$out" 2>"$err" </dev/null
   rc=$?
+  [ "$rc" -eq 0 ] || pp_failed=1
   end=$(date +%s.%N)
   [ -s "$out" ] || rm -f "$out"
   [ -s "$err" ] || rm -f "$err"

@@ -132,3 +132,14 @@ impl Test {
             .unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 }
+
+/// Serializes the tests that use the Slurm test cluster (across modules): one test stops the
+/// controller, and throttle checks must not share the node with another test's jobs.
+pub static SLURM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Likewise for the Grid Engine test cluster.
+pub static SGE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes a cluster lock even if an earlier test panicked while holding it.
+pub fn hold(m: &'static std::sync::Mutex<()>) -> std::sync::MutexGuard<'static, ()> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -11,4 +11,5 @@ mod quoting;
 mod readme;
 mod results;
 mod schema;
+mod sge;
 mod slurm;

@@ -24,23 +24,27 @@ fn regex_escape(s: &str) -> String {
     out
 }
 
-/// Joins the wrapped lines of miette's `× message` header into one line, so the snapshot does
-/// not depend on the length of the temp path when the message contains it.
-fn unwrap_header(stderr: &str) -> String {
+/// Joins the wrapped lines of miette's `× message` header into one line when the message
+/// holds the temp path, so the snapshot does not depend on that path's length.
+fn unwrap_header(stderr: &str, path: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().collect();
     let mut out: Vec<String> = Vec::new();
-    let mut in_header = false;
-    for line in stderr.lines() {
-        if line.starts_with("  × ") {
-            in_header = true;
-            out.push(line.to_owned());
-        } else if in_header && line.starts_with("  │ ") {
-            let last = out.last_mut().expect("a header line came first");
-            last.push(' ');
-            last.push_str(&line["  │ ".len()..]);
-        } else {
-            in_header = false;
-            out.push(line.to_owned());
+    let mut i = 0;
+    while i < lines.len() {
+        let mut end = i + 1;
+        if lines[i].starts_with("  × ") {
+            while end < lines.len() && lines[end].starts_with("  │ ") {
+                end += 1;
+            }
         }
+        let header = &lines[i..end];
+        if header.len() > 1 && header.iter().any(|l| l.contains(path)) {
+            let rest: Vec<&str> = header[1..].iter().map(|l| &l["  │ ".len()..]).collect();
+            out.push(format!("{} {}", header[0], rest.join(" ")));
+        } else {
+            out.extend(header.iter().map(|l| (*l).to_owned()));
+        }
+        i = end;
     }
     let mut text = out.join("\n");
     if stderr.ends_with('\n') {
@@ -108,7 +112,7 @@ fn reject_with(name: &str, t: &Test, args: &[&str], needles: &[&str], extra: &[(
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    let stderr = unwrap_header(&ran.stderr);
+    let stderr = unwrap_header(&ran.stderr, &t.path().display().to_string());
     insta::with_settings!({filters => filters}, {
         insta::assert_snapshot!(name, stderr);
     });
@@ -646,8 +650,9 @@ fn unclosed_expression() {
         "[workflow]\nname = \"w\"\n[stages.a]\njobs = [{ name = \"x\" }]\nrun = \"touch ran {{job.name}\"\n",
         &[],
         &[
-            "invalid `run` of stage `a`: invalid template",
-            "poolparty.toml:5:",
+            "invalid `run` of stage `a`: invalid template: `{{` is not closed by `}}`",
+            "write values as `{{job.field}}`",
+            "poolparty.toml:5:18",
         ],
     );
 }

@@ -284,7 +284,7 @@ fn results_match_the_local_backend_with_one_squeue_per_poll() {
     let n = 10;
     let manifest = format!(
         "{}[stages.a]\njobs = {}\nrun = \"printf '{{\\\"n\\\": %s, \\\"sq\\\": %s, \\\"s\\\": \\\"x%s\\\"}}' {{{{job}}}} $(( {{{{job}}}} * {{{{job}}}} )) {{{{job}}}} > $POOLPARTY_RESULT\"\n\
-         [stages.b]\nfor_each = \"a\"\nresult = \"stdout\"\nrun = \"echo {{{{job.result.sq}}}}\"\n",
+         [stages.b]\nfor_each = \"a\"\nresult = \"stdout\"\nrun = \"echo {{{{job.result}}}}\"\n",
         header("slok", ""),
         numbers(n)
     );
@@ -319,16 +319,17 @@ fn results_match_the_local_backend_with_one_squeue_per_poll() {
         local.code(0);
         assert_eq!(cluster.stdout, local.stdout, "{args:?}");
     }
-    assert_eq!(
-        t.run(&["results", "--stage", "b"]).stdout,
-        format!(
-            "[{}]\n",
-            (0..n)
-                .map(|i| (i * i).to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    );
+    // Stage `b` got each upstream result through its job and echoed it back.
+    let a: Vec<Value> = serde_json::from_str(&t.run(&["results", "--stage", "a"]).stdout).unwrap();
+    let b: Vec<Value> = serde_json::from_str(&t.run(&["results", "--stage", "b"]).stdout).unwrap();
+    assert_eq!(a, b);
+    for (i, r) in a.iter().enumerate() {
+        let i = i as u64;
+        assert_eq!(
+            r,
+            &serde_json::json!({"n": i, "sq": i * i, "s": format!("x{i}")})
+        );
+    }
 
     // Scheduler calls, from the logging wrappers.
     let calls = std::fs::read_to_string(&log).unwrap();
@@ -401,7 +402,7 @@ fn failing_jobs_are_named_with_code_and_log() {
     }
     let s = summary(&t, "slfail");
     assert_eq!(s["verdict"], "jobs_failed");
-    let failed: Vec<(String, i64)> = s["stages"][0]["failed"]
+    let mut failed: Vec<(String, i64)> = s["stages"][0]["failed"]
         .as_array()
         .unwrap()
         .iter()
@@ -412,6 +413,7 @@ fn failing_jobs_are_named_with_code_and_log() {
             )
         })
         .collect();
+    failed.sort();
     assert_eq!(failed, [("bad3".to_owned(), 3), ("bad7".to_owned(), 7)]);
     assert_eq!(s["stages"][0]["stats"]["succeeded"], 3);
     let got = attempts(&t, "slfail", "a");

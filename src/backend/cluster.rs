@@ -343,6 +343,9 @@ impl ClusterBackend {
             "extra": s.resources.extra,
             "wrapper": wrapper,
             "cases": cases,
+            "first": first,
+            "last": first + tasks.len().saturating_sub(1),
+            "parallel": throttle.map_or(self.spec.workers, |t| t as usize),
         });
         self.templates
             .render("script", Quoting::Shell, &ctx)

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for sge-up.sh, sge-down.sh and sge-ctl.sh (sourced, not run).
 # Single-node Son of Grid Engine 8.1.9 as packaged by Debian 12.
 
@@ -88,7 +89,7 @@ sge_die() {
 sge_start_qmaster() {
     local i
     if ! sge_daemon_pid sge_qmaster >/dev/null; then
-        # A pid file naming a dead (or zombie) process can make qmaster refuse to start.
+        # Drop a stale pid file (it may name a zombie) so that it always names the live daemon.
         rm -f "$QMASTER_PIDFILE"
         sge_log "starting sge_qmaster"
         "$SGE_BIN/sge_qmaster" 9>&- || sge_die "sge_qmaster failed to start"
@@ -121,10 +122,10 @@ sge_start_execd() {
     "$SGE_BIN/sge_execd" 9>&- || sge_die "sge_execd failed to start"
 }
 
-# Stop sge_execd: through the qmaster if it answers (`qconf -ke`, or `-kej` to also
-# kill running jobs when $1 is "kill-jobs"), else SIGTERM; then SIGKILL; wait until gone.
-# Without kill-jobs, running jobs go on under their sge_shepherd and are picked up
-# by the next sge_execd.
+# sge_stop_execd keep-jobs|kill-jobs: stop sge_execd through the qmaster if it
+# answers (`qconf -ke`, or `-kej` which also kills the running jobs), else by
+# SIGTERM; SIGKILL after 30 s. With keep-jobs, running jobs go on under their
+# sge_shepherd and are picked up by the next sge_execd.
 sge_stop_execd() {
     local pid opt=-ke
     [[ ${1:-} == kill-jobs ]] && opt=-kej

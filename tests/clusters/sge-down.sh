@@ -20,6 +20,6 @@ esac
 sge_lock
 t0=$SECONDS
 
-if ((kill_jobs)); then sge_stop_execd kill-jobs; else sge_stop_execd; fi
+if ((kill_jobs)); then sge_stop_execd kill-jobs; else sge_stop_execd keep-jobs; fi
 sge_stop_qmaster
 echo "sge: down on $SGE_HOST in $((SECONDS - t0)) s"

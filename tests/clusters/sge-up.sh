@@ -245,7 +245,7 @@ sge_start_qmaster
 configure
 # An execd that outlived its qmaster reconnects to a new one only after ~20-30 s:
 # restart it instead (its running jobs go on under their shepherds).
-((qmaster_was_up)) || sge_stop_execd
+((qmaster_was_up)) || sge_stop_execd keep-jobs
 sge_start_execd
 wait_queue_ready
 
@@ -254,6 +254,7 @@ wait_queue_ready
 # back the end reports of -sync/DRMAA jobs for 600 s.
 sge_log "smoke test: qsub -t 1-2 -pe smp 2"
 chmod 755 "$tmp"
+# shellcheck disable=SC2016 # $SGE_TASK_ID is for the job script
 printf '#!/bin/sh\ntouch "%s/ok.$SGE_TASK_ID"\n' "$tmp" >"$tmp/smoke.sh"
 smoke=$(qsub -terse -N sge-up-smoke -t 1-2 -pe smp 2 -S /bin/sh -o /dev/null -e /dev/null \
     "$tmp/smoke.sh" 2>&1) || sge_die "smoke-test qsub failed: $smoke"

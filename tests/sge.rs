@@ -1,0 +1,1089 @@
+//! The Grid Engine backend against a real single-node Son of Grid Engine cluster
+//! (`tests/clusters/sge-up.sh`, run once per test binary). The cluster must come up: if it
+//! does not, every test here fails (they never skip). The tests share the cluster (one of them
+//! stops the qmaster, one lowers `max_aj_tasks`), so they run one at a time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Ran, Test};
+
+/// Fast polling for every manifest here.
+const POLL: &str = "poll_interval = \"1s\"\npoll_max = \"2s\"\n";
+
+static UP: OnceLock<Result<String, String>> = OnceLock::new();
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn clusters_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clusters")
+}
+
+/// Runs a command, returning (success, stdout + stderr).
+fn sh(program: &str, args: &[&str]) -> (bool, String) {
+    match std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) => (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ),
+        Err(e) => (false, format!("cannot run {program}: {e}")),
+    }
+}
+
+/// One `<job_list>` of `qstat -xml`: job id, name, state, task list.
+#[derive(Debug, Clone)]
+struct Listed {
+    id: String,
+    name: String,
+    state: String,
+    tasks: String,
+}
+
+fn xml_tag<'a>(block: &'a str, name: &str) -> &'a str {
+    let open = format!("<{name}>");
+    let Some(start) = block.find(&open).map(|s| s + open.len()) else {
+        return "";
+    };
+    let end = block[start..].find("</").map_or(block.len(), |e| e + start);
+    block[start..end].trim()
+}
+
+/// What `qstat -xml` lists (all of root's jobs); `None` when qstat fails.
+fn qstat() -> Option<Vec<Listed>> {
+    let out = std::process::Command::new("qstat")
+        .arg("-xml")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let xml = String::from_utf8_lossy(&out.stdout);
+    Some(
+        xml.split("<job_list")
+            .skip(1)
+            .map(|b| {
+                let b = b.split("</job_list>").next().unwrap_or("");
+                Listed {
+                    id: xml_tag(b, "JB_job_number").to_owned(),
+                    name: xml_tag(b, "JB_name").to_owned(),
+                    state: xml_tag(b, "state").to_owned(),
+                    tasks: xml_tag(b, "tasks").to_owned(),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Exclusive use of the cluster for one test. If the test panics, Grid Engine jobs of its
+/// workflow that are still queued or running are deleted, so they do not slow down the next
+/// tests.
+struct Cluster {
+    workflow: String,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let prefix = format!("pp-{}-", self.workflow);
+        let ids: BTreeSet<String> = qstat()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|j| j.name.starts_with(&prefix))
+            .map(|j| j.id)
+            .collect();
+        if !ids.is_empty() {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let _ = sh("qdel", &ids);
+        }
+    }
+}
+
+/// Brings the cluster up (once per test binary; a failure fails the test) and takes the lock
+/// that serializes the Grid Engine tests. `workflow` names the test's workflow (for cleanup).
+fn cluster(workflow: &str) -> Cluster {
+    let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let up = UP.get_or_init(|| {
+        let script = clusters_dir().join("sge-up.sh");
+        let (ok, out) = sh("bash", &[script.to_str().unwrap()]);
+        if ok { Ok(out) } else { Err(out) }
+    });
+    if let Err(out) = up {
+        panic!("tests/clusters/sge-up.sh failed, the Grid Engine cluster is not usable:\n{out}");
+    }
+    Cluster {
+        workflow: workflow.to_owned(),
+        _serial: serial,
+    }
+}
+
+/// A manifest header: workflow `name` on Grid Engine with fast polling, plus `defaults`.
+fn header(name: &str, defaults: &str) -> String {
+    format!("[workflow]\nname = \"{name}\"\n[defaults]\nbackend = \"sge\"\n{POLL}{defaults}\n")
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn read_lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
+        .collect()
+}
+
+/// The ledger of a stage, grouped by job index: the attempts in the order recorded, as
+/// `(attempt, outcome kind)`.
+fn attempts(t: &Test, wf: &str, stage: &str) -> BTreeMap<u64, Vec<(u64, String)>> {
+    let mut map: BTreeMap<u64, Vec<(u64, String)>> = BTreeMap::new();
+    for r in read_lines(&t.state(wf).join(stage).join("ledger.jsonl")) {
+        map.entry(r["index"].as_u64().unwrap()).or_default().push((
+            r["attempt"].as_u64().unwrap(),
+            r["outcome"]["kind"].as_str().unwrap().to_owned(),
+        ));
+    }
+    map
+}
+
+/// Asserts every job `0..n` has exactly one attempt, which succeeded.
+#[track_caller]
+fn assert_each_succeeded_once(t: &Test, wf: &str, stage: &str, n: u64) {
+    let got = attempts(t, wf, stage);
+    let want: BTreeMap<u64, Vec<(u64, String)>> = (0..n)
+        .map(|i| (i, vec![(1, "succeeded".to_owned())]))
+        .collect();
+    assert_eq!(got, want, "ledger of stage `{stage}`");
+}
+
+/// Asserts the lines of `file` are exactly `0..n`, each once (in any order).
+#[track_caller]
+fn assert_each_ran_once(t: &Test, file: &str, n: u64) {
+    let text = t.read(file);
+    let mut seen: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            l.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("bad line {l:?} in {file}"))
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..n).collect::<Vec<_>>(), "{file}:\n{text}");
+}
+
+fn summary(t: &Test, wf: &str) -> Value {
+    read_json(&t.state(wf).join("summary.json"))
+}
+
+/// `[0, 1, ..., n-1]` as a TOML array.
+fn numbers(n: u64) -> String {
+    let v: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    format!("[{}]", v.join(", "))
+}
+
+/// A `poolparty` process started in the background, its output going to files.
+struct Running {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Running {
+    fn start(t: &Test, args: &[&str], tag: &str) -> Self {
+        let out = t.path().join(format!("{tag}.stdout"));
+        let err = t.path().join(format!("{tag}.stderr"));
+        let child = t
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("poolparty starts");
+        Self { child, out, err }
+    }
+
+    fn output(&self) -> String {
+        format!(
+            "--- stdout\n{}\n--- stderr\n{}",
+            std::fs::read_to_string(&self.out).unwrap_or_default(),
+            std::fs::read_to_string(&self.err).unwrap_or_default()
+        )
+    }
+
+    /// Waits (up to `secs`) until `ready` holds; panics if the run ends first or time is up.
+    fn wait_until(&mut self, what: &str, secs: u64, ready: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !ready() {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!("the run ended ({st}) before {what}\n{}", self.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} after {secs} s\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits (up to `secs`) for the run to end.
+    fn wait(mut self, secs: u64) -> Ran {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the run did not end within {secs} s\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        Ran {
+            code: status.code(),
+            stdout: std::fs::read_to_string(&self.out).unwrap(),
+            stderr: std::fs::read_to_string(&self.err).unwrap(),
+        }
+    }
+
+    /// SIGKILL, as an OOM killer or a lost login session would.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The submissions of a stage (`submissions.jsonl`).
+fn submissions(t: &Test, wf: &str, stage: &str) -> Vec<Value> {
+    read_lines(&t.state(wf).join(stage).join("submissions.jsonl"))
+}
+
+fn has_submission(t: &Test, wf: &str, stage: &str) -> bool {
+    std::fs::read_to_string(t.state(wf).join(stage).join("submissions.jsonl"))
+        .is_ok_and(|s| s.lines().any(|l| !l.trim().is_empty()))
+}
+
+/// The array job id and 1-based task number that ran job `index` in submission `s`.
+fn task_of(s: &Value, index: u64) -> Option<(String, usize)> {
+    let position = s["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|t| t.as_array().unwrap().iter().any(|j| j["index"] == index))?;
+    Some((s["job_id"].as_str().unwrap().to_owned(), position + 1))
+}
+
+/// Wrapper scripts for the Grid Engine commands that log every call (`<epoch> <command>
+/// <args>`) to `calls.log` and then run the real command from /usr/bin; put `<dir>/bin` first on
+/// PATH.
+fn call_logger(t: &Test) -> (String, PathBuf) {
+    let bin = t.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = t.path().join("calls.log");
+    for cmd in ["qsub", "qstat", "qdel", "qconf"] {
+        let script = format!(
+            "#!/bin/sh\nprintf '%s {cmd} %s\\n' \"$(date +%s.%N)\" \"$*\" >> '{}'\nexec /usr/bin/{cmd} \"$@\"\n",
+            log.display()
+        );
+        let p = bin.join(cmd);
+        std::fs::write(&p, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (path, log)
+}
+
+/// The logged calls of `cmd` (their arguments).
+fn logged(log: &Path, cmd: &str) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ' ');
+            let _time = it.next()?;
+            (it.next()? == cmd).then(|| it.next().unwrap_or("").to_owned())
+        })
+        .collect()
+}
+
+/// Each job writes a small JSON result; the same manifest on the local backend gives
+/// byte-identical `results` (both formats, with and without the jobs). The scheduler is asked
+/// once per poll: one `qconf -sconf` per stage, one `qsub` per array (stage `a` fits one), and
+/// `qstat` calls at least a poll interval apart.
+#[test]
+fn results_match_the_local_backend_with_one_qstat_per_poll() {
+    let _c = cluster("sgeok");
+    let n = 10;
+    let manifest = format!(
+        "{}[stages.a]\njobs = {}\nrun = \"printf '{{\\\"n\\\": %s, \\\"sq\\\": %s, \\\"s\\\": \\\"x%s\\\"}}' {{{{job}}}} $(( {{{{job}}}} * {{{{job}}}} )) {{{{job}}}} > $POOLPARTY_RESULT\"\n\
+         [stages.b]\nfor_each = \"a\"\nresult = \"stdout\"\nrun = \"echo {{{{job.result.sq}}}}\"\n",
+        header("sgeok", ""),
+        numbers(n)
+    );
+    let t = Test::new().manifest(&manifest);
+    let (path, log) = call_logger(&t);
+    let t = t.env("PATH", &path);
+    let local = Test::new().manifest(&manifest);
+
+    let started = Instant::now();
+    t.run(&["run"]).code(0).stderr_has("every job succeeded");
+    let wall = started.elapsed();
+    local
+        .run(&["run", "--backend", "local"])
+        .code(0)
+        .stderr_has("every job succeeded");
+
+    assert_each_succeeded_once(&t, "sgeok", "a", n);
+    assert_each_succeeded_once(&t, "sgeok", "b", n);
+    let s = summary(&t, "sgeok");
+    assert_eq!(s["verdict"], "succeeded");
+    assert_eq!(s["stages"][0]["backend"], "sge");
+    assert_eq!(s["stages"][1]["backend"], "sge");
+    assert_eq!(s["stages"][0]["stats"]["succeeded"], n);
+    assert_eq!(s["stages"][1]["stats"]["succeeded"], n);
+
+    for args in [
+        &["results", "--stage", "a"][..],
+        &["results", "--stage", "b"],
+        &["results", "--stage", "a", "--format", "jsonl", "--with-job"],
+        &["results", "--stage", "b", "--format", "csv", "--with-job"],
+        &["results", "--stage", "a", "--format", "tsv"],
+    ] {
+        let (cluster, local) = (t.run(args), local.run(args));
+        cluster.code(0);
+        local.code(0);
+        assert_eq!(cluster.stdout, local.stdout, "{args:?}");
+    }
+    assert_eq!(
+        t.run(&["results", "--stage", "b"]).stdout,
+        format!(
+            "[{}]\n",
+            (0..n)
+                .map(|i| (i * i).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    );
+
+    // Scheduler calls, from the logging wrappers.
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let count = |cmd: &str| logged(&log, cmd).len();
+    let qstat_times: Vec<f64> = calls
+        .lines()
+        .filter(|l| l.split(' ').nth(1) == Some("qstat"))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    let a_arrays = submissions(&t, "sgeok", "a");
+    let b_arrays = submissions(&t, "sgeok", "b");
+    eprintln!(
+        "sge calls for {n}+{n} jobs in {:.1}s: qsub {} (stage a {} arrays, stage b {}), qstat {}, qconf {}, qdel {}",
+        wall.as_secs_f64(),
+        count("qsub"),
+        a_arrays.len(),
+        b_arrays.len(),
+        count("qstat"),
+        count("qconf"),
+        count("qdel")
+    );
+    // One configuration read per stage, no delete; stage `a` is one array.
+    assert_eq!(count("qconf"), 2, "{calls}");
+    assert!(
+        logged(&log, "qconf").iter().all(|a| a == "-sconf"),
+        "{calls}"
+    );
+    assert_eq!(count("qdel"), 0, "{calls}");
+    assert_eq!(a_arrays.len(), 1, "{a_arrays:?}");
+    assert_eq!(count("qsub"), a_arrays.len() + b_arrays.len(), "{calls}");
+    for args in logged(&log, "qsub") {
+        assert!(args.starts_with("-terse "), "{args}");
+    }
+    // One qstat per poll of each stage: the two stages poll independently, so per stage the
+    // calls are a poll interval (1 s) apart; together at most two per second.
+    assert!(!qstat_times.is_empty());
+    for w in qstat_times.windows(3) {
+        assert!(
+            w[2] - w[0] >= 0.5,
+            "three qstat calls within {:.3}s: not one per poll\n{calls}",
+            w[2] - w[0]
+        );
+    }
+    assert!(
+        qstat_times.len() as f64 <= 2.0 * (wall.as_secs_f64() + 1.0),
+        "{} qstat calls in {:.1}s\n{calls}",
+        qstat_times.len(),
+        wall.as_secs_f64()
+    );
+    // Nothing of the run is left in the queue.
+    let left: Vec<Listed> = qstat()
+        .expect("qstat answers")
+        .into_iter()
+        .filter(|j| j.name.starts_with("pp-sgeok-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Failed jobs, and only those, are named with their exit code and log; the verdict says so.
+#[test]
+fn failing_jobs_are_named_with_code_and_log() {
+    let _c = cluster("sgefail");
+    let t = Test::new().manifest(&format!(
+        "{}[stages.a]\njobs = [{{id = \"ok1\", code = 0}}, {{id = \"bad3\", code = 3}}, {{id = \"ok2\", code = 0}}, {{id = \"bad7\", code = 7}}, {{id = \"ok3\", code = 0}}]\n\
+         run = \"echo doing {{{{job.id}}}}; if [ {{{{job.code}}}} != 0 ]; then echo boom-{{{{job.id}}}} >&2; fi; exit {{{{job.code}}}}\"\n",
+        header("sgefail", "")
+    ));
+    let r = t.run(&["run"]);
+    r.code(1)
+        .stderr_has("a job 1 `bad3`: exit code 3")
+        .stderr_has("a job 3 `bad7`: exit code 7")
+        .stderr_has("/.poolparty/sgefail/a/logs/bad3.err")
+        .stderr_has("/.poolparty/sgefail/a/logs/bad7.err")
+        .stderr_has("boom-bad7");
+    for ok in ["ok1", "ok2", "ok3"] {
+        assert!(
+            !r.stderr.contains(&format!("`{ok}`")),
+            "{ok} succeeded but is named:\n{}",
+            r.stderr
+        );
+    }
+    let s = summary(&t, "sgefail");
+    assert_eq!(s["verdict"], "jobs_failed");
+    assert_eq!(s["stages"][0]["backend"], "sge");
+    let failed: Vec<(String, i64, String)> = s["stages"][0]["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["id"].as_str().unwrap().to_owned(),
+                f["exit_code"].as_i64().unwrap(),
+                f["stderr_log"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    for ((id, code, log), (want_id, want_code)) in failed.iter().zip([("bad3", 3), ("bad7", 7)]) {
+        assert_eq!((id.as_str(), *code), (want_id, want_code));
+        assert!(
+            log.ends_with(&format!("/.poolparty/sgefail/a/logs/{want_id}.err")),
+            "{log}"
+        );
+    }
+    assert_eq!(s["stages"][0]["stats"]["succeeded"], 3);
+    let got = attempts(&t, "sgefail", "a");
+    assert_eq!(got[&1], [(1, "failed".to_owned())]);
+    assert_eq!(got[&3], [(1, "failed".to_owned())]);
+    for i in [0, 2, 4] {
+        assert_eq!(got[&i], [(1, "succeeded".to_owned())]);
+    }
+    assert_eq!(t.read(".poolparty/sgefail/a/logs/bad3.err"), "boom-bad3\n");
+    assert_eq!(t.read(".poolparty/sgefail/a/logs/ok2.out"), "doing ok2\n");
+}
+
+/// Lowers the global `max_aj_tasks` (how many tasks one array may have) and restores the
+/// original global configuration when dropped, also when the test fails.
+struct MaxAjTasks {
+    original: String,
+    dir: tempfile::TempDir,
+}
+
+impl MaxAjTasks {
+    fn set(n: usize) -> Self {
+        let (ok, original) = sh("qconf", &["-sconf", "global"]);
+        assert!(ok, "qconf -sconf global: {original}");
+        assert!(
+            original.lines().any(|l| l.starts_with("max_aj_tasks ")),
+            "no max_aj_tasks in the global configuration:\n{original}"
+        );
+        let changed: String = original
+            .lines()
+            .map(|l| {
+                if l.split_whitespace().next() == Some("max_aj_tasks") {
+                    format!("max_aj_tasks                 {n}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        // The guard exists before the change, so a half-applied change is restored too.
+        let guard = Self {
+            original,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        if let Err(e) = guard.apply(&changed) {
+            panic!("cannot set max_aj_tasks {n}: {e}");
+        }
+        guard
+    }
+
+    /// `qconf -Mconf` needs a file named `global`.
+    fn apply(&self, text: &str) -> Result<(), String> {
+        let file = self.dir.path().join("global");
+        std::fs::write(&file, text).map_err(|e| e.to_string())?;
+        let (ok, out) = sh("qconf", &["-Mconf", file.to_str().unwrap()]);
+        if ok { Ok(()) } else { Err(out) }
+    }
+}
+
+impl Drop for MaxAjTasks {
+    fn drop(&mut self) {
+        if let Err(e) = self.apply(&self.original) {
+            eprintln!("cannot restore the global Grid Engine configuration: {e}");
+            if !std::thread::panicking() {
+                panic!("cannot restore the global Grid Engine configuration: {e}");
+            }
+        }
+    }
+}
+
+/// With `max_aj_tasks` 10 (Grid Engine refuses an 11-task array), 25 jobs go in at least
+/// three arrays of at most 10 tasks, and every job runs exactly once.
+#[test]
+fn arrays_are_chunked_below_max_aj_tasks() {
+    let _c = cluster("sgechunk");
+    let limit = 10;
+    let n = 25;
+    let guard = MaxAjTasks::set(limit);
+    let (ok, conf) = sh("qconf", &["-sconf"]);
+    assert!(
+        ok && conf
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["max_aj_tasks", "10"]),
+        "{conf}"
+    );
+    // The bound is real: an 11-task array is refused.
+    let (accepted, out) = sh(
+        "qsub",
+        &[
+            "-terse",
+            "-h",
+            "-N",
+            "pp-sgechunk-probe",
+            "-o",
+            "/dev/null",
+            "-e",
+            "/dev/null",
+            "-b",
+            "y",
+            "-t",
+            "1-11",
+            "/bin/true",
+        ],
+    );
+    if accepted {
+        let id = out.trim().split('.').next().unwrap_or("").to_owned();
+        let _ = sh("qdel", &[&id]);
+        panic!("Grid Engine accepted an 11-task array with max_aj_tasks 10: {out}");
+    }
+
+    let t = Test::new().manifest(&format!(
+        "{}[stages.a]\njobs = {}\nresult = \"none\"\nrun = \"echo {{{{job}}}} >> {{{{workflow.dir}}}}/ran\"\n",
+        header("sgechunk", ""),
+        numbers(n)
+    ));
+    let r = t.run(&["run"]);
+    drop(guard);
+    r.code(0).stderr_has("every job succeeded");
+    assert_each_ran_once(&t, "ran", n);
+    assert_each_succeeded_once(&t, "sgechunk", "a", n);
+    let subs = submissions(&t, "sgechunk", "a");
+    assert!(subs.len() >= 3, "{} arrays: {subs:?}", subs.len());
+    let mut indices = Vec::new();
+    let mut job_ids = BTreeSet::new();
+    for s in &subs {
+        let tasks = s["tasks"].as_array().unwrap();
+        assert!(
+            !tasks.is_empty() && tasks.len() <= limit,
+            "array of {} tasks",
+            tasks.len()
+        );
+        assert!(job_ids.insert(s["job_id"].as_str().unwrap().to_owned()));
+        let script = std::fs::read_to_string(s["script"].as_str().unwrap()).unwrap();
+        assert!(
+            script.contains(&format!("\n#$ -t 1-{}\n", tasks.len())),
+            "{script}"
+        );
+        for task in tasks {
+            for j in task.as_array().unwrap() {
+                indices.push(j["index"].as_u64().unwrap());
+            }
+        }
+    }
+    indices.sort_unstable();
+    assert_eq!(indices, (0..n).collect::<Vec<_>>());
+    let scripts = std::fs::read_dir(t.state("sgechunk").join("a/scripts"))
+        .unwrap()
+        .count();
+    assert_eq!(scripts, subs.len());
+    // Restored.
+    let (_, conf) = sh("qconf", &["-sconf"]);
+    assert!(
+        !conf
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["max_aj_tasks", "10"]),
+        "max_aj_tasks not restored:\n{conf}"
+    );
+}
+
+/// `max_parallel = 3` (`-tc 3`) bounds the jobs running at once, measured by the jobs
+/// themselves.
+#[test]
+fn max_parallel_throttles_running_tasks() {
+    let _c = cluster("sgethrottle");
+    let n = 12;
+    let t = Test::new()
+        .manifest(&format!(
+            "{}[stages.a]\njobs = {}\nresult = \"none\"\nrun = \"sh {{{{workflow.dir}}}}/count.sh {{{{job}}}}\"\n",
+            header("sgethrottle", "max_parallel = 3"),
+            numbers(n)
+        ))
+        .file("cur", "0\n")
+        .file(
+            "count.sh",
+            r#"d=$POOLPARTY_WORKFLOW_DIR
+flock "$d/lock" sh -c 'n=$(( $(cat "$1/cur") + 1 )); echo $n > "$1/cur"; echo $n >> "$1/seen"' _ "$d"
+sleep 1
+flock "$d/lock" sh -c 'echo $(( $(cat "$1/cur") - 1 )) > "$1/cur"; echo "$2" >> "$1/ran"' _ "$d" "$1"
+"#,
+        );
+    t.run(&["run"]).code(0).stderr_has("every job succeeded");
+    assert_each_ran_once(&t, "ran", n);
+    assert_each_succeeded_once(&t, "sgethrottle", "a", n);
+    let seen: Vec<u32> = t.read("seen").lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(seen.len() as u64, n);
+    let max = seen.iter().copied().max().unwrap();
+    assert!(max <= 3, "{max} jobs ran at once: {seen:?}");
+    // The counter really measures concurrency (16 slots, so the throttle is what limits).
+    assert!(max >= 2, "never more than one job at once: {seen:?}");
+    assert_eq!(t.read("cur").trim(), "0");
+    let subs = submissions(&t, "sgethrottle", "a");
+    assert!(!subs.is_empty());
+    for s in subs {
+        let script = std::fs::read_to_string(s["script"].as_str().unwrap()).unwrap();
+        let tasks = s["tasks"].as_array().unwrap().len();
+        assert!(
+            script.contains(&format!("\n#$ -t 1-{tasks}\n#$ -tc 3\n")),
+            "{script}"
+        );
+    }
+}
+
+/// `bundle = 4`: 10 jobs run in 3 array tasks (4, 4, 2), each job with its own outcome, log
+/// and result.
+#[test]
+fn bundles_put_several_jobs_in_one_task() {
+    let _c = cluster("sgebundle");
+    let n = 10;
+    let t = Test::new().manifest(&format!(
+        "{}[stages.a]\njobs = {}\nrun = \"echo out-{{{{job}}}}; echo err-{{{{job}}}} >&2; echo {{{{job}}}} > $POOLPARTY_RESULT; [ {{{{job}}}} != 5 ] || exit 4\"\n",
+        header("sgebundle", "bundle = 4"),
+        numbers(n)
+    ));
+    // Job 5 fails: its bundle mates still succeed, each job has its own outcome.
+    t.run(&["run"]).code(1).stderr_has("a job 5 `");
+    let got = attempts(&t, "sgebundle", "a");
+    let want: BTreeMap<u64, Vec<(u64, String)>> = (0..n)
+        .map(|i| {
+            let kind = if i == 5 { "failed" } else { "succeeded" };
+            (i, vec![(1, kind.to_owned())])
+        })
+        .collect();
+    assert_eq!(got, want);
+    let s = summary(&t, "sgebundle");
+    assert_eq!(s["stages"][0]["stats"]["succeeded"], n - 1);
+    assert_eq!(s["stages"][0]["failed"][0]["index"], 5);
+    assert_eq!(s["stages"][0]["failed"][0]["exit_code"], 4);
+    assert_eq!(s["stages"][0]["failed"].as_array().unwrap().len(), 1);
+    let r = t.run(&["results", "--allow-missing"]);
+    r.code(0);
+    assert_eq!(r.stdout, "[0, 1, 2, 3, 4, null, 6, 7, 8, 9]\n");
+
+    let scripts: Vec<PathBuf> = std::fs::read_dir(t.state("sgebundle").join("a/scripts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(scripts.len(), 1, "{scripts:?}");
+    let script = std::fs::read_to_string(&scripts[0]).unwrap();
+    assert!(script.contains("\n#$ -t 1-3\n"), "{script}");
+    let runs_per_task: Vec<usize> = script
+        .split("\n1)\n")
+        .nth(1)
+        .expect("task 1")
+        .split(";;")
+        .take(3)
+        .map(|case| case.matches("pp_run ").count())
+        .collect();
+    assert_eq!(runs_per_task, [4, 4, 2], "{script}");
+    assert!(!script.contains("\n4)\n"), "{script}");
+    let subs = submissions(&t, "sgebundle", "a");
+    assert_eq!(subs.len(), 1);
+    let sizes: Vec<usize> = subs[0]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, [4, 4, 2]);
+
+    // Every job has its own logs.
+    for r in read_lines(&t.state("sgebundle").join("a/ledger.jsonl")) {
+        let (id, i) = (r["id"].as_str().unwrap(), r["index"].as_u64().unwrap());
+        assert_eq!(
+            t.read(&format!(".poolparty/sgebundle/a/logs/{id}.out")),
+            format!("out-{i}\n")
+        );
+        assert_eq!(
+            t.read(&format!(".poolparty/sgebundle/a/logs/{id}.err")),
+            format!("err-{i}\n")
+        );
+    }
+}
+
+/// A running task deleted from outside (`qdel JOB -t TASK`) is lost (after the grace period),
+/// then resubmitted, and succeeds.
+#[test]
+fn task_deleted_from_outside_is_lost_then_resubmitted() {
+    let _c = cluster("sgeqdel");
+    let t = Test::new().manifest(&format!(
+        "{}[stages.a]\njobs = [0, 1, 2]\n\
+         run = \"if [ {{{{job}}}} = 0 ] && [ $POOLPARTY_ATTEMPT = 1 ]; then touch {{{{workflow.dir}}}}/ready; sleep 300; fi; echo {{{{job}}}} > $POOLPARTY_RESULT\"\n",
+        header("sgeqdel", "")
+    ));
+    let mut run = Running::start(&t, &["run"], "run");
+    let ready = t.path().join("ready");
+    run.wait_until("job 0 running", 90, || {
+        ready.exists() && has_submission(&t, "sgeqdel", "a")
+    });
+    let subs = submissions(&t, "sgeqdel", "a");
+    let (job_id, task) = task_of(&subs[0], 0).expect("job 0 submitted");
+    let (ok, out) = sh("qdel", &[&job_id, "-t", &task.to_string()]);
+    assert!(ok, "qdel {job_id} -t {task}: {out}");
+
+    let r = run.wait(180);
+    r.code(0).stderr_has("every job succeeded");
+    let got = attempts(&t, "sgeqdel", "a");
+    assert_eq!(
+        got[&0],
+        [(1, "lost".to_owned()), (2, "succeeded".to_owned())],
+        "{}",
+        r.stderr
+    );
+    assert_eq!(got[&1], [(1, "succeeded".to_owned())]);
+    assert_eq!(got[&2], [(1, "succeeded".to_owned())]);
+    assert_eq!(t.run(&["results"]).stdout, "[0, 1, 2]\n");
+    // The resubmission is a second array, of job 0's second attempt only.
+    let subs = submissions(&t, "sgeqdel", "a");
+    assert_eq!(subs.len(), 2, "{subs:?}");
+    assert_eq!(subs[1]["tasks"][0][0]["index"], 0);
+    assert_eq!(subs[1]["tasks"][0][0]["attempt"], 2);
+    let s = summary(&t, "sgeqdel");
+    assert_eq!(s["verdict"], "succeeded");
+    assert_eq!(s["stages"][0]["stats"]["succeeded"], 3);
+}
+
+/// The marker a custom template puts on the first attempts: an output path in a folder that
+/// does not exist, which puts every task of the array in the error state `Eqw`.
+const EQW_OUTPUT: &str = "/nonexistent-poolparty-eqw/";
+
+/// A task stuck in `Eqw` is deleted and recorded lost, then resubmitted and succeeds. The
+/// custom template sends the tasks of an array with a first attempt to a missing output
+/// folder (Grid Engine then holds them in `Eqw` forever); second attempts run normally.
+#[test]
+fn task_in_error_state_is_deleted_and_resubmitted() {
+    let _c = cluster("sgeeqw");
+    let stock = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/sge.qsub.hbs"),
+    )
+    .unwrap();
+    let anchor = "#$ -wd {{cwd}}\n";
+    assert!(stock.contains(anchor), "{stock}");
+    let template = stock.replacen(
+        anchor,
+        &format!(
+            "{anchor}{{{{#each cases}}}}{{{{#each jobs}}}}{{{{#if (eq attempt 1)}}}}\n#$ -o {EQW_OUTPUT}\n{{{{/if}}}}{{{{/each}}}}{{{{/each}}}}\n"
+        ),
+        1,
+    );
+    let t = Test::new()
+        .manifest(&format!(
+            "{}[stages.a]\njobs = [0, 1, 2]\nrun = \"echo {{{{job}}}} >> {{{{workflow.dir}}}}/ran; echo {{{{job}}}} > $POOLPARTY_RESULT\"\n",
+            header("sgeeqw", "template = \"my.qsub.hbs\"")
+        ))
+        .file("my.qsub.hbs", &template);
+    let (path, log) = call_logger(&t);
+    let t = t.env("PATH", &path);
+    let r = Running::start(&t, &["run"], "run").wait(180);
+    r.code(0).stderr_has("every job succeeded");
+
+    let got = attempts(&t, "sgeeqw", "a");
+    for i in 0..3 {
+        assert_eq!(
+            got[&i],
+            [(1, "lost".to_owned()), (2, "succeeded".to_owned())],
+            "job {i}\n{}",
+            r.stderr
+        );
+    }
+    // Only the second attempts ran.
+    assert_each_ran_once(&t, "ran", 3);
+    assert_eq!(t.run(&["results"]).stdout, "[0, 1, 2]\n");
+    let subs = submissions(&t, "sgeeqw", "a");
+    assert!(subs.len() >= 2, "{subs:?}");
+    let first = &subs[0];
+    let first_id = first["job_id"].as_str().unwrap().to_owned();
+    let script = std::fs::read_to_string(first["script"].as_str().unwrap()).unwrap();
+    assert!(
+        script.contains(&format!("\n#$ -o {EQW_OUTPUT}\n")),
+        "{script}"
+    );
+    for s in &subs[1..] {
+        let script = std::fs::read_to_string(s["script"].as_str().unwrap()).unwrap();
+        assert!(!script.contains(EQW_OUTPUT), "{script}");
+        for task in s["tasks"].as_array().unwrap() {
+            for j in task.as_array().unwrap() {
+                assert_eq!(j["attempt"], 2, "{s}");
+            }
+        }
+    }
+    // Each stuck task was deleted by poolparty (`qdel JOB -t TASK`), and the array is gone.
+    let qdel = logged(&log, "qdel");
+    let mut deleted: Vec<usize> = qdel
+        .iter()
+        .filter_map(|a| {
+            let parts: Vec<&str> = a.split(' ').collect();
+            match parts[..] {
+                [id, "-t", task] if id == first_id => task.parse().ok(),
+                _ => None,
+            }
+        })
+        .collect();
+    deleted.sort_unstable();
+    deleted.dedup();
+    assert_eq!(deleted, [1, 2, 3], "qdel calls: {qdel:?}");
+    let left: Vec<Listed> = qstat()
+        .expect("qstat answers")
+        .into_iter()
+        .filter(|j| j.name.starts_with("pp-sgeeqw-") || j.id == first_id)
+        .collect();
+    assert!(left.is_empty(), "still queued: {left:?}");
+    assert_eq!(summary(&t, "sgeeqw")["verdict"], "succeeded");
+}
+
+/// The runner is SIGKILLed while jobs run; a new `poolparty run` reattaches to the queued and
+/// running tasks and collects what finished meanwhile: every job runs exactly once.
+#[test]
+fn killed_runner_is_restarted_and_every_job_runs_once() {
+    let _c = cluster("sgekill");
+    let n = 10;
+    let t = Test::new()
+        .manifest(&format!(
+            "{}[stages.a]\njobs = {}\n\
+             run = \"touch {{{{workflow.dir}}}}/ready/{{{{job}}}}; sleep 2; echo {{{{job}}}} >> {{{{workflow.dir}}}}/ran; echo {{{{job}}}} > $POOLPARTY_RESULT\"\n",
+            header("sgekill", "max_parallel = 4"),
+            numbers(n)
+        ))
+        .file("ready/.keep", "");
+    let mut first = Running::start(&t, &["run"], "first");
+    let ready = t.path().join("ready");
+    run_until_a_job_started(&mut first, &t, &ready, "sgekill");
+    first.kill();
+
+    let r = Running::start(&t, &["run"], "second").wait(240);
+    r.code(0)
+        .stderr_has("reattached to")
+        .stderr_has("every job succeeded");
+    assert_each_ran_once(&t, "ran", n);
+    // Nothing was submitted again: the second run adopted the first run's array.
+    let subs = submissions(&t, "sgekill", "a");
+    assert_eq!(subs.len(), 1, "{subs:?}");
+    let got = attempts(&t, "sgekill", "a");
+    assert_eq!(got.len() as u64, n);
+    for (i, a) in &got {
+        let ok = a.iter().filter(|(_, k)| k == "succeeded").count();
+        assert_eq!(ok, 1, "job {i}: {a:?}");
+        assert!(a.iter().all(|(n, _)| *n == 1), "job {i}: {a:?}");
+    }
+    assert_eq!(t.run(&["results"]).stdout, format!("{}\n", numbers(n)));
+    assert_eq!(summary(&t, "sgekill")["verdict"], "succeeded");
+}
+
+fn run_until_a_job_started(run: &mut Running, t: &Test, ready: &Path, wf: &str) {
+    run.wait_until("a running job", 90, || {
+        std::fs::read_dir(ready).is_ok_and(|d| d.count() > 1) && has_submission(t, wf, "a")
+    });
+}
+
+/// Starts the qmaster again when dropped (also when the test fails).
+struct QmasterBack(bool);
+
+impl QmasterBack {
+    fn ctl(what: &str) {
+        let script = clusters_dir().join("sge-ctl.sh");
+        let (ok, out) = sh("bash", &[script.to_str().unwrap(), what]);
+        assert!(ok, "sge-ctl.sh {what}: {out}");
+    }
+}
+
+impl Drop for QmasterBack {
+    fn drop(&mut self) {
+        if !self.0 {
+            let script = clusters_dir().join("sge-ctl.sh");
+            let _ = sh("bash", &[script.to_str().unwrap(), "start-master"]);
+        }
+    }
+}
+
+/// sge_qmaster is down for 20 s while jobs run and wait; the run rides it out: exit 0, every
+/// job exactly once.
+#[test]
+fn qmaster_outage_is_survived() {
+    let _c = cluster("sgeoutage");
+    let n = 20;
+    let t = Test::new()
+        .manifest(&format!(
+            "{}[stages.a]\njobs = {}\n\
+             run = \"touch {{{{workflow.dir}}}}/ready/{{{{job}}}}; sleep $(( {{{{job}}}} % 2 + 1 )); echo {{{{job}}}} >> {{{{workflow.dir}}}}/ran; echo {{{{job}}}} > $POOLPARTY_RESULT\"\n",
+            header("sgeoutage", "max_parallel = 4"),
+            numbers(n)
+        ))
+        .file("ready/.keep", "");
+    let mut run = Running::start(&t, &["run"], "run");
+    let ready = t.path().join("ready");
+    run_until_a_job_started(&mut run, &t, &ready, "sgeoutage");
+
+    let mut back = QmasterBack(false);
+    QmasterBack::ctl("stop-master");
+    std::thread::sleep(Duration::from_secs(20));
+    QmasterBack::ctl("start-master");
+    back.0 = true;
+
+    let r = run.wait(300);
+    r.code(0).stderr_has("every job succeeded");
+    assert_each_ran_once(&t, "ran", n);
+    let got = attempts(&t, "sgeoutage", "a");
+    assert_eq!(got.len() as u64, n);
+    for (i, a) in &got {
+        assert_eq!(
+            a.iter().filter(|(_, k)| k == "succeeded").count(),
+            1,
+            "job {i}: {a:?}\n{}",
+            r.stderr
+        );
+    }
+    assert_eq!(t.run(&["results"]).stdout, format!("{}\n", numbers(n)));
+    assert_eq!(summary(&t, "sgeoutage")["verdict"], "succeeded");
+}
+
+/// An array script qsub refuses (unknown queue) is a backend error: exit 3, qsub's reason
+/// shown, nothing ran.
+#[test]
+fn refused_submission_is_a_backend_error() {
+    let _c = cluster("sgerefused");
+    let t = Test::new().manifest(&format!(
+        "{}[stages.a]\njobs = [1, 2]\nrun = \"echo {{{{job}}}} >> {{{{workflow.dir}}}}/ran\"\n",
+        header("sgerefused", "queue = \"nope.q\"")
+    ));
+    let r = t.run(&["run"]);
+    r.code(3).stderr_has("nope.q");
+    assert!(!t.path().join("ran").exists());
+    assert!(!has_submission(&t, "sgerefused", "a"));
+    let ledger = t.state("sgerefused").join("a/ledger.jsonl");
+    assert!(
+        std::fs::read_to_string(&ledger)
+            .unwrap_or_default()
+            .trim()
+            .is_empty(),
+        "a job has an outcome"
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if [".poolparty", "tut", "__pycache__"].contains(&name.to_string_lossy().as_ref()) {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(&name));
+        } else {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// `examples/telescope`, unchanged, runs on Grid Engine with the same results as on the local
+/// backend.
+#[test]
+fn telescope_example_runs_unchanged_on_sge() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/telescope");
+    assert!(
+        example.join("poolparty.toml").is_file(),
+        "examples/telescope is missing"
+    );
+    let _c = cluster("telescope");
+    let (sge, local) = (Test::new(), Test::new());
+    for t in [&sge, &local] {
+        copy_tree(&example, &t.path().join("examples/telescope"));
+    }
+    sge.run(&["run", "--backend", "sge", "examples/telescope"])
+        .code(0)
+        .stderr_has("every job succeeded");
+    local
+        .run(&["run", "--backend", "local", "examples/telescope"])
+        .code(0);
+    let state = sge.path().join("examples/telescope/.poolparty/telescope");
+    let s = read_json(&state.join("summary.json"));
+    assert_eq!(s["verdict"], "succeeded");
+    for st in s["stages"].as_array().unwrap() {
+        assert_eq!(st["backend"], "sge", "{st}");
+    }
+    let scripts = std::fs::read_dir(state.join("analyse/scripts"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect::<Vec<_>>();
+    assert!(!scripts.is_empty(), "no array script");
+    assert!(scripts.iter().all(|s| s.contains("\n#$ -tc 4\n")));
+    let results = |t: &Test| {
+        let r = t.run(&["results", "examples/telescope", "--stage", "analyse"]);
+        r.code(0);
+        r.stdout
+    };
+    let got = results(&sge);
+    let parsed: Vec<Value> = serde_json::from_str(&got).unwrap();
+    assert_eq!(parsed.len(), 8, "{got}");
+    assert_eq!(got, results(&local));
+}
