@@ -827,7 +827,7 @@ impl<'a> Runner<'a> {
             st.wall = st.started.map(|t| t.elapsed().as_secs_f64());
             st.phase = Phase::Done;
             let report = self.stage_report(i);
-            self.reporter.stage_finished(&report);
+            self.reporter.stage_finished(i, &report);
         }
         Ok(())
     }

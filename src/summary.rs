@@ -258,8 +258,8 @@ impl Reporter {
     }
 
     /// A stage ended.
-    pub fn stage_finished(&mut self, s: &StageReport) {
-        if let Some(bar) = self.bars.remove(&s.name_index(&self.names)) {
+    pub fn stage_finished(&mut self, stage: usize, s: &StageReport) {
+        if let Some(bar) = self.bars.remove(&stage) {
             bar.finish();
         }
         if self.multi.is_none() && self.verbosity > Verbosity::Quiet {
@@ -284,15 +284,6 @@ impl Reporter {
         }
         let text = format_report(report, self.color, self.verbosity);
         let _ = std::io::stderr().lock().write_all(text.as_bytes());
-    }
-}
-
-impl StageReport {
-    fn name_index(&self, names: &HashMap<usize, String>) -> usize {
-        names
-            .iter()
-            .find(|(_, n)| **n == self.name)
-            .map_or(usize::MAX, |(i, _)| *i)
     }
 }
 
