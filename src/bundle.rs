@@ -8,9 +8,17 @@
 //!
 //! Stages whose jobs cannot be known when the bundle is written (a generator that needs
 //! another stage, an element-wise stage) are run by a small driver job: `poolparty run
-//! --stage NAME --wait` submitted with a dependency on what the stage needs.
+//! --stage NAME --wait` submitted with a dependency on what the stage needs. Driver jobs are
+//! recorded in the stage's `drivers.jsonl` (and marked done there when they end), so
+//! `poolparty cancel` can cancel them too.
+//!
+//! `submit.sh` refers to the bundle's own files by paths relative to its folder, so a bundle
+//! can be moved, and two bundles of the same state differ only where their jobs differ.
+//! Local stages run in `submit.sh` itself, in the stage's working folder; their jobs are
+//! recorded in the stage's `bundled.jsonl` with their fingerprints, and [`collect_local`]
+//! (called by `poolparty run`) moves their outcomes into the ledger.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,11 +29,13 @@ use crate::backend::cluster::{
 use crate::backend::{Launch, StageSpec, sge::Sge, slurm::Slurm};
 use crate::error::{Error, Result};
 use crate::graph::StageGraph;
-use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure, WallTime};
+use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure, ResultMode, WallTime};
+use crate::outcome::{JobRecord, Outcome};
 use crate::plan::PlannedJob;
 use crate::runner::Prepared;
 use crate::store::{self, Layout};
 use crate::template::shell_quote;
+use serde::{Deserialize, Serialize};
 
 /// The run label of bundled submissions: fixed, so two bundles of the same state diff cleanly.
 pub const BUNDLE_RUN: &str = "bundle";
@@ -94,6 +104,154 @@ impl Scheduler for LocalScript {
     }
 }
 
+/// A job of a local stage's script, as recorded in the stage's `bundled.jsonl`.
+#[derive(Debug, Serialize, Deserialize)]
+struct BundledJob {
+    index: usize,
+    id: String,
+    attempt: u32,
+    /// The fingerprint the job had when the bundle was written.
+    #[serde(default)]
+    fp: String,
+}
+
+/// One line of a stage's `bundled.jsonl`: a local script that `submit.sh` ran.
+#[derive(Debug, Deserialize)]
+struct Bundled {
+    tasks: Vec<Vec<BundledJob>>,
+}
+
+/// A stage's file of local bundle scripts that ran.
+fn bundled_file(layout: &Layout, stage: &str) -> PathBuf {
+    layout.stage_dir(stage).join("bundled.jsonl")
+}
+
+/// A stage's file of submitted driver jobs.
+#[must_use]
+pub fn drivers_file(layout: &Layout, stage: &str) -> PathBuf {
+    layout.stage_dir(stage).join("drivers.jsonl")
+}
+
+/// The driver jobs of a stage that were submitted and have not ended (or been cancelled):
+/// (scheduler, job id).
+///
+/// # Errors
+/// When `drivers.jsonl` cannot be read.
+pub fn open_drivers(layout: &Layout, stage: &str) -> Result<Vec<(String, String)>> {
+    let lines: Vec<serde_json::Value> = store::read_lines(&drivers_file(layout, stage))?;
+    let done: HashSet<&str> = lines
+        .iter()
+        .filter(|v| v["done"].as_bool() == Some(true))
+        .filter_map(|v| v["job_id"].as_str())
+        .collect();
+    let mut open: Vec<(String, String)> = Vec::new();
+    for v in &lines {
+        let (Some(id), Some(sched)) = (v["job_id"].as_str(), v["scheduler"].as_str()) else {
+            continue;
+        };
+        if !id.is_empty() && !done.contains(id) && !open.iter().any(|(_, o)| o == id) {
+            open.push((sched.to_owned(), id.to_owned()));
+        }
+    }
+    Ok(open)
+}
+
+/// Marks driver jobs as done (after `poolparty cancel` cancelled them).
+///
+/// # Errors
+/// On I/O failure.
+pub fn close_drivers(layout: &Layout, stage: &str, ids: &[String]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = ids
+        .iter()
+        .map(|id| serde_json::json!({"job_id": id, "done": true, "cancelled": true}).to_string())
+        .collect();
+    store::append_lines(&drivers_file(layout, stage), &lines)
+}
+
+/// Moves the outcomes of jobs that local bundle scripts ran (outcome files in a stage's
+/// staging folder, listed in its `bundled.jsonl`) into the stage's ledger, with the
+/// fingerprint each job had when bundled, so that `run` reuses them like jobs it ran itself.
+/// Returns how many were recorded.
+///
+/// # Errors
+/// When the state cannot be read or written.
+pub fn collect_local(m: &Manifest, layout: &Layout) -> Result<usize> {
+    let mut n = 0;
+    for stage in &m.stages {
+        let name = stage.name.as_str();
+        let bundled: Vec<Bundled> = store::read_lines(&bundled_file(layout, name))?;
+        if bundled.is_empty() {
+            continue;
+        }
+        let recorded: HashSet<(String, u32)> = store::read_ledger(&layout.ledger(name))?
+            .into_iter()
+            .map(|r| (r.id, r.attempt))
+            .collect();
+        let staging = layout.staging_dir(name);
+        let mut ledger: Option<store::Ledger> = None;
+        let mut collected = Vec::new();
+        for j in bundled.iter().flat_map(|b| b.tasks.iter().flatten()) {
+            if recorded.contains(&(j.id.clone(), j.attempt)) {
+                continue;
+            }
+            let path = staging.join(format!("{}.{}.json", j.id, j.attempt));
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let Some(rc) = v["rc"].as_i64().and_then(|c| i32::try_from(c).ok()) else {
+                continue;
+            };
+            let settings = &stage.settings;
+            let result = match settings.result {
+                ResultMode::None => None,
+                ResultMode::File => crate::backend::take_result_file(
+                    &layout.result_path(name, &j.id),
+                    settings.result_max_bytes,
+                ),
+                ResultMode::Stdout => crate::backend::take_result_file(
+                    &layout.log_out(name, &j.id),
+                    settings.result_max_bytes,
+                )
+                .or_else(|| Some(crate::outcome::ResultValue::Text(String::new()))),
+            };
+            let record = JobRecord {
+                index: j.index,
+                id: j.id.clone(),
+                attempt: j.attempt,
+                outcome: if rc == 0 {
+                    Outcome::Succeeded
+                } else {
+                    Outcome::Failed { code: rc }
+                },
+                start: v["start"].as_f64(),
+                end: v["end"].as_f64(),
+                run: BUNDLE_RUN.to_owned(),
+                fp: j.fp.clone(),
+                result,
+            };
+            if ledger.is_none() {
+                ledger = Some(store::Ledger::open(layout.ledger(name))?);
+            }
+            ledger.as_mut().expect("opened").append(&record)?;
+            collected.push(path);
+        }
+        if let Some(mut l) = ledger {
+            l.sync()?;
+        }
+        n += collected.len();
+        for p in collected {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    Ok(n)
+}
+
 fn scheduler(kind: BackendKind) -> Box<dyn Scheduler> {
     match kind {
         BackendKind::Local => Box::new(LocalScript),
@@ -121,6 +279,11 @@ fn launches(layout: &Layout, stage: &str, jobs: &[Arc<PlannedJob>]) -> Result<Ve
         *a = (*a).max(r.attempt);
     }
     for j in subs.iter().flat_map(|s| s.tasks.iter().flatten()) {
+        let a = last.entry(j.id.clone()).or_default();
+        *a = (*a).max(j.attempt);
+    }
+    let bundled: Vec<Bundled> = store::read_lines(&bundled_file(layout, stage))?;
+    for j in bundled.iter().flat_map(|b| b.tasks.iter().flatten()) {
         let a = last.entry(j.id.clone()).or_default();
         *a = (*a).max(j.attempt);
     }
@@ -157,7 +320,7 @@ pub fn write(
     let mut sh = String::new();
     let _ = writeln!(
         sh,
-        "#!/bin/bash\n# poolparty bundle of workflow `{}` ({}).\n# Submits every stage in dependency order with scheduler dependencies. Outcomes land in\n#   {}\n# where `poolparty status` and `poolparty results` read them; a later `poolparty run` adopts\n# what this submitted instead of running it again.\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\n",
+        "#!/bin/bash\n# poolparty bundle of workflow `{}` ({}).\n# Submits every stage in dependency order with scheduler dependencies. Outcomes land in\n#   {}\n# where `poolparty status` and `poolparty results` read them; a later `poolparty run` adopts\n# what this submitted instead of running it again.\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\npp_bundle=$(pwd)\n",
         m.name,
         m.path.display(),
         layout.root().display()
@@ -175,6 +338,8 @@ pub fn write(
         let var = format!("ids_{}", name.replace('-', "_"));
         let dir = opts.out.join(name);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        // The bundle's own files, relative to its folder (submit.sh runs there).
+        let rel = Path::new(name);
         let state_dir = layout.stage_dir(name);
         // What this stage waits for: scheduler ids of needed cluster stages of the same kind;
         // other needs ran (local) or are awaited (other schedulers) before it.
@@ -199,7 +364,7 @@ pub fn write(
             sh,
             "\n# stage `{name}` ({kind})\n{var}=\"\"\npp_prepare {} {}",
             q(&state_dir),
-            q(&dir.join("jobs.jsonl"))
+            q(&rel.join("jobs.jsonl"))
         );
         sh.push_str(&waits);
         let element_wise = matches!(stage.source, JobSource::ForEach(_));
@@ -231,6 +396,7 @@ pub fn write(
                         n
                     }
                 };
+                let cwd = settings_plan_spec.cwd.clone();
                 let (tx, _rx) = std::sync::mpsc::channel();
                 let backend = ClusterBackend::new(sched, settings_plan_spec, tx, dir.clone())?;
                 if launches.is_empty() {
@@ -258,28 +424,55 @@ pub fn write(
                     let script = backend.render(&tasks, &format!("{BUNDLE_RUN}-{}", k + 1))?;
                     let path = dir.join(format!("{label}.sh"));
                     std::fs::write(&path, script).map_err(io(&path))?;
-                    let record: Vec<Vec<SubmittedJob>> = tasks
-                        .iter()
-                        .map(|t| {
-                            t.iter()
-                                .map(|l| SubmittedJob {
-                                    index: l.job.index,
-                                    id: l.job.id.to_string(),
-                                    attempt: l.attempt,
-                                })
-                                .collect()
-                        })
-                        .collect();
+                    // Local scripts record each job's fingerprint: nothing else will.
+                    let record = if kind == BackendKind::Local {
+                        let r: Vec<Vec<BundledJob>> = tasks
+                            .iter()
+                            .map(|t| {
+                                t.iter()
+                                    .map(|l| BundledJob {
+                                        index: l.job.index,
+                                        id: l.job.id.to_string(),
+                                        attempt: l.attempt,
+                                        fp: l.job.fp.clone(),
+                                    })
+                                    .collect()
+                            })
+                            .collect();
+                        serde_json::to_string(&r)
+                    } else {
+                        let r: Vec<Vec<SubmittedJob>> = tasks
+                            .iter()
+                            .map(|t| {
+                                t.iter()
+                                    .map(|l| SubmittedJob {
+                                        index: l.job.index,
+                                        id: l.job.id.to_string(),
+                                        attempt: l.attempt,
+                                    })
+                                    .collect()
+                            })
+                            .collect();
+                        serde_json::to_string(&r)
+                    };
                     let tasks_path = dir.join(format!("{label}.tasks.json"));
-                    std::fs::write(
-                        &tasks_path,
-                        serde_json::to_string(&record).expect("serializes"),
-                    )
-                    .map_err(io(&tasks_path))?;
+                    std::fs::write(&tasks_path, record.expect("serializes"))
+                        .map_err(io(&tasks_path))?;
+                    let rel_path = rel.join(format!("{label}.sh"));
+                    let rel_tasks = rel.join(format!("{label}.tasks.json"));
                     arrays += 1;
                     match kind {
                         BackendKind::Local => {
-                            let _ = writeln!(sh, "bash {} || true", q(&path));
+                            // Jobs run in the stage's working folder, as with `poolparty run`.
+                            let _ = writeln!(
+                                sh,
+                                "pp_record_local {} {} {}\n(cd {} && bash \"$pp_bundle\"/{}) || true",
+                                q(&state_dir),
+                                q(&rel_path),
+                                q(&rel_tasks),
+                                q(&cwd),
+                                q(&rel_path),
+                            );
                         }
                         _ => {
                             // With a throttle, arrays of a stage run one after another.
@@ -289,11 +482,11 @@ pub fn write(
                                 "prev=$(pp_submit_{} {dep_kind} \"{}\" \"{after_prev}\" {})\npp_record {} \"$prev\" {} {} {}\n{var}=\"${{{var}}}${{{var}:+ }}$prev\"",
                                 kind.as_str(),
                                 dep_ids.join(" "),
-                                q(&path),
+                                q(&rel_path),
                                 q(&state_dir),
-                                q(&path),
+                                q(&rel_path),
                                 kind.as_str(),
-                                q(&tasks_path),
+                                q(&rel_tasks),
                             );
                         }
                     }
@@ -315,6 +508,9 @@ pub fn write(
                 if let Some(b) = opts.backend {
                     let _ = write!(cmd, " --backend {b}");
                 }
+                if let Some(n) = opts.max_parallel {
+                    let _ = write!(cmd, " --max-parallel {n}");
+                }
                 if kind == BackendKind::Local {
                     let _ = writeln!(sh, "{cmd} || true");
                 } else {
@@ -334,16 +530,24 @@ pub fn write(
                             q(&m.dir)
                         ),
                     };
+                    // Not `exec`: the driver marks itself done in drivers.jsonl when the run
+                    // ends (a cancelled driver is killed before that, with its runner, which
+                    // gets the scheduler's SIGTERM too).
+                    let drivers = drivers_file(layout, name);
                     let script = format!(
-                        "#!/bin/bash\n# poolparty driver of stage `{name}`: its jobs are known only once what it needs is done.\n{header}\nexec {cmd}\n"
+                        "#!/bin/bash\n# poolparty driver of stage `{name}`: its jobs are known only once what it needs is done.\n{header}\n{cmd}\nrc=$?\nprintf '{{\"job_id\":\"%s\",\"done\":true}}\\n' \"${{SLURM_JOB_ID:-${{JOB_ID:-}}}}\" >> {}\nexit \"$rc\"\n",
+                        q(&drivers)
                     );
                     std::fs::write(&path, script).map_err(io(&path))?;
                     let _ = writeln!(
                         sh,
-                        "prev=$(pp_submit_{} afterany \"{}\" \"\" {})\n{var}=\"$prev\"",
+                        "prev=$(pp_submit_{} afterany \"{}\" \"\" {})\npp_record_driver {} \"$prev\" {} {}\n{var}=\"$prev\"",
                         kind.as_str(),
                         dep_ids.join(" "),
-                        q(&path)
+                        q(&rel.join("driver.sh")),
+                        q(&state_dir),
+                        q(&rel.join("driver.sh")),
+                        kind.as_str(),
                     );
                 }
                 summary
@@ -386,10 +590,22 @@ pp_submit_sge() {
   if [ -n "$ids" ]; then hold="-hold_jid $ids"; fi
   qsub -terse $hold "$4" | cut -d. -f1
 }
-# pp_record STATE_DIR ID SCRIPT SCHEDULER TASKS: appends to submissions.jsonl.
+# pp_record STATE_DIR ID SCRIPT SCHEDULER TASKS: appends to submissions.jsonl (SCRIPT and
+# TASKS relative to this folder).
 pp_record() {
   printf '{"job_id":"%s","script":"%s","run":"bundle","scheduler":"%s","tasks":%s}\n' \
-    "$2" "$3" "$4" "$(cat "$5")" >> "$1/submissions.jsonl"
+    "$2" "$pp_bundle/$3" "$4" "$(cat "$5")" >> "$1/submissions.jsonl"
+}
+# pp_record_local STATE_DIR SCRIPT TASKS: appends to bundled.jsonl, where `poolparty run`
+# finds the local jobs whose outcomes it collects.
+pp_record_local() {
+  printf '{"script":"%s","tasks":%s}\n' "$pp_bundle/$2" "$(cat "$3")" >> "$1/bundled.jsonl"
+}
+# pp_record_driver STATE_DIR ID SCRIPT SCHEDULER: appends to drivers.jsonl, where
+# `poolparty cancel` finds the driver jobs.
+pp_record_driver() {
+  printf '{"job_id":"%s","script":"%s","scheduler":"%s"}\n' \
+    "$2" "$pp_bundle/$3" "$4" >> "$1/drivers.jsonl"
 }
 # pp_wait_slurm "IDS" / pp_wait_sge "IDS": wait until those jobs left the queue.
 pp_wait_slurm() {

@@ -170,6 +170,8 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 }
                 return Ok(EXIT_SUCCESS);
             }
+            // Outcomes of jobs a local bundle ran go to the ledger first, to be reused.
+            bundle::collect_local(&m, &layout)?;
             let prepared = prepare(&m, &graph, &layout, &selected)?;
             let opts = RunOptions {
                 backend: g.backend,
@@ -318,10 +320,12 @@ fn write_bundle(
 }
 
 /// `poolparty cancel`: stops a live runner on this host (SIGTERM; it cancels and records its
-/// jobs), or, with no runner, cancels the arrays recorded in `submissions.jsonl` that have
-/// jobs without an outcome and records those jobs as interrupted.
+/// jobs); then, holding the workflow, cancels the driver jobs of a detached run that have not
+/// ended (first, so none starts) and the arrays recorded in `submissions.jsonl` that have
+/// jobs without an outcome, and records those jobs as interrupted.
 fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
     use std::collections::{BTreeMap, HashSet};
+    let mut stopped_runner = false;
     let lock = match store::lock(layout, "cancel") {
         Ok(lock) => lock,
         Err(Error::Locked { path, holder }) => {
@@ -353,9 +357,11 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
             loop {
                 std::thread::sleep(std::time::Duration::from_millis(200));
-                if store::lock(layout, "cancel").is_ok() {
+                if let Ok(lock) = store::lock(layout, "cancel") {
                     eprintln!("poolparty: run {} stopped", h.run);
-                    return Ok(EXIT_SUCCESS);
+                    stopped_runner = true;
+                    // Driver jobs of a detached run may still be queued behind it.
+                    break lock;
                 }
                 if std::time::Instant::now() > deadline {
                     return Err(Error::Usage {
@@ -369,6 +375,22 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
     };
     let run = runner::new_run_id();
     let mut by_scheduler: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // Driver jobs first: cancelling the arrays they wait for would let them start.
+    let mut drivers: Vec<(String, Vec<String>)> = Vec::new();
+    for stage in &m.stages {
+        let name = stage.name.as_str();
+        let open = bundle::open_drivers(layout, name)?;
+        if open.is_empty() {
+            continue;
+        }
+        let mut ids = Vec::new();
+        for (scheduler, id) in open {
+            by_scheduler.entry(scheduler).or_default().push(id.clone());
+            ids.push(id);
+        }
+        drivers.push((name.to_owned(), ids));
+    }
+    let n_drivers: usize = drivers.iter().map(|(_, ids)| ids.len()).sum();
     let mut open_jobs = 0;
     for stage in &m.stages {
         let name = stage.name.as_str();
@@ -421,17 +443,28 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
     }
     for (scheduler, ids) in &by_scheduler {
         backend::cancel_arrays(scheduler, ids)?;
-        eprintln!(
-            "poolparty: cancelled {} on {scheduler}",
-            error::count(ids.len(), "array")
-        );
+        let n_drv = drivers
+            .iter()
+            .flat_map(|(_, d)| d)
+            .filter(|d| ids.contains(d))
+            .count();
+        let mut what = error::count(ids.len() - n_drv, "array");
+        if n_drv > 0 {
+            what = format!("{what} and {}", error::count(n_drv, "driver job"));
+        }
+        eprintln!("poolparty: cancelled {what} on {scheduler}");
+    }
+    for (name, ids) in &drivers {
+        bundle::close_drivers(layout, name, ids)?;
     }
     drop(lock);
     if by_scheduler.is_empty() {
-        eprintln!(
-            "poolparty: nothing to cancel: no runner is active and no submitted job lacks an outcome"
-        );
-    } else {
+        if !stopped_runner {
+            eprintln!(
+                "poolparty: nothing to cancel: no runner is active and no submitted job lacks an outcome"
+            );
+        }
+    } else if open_jobs > 0 || n_drivers == 0 {
         eprintln!(
             "poolparty: {} recorded as interrupted",
             error::count(open_jobs, "job")
@@ -507,7 +540,12 @@ fn prepare(
                 let env = plan::stage_env(m, stage, layout, &upstream);
                 Some(jobs::run_generator(m, stage, &rendered, &env)?)
             }
-            JobSource::Generate(_) => None,
+            JobSource::Generate(cmd) => {
+                // Its jobs come later, but an undefined variable in the command is known now.
+                let base = plan::base_context(m, stage, layout, &upstream);
+                plan::render_generator(m, stage, cmd, &base)?;
+                None
+            }
             JobSource::ForEach(_) => {
                 let up = graph.needs(i)[0];
                 if let Some((up_jobs, _)) = &prepared[up] {

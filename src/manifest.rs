@@ -387,6 +387,15 @@ impl WallTime {
                 "`{text}` is not a duration: write e.g. `90s`, `30m`, `2h`, `1d12h` or `1:30:00`"
             )
         };
+        // At most 100 years, so adding it to a clock never overflows.
+        let too_long = || format!("`{text}` is too long: the longest duration is 100 years");
+        let limit = |secs: u64| {
+            if secs > 100 * 365 * 86_400 {
+                Err(too_long())
+            } else {
+                Ok(Self(Duration::from_secs(secs)))
+            }
+        };
         let t = text.trim();
         if t.contains(':') {
             let parts: Vec<&str> = t.split(':').collect();
@@ -395,13 +404,18 @@ impl WallTime {
             }
             let mut secs = 0u64;
             for p in parts {
-                secs = secs * 60 + p.parse::<u64>().map_err(|_| bad())?;
+                secs = secs
+                    .checked_mul(60)
+                    .and_then(|s| s.checked_add(p.parse::<u64>().ok()?))
+                    .ok_or_else(|| {
+                        if p.parse::<u64>().is_ok() {
+                            too_long()
+                        } else {
+                            bad()
+                        }
+                    })?;
             }
-            return if secs == 0 {
-                Err(bad())
-            } else {
-                Ok(Self(Duration::from_secs(secs)))
-            };
+            return if secs == 0 { Err(bad()) } else { limit(secs) };
         }
         let mut total = 0u64;
         let mut num = String::new();
@@ -419,14 +433,17 @@ impl WallTime {
                 _ => return Err(bad()),
             };
             let n: u64 = num.parse().map_err(|_| bad())?;
-            total += n * unit;
+            total = n
+                .checked_mul(unit)
+                .and_then(|x| x.checked_add(total))
+                .ok_or_else(too_long)?;
             num.clear();
             seen_unit = true;
         }
         if !num.is_empty() || !seen_unit || total == 0 {
             return Err(bad());
         }
-        Ok(Self(Duration::from_secs(total)))
+        limit(total)
     }
 
     /// Slurm's `--time` format: `D-HH:MM:SS`.
@@ -729,6 +746,16 @@ fn validate(path: &Path, raw: RawManifest, src: Source, text: &str) -> Result<Ma
             .map_err(|m| err(span, m.clone(), "invalid stage name", None))?;
         let stage = validate_stage(name, span, rs, &raw.defaults, &dir, &err)?;
         check_templates(&stage, &src)?;
+        // `POOLPARTY_NEEDS_<STAGE>_*` upper-cases names and turns `-` into `_`.
+        let env_key = |n: &StageName| n.as_str().to_uppercase().replace('-', "_");
+        if let Some(other) = stages.iter().find(|s: &&Stage| env_key(&s.name) == env_key(&stage.name)) {
+            return Err(err(
+                stage.span,
+                format!("stages `{}` and `{}` differ only in case or `-`/`_`", other.name, stage.name),
+                "clashes with another stage name",
+                Some("their `POOLPARTY_NEEDS_<STAGE>_*` variables would be the same: rename one".to_owned()),
+            ));
+        }
         stages.push(stage);
     }
     let hash = crate::jobs::sha256_hex(text.as_bytes());
@@ -1065,7 +1092,17 @@ mod tests {
         );
         assert_eq!(WallTime::parse("1:30:00").unwrap().slurm(), "0-01:30:00");
         assert_eq!(WallTime::parse("25h").unwrap().hms(), "25:00:00");
-        for bad in ["", "10", "1x", "0s", "h", "1:2:3:4"] {
+        for bad in [
+            "",
+            "10",
+            "1x",
+            "0s",
+            "h",
+            "1:2:3:4",
+            "999999999999999999d",
+            "99999999999999999:0:0",
+            "36501d",
+        ] {
             assert!(WallTime::parse(bad).is_err(), "{bad}");
         }
     }

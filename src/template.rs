@@ -289,13 +289,19 @@ fn unclosed_block(text: &str) -> Option<(usize, String)> {
     open.pop()
 }
 
+/// The byte offset of a 1-based line and column; the parser counts columns in characters.
 fn offset_of(text: &str, line: usize, col: usize) -> usize {
     let start: usize = text
         .split_inclusive('\n')
         .take(line.saturating_sub(1))
         .map(str::len)
         .sum();
-    (start + col.saturating_sub(1)).min(text.len())
+    let rest = text.get(start..).unwrap_or("");
+    let within = rest
+        .char_indices()
+        .nth(col.saturating_sub(1))
+        .map_or(rest.len(), |(i, _)| i);
+    (start + within).min(text.len())
 }
 
 /// Turns `{{path}}` into `{{pp_quote path}}` (or `pp_raw`), and `{{{path}}}` into

@@ -475,6 +475,16 @@ fn bad_duration_in_defaults() {
 }
 
 #[test]
+fn duration_overflow_is_an_error_not_a_crash() {
+    reject(
+        "duration_overflow_is_an_error_not_a_crash",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [1]\ntime = \"999999999999999999d\"\nrun = \"touch ran\"\n",
+        &[],
+        &["`999999999999999999d` is too long", "poolparty.toml:5:8"],
+    );
+}
+
+#[test]
 fn max_parallel_zero() {
     reject(
         "max_parallel_zero",
@@ -582,6 +592,21 @@ fn undefined_job_field_suggests() {
             "`job.nme` is not defined",
             "did you mean `name`?",
             "poolparty.toml:5:18",
+        ],
+    );
+}
+
+#[test]
+fn undefined_job_field_after_non_ascii_text() {
+    // The template parser counts columns in characters; the label must still land on the tag.
+    reject(
+        "undefined_job_field_after_non_ascii_text",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [{ name = \"x\" }]\nrun = \"echo ééé {{job.nme}}\"\n",
+        &[],
+        &[
+            "`job.nme` is not defined",
+            "did you mean `name`?",
+            "poolparty.toml:5:20",
         ],
     );
 }

@@ -42,13 +42,11 @@ fn sh(program: &str, args: &[&str]) -> (bool, String) {
     }
 }
 
-/// One `<job_list>` of `qstat -xml`: job id, name, state, task list.
+/// One `<job_list>` of `qstat -xml`: job id and name.
 #[derive(Debug, Clone)]
 struct Listed {
     id: String,
     name: String,
-    state: String,
-    tasks: String,
 }
 
 fn xml_tag<'a>(block: &'a str, name: &str) -> &'a str {
@@ -79,8 +77,6 @@ fn qstat() -> Option<Vec<Listed>> {
                 Listed {
                     id: xml_tag(b, "JB_job_number").to_owned(),
                     name: xml_tag(b, "JB_name").to_owned(),
-                    state: xml_tag(b, "state").to_owned(),
-                    tasks: xml_tag(b, "tasks").to_owned(),
                 }
             })
             .collect(),
@@ -92,8 +88,14 @@ fn qstat() -> Option<Vec<Listed>> {
 /// tests.
 struct Cluster {
     workflow: String,
+    _across: nix::fcntl::Flock<std::fs::File>,
     _serial: MutexGuard<'static, ()>,
 }
+
+/// Held by the test using the cluster, across processes: another `cargo test` running these
+/// tests at the same time (another checkout, another engineer) waits instead of stopping the
+/// qmaster under this one.
+const LOCK_FILE: &str = "/tmp/poolparty-sge-tests.lock";
 
 impl Drop for Cluster {
     fn drop(&mut self) {
@@ -118,6 +120,13 @@ impl Drop for Cluster {
 /// that serializes the Grid Engine tests. `workflow` names the test's workflow (for cleanup).
 fn cluster(workflow: &str) -> Cluster {
     let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(LOCK_FILE)
+        .unwrap_or_else(|e| panic!("{LOCK_FILE}: {e}"));
+    let across = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("flock {LOCK_FILE}: {e}"));
     let up = UP.get_or_init(|| {
         let script = clusters_dir().join("sge-up.sh");
         let (ok, out) = sh("bash", &[script.to_str().unwrap()]);
@@ -128,6 +137,7 @@ fn cluster(workflow: &str) -> Cluster {
     }
     Cluster {
         workflow: workflow.to_owned(),
+        _across: across,
         _serial: serial,
     }
 }
@@ -341,7 +351,7 @@ fn logged(log: &Path, cmd: &str) -> Vec<String> {
 
 /// Each job writes a small JSON result; the same manifest on the local backend gives
 /// byte-identical `results` (both formats, with and without the jobs). The scheduler is asked
-/// once per poll: one `qconf -sconf` per stage, one `qsub` per array (stage `a` fits one), and
+/// once per poll: one `qconf -sconf` per run, one `qsub` per array (stage `a` fits one), and
 /// `qstat` calls at least a poll interval apart.
 #[test]
 fn results_match_the_local_backend_with_one_qstat_per_poll() {
@@ -349,7 +359,7 @@ fn results_match_the_local_backend_with_one_qstat_per_poll() {
     let n = 10;
     let manifest = format!(
         "{}[stages.a]\njobs = {}\nrun = \"printf '{{\\\"n\\\": %s, \\\"sq\\\": %s, \\\"s\\\": \\\"x%s\\\"}}' {{{{job}}}} $(( {{{{job}}}} * {{{{job}}}} )) {{{{job}}}} > $POOLPARTY_RESULT\"\n\
-         [stages.b]\nfor_each = \"a\"\nresult = \"stdout\"\nrun = \"echo {{{{job.result.sq}}}}\"\n",
+         [stages.b]\nfor_each = \"a\"\nresult = \"stdout\"\nrun = \"echo {{{{job.result}}}}\"\n",
         header("sgeok", ""),
         numbers(n)
     );
@@ -387,16 +397,17 @@ fn results_match_the_local_backend_with_one_qstat_per_poll() {
         local.code(0);
         assert_eq!(cluster.stdout, local.stdout, "{args:?}");
     }
-    assert_eq!(
-        t.run(&["results", "--stage", "b"]).stdout,
-        format!(
-            "[{}]\n",
-            (0..n)
-                .map(|i| (i * i).to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    );
+    // Stage `b` got each upstream result through its job and echoed it back.
+    let a: Vec<Value> = serde_json::from_str(&t.run(&["results", "--stage", "a"]).stdout).unwrap();
+    let b: Vec<Value> = serde_json::from_str(&t.run(&["results", "--stage", "b"]).stdout).unwrap();
+    assert_eq!(a, b);
+    for (i, r) in a.iter().enumerate() {
+        let i = i as u64;
+        assert_eq!(
+            r,
+            &serde_json::json!({"n": i, "sq": i * i, "s": format!("x{i}")})
+        );
+    }
 
     // Scheduler calls, from the logging wrappers.
     let calls = std::fs::read_to_string(&log).unwrap();
@@ -418,8 +429,8 @@ fn results_match_the_local_backend_with_one_qstat_per_poll() {
         count("qconf"),
         count("qdel")
     );
-    // One configuration read per stage, no delete; stage `a` is one array.
-    assert_eq!(count("qconf"), 2, "{calls}");
+    // One configuration read per run, no delete; stage `a` is one array.
+    assert_eq!(count("qconf"), 1, "{calls}");
     assert!(
         logged(&log, "qconf").iter().all(|a| a == "-sconf"),
         "{calls}"
@@ -481,7 +492,8 @@ fn failing_jobs_are_named_with_code_and_log() {
     let s = summary(&t, "sgefail");
     assert_eq!(s["verdict"], "jobs_failed");
     assert_eq!(s["stages"][0]["backend"], "sge");
-    let failed: Vec<(String, i64, String)> = s["stages"][0]["failed"]
+    // In the order the jobs ended.
+    let mut failed: Vec<(String, i64, String)> = s["stages"][0]["failed"]
         .as_array()
         .unwrap()
         .iter()
@@ -493,6 +505,7 @@ fn failing_jobs_are_named_with_code_and_log() {
             )
         })
         .collect();
+    failed.sort();
     assert_eq!(failed.len(), 2, "{failed:?}");
     for ((id, code, log), (want_id, want_code)) in failed.iter().zip([("bad3", 3), ("bad7", 7)]) {
         assert_eq!((id.as_str(), *code), (want_id, want_code));
@@ -966,25 +979,50 @@ impl Drop for QmasterBack {
 }
 
 /// sge_qmaster is down for 20 s while jobs run and wait; the run rides it out: exit 0, every
-/// job exactly once.
+/// job exactly once. Meanwhile `qstat` and `qsub` fail in ways the backend reads as worth
+/// retrying.
 #[test]
 fn qmaster_outage_is_survived() {
+    use poolparty::backend::cluster::Scheduler;
+
     let _c = cluster("sgeoutage");
     let n = 20;
     let t = Test::new()
         .manifest(&format!(
             "{}[stages.a]\njobs = {}\n\
-             run = \"touch {{{{workflow.dir}}}}/ready/{{{{job}}}}; sleep $(( {{{{job}}}} % 2 + 1 )); echo {{{{job}}}} >> {{{{workflow.dir}}}}/ran; echo {{{{job}}}} > $POOLPARTY_RESULT\"\n",
+             run = \"touch {{{{workflow.dir}}}}/ready/{{{{job}}}}; sleep $(( {{{{job}}}} % 2 + 3 )); echo {{{{job}}}} >> {{{{workflow.dir}}}}/ran; echo {{{{job}}}} > $POOLPARTY_RESULT\"\n",
             header("sgeoutage", "max_parallel = 4"),
             numbers(n)
         ))
-        .file("ready/.keep", "");
+        .file("ready/.keep", "")
+        .file(
+            "probe.sh",
+            "#!/bin/sh\n#$ -h\n#$ -N pp-sgeoutage-probe\n#$ -o /dev/null\n#$ -e /dev/null\ntrue\n",
+        );
     let mut run = Running::start(&t, &["run"], "run");
     let ready = t.path().join("ready");
     run_until_a_job_started(&mut run, &t, &ready, "sgeoutage");
 
     let mut back = QmasterBack(false);
     QmasterBack::ctl("stop-master");
+    // The outage hits the run with work left (20 jobs of 3-4 s, 4 at a time, take > 17 s).
+    let ran = std::fs::read_to_string(t.path().join("ran")).unwrap_or_default();
+    assert!(
+        (ran.lines().count() as u64) < n,
+        "every job ran before the qmaster stopped: the test tests nothing"
+    );
+    let mut sge = poolparty::backend::sge::Sge;
+    match sge.query(&["1".to_owned()]) {
+        Ok(m) => panic!("qstat answered while the qmaster is down: {m:?}"),
+        Err(e) => assert!(e.transient, "qstat failure not transient: {}", e.message),
+    }
+    match sge.submit(&t.path().join("probe.sh")) {
+        Ok(id) => {
+            let _ = sh("qdel", &[&id]);
+            panic!("qsub succeeded while the qmaster is down: {id}");
+        }
+        Err(e) => assert!(e.transient, "qsub failure not transient: {}", e.message),
+    }
     std::thread::sleep(Duration::from_secs(20));
     QmasterBack::ctl("start-master");
     back.0 = true;
@@ -1004,6 +1042,106 @@ fn qmaster_outage_is_survived() {
     }
     assert_eq!(t.run(&["results"]).stdout, format!("{}\n", numbers(n)));
     assert_eq!(summary(&t, "sgeoutage")["verdict"], "succeeded");
+}
+
+/// SIGINT stops the run (exit 130): every array of the stage is deleted, so nothing is left
+/// running or queued on the cluster, and every job is recorded as interrupted.
+#[test]
+fn interrupt_deletes_every_task_on_the_cluster() {
+    let _c = cluster("sgeint");
+    let n = 15;
+    let t = Test::new()
+        .manifest(&format!(
+            "{}[stages.a]\njobs = {}\nrun = \"touch {{{{workflow.dir}}}}/ready/{{{{job}}}}; sleep 300\"\n",
+            header("sgeint", ""),
+            numbers(n)
+        ))
+        .file("ready/.keep", "");
+    let mut run = Running::start(&t, &["run"], "run");
+    let ready = t.path().join("ready");
+    run_until_a_job_started(&mut run, &t, &ready, "sgeint");
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &run.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let r = run.wait(60);
+    r.code(130);
+    let s = summary(&t, "sgeint");
+    assert_eq!(s["verdict"], "interrupted");
+    let got = attempts(&t, "sgeint", "a");
+    assert_eq!(got.len() as u64, n);
+    for (i, a) in &got {
+        assert_eq!(a, &[(1, "interrupted".to_owned())], "job {i}");
+    }
+    let ids: BTreeSet<String> = submissions(&t, "sgeint", "a")
+        .iter()
+        .map(|s| s["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left: Vec<Listed> = qstat()
+            .expect("qstat answers")
+            .into_iter()
+            .filter(|j| ids.contains(&j.id))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tasks still listed 60 s after the interrupt: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `qsub` failing because the qmaster cannot be reached (Grid Engine's own message) does not
+/// end the run: the jobs stay queued and each poll tries again, without blocking.
+#[test]
+fn transient_qsub_failures_are_retried_at_later_polls() {
+    let _c = cluster("sgeflaky");
+    let n = 4;
+    let t = Test::new().manifest(&format!(
+        "{}[stages.a]\njobs = {}\nrun = \"echo {{{{job}}}} >> {{{{workflow.dir}}}}/ran; echo {{{{job}}}} > $POOLPARTY_RESULT\"\n",
+        header("sgeflaky", ""),
+        numbers(n)
+    ));
+    let bin = t.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let counter = t.path().join("qsub-calls");
+    let qsub = bin.join("qsub");
+    std::fs::write(
+        &qsub,
+        format!(
+            "#!/bin/sh\nc='{}'\nn=$(( $(cat \"$c\" 2>/dev/null || echo 0) + 1 ))\necho $n > \"$c\"\n\
+             if [ $n -le 4 ]; then\n  echo 'error: commlib error: got select error (Connection refused)' >&2\n  \
+             echo 'Unable to run job: unable to send message to qmaster using port 6444 on host \"'\"$(hostname)\"'\": got send error.' >&2\n  \
+             echo 'Exiting.' >&2\n  exit 1\nfi\n\
+             exec /usr/bin/qsub \"$@\"\n",
+            counter.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&qsub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let t = t.env("PATH", &path);
+    t.run(&["run"]).code(0).stderr_has("every job succeeded");
+    assert_eq!(t.read("qsub-calls").trim(), "5");
+    assert_each_ran_once(&t, "ran", n);
+    assert_each_succeeded_once(&t, "sgeflaky", "a", n);
+    assert_eq!(submissions(&t, "sgeflaky", "a").len(), 1);
+    // The scripts of the failed tries are gone.
+    let scripts = std::fs::read_dir(t.state("sgeflaky").join("a/scripts"))
+        .unwrap()
+        .count();
+    assert_eq!(scripts, 1);
 }
 
 /// An array script qsub refuses (unknown queue) is a backend error: exit 3, qsub's reason

@@ -275,9 +275,9 @@ fn call_logger(t: &Test) -> (String, PathBuf) {
 }
 
 /// Each job writes a small JSON result; the same manifest on the local backend gives
-/// byte-identical `results` (both formats, with and without the jobs). The scheduler is asked
-/// once per poll: one `scontrol show config`, one `sbatch` (10 jobs fit one array), and
-/// `squeue` calls at least a poll interval apart.
+/// byte-identical `results` (several formats, with and without the jobs). Scheduler calls,
+/// logged by wrappers on PATH: one `scontrol show config` per run, one `sbatch` per recorded
+/// array (stage `a`'s 10 jobs fit one), no `scancel`, and one `squeue` per poll of each stage.
 #[test]
 fn results_match_the_local_backend_with_one_squeue_per_poll() {
     let _c = cluster("slok");
@@ -352,8 +352,8 @@ fn results_match_the_local_backend_with_one_squeue_per_poll() {
         count("scontrol"),
         count("scancel")
     );
-    // One configuration read per stage, no cancel; stage `a` is one array.
-    assert_eq!(count("scontrol"), 2, "{calls}");
+    // One configuration read per run, no cancel; stage `a` is one array.
+    assert_eq!(count("scontrol"), 1, "{calls}");
     assert_eq!(count("scancel"), 0, "{calls}");
     let a_arrays = submissions(&t, "slok", "a");
     assert_eq!(a_arrays.len(), 1, "{a_arrays:?}");
@@ -507,14 +507,14 @@ flock "$d/lock" sh -c 'echo $(( $(cat "$1/cur") - 1 )) > "$1/cur"; echo "$2" >> 
 }
 
 /// `bundle = 4`: 10 jobs run in 3 array tasks (4, 4, 2), each job with its own outcome, log
-/// and result.
+/// and result. The task's time limit covers its four jobs (`time` limits one job).
 #[test]
 fn bundles_put_several_jobs_in_one_task() {
     let _c = cluster("slbundle");
     let n = 10;
     let t = Test::new().manifest(&format!(
         "{}[stages.a]\njobs = {}\nrun = \"echo out-{{{{job}}}}; echo err-{{{{job}}}} >&2; echo {{{{job}}}} > $POOLPARTY_RESULT\"\n",
-        header("slbundle", "bundle = 4"),
+        header("slbundle", "bundle = 4\ntime = \"1m\""),
         numbers(n)
     ));
     t.run(&["run"]).code(0).stderr_has("every job succeeded");
@@ -528,6 +528,7 @@ fn bundles_put_several_jobs_in_one_task() {
     assert_eq!(scripts.len(), 1, "{scripts:?}");
     let script = std::fs::read_to_string(&scripts[0]).unwrap();
     assert!(script.contains("#SBATCH --array=0-2\n"), "{script}");
+    assert!(script.contains("#SBATCH --time=0-00:04:00\n"), "{script}");
     let runs_per_task: Vec<usize> = script
         .split("\n0)\n")
         .nth(1)
@@ -807,4 +808,108 @@ fn telescope_example_runs_unchanged_on_slurm() {
     let parsed: Vec<Value> = serde_json::from_str(&got).unwrap();
     assert_eq!(parsed.len(), 8, "{got}");
     assert_eq!(got, results(&local));
+}
+
+/// SIGINT stops the run (exit 130): every array of the stage is cancelled, so nothing is left
+/// running or queued on the cluster, and every job is recorded as interrupted.
+#[test]
+fn interrupt_cancels_every_task_on_the_cluster() {
+    let _c = cluster("slint");
+    let n = 15;
+    let t = Test::new()
+        .manifest(&format!(
+            "{}[stages.a]\njobs = {}\nrun = \"touch {{{{workflow.dir}}}}/ready/{{{{job}}}}; sleep 300\"\n",
+            header("slint", ""),
+            numbers(n)
+        ))
+        .file("ready/.keep", "");
+    let mut run = Running::start(&t, &["run"], "run");
+    let ready = t.path().join("ready");
+    run_until_a_job_started(&mut run, &t, &ready, "slint");
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &run.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let r = run.wait(60);
+    r.code(130);
+    let s = summary(&t, "slint");
+    assert_eq!(s["verdict"], "interrupted");
+    let got = attempts(&t, "slint", "a");
+    assert_eq!(got.len() as u64, n);
+    for (i, a) in &got {
+        assert_eq!(a, &[(1, "interrupted".to_owned())], "job {i}");
+    }
+    // 15 jobs: two arrays, both cancelled.
+    let ids: Vec<String> = submissions(&t, "slint", "a")
+        .iter()
+        .map(|s| s["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = std::process::Command::new("squeue")
+            .args(["-h", "-t", "all", "-o", "%i|%T", "-j", &ids.join(",")])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let active: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.ends_with("|CANCELLED") && !l.ends_with("|COMPLETED"))
+            .collect();
+        if out.status.success() && active.is_empty() {
+            assert!(text.contains("|CANCELLED"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tasks still active 60 s after the interrupt:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `sbatch` failing with "Unable to contact slurm controller" (an unreachable controller) does
+/// not end the run: the jobs stay queued and each poll tries again, without blocking.
+#[test]
+fn transient_sbatch_failures_are_retried_at_later_polls() {
+    let _c = cluster("slflaky");
+    let n = 4;
+    let t = Test::new().manifest(&format!(
+        "{}[stages.a]\njobs = {}\nrun = \"echo {{{{job}}}} >> {{{{workflow.dir}}}}/ran; echo {{{{job}}}} > $POOLPARTY_RESULT\"\n",
+        header("slflaky", ""),
+        numbers(n)
+    ));
+    let bin = t.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let counter = t.path().join("sbatch-calls");
+    let sbatch = bin.join("sbatch");
+    std::fs::write(
+        &sbatch,
+        format!(
+            "#!/bin/sh\nc='{}'\nn=$(( $(cat \"$c\" 2>/dev/null || echo 0) + 1 ))\necho $n > \"$c\"\n\
+             if [ $n -le 4 ]; then\n  echo 'sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)' >&2\n  exit 1\nfi\n\
+             exec /usr/bin/sbatch \"$@\"\n",
+            counter.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sbatch, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let t = t.env("PATH", &path);
+    t.run(&["run"]).code(0).stderr_has("every job succeeded");
+    assert_eq!(t.read("sbatch-calls").trim(), "5");
+    assert_each_ran_once(&t, "ran", n);
+    assert_each_succeeded_once(&t, "slflaky", "a", n);
+    assert_eq!(submissions(&t, "slflaky", "a").len(), 1);
+    // The scripts of the failed tries are gone.
+    let scripts = std::fs::read_dir(t.state("slflaky").join("a/scripts"))
+        .unwrap()
+        .count();
+    assert_eq!(scripts, 1);
 }

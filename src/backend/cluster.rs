@@ -212,12 +212,19 @@ pub struct ClusterBackend {
     calls: usize,
     cancelled: bool,
     arrays: usize,
+    /// Since when submissions fail with errors worth retrying (an unreachable controller).
+    submit_failing: Option<Instant>,
 }
 
 /// How long a task may be gone from the queue without an outcome before it counts as lost
 /// (outcome files may lag on shared file systems; a controller may show stale states after an
 /// outage).
 pub const LOST_GRACE: Duration = Duration::from_secs(20);
+
+/// How long submissions may keep failing with errors worth retrying (the controller is
+/// unreachable: restarted, failing over) before the run gives up. Meanwhile the jobs stay
+/// queued here and each poll tries again, so the runner is never blocked.
+pub const SUBMIT_PATIENCE: Duration = Duration::from_secs(600);
 
 impl ClusterBackend {
     /// A backend submitting through `sched`.
@@ -269,6 +276,7 @@ impl ClusterBackend {
             calls: 0,
             cancelled: false,
             arrays: 0,
+            submit_failing: None,
             spec,
         })
     }
@@ -321,6 +329,14 @@ impl ClusterBackend {
             })
             .collect();
         let throttle = s.max_parallel;
+        // `time` limits one job; a bundled task runs its jobs one after another, so its limit
+        // is that of its largest bundle.
+        let per_task =
+            u32::try_from(tasks.iter().map(Vec::len).max().unwrap_or(1).max(1)).unwrap_or(u32::MAX);
+        let time = s.time.map(|t| {
+            self.sched
+                .format_time(crate::manifest::WallTime(t.0.saturating_mul(per_task)))
+        });
         let ctx = json!({
             "workflow": self.spec.workflow,
             "stage": self.spec.name,
@@ -331,7 +347,7 @@ impl ClusterBackend {
             "tasks": tasks.len(),
             "jobs": tasks.iter().map(Vec::len).sum::<usize>(),
             "cwd": p(&self.spec.cwd),
-            "time": s.time.map(|t| self.sched.format_time(t)),
+            "time": time,
             "cpus": s.resources.cpus,
             "memory": s.resources.memory,
             "partition": s.resources.partition,
@@ -396,7 +412,42 @@ impl ClusterBackend {
                 .map_err(|e| Error::store("create", &self.scripts_dir, e))?;
             let path = self.scripts_dir.join(format!("{name}.sh"));
             crate::store::atomic_write(&path, script.as_bytes())?;
-            let job_id = self.submit_with_retry(&path)?;
+            self.calls += 1;
+            let job_id = match self.sched.submit(&path) {
+                Ok(id) => id,
+                Err(e) if e.transient => {
+                    // Keep the jobs queued (in order) and try again at the next poll.
+                    let _ = std::fs::remove_file(&path);
+                    self.arrays -= 1;
+                    for l in launches.into_iter().rev() {
+                        self.pending.push_front(l);
+                    }
+                    let since = *self.submit_failing.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= SUBMIT_PATIENCE {
+                        return Err(Error::Backend {
+                            backend: self.sched.name(),
+                            message: format!(
+                                "could not submit the jobs of stage `{}`: the scheduler kept failing for {} s",
+                                self.spec.name,
+                                since.elapsed().as_secs()
+                            ),
+                            detail: Some(e.message),
+                        });
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    return Err(Error::Backend {
+                        backend: self.sched.name(),
+                        message: format!(
+                            "the scheduler refused the array script `{}`",
+                            path.display()
+                        ),
+                        detail: Some(e.message),
+                    });
+                }
+            };
+            self.submit_failing = None;
             let first = self.sched.first_index();
             let mut record = Vec::with_capacity(tasks.len());
             for (t, launches) in tasks.into_iter().enumerate() {
@@ -432,37 +483,6 @@ impl ClusterBackend {
             });
         }
         Ok(())
-    }
-
-    fn submit_with_retry(&mut self, script: &Path) -> Result<String> {
-        let mut delay = Duration::from_secs(2);
-        let mut last = String::new();
-        for _ in 0..4 {
-            self.calls += 1;
-            match self.sched.submit(script) {
-                Ok(id) => return Ok(id),
-                Err(e) if e.transient => {
-                    last = e.message;
-                    std::thread::sleep(delay);
-                    delay *= 2;
-                }
-                Err(e) => {
-                    return Err(Error::Backend {
-                        backend: self.sched.name(),
-                        message: format!(
-                            "the scheduler refused the array script `{}`",
-                            script.display()
-                        ),
-                        detail: Some(e.message),
-                    });
-                }
-            }
-        }
-        Err(Error::Backend {
-            backend: self.sched.name(),
-            message: format!("could not submit `{}` after 4 tries", script.display()),
-            detail: Some(last),
-        })
     }
 
     /// Reads every outcome file in the staging folder (one `read_dir`) and reports them.

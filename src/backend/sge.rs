@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use super::cluster::{CallError, Scheduler, TaskState, call};
 use crate::error::Result;
@@ -34,16 +35,22 @@ impl Scheduler for Sge {
         1
     }
     fn max_array_tasks(&mut self) -> Result<usize> {
-        // The count bound; an unreadable configuration falls back to Grid Engine's default.
-        Ok(call("qconf", &["-sconf"], TRANSIENT)
-            .ok()
-            .and_then(|out| {
-                out.lines().find_map(|l| {
-                    let mut it = l.split_whitespace();
-                    (it.next() == Some("max_aj_tasks")).then(|| it.next()?.parse().ok())?
-                })
-            })
-            .unwrap_or(75_000))
+        // The count bound (`max_aj_tasks`, global configuration), asked once per process:
+        // every stage of a run submits to the same cluster, and a stage starting while the
+        // qmaster is unreachable then needs no answer from it. A configuration that cannot be
+        // read falls back to Grid Engine's default (not remembered, so the next stage asks
+        // again); 0 means unlimited.
+        static MAX_AJ_TASKS: OnceLock<usize> = OnceLock::new();
+        if let Some(&n) = MAX_AJ_TASKS.get() {
+            return Ok(n);
+        }
+        match call("qconf", &["-sconf"], TRANSIENT) {
+            Ok(out) => {
+                let n = parse_max_aj_tasks(&out).unwrap_or(DEFAULT_MAX_AJ_TASKS);
+                Ok(*MAX_AJ_TASKS.get_or_init(|| n))
+            }
+            Err(_) => Ok(DEFAULT_MAX_AJ_TASKS),
+        }
     }
     fn array_spec(&self, tasks: usize, _throttle: Option<u32>) -> String {
         format!("1-{tasks}")
@@ -89,6 +96,28 @@ impl Scheduler for Sge {
             other => other.map(|_| ()),
         }
     }
+}
+
+/// Grid Engine's default `max_aj_tasks`.
+const DEFAULT_MAX_AJ_TASKS: usize = 75_000;
+
+/// What `max_aj_tasks = 0` (no limit) is read as: large, yet times any `bundle` still fits a
+/// `usize`.
+const UNLIMITED: usize = i32::MAX as usize;
+
+/// `max_aj_tasks` from `qconf -sconf`; `0` (no limit) is read as [`UNLIMITED`].
+#[must_use]
+pub fn parse_max_aj_tasks(conf: &str) -> Option<usize> {
+    conf.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        if it.next() != Some("max_aj_tasks") {
+            return None;
+        }
+        match it.next()?.parse::<usize>().ok()? {
+            0 => Some(UNLIMITED),
+            n => Some(n),
+        }
+    })
 }
 
 fn tag<'a>(block: &'a str, name: &str) -> Option<&'a str> {
@@ -138,6 +167,14 @@ pub fn parse_qstat_xml(xml: &str) -> HashMap<(String, usize), TaskState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_aj_tasks() {
+        let conf = "#global:\nmax_aj_instances             2000\nmax_aj_tasks                 10\nmax_u_jobs 0\n";
+        assert_eq!(parse_max_aj_tasks(conf), Some(10));
+        assert_eq!(parse_max_aj_tasks("max_aj_tasks 0\n"), Some(UNLIMITED));
+        assert_eq!(parse_max_aj_tasks("max_aj_instances 2000\n"), None);
+    }
 
     #[test]
     fn qstat_xml() {

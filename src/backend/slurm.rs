@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use super::cluster::{CallError, Scheduler, TaskState, call};
 use crate::error::{Error, Result};
@@ -37,12 +38,19 @@ impl Scheduler for Slurm {
         0
     }
     fn max_array_tasks(&mut self) -> Result<usize> {
+        // Asked once per process: every stage of a run submits to the same cluster, and a
+        // stage starting while the controller is unreachable then needs no answer from it.
+        static MAX_ARRAY_SIZE: OnceLock<usize> = OnceLock::new();
+        if let Some(&n) = MAX_ARRAY_SIZE.get() {
+            return Ok(n);
+        }
         let out = call("scontrol", &["show", "config"], TRANSIENT).map_err(|e| Error::Backend {
             backend: "slurm",
             message: "cannot read the cluster's configuration".into(),
             detail: Some(e.message),
         })?;
-        Ok(parse_max_array_size(&out).unwrap_or(1001))
+        let n = parse_max_array_size(&out).unwrap_or(1001);
+        Ok(*MAX_ARRAY_SIZE.get_or_init(|| n))
     }
     fn array_spec(&self, tasks: usize, throttle: Option<u32>) -> String {
         let mut s = format!("0-{}", tasks.saturating_sub(1));
