@@ -424,39 +424,38 @@ pub fn write(
                     let script = backend.render(&tasks, &format!("{BUNDLE_RUN}-{}", k + 1))?;
                     let path = dir.join(format!("{label}.sh"));
                     std::fs::write(&path, script).map_err(io(&path))?;
-                    // Local scripts record each job's fingerprint: nothing else will.
-                    let record = if kind == BackendKind::Local {
-                        let r: Vec<Vec<BundledJob>> = tasks
-                            .iter()
-                            .map(|t| {
-                                t.iter()
+                    // One task per line, so bundles diff line by line. Local scripts record
+                    // each job's fingerprint: nothing else will.
+                    let lines: Vec<String> = tasks
+                        .iter()
+                        .map(|t| {
+                            if kind == BackendKind::Local {
+                                let r: Vec<BundledJob> = t
+                                    .iter()
                                     .map(|l| BundledJob {
                                         index: l.job.index,
                                         id: l.job.id.to_string(),
                                         attempt: l.attempt,
                                         fp: l.job.fp.clone(),
                                     })
-                                    .collect()
-                            })
-                            .collect();
-                        serde_json::to_string(&r)
-                    } else {
-                        let r: Vec<Vec<SubmittedJob>> = tasks
-                            .iter()
-                            .map(|t| {
-                                t.iter()
+                                    .collect();
+                                serde_json::to_string(&r)
+                            } else {
+                                let r: Vec<SubmittedJob> = t
+                                    .iter()
                                     .map(|l| SubmittedJob {
                                         index: l.job.index,
                                         id: l.job.id.to_string(),
                                         attempt: l.attempt,
                                     })
-                                    .collect()
-                            })
-                            .collect();
-                        serde_json::to_string(&r)
-                    };
+                                    .collect();
+                                serde_json::to_string(&r)
+                            }
+                            .expect("serializes")
+                        })
+                        .collect();
                     let tasks_path = dir.join(format!("{label}.tasks.json"));
-                    std::fs::write(&tasks_path, record.expect("serializes"))
+                    std::fs::write(&tasks_path, format!("[\n{}\n]\n", lines.join(",\n")))
                         .map_err(io(&tasks_path))?;
                     let rel_path = rel.join(format!("{label}.sh"));
                     let rel_tasks = rel.join(format!("{label}.tasks.json"));
@@ -594,12 +593,12 @@ pp_submit_sge() {
 # TASKS relative to this folder).
 pp_record() {
   printf '{"job_id":"%s","script":"%s","run":"bundle","scheduler":"%s","tasks":%s}\n' \
-    "$2" "$pp_bundle/$3" "$4" "$(cat "$5")" >> "$1/submissions.jsonl"
+    "$2" "$pp_bundle/$3" "$4" "$(tr -d '\n' < "$5")" >> "$1/submissions.jsonl"
 }
 # pp_record_local STATE_DIR SCRIPT TASKS: appends to bundled.jsonl, where `poolparty run`
 # finds the local jobs whose outcomes it collects.
 pp_record_local() {
-  printf '{"script":"%s","tasks":%s}\n' "$pp_bundle/$2" "$(cat "$3")" >> "$1/bundled.jsonl"
+  printf '{"script":"%s","tasks":%s}\n' "$pp_bundle/$2" "$(tr -d '\n' < "$3")" >> "$1/bundled.jsonl"
 }
 # pp_record_driver STATE_DIR ID SCRIPT SCHEDULER: appends to drivers.jsonl, where
 # `poolparty cancel` finds the driver jobs.

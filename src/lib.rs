@@ -564,7 +564,14 @@ fn prepare(
                             json: String::new(),
                             value,
                         };
-                        renderer.plan(&probe)?;
+                        match renderer.plan(&probe) {
+                            // The upstream result's shape is unknown before it exists.
+                            Err(Error::Template { message, .. })
+                                if message.contains("`job.result.") => {}
+                            other => {
+                                other?;
+                            }
+                        }
                     }
                 }
                 None

@@ -748,12 +748,21 @@ fn validate(path: &Path, raw: RawManifest, src: Source, text: &str) -> Result<Ma
         check_templates(&stage, &src)?;
         // `POOLPARTY_NEEDS_<STAGE>_*` upper-cases names and turns `-` into `_`.
         let env_key = |n: &StageName| n.as_str().to_uppercase().replace('-', "_");
-        if let Some(other) = stages.iter().find(|s: &&Stage| env_key(&s.name) == env_key(&stage.name)) {
+        if let Some(other) = stages
+            .iter()
+            .find(|s: &&Stage| env_key(&s.name) == env_key(&stage.name))
+        {
             return Err(err(
                 stage.span,
-                format!("stages `{}` and `{}` differ only in case or `-`/`_`", other.name, stage.name),
+                format!(
+                    "stages `{}` and `{}` differ only in case or `-`/`_`",
+                    other.name, stage.name
+                ),
                 "clashes with another stage name",
-                Some("their `POOLPARTY_NEEDS_<STAGE>_*` variables would be the same: rename one".to_owned()),
+                Some(
+                    "their `POOLPARTY_NEEDS_<STAGE>_*` variables would be the same: rename one"
+                        .to_owned(),
+                ),
             ));
         }
         stages.push(stage);

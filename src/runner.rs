@@ -62,6 +62,7 @@ struct StageState {
     results: Vec<Option<ResultValue>>,
     attempts: Vec<u32>,
     failures: Vec<u32>,
+    queued: Vec<Launch>,
     base_attempt: Vec<u32>,
     losses: Vec<u32>,
     remaining: usize,
@@ -91,6 +92,7 @@ impl StageState {
             results: Vec::new(),
             attempts: Vec::new(),
             failures: Vec::new(),
+            queued: Vec::new(),
             base_attempt: Vec::new(),
             losses: Vec::new(),
             remaining: 0,
@@ -204,6 +206,7 @@ impl<'a> Runner<'a> {
         loop {
             if !self.interrupted {
                 self.start_ready(prepared)?;
+                self.submit_queued()?;
             }
             self.finish_done_stages()?;
             if self
@@ -220,6 +223,7 @@ impl<'a> Runner<'a> {
                     while let Ok(ev) = self.rx.try_recv() {
                         self.handle(ev)?;
                     }
+                    self.submit_queued()?;
                     if !self.staged.is_empty() {
                         // Outcome files go only once their records are on disk.
                         self.sync_ledgers()?;
@@ -422,7 +426,11 @@ impl<'a> Runner<'a> {
                 |n| n as usize,
             );
         let spec = StageSpec::new(&plan, &self.layout, &manifest.name, &self.run_id, workers);
-        let backend = backend::create(kind, spec, self.tx.clone())?;
+        let mut backend = backend::create(kind, spec, self.tx.clone())?;
+        let record_to = self.layout.submissions(&name);
+        backend.set_recorder(Box::new(move |s| {
+            store::append_lines(&record_to, &[serde_json::to_string(s).expect("serializes")])
+        }));
         let n = jobs.len();
         let st = &mut self.states[i];
         st.planned = if matches!(stage.source, JobSource::ForEach(_)) {
@@ -546,6 +554,22 @@ impl<'a> Runner<'a> {
         Some(Launch { job, attempt })
     }
 
+    /// Submits the retries and element-wise jobs that handling a batch of events produced:
+    /// one submission per stage, not one per job.
+    fn submit_queued(&mut self) -> Result<()> {
+        for i in 0..self.states.len() {
+            let queued = std::mem::take(&mut self.states[i].queued);
+            if matches!(self.states[i].phase, Phase::Running) && !self.interrupted {
+                self.submit(i, queued)?;
+            } else {
+                for l in queued {
+                    self.record_not_run(i, l.job.index, "run interrupted".to_owned())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn submit(&mut self, i: usize, launches: Vec<Launch>) -> Result<()> {
         if launches.is_empty() {
             return Ok(());
@@ -614,7 +638,7 @@ impl<'a> Runner<'a> {
             Ok(p) => {
                 st.planned[idx] = Some(Arc::new(p));
                 if let Some(l) = self.launch_or_reuse(i, idx) {
-                    self.submit(i, vec![l])?;
+                    self.states[i].queued.push(l);
                 }
             }
             Err(e) => {
@@ -738,7 +762,8 @@ impl<'a> Runner<'a> {
             let job = st.planned[idx].clone().expect("planned");
             st.attempts[idx] = record.attempt + 1;
             let attempt = record.attempt + 1;
-            return self.submit(i, vec![Launch { job, attempt }]);
+            st.queued.push(Launch { job, attempt });
+            return Ok(());
         }
         let outcome = record.outcome.clone();
         let result = record.result.clone();

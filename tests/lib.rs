@@ -9,6 +9,7 @@ mod local;
 mod manifest_errors;
 mod quoting;
 mod readme;
+mod reruns;
 mod results;
 mod schema;
 mod sge;

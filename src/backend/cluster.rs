@@ -214,6 +214,7 @@ pub struct ClusterBackend {
     arrays: usize,
     /// Since when submissions fail with errors worth retrying (an unreachable controller).
     submit_failing: Option<Instant>,
+    recorder: Option<super::Recorder>,
 }
 
 /// How long a task may be gone from the queue without an outcome before it counts as lost
@@ -276,6 +277,7 @@ impl ClusterBackend {
             calls: 0,
             cancelled: false,
             arrays: 0,
+            recorder: None,
             submit_failing: None,
             spec,
         })
@@ -474,13 +476,18 @@ impl ClusterBackend {
                 }
             }
             self.active_jobs.push(job_id.clone());
-            self.submissions.push(Submission {
+            let submission = Submission {
                 job_id,
                 script: path,
                 run: self.spec.run.clone(),
                 scheduler: self.sched.name().to_owned(),
                 tasks: record,
-            });
+            };
+            // Recorded durably before the next array is submitted or anything else happens.
+            match self.recorder.as_mut() {
+                Some(record) => record(&submission)?,
+                None => self.submissions.push(submission),
+            }
         }
         Ok(())
     }
@@ -697,6 +704,10 @@ impl Backend for ClusterBackend {
         }
         self.next = Instant::now();
         kept
+    }
+
+    fn set_recorder(&mut self, recorder: super::Recorder) {
+        self.recorder = Some(recorder);
     }
 
     fn take_submissions(&mut self) -> Vec<Submission> {

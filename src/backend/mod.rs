@@ -49,6 +49,9 @@ pub struct Launch {
     pub attempt: u32,
 }
 
+/// Records one submitted array (see [`Backend::set_recorder`]).
+pub type Recorder = Box<dyn FnMut(&cluster::Submission) -> Result<()> + Send>;
+
 /// A task of an earlier run's array that may still be running.
 #[derive(Clone, Debug)]
 pub struct Adopt {
@@ -160,6 +163,12 @@ pub trait Backend: Send {
     fn adopt(&mut self, adopted: Vec<Adopt>) -> Vec<usize> {
         let _ = adopted;
         Vec::new()
+    }
+
+    /// Gives the backend a function that records each submitted array durably; it is called
+    /// right after each submission returns, before anything else happens.
+    fn set_recorder(&mut self, recorder: Recorder) {
+        let _ = recorder;
     }
 
     /// Arrays submitted since the last call, for the runner to record durably.
