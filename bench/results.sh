@@ -54,7 +54,7 @@ time_rss() {
                 END {print w, r}' "$WORK/tv" >>"$WORK/t"
 }
 
-if [ -f "$STATE/.poolparty/results/square/ledger.jsonl" ]; then how="resumed (state reused)"; else how="ran every job (state built now)"; fi
+if [ -f "$STATE/.poolparty/results/square/ledger.jsonl" ]; then how="resumed over the reused state"; else how="ran every job to build the state"; fi
 rm -f "$WORK/t"
 time_rss "$BIN -q run $STATE/poolparty.toml"
 read -r run_wall run_rss <"$WORK/t"
@@ -63,7 +63,7 @@ echo "### Reading back $JOBS recorded jobs, $ROUNDS rounds"
 echo
 echo "Load average at start: $(cut -d' ' -f1-3 /proc/loadavg)."
 echo
-echo "State: \`$STATE\` (ledger $(du -k "$STATE/.poolparty/results/square/ledger.jsonl" | cut -f1) KiB, results.jsonl $(du -k "$STATE/.poolparty/results/square/results.jsonl" 2>/dev/null | cut -f1 || echo ?) KiB). \`poolparty run\` $how took $run_wall s, max RSS $((run_rss / 1024)) MiB; it said: \"$(grep -v '^$' "$WORK/err" | tail -1)\"."
+echo "State: \`$STATE\` (ledger $(du -k "$STATE/.poolparty/results/square/ledger.jsonl" | cut -f1) KiB, results.jsonl $(du -k "$STATE/.poolparty/results/square/results.jsonl" 2>/dev/null | cut -f1 || echo ?) KiB). \`poolparty run\` $how: $run_wall s, max RSS $((run_rss / 1024)) MiB; it said: \"$(grep -v '^$' "$WORK/err" | tail -1)\"."
 echo
 echo "| command | min s | median s | max RSS MiB | output MiB |"
 echo "| --- | ---: | ---: | ---: | ---: |"
