@@ -72,20 +72,33 @@ pub struct Job {
     pub index: usize,
     /// Its identity.
     pub id: JobId,
-    /// Its value.
+    /// Its value when kept; `Null` when only [`Job::json`] is (read it with [`Job::value`]).
     pub value: Value,
     /// Its value as canonical compact JSON (keys sorted, numbers as written).
     pub json: String,
 }
 
+impl Job {
+    /// The value: kept, or parsed again from the canonical JSON when it was dropped.
+    #[must_use]
+    pub fn value(&self) -> Value {
+        if self.value.is_null() && self.json != "null" {
+            serde_json::from_str(&self.json).unwrap_or(Value::Null)
+        } else {
+            self.value.clone()
+        }
+    }
+}
+
 /// Hex SHA-256 of some bytes.
 #[must_use]
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(bytes);
     let mut s = String::with_capacity(64);
     for b in digest {
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
     }
     s
 }
@@ -119,14 +132,21 @@ pub fn expand_static(manifest: &Manifest, stage: &Stage) -> Option<Result<Vec<Jo
                 src: &manifest.src,
                 spans,
             };
-            Some(assign_ids(stage, values.clone(), &origin))
+            Some(assign_ids(
+                stage,
+                values.iter().cloned().map(Ok),
+                values.len(),
+                &origin,
+            ))
         }
         JobSource::Matrix(m) => {
             let origin = Origin {
                 src: &manifest.src,
                 spans: vec![stage.source_span],
             };
-            Some(assign_ids(stage, cartesian(m), &origin))
+            let values = cartesian(m);
+            let n = values.len();
+            Some(assign_ids(stage, values.into_iter().map(Ok), n, &origin))
         }
         JobSource::File(path) => Some(read_jobs_file(manifest, stage, path)),
         JobSource::Generate(_) | JobSource::ForEach(_) => None,
@@ -256,7 +276,9 @@ fn parse_jobs(stage: &Stage, src: &Source, what: &str) -> Result<Vec<Job>> {
         src: src.clone(),
         span: SourceSpan::from(at..(at + len).min(text.len()).max(at)),
     };
-    let mut values = Vec::new();
+    // Each job's text and its line (JSON Lines), parsed one at a time by `assign_ids` so the
+    // parsed values of a large stage never all exist at once.
+    let mut items: Vec<(&str, Option<usize>)> = Vec::new();
     let mut spans = Vec::new();
     if trimmed.starts_with('[') {
         let raws: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
@@ -275,10 +297,7 @@ fn parse_jobs(stage: &Stage, src: &Source, what: &str) -> Result<Vec<Job>> {
         for raw in raws {
             let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
             spans.push(SourceSpan::from(start..start + raw.get().len()));
-            values.push(
-                serde_json::from_str(raw.get())
-                    .map_err(|e| parse_err(e.to_string(), start, raw.get().len()))?,
-            );
+            items.push((raw.get(), None));
         }
     } else {
         let mut offset = 0;
@@ -289,21 +308,29 @@ fn parse_jobs(stage: &Stage, src: &Source, what: &str) -> Result<Vec<Job>> {
             if body.trim().is_empty() {
                 continue;
             }
-            // serde_json counts lines within `body`; report the line of the whole text.
-            let v: Value = serde_json::from_str(body).map_err(|e| {
-                let message = format!(
-                    "{} at line {} column {}",
-                    json_message(&e),
-                    n + 1,
-                    e.column()
-                );
-                parse_err(message, start, body.len())
-            })?;
-            values.push(v);
+            items.push((body, Some(n + 1)));
             spans.push(SourceSpan::from(start..start + body.len()));
         }
     }
-    assign_ids(stage, values, &Origin { src, spans })
+    let values = items.iter().zip(&spans).map(|(&(body, line), span)| {
+        serde_json::from_str::<Value>(body).map_err(|e| {
+            // serde_json counts lines within `body`; report the line of the whole text.
+            let message = match line {
+                Some(n) => format!("{} at line {n} column {}", json_message(&e), e.column()),
+                None => e.to_string(),
+            };
+            parse_err(message, span.offset(), body.len())
+        })
+    });
+    assign_ids(
+        stage,
+        values,
+        items.len(),
+        &Origin {
+            src,
+            spans: spans.clone(),
+        },
+    )
 }
 
 /// serde_json's message without the position it appends (" at line L column C").
@@ -323,11 +350,17 @@ fn offset_of(text: &str, line: usize, column: usize) -> usize {
     (line_start + column.saturating_sub(1)).min(text.len())
 }
 
-fn assign_ids(stage: &Stage, values: Vec<Value>, origin: &Origin<'_>) -> Result<Vec<Job>> {
-    let mut jobs = Vec::with_capacity(values.len());
+fn assign_ids(
+    stage: &Stage,
+    values: impl IntoIterator<Item = Result<Value>>,
+    count: usize,
+    origin: &Origin<'_>,
+) -> Result<Vec<Job>> {
+    let mut jobs = Vec::with_capacity(count);
     let mut seen: std::collections::HashMap<JobId, usize> =
-        std::collections::HashMap::with_capacity(values.len());
+        std::collections::HashMap::with_capacity(count);
     for (index, value) in values.into_iter().enumerate() {
+        let value = value?;
         let json = serde_json::to_string(&value).expect("a JSON value serializes");
         let id = match value.get("id") {
             Some(Value::String(s)) => JobId::new(s),
@@ -365,10 +398,13 @@ fn assign_ids(stage: &Stage, values: Vec<Value>, origin: &Origin<'_>) -> Result<
             });
         }
         seen.insert(id.clone(), index);
+        // Only the canonical JSON is kept: a parsed value costs ~1 KiB per object, which is
+        // most of the memory of a large stage; `Job::value` parses it again when needed.
+        drop(value);
         jobs.push(Job {
             index,
             id,
-            value,
+            value: Value::Null,
             json,
         });
     }

@@ -553,7 +553,7 @@ fn prepare(
                     let mut renderer = plan::Renderer::new(m, stage, base)?;
                     for j in up_jobs {
                         let value = serde_json::json!({
-                            "id": j.id.as_str(), "index": j.index, "upstream": j.value,
+                            "id": j.id.as_str(), "index": j.index, "upstream": j.value(),
                             "exit_code": 0, "outcome": "succeeded", "result": null,
                             "stdout": layout.log_out(m.stages[up].name.as_str(), j.id.as_str()),
                             "stderr": layout.log_err(m.stages[up].name.as_str(), j.id.as_str()),
@@ -579,7 +579,8 @@ fn prepare(
             _ => Some(jobs::expand_static(m, stage).expect("static source")?),
         };
         if let Some(jobs) = jobs {
-            let p = plan::plan_stage(m, i, &jobs, layout, &upstream)?;
+            let mut jobs = jobs;
+            let p = plan::plan_stage(m, i, &mut jobs, layout, &upstream)?;
             prepared[i] = Some((jobs, p));
         }
     }

@@ -109,7 +109,11 @@ pub struct StagePlan {
 /// Renders one stage's `run` for jobs.
 pub struct Renderer {
     templates: Templates,
-    base: Map<String, Value>,
+    /// The context, updated in place for each job (building one per job costs more than
+    /// rendering).
+    ctx: handlebars::Context,
+    /// Template names: `run`, or `arg0`, `arg1`, ...
+    names: Vec<String>,
     run: RunShape,
     /// The `run` template texts (one for a shell string, one per argv element).
     texts: Vec<String>,
@@ -281,7 +285,11 @@ impl Renderer {
         let settings_fp = format!("{:?}|{:?}|{:?}", s.env, s.time, s.result);
         Ok(Self {
             templates,
-            base,
+            ctx: handlebars::Context::wraps(Value::Object(base)).expect("a JSON object wraps"),
+            names: match &stage.run {
+                RunSpec::Shell(_) => vec!["run".to_owned()],
+                RunSpec::Argv(a) => (0..a.len()).map(|i| format!("arg{i}")).collect(),
+            },
             run,
             texts,
             settings_fp,
@@ -296,16 +304,12 @@ impl Renderer {
     /// # Errors
     /// An undefined variable or helper error, naming the job.
     pub fn plan(&mut self, job: &Job) -> Result<PlannedJob> {
-        self.base.insert("job".into(), job.value.clone());
-        self.base
-            .insert("job_id".into(), Value::String(job.id.to_string()));
-        self.base.insert("index".into(), Value::from(job.index));
-        let ctx = Value::Object(std::mem::take(&mut self.base));
-        let rendered = self.render(&ctx);
-        let Value::Object(base) = ctx else {
-            unreachable!()
-        };
-        self.base = base;
+        if let Value::Object(m) = self.ctx.data_mut() {
+            m.insert("job".into(), job.value());
+            m.insert("job_id".into(), Value::String(job.id.to_string()));
+            m.insert("index".into(), Value::from(job.index));
+        }
+        let rendered = self.render();
         let command = rendered.map_err(|(f, text)| {
             template_error(
                 &self.src,
@@ -328,17 +332,18 @@ impl Renderer {
         })
     }
 
-    fn render(&self, ctx: &Value) -> Result<Command, (TemplateFailure, String)> {
+    fn render(&self) -> Result<Command, (TemplateFailure, String)> {
+        let ctx = &self.ctx;
         match self.run {
             RunShape::Shell => self
                 .templates
-                .render("run", Quoting::Shell, ctx)
+                .render_context(&self.names[0], Quoting::Shell, ctx)
                 .map(Command::Shell)
                 .map_err(|f| (f, self.texts[0].clone())),
             RunShape::Argv(n) => (0..n)
                 .map(|i| {
                     self.templates
-                        .render(&format!("arg{i}"), Quoting::Raw, ctx)
+                        .render_context(&self.names[i], Quoting::Raw, ctx)
                         .map_err(|f| (f, self.texts[i].clone()))
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -376,7 +381,7 @@ pub fn render_generator(
 pub fn plan_stage(
     manifest: &Manifest,
     stage_index: usize,
-    jobs: &[Job],
+    jobs: &mut [Job],
     layout: &Layout,
     upstream: &Upstream,
 ) -> Result<StagePlan> {
@@ -384,8 +389,13 @@ pub fn plan_stage(
     let base = base_context(manifest, stage, layout, upstream);
     let mut renderer = Renderer::new(manifest, stage, base)?;
     let planned = jobs
-        .iter()
-        .map(|j| renderer.plan(j).map(Arc::new))
+        .iter_mut()
+        .map(|j| {
+            let p = renderer.plan(j).map(Arc::new);
+            // The parsed value is most of a job's memory; `Job::value` parses it again.
+            j.value = Value::Null;
+            p
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(StagePlan {
         stage: stage_index,
@@ -412,9 +422,9 @@ mod tests {
             "[workflow]\nname='w'\n[stages.a]\njobs=[{x='a b'},{x='$(id)'}]\nrun='echo {{job.x}} {{index}}'\n".into(),
         )
         .unwrap();
-        let jobs = expand_static(&m, &m.stages[0]).unwrap().unwrap();
+        let mut jobs = expand_static(&m, &m.stages[0]).unwrap().unwrap();
         let layout = Layout::new("/tmp/.poolparty/w".into());
-        let plan = plan_stage(&m, 0, &jobs, &layout, &Upstream::default()).unwrap();
+        let plan = plan_stage(&m, 0, &mut jobs, &layout, &Upstream::default()).unwrap();
         assert_eq!(plan.jobs[0].command, Command::Shell("echo 'a b' 0".into()));
         assert_eq!(
             plan.jobs[1].command,
@@ -427,9 +437,9 @@ mod tests {
     fn undefined_variable_names_job_and_points_into_manifest() {
         let text = "[workflow]\nname='w'\n[stages.a]\njobs=[{x=1},{y=2}]\nrun='echo {{job.x}}'\n";
         let m = parse(Path::new("/tmp/p.toml"), text.into()).unwrap();
-        let jobs = expand_static(&m, &m.stages[0]).unwrap().unwrap();
+        let mut jobs = expand_static(&m, &m.stages[0]).unwrap().unwrap();
         let layout = Layout::new("/tmp/.poolparty/w".into());
-        match plan_stage(&m, 0, &jobs, &layout, &Upstream::default()).unwrap_err() {
+        match plan_stage(&m, 0, &mut jobs, &layout, &Upstream::default()).unwrap_err() {
             Error::Template { message, span, .. } => {
                 assert!(message.contains("job 1"), "{message}");
                 assert!(message.contains("`job.x` is not defined"), "{message}");

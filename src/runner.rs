@@ -375,7 +375,7 @@ impl<'a> Runner<'a> {
                 let n = self.graph.needs(i)[0];
                 debug_assert_eq!(manifest.stages[n].name, *up);
                 let jobs = jobs::for_each(&self.states[n].jobs);
-                let plan = plan::plan_stage(manifest, i, &[], &self.layout, &upstream)?;
+                let plan = plan::plan_stage(manifest, i, &mut [], &self.layout, &upstream)?;
                 (jobs, plan)
             }
             (_, source) => {
@@ -388,7 +388,8 @@ impl<'a> Runner<'a> {
                     }
                     _ => jobs::expand_static(manifest, stage).expect("static source")?,
                 };
-                let plan = plan::plan_stage(manifest, i, &jobs, &self.layout, &upstream)?;
+                let mut jobs = jobs;
+                let plan = plan::plan_stage(manifest, i, &mut jobs, &self.layout, &upstream)?;
                 (jobs, plan)
             }
         };
@@ -619,7 +620,7 @@ impl<'a> Runner<'a> {
         let value = json!({
             "id": up_job.id.as_str(),
             "index": idx,
-            "upstream": up_job.value,
+            "upstream": up_job.value(),
             "exit_code": upstream.exit_code(),
             "outcome": upstream.describe(),
             "result": self.states[up].results[idx].as_ref().map(|r| serde_json::from_str::<Value>(&r.to_json()).unwrap_or(Value::Null)),

@@ -141,19 +141,40 @@ impl Templates {
         quoting: Quoting,
         ctx: &Value,
     ) -> Result<String, TemplateFailure> {
+        let ctx = Context::wraps(ctx).map_err(|e| render_failure(&e, ctx))?;
+        self.render_context(name, quoting, &ctx)
+    }
+
+    /// Renders template `name` with a prepared context, which callers rendering many jobs
+    /// update in place instead of building a new one for each.
+    ///
+    /// # Errors
+    /// As [`Templates::render`].
+    pub fn render_context(
+        &self,
+        name: &str,
+        quoting: Quoting,
+        ctx: &Context,
+    ) -> Result<String, TemplateFailure> {
         let hb = match quoting {
             Quoting::Shell => &self.shell,
             Quoting::Raw => &self.raw,
         };
-        hb.render(name, ctx).map_err(|e| {
-            let mut f = render_failure(&e, ctx);
-            if let (Some(line), Some(col), Some(text)) =
-                (e.line_no, e.column_no, self.texts.get(name))
-            {
-                f.offset = Some(offset_of(text, line, col));
-            }
-            f
-        })
+        hb.render_with_context(name, ctx)
+            .map(|mut s| {
+                // handlebars reserves 8 KiB per output; a plan keeps one per job.
+                s.shrink_to_fit();
+                s
+            })
+            .map_err(|e| {
+                let mut f = render_failure(&e, ctx.data());
+                if let (Some(line), Some(col), Some(text)) =
+                    (e.line_no, e.column_no, self.texts.get(name))
+                {
+                    f.offset = Some(offset_of(text, line, col));
+                }
+                f
+            })
     }
 }
 

@@ -348,7 +348,8 @@ fn supervise(
     let mut term_sent: Option<Instant> = None;
     let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut idle = Duration::from_millis(1);
+    // The child usually becomes reapable microseconds after its pipes close: start small.
+    let mut idle = Duration::from_micros(20);
     loop {
         // Decide whether to signal the group: cancel, deadline, or lingering descendants.
         let stop_level = shared.stop.load(Ordering::SeqCst);
