@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -20,7 +20,6 @@ const MAX_ARRAY_SIZE: usize = 11;
 const POLL: &str = "poll_interval = \"1s\"\npoll_max = \"2s\"\n";
 
 static UP: OnceLock<Result<String, String>> = OnceLock::new();
-static SERIAL: Mutex<()> = Mutex::new(());
 
 fn clusters_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clusters")
@@ -60,7 +59,7 @@ impl Drop for Cluster {
 /// Brings the cluster up (once per test binary; a failure fails the test) and takes the lock
 /// that serializes the Slurm tests. `workflow` names the test's workflow (for cleanup).
 fn cluster(workflow: &str) -> Cluster {
-    let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let serial = crate::harness::hold(&crate::harness::SLURM);
     let up = UP.get_or_init(|| {
         let out = std::process::Command::new("bash")
             .arg(clusters_dir().join("slurm-up.sh"))
