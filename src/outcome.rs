@@ -182,6 +182,52 @@ impl JobRecord {
     }
 }
 
+/// An outcome file written by the cluster job wrapper (`templates/wrapper.sh`) into a stage's
+/// staging folder as `<id>.<attempt>.json`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct StagedOutcome {
+    /// Job index.
+    pub index: usize,
+    /// Job id.
+    pub id: String,
+    /// Attempt.
+    pub attempt: u32,
+    /// The job's exit status as the shell saw it (128+N after signal N).
+    pub rc: i32,
+    /// Start, Unix seconds.
+    pub start: f64,
+    /// End, Unix seconds.
+    pub end: f64,
+}
+
+impl StagedOutcome {
+    /// Parses an outcome file; `None` for anything else (a partial or foreign file).
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+
+    /// The record of this attempt.
+    #[must_use]
+    pub fn record(&self, run: String, fp: String, result: Option<ResultValue>) -> JobRecord {
+        JobRecord {
+            index: self.index,
+            id: self.id.clone(),
+            attempt: self.attempt,
+            outcome: if self.rc == 0 {
+                Outcome::Succeeded
+            } else {
+                Outcome::Failed { code: self.rc }
+            },
+            start: Some(self.start),
+            end: Some(self.end),
+            run,
+            fp,
+            result,
+        }
+    }
+}
+
 /// Counts of a stage's final outcomes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {

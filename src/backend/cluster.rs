@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Backend, CancelMode, Event, Launch, StageSpec, take_result_file};
+use super::{Backend, CancelMode, Event, Launch, StageSpec, read_result_file, take_result_file};
 use crate::error::{Error, Result};
+use crate::outcome::StagedOutcome;
 use crate::outcome::{JobRecord, Outcome};
 use crate::plan::Command;
 use crate::template::{Quoting, Templates};
@@ -508,16 +509,11 @@ impl ClusterBackend {
             let Ok(text) = std::fs::read_to_string(&path) else {
                 continue;
             };
-            let Ok(staged) = serde_json::from_str::<Staged>(&text) else {
+            let Some(staged) = StagedOutcome::parse(&text) else {
                 continue;
             };
             let Some(t) = self.tracked.remove(&(staged.index, staged.attempt)) else {
                 continue;
-            };
-            let outcome = if staged.rc == 0 {
-                Outcome::Succeeded
-            } else {
-                Outcome::Failed { code: staged.rc }
             };
             let result = match self.spec.settings.result {
                 crate::manifest::ResultMode::None => None,
@@ -525,23 +521,14 @@ impl ClusterBackend {
                     &self.spec.results_dir.join(t.launch.job.id.as_str()),
                     self.spec.settings.result_max_bytes,
                 ),
-                crate::manifest::ResultMode::Stdout => take_result_file(
+                // The stdout log stays: it is the job's log as well as its result.
+                crate::manifest::ResultMode::Stdout => read_result_file(
                     &self.spec.logs_dir.join(format!("{}.out", t.launch.job.id)),
                     self.spec.settings.result_max_bytes,
                 )
                 .or_else(|| Some(crate::outcome::ResultValue::Text(String::new()))),
             };
-            let record = JobRecord {
-                index: staged.index,
-                id: t.launch.job.id.to_string(),
-                attempt: staged.attempt,
-                outcome,
-                start: Some(staged.start),
-                end: Some(staged.end),
-                run: self.spec.run.clone(),
-                fp: t.launch.job.fp.clone(),
-                result,
-            };
+            let record = staged.record(self.spec.run.clone(), t.launch.job.fp.clone(), result);
             let _ = self.events.send(Event::Finished {
                 stage: self.spec.stage,
                 record,
@@ -578,15 +565,6 @@ impl ClusterBackend {
     pub fn calls(&self) -> usize {
         self.calls
     }
-}
-
-#[derive(Deserialize)]
-struct Staged {
-    index: usize,
-    attempt: u32,
-    rc: i32,
-    start: f64,
-    end: f64,
 }
 
 impl Backend for ClusterBackend {

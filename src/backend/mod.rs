@@ -241,6 +241,15 @@ pub fn cancel_arrays(scheduler: &str, job_ids: &[String]) -> Result<()> {
 
 /// Reads and removes a small result file; leaves a large one in place and points to it.
 pub(crate) fn take_result_file(path: &std::path::Path, max: u64) -> Option<ResultValue> {
+    let value = read_result_file(path, max)?;
+    if !matches!(value, ResultValue::File { .. }) {
+        let _ = std::fs::remove_file(path);
+    }
+    Some(value)
+}
+
+/// Reads a result file, or points to it when it is larger than `max`.
+pub(crate) fn read_result_file(path: &std::path::Path, max: u64) -> Option<ResultValue> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
@@ -252,6 +261,5 @@ pub(crate) fn take_result_file(path: &std::path::Path, max: u64) -> Option<Resul
     }
     let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     f.read_to_end(&mut buf).ok()?;
-    let _ = std::fs::remove_file(path);
     Some(ResultValue::from_bytes(buf))
 }
