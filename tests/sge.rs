@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -17,7 +17,6 @@ use crate::harness::{Ran, Test};
 const POLL: &str = "poll_interval = \"1s\"\npoll_max = \"2s\"\n";
 
 static UP: OnceLock<Result<String, String>> = OnceLock::new();
-static SERIAL: Mutex<()> = Mutex::new(());
 
 fn clusters_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clusters")
@@ -116,17 +115,30 @@ impl Drop for Cluster {
     }
 }
 
-/// Brings the cluster up (once per test binary; a failure fails the test) and takes the lock
-/// that serializes the Grid Engine tests. `workflow` names the test's workflow (for cleanup).
+/// Locks `path` (flock), waiting at most `limit` for another process to let go.
+fn flock_bounded(path: &str, limit: Duration) -> nix::fcntl::Flock<std::fs::File> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return l,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
+            Err((_, e)) => panic!("{path} stayed locked for {limit:?}: {e}"),
+        }
+    }
+}
+
+/// Brings the cluster up (once per test binary; a failure fails the test) and takes the locks
+/// that serialize the Grid Engine tests: `harness::SGE` in this test binary (shared with the
+/// other modules' Grid Engine tests), [`LOCK_FILE`] across processes. `workflow` names the
+/// test's workflow (for cleanup).
 fn cluster(workflow: &str) -> Cluster {
-    let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(LOCK_FILE)
-        .unwrap_or_else(|e| panic!("{LOCK_FILE}: {e}"));
-    let across = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .unwrap_or_else(|(_, e)| panic!("flock {LOCK_FILE}: {e}"));
+    let serial = crate::harness::hold(&crate::harness::SGE);
+    let across = flock_bounded(LOCK_FILE, Duration::from_secs(900));
     let up = UP.get_or_init(|| {
         let script = clusters_dir().join("sge-up.sh");
         let (ok, out) = sh("bash", &[script.to_str().unwrap()]);
@@ -1057,7 +1069,9 @@ fn qmaster_outage_is_survived() {
 }
 
 /// SIGINT stops the run (exit 130): every array of the stage is deleted, so nothing is left
-/// running or queued on the cluster, and every job is recorded as interrupted.
+/// running or queued on the cluster, and every job is recorded as interrupted. Five tasks run
+/// (`-tc 5`), ten wait; the interrupt comes once the five run their command (a task killed while
+/// its login shell starts may leave the shell's dotfiles in a bad state).
 #[test]
 fn interrupt_deletes_every_task_on_the_cluster() {
     let _c = cluster("sgeint");
@@ -1065,13 +1079,15 @@ fn interrupt_deletes_every_task_on_the_cluster() {
     let t = Test::new()
         .manifest(&format!(
             "{}[stages.a]\njobs = {}\nrun = \"touch {{{{workflow.dir}}}}/ready/{{{{job}}}}; sleep 300\"\n",
-            header("sgeint", ""),
+            header("sgeint", "max_parallel = 5"),
             numbers(n)
         ))
         .file("ready/.keep", "");
     let mut run = Running::start(&t, &["run"], "run");
     let ready = t.path().join("ready");
-    run_until_a_job_started(&mut run, &t, &ready, "sgeint");
+    run.wait_until("five running jobs", 180, || {
+        std::fs::read_dir(&ready).is_ok_and(|d| d.count() > 5) && has_submission(&t, "sgeint", "a")
+    });
     let st = std::process::Command::new("kill")
         .args(["-INT", &run.child.id().to_string()])
         .status()
@@ -1092,6 +1108,31 @@ fn interrupt_deletes_every_task_on_the_cluster() {
         .collect();
     assert_eq!(ids.len(), 1);
     assert_leaves_queue("pp-sgeint-", &ids);
+}
+
+/// A job killed at its time limit (`time`, Grid Engine's `h_rt`) is recorded as timed out
+/// (from Grid Engine's accounting), not as lost, so it is not resubmitted.
+#[test]
+fn job_over_its_time_limit_is_timed_out() {
+    let _c = cluster("sgetime");
+    let t = Test::new().manifest(&format!(
+        "{}[stages.a]\njobs = [0, 1]\ntime = \"5s\"\n\
+         run = \"if [ {{{{job}}}} = 0 ]; then sleep 120; fi; echo {{{{job}}}} > $POOLPARTY_RESULT\"\n",
+        header("sgetime", "")
+    ));
+    let r = Running::start(&t, &["run"], "run").wait(180);
+    r.code(1).stderr_has("`: timed out");
+    let got = attempts(&t, "sgetime", "a");
+    assert_eq!(got[&0], [(1, "timed_out".to_owned())], "{}", r.stderr);
+    assert_eq!(got[&1], [(1, "succeeded".to_owned())]);
+    let s = summary(&t, "sgetime");
+    assert_eq!(s["verdict"], "jobs_failed");
+    assert_eq!(s["stages"][0]["failed"][0]["index"], 0);
+    assert_eq!(s["stages"][0]["failed"][0]["outcome"]["kind"], "timed_out");
+    let subs = submissions(&t, "sgetime", "a");
+    assert_eq!(subs.len(), 1, "{subs:?}");
+    let script = std::fs::read_to_string(subs[0]["script"].as_str().unwrap()).unwrap();
+    assert!(script.contains("\n#$ -l h_rt=0:00:05\n"), "{script}");
 }
 
 /// `qsub` failing because the qmaster cannot be reached (Grid Engine's own message) does not

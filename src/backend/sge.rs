@@ -1,9 +1,14 @@
 //! Grid Engine: `qsub -terse` per array (1-based local indices, `-tc` throttle), one
 //! `qstat -xml` per poll, `qdel`; tasks in an error state (`Eqw`) are deleted and resubmitted.
+//!
+//! `qstat` forgets a task as soon as it ends, so a task killed at its time limit (`h_rt`) would
+//! look like any other task that vanished without an outcome. When a whole array is still asked
+//! about one poll after it left the queue (its outcomes did not come), `qacct` says how its
+//! tasks ended: Grid Engine's "failed 37" (a limit enforced) is reported as timed out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use super::cluster::{CallError, Scheduler, TaskState, call};
 use crate::error::Result;
@@ -80,6 +85,23 @@ impl Scheduler for Sge {
         let out = call("qstat", &["-xml"], TRANSIENT)?;
         let mut map = parse_qstat_xml(&out);
         map.retain(|(job, _), _| job_ids.contains(job));
+        let listed: HashSet<String> = map.keys().map(|(job, _)| job.clone()).collect();
+        let mut absent = ABSENT.lock().unwrap_or_else(PoisonError::into_inner);
+        for job in job_ids {
+            if listed.contains(job) {
+                absent.remove(job);
+            } else if !absent.insert(job.clone()) {
+                // Gone at the previous query too, yet still asked about: a task of it ended
+                // without an outcome (normally outcomes are collected in the poll its array
+                // leaves the queue). Ask the accounting why; no answer (records are written
+                // every `flush_time`) leaves the task gone, and it is asked again next poll.
+                if let Ok(acct) = call("qacct", &["-j", job], TRANSIENT) {
+                    for (task, state) in parse_qacct(&acct) {
+                        map.insert((job.clone(), task), state);
+                    }
+                }
+            }
+        }
         Ok(map)
     }
     fn cancel(&mut self, job_ids: &[String]) -> std::result::Result<(), CallError> {
@@ -96,6 +118,54 @@ impl Scheduler for Sge {
             other => other.map(|_| ()),
         }
     }
+}
+
+/// Job ids asked about that `qstat` did not list at the previous query. Job ids are unique on a
+/// cluster, so one set serves every stage of the process.
+static ABSENT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Grid Engine's `failed` code for a limit the execution daemon enforced (`h_rt`, `h_cpu`,
+/// `h_vmem`): "qmaster enforced h_rt, h_cpu, or h_vmem limit".
+const FAILED_LIMIT: u32 = 37;
+
+/// Parses `qacct -j ID`: how each task of an ended array ended, by task number (records of a
+/// task that ran more than once: the last). `failed 0` is done (whatever the exit status: the
+/// outcome file has it), [`FAILED_LIMIT`] timed out, anything else ended abnormally.
+#[must_use]
+pub fn parse_qacct(text: &str) -> HashMap<usize, TaskState> {
+    let mut map = HashMap::new();
+    let mut task: Option<usize> = None;
+    let mut failed: Option<String> = None;
+    let mut flush = |task: &mut Option<usize>, failed: &mut Option<String>| {
+        if let (Some(t), Some(f)) = (task.take(), failed.take()) {
+            let code = f
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse::<u32>().ok());
+            let state = match code {
+                Some(0) => TaskState::Done,
+                Some(FAILED_LIMIT) => TaskState::TimedOut,
+                _ => TaskState::Ended(format!("qacct: failed {f}")),
+            };
+            map.insert(t, state);
+        }
+    };
+    for line in text.lines() {
+        if line.starts_with("==") {
+            flush(&mut task, &mut failed);
+            continue;
+        }
+        let line = line.trim_end();
+        let (key, value) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        match key {
+            // `undefined` for a job that is not an array.
+            "taskid" => task = value.trim().parse().ok(),
+            "failed" => failed = Some(value.trim().to_owned()),
+            _ => {}
+        }
+    }
+    flush(&mut task, &mut failed);
+    map
 }
 
 /// Grid Engine's default `max_aj_tasks`.
@@ -167,6 +237,42 @@ pub fn parse_qstat_xml(xml: &str) -> HashMap<(String, usize), TaskState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qacct() {
+        let text = "==============================================================
+qname        all.q
+jobname      pp-tl-a-x
+jobnumber    97
+taskid       2
+failed       0
+exit_status  0
+==============================================================
+qname        all.q
+jobnumber    97
+taskid       1
+failed       37  : qmaster enforced h_rt, h_cpu, or h_vmem limit
+exit_status  137                  (Killed)
+==============================================================
+jobnumber    97
+taskid       3
+failed       100 : assumedly after job
+exit_status  137                  (Killed)
+==============================================================
+jobnumber    98
+taskid       undefined
+failed       0
+";
+        let m = parse_qacct(text);
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!(m[&2], TaskState::Done);
+        assert_eq!(m[&1], TaskState::TimedOut);
+        assert_eq!(
+            m[&3],
+            TaskState::Ended("qacct: failed 100 : assumedly after job".into())
+        );
+        assert!(parse_qacct("error: job id 5 not found\n").is_empty());
+    }
 
     #[test]
     fn max_aj_tasks() {

@@ -101,12 +101,17 @@ configure() {
     # Submit host (the host is already an admin host after the package install).
     qconf -ss 2>/dev/null | grep -qxF "$SGE_HOST" || qc -as "$SGE_HOST"
 
-    # Global configuration: allow root jobs (min_uid/min_gid 0). -Mconf needs a file named "global".
+    # Global configuration: allow root jobs (min_uid/min_gid 0); no login shells, so a job does
+    # not run root's ~/.bashrc (pyenv init there can leave a stale lock that stalls every task
+    # for 60 s); the default max_aj_tasks, in case a killed chunking test left a small one.
+    # -Mconf needs a file named "global".
     qconf -sconf global >"$tmp/cur" || sge_die "qconf -sconf global failed"
     sed -e 's/^min_uid .*/min_uid                      0/' \
-        -e 's/^min_gid .*/min_gid                      0/' "$tmp/cur" >"$tmp/global"
+        -e 's/^min_gid .*/min_gid                      0/' \
+        -e 's/^login_shells .*/login_shells                 none/' \
+        -e 's/^max_aj_tasks .*/max_aj_tasks                 75000/' "$tmp/cur" >"$tmp/global"
     if ! same "$tmp/cur" "$tmp/global"; then
-        sge_log "global configuration: min_uid 0, min_gid 0"
+        sge_log "global configuration: min_uid 0, min_gid 0, login_shells none, max_aj_tasks 75000"
         qc -Mconf "$tmp/global"
     fi
 
@@ -227,6 +232,8 @@ if installed && [[ $(head -n 1 /etc/hosts | tr -s ' \t' '  ') == "127.0.0.1 $SGE
     qm=$(sge_daemon_pid sge_qmaster) && ex=$(sge_daemon_pid sge_execd) &&
     qconf -sq all.q 2>/dev/null | grep -q '^pe_list *smp$' &&
     qconf -sconf global 2>/dev/null | grep -q '^min_uid *0$' &&
+    qconf -sconf global 2>/dev/null | grep -q '^login_shells *none$' &&
+    qconf -sconf global 2>/dev/null | grep -q '^max_aj_tasks *75000$' &&
     [[ $(queue_state) == ok ]]; then
     echo "sge: already up on $SGE_HOST (qmaster pid $qm, execd pid $ex); clients /usr/bin/q* (SGE_ROOT=$SGE_ROOT SGE_CELL=$SGE_CELL)"
     exit 0
