@@ -252,6 +252,72 @@ pub fn collect_local(m: &Manifest, layout: &Layout) -> Result<usize> {
     Ok(n)
 }
 
+/// An outcome waiting in a stage's staging folder (written by a bundle's or a killed
+/// runner's job, not yet in the ledger).
+#[derive(Debug)]
+pub struct StagedOutcome {
+    /// The attempt.
+    pub attempt: u32,
+    /// Whether it exited 0.
+    pub success: bool,
+    /// The fingerprint the job was bundled with, for local bundles (clusters' are adopted
+    /// whatever it was).
+    pub fp: Option<String>,
+}
+
+/// The latest staged outcome of each job of a stage, by job id.
+///
+/// # Errors
+/// When `bundled.jsonl` cannot be read.
+pub fn staged_outcomes(layout: &Layout, stage: &str) -> Result<HashMap<String, StagedOutcome>> {
+    let mut out: HashMap<String, StagedOutcome> = HashMap::new();
+    let Ok(dir) = std::fs::read_dir(layout.staging_dir(stage)) else {
+        return Ok(out);
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let (Some(id), Some(attempt), Some(rc)) = (
+            v["id"].as_str(),
+            v["attempt"].as_u64().and_then(|a| u32::try_from(a).ok()),
+            v["rc"].as_i64(),
+        ) else {
+            continue;
+        };
+        if out.get(id).is_some_and(|o| o.attempt >= attempt) {
+            continue;
+        }
+        out.insert(
+            id.to_owned(),
+            StagedOutcome {
+                attempt,
+                success: rc == 0,
+                fp: None,
+            },
+        );
+    }
+    if !out.is_empty() {
+        let bundled: Vec<Bundled> = store::read_lines(&bundled_file(layout, stage))?;
+        for j in bundled.iter().flat_map(|b| b.tasks.iter().flatten()) {
+            if let Some(o) = out.get_mut(&j.id) {
+                if o.attempt == j.attempt {
+                    o.fp = Some(j.fp.clone());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn scheduler(kind: BackendKind) -> Box<dyn Scheduler> {
     match kind {
         BackendKind::Local => Box::new(LocalScript),
@@ -509,6 +575,31 @@ pub fn write(
                 }
                 if let Some(n) = opts.max_parallel {
                     let _ = write!(cmd, " --max-parallel {n}");
+                }
+                // With `on_failure = "stop"`, a need with a job that did not succeed keeps the
+                // stage from running. Checked here (from the needs' recorded and staged
+                // outcomes) because the driver's `run --stage` would otherwise run the failed
+                // jobs of the needs once more first.
+                let guards: Vec<String> = if stage.on_failure == OnFailure::Stop && !element_wise {
+                    needs
+                        .iter()
+                        .map(|&n| {
+                            format!(
+                                "{} results {} --stage {} --format jsonl --allow-missing -q 2>/dev/null | grep -qv '\"outcome\":\"succeeded\"'",
+                                q(&opts.exe),
+                                q(&m.path),
+                                shell_quote(m.stages[n].name.as_str())
+                            )
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                if !guards.is_empty() {
+                    cmd = format!(
+                        "if {}; then\n  echo \"poolparty: a stage that \\`{name}\\` needs had jobs that did not succeed: \\`{name}\\` does not run\" >&2\n  false\nelse\n  {cmd}\nfi",
+                        guards.join(" || ")
+                    );
                 }
                 if kind == BackendKind::Local {
                     let _ = writeln!(sh, "{cmd} || true");

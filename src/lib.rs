@@ -593,13 +593,26 @@ fn resume_counts(
     p: &plan::StagePlan,
 ) -> Result<(usize, usize, usize, usize)> {
     let latest = store::latest(store::read_ledger(&layout.ledger(name))?);
+    let staged = bundle::staged_outcomes(layout, name)?;
     let (mut new, mut changed, mut failed, mut done) = (0, 0, 0, 0);
     for j in &p.jobs {
-        match latest.get(j.id.as_str()) {
+        let rec = latest.get(j.id.as_str());
+        // An outcome waiting in the staging folder (from a bundle, or a killed runner) is
+        // newer than the ledger: `run` collects it instead of running the job.
+        let staged = staged
+            .get(j.id.as_str())
+            .filter(|s| rec.is_none_or(|r| s.attempt > r.attempt));
+        // (succeeded, with the job's current fingerprint)
+        let state = match (staged, rec) {
+            (Some(s), _) => Some((s.success, s.fp.as_deref().is_none_or(|fp| fp == j.fp))),
+            (None, Some(r)) => Some((r.outcome.is_success(), r.fp == j.fp)),
+            (None, None) => None,
+        };
+        match state {
             None => new += 1,
-            Some(r) if r.outcome.is_success() && r.fp == j.fp => done += 1,
-            Some(r) if r.outcome.is_success() => changed += 1,
-            Some(_) => failed += 1,
+            Some((true, true)) => done += 1,
+            Some((true, false)) => changed += 1,
+            Some((false, _)) => failed += 1,
         }
     }
     Ok((new, changed, failed, done))

@@ -318,6 +318,13 @@ fn bash_bounded(t: &Test, script: &Path) -> Ran {
     child.wait_with_output().expect("output").into()
 }
 
+/// A workflow name for a scenario on a backend, unique to this test process: cluster jobs are
+/// named after it, and a test cancels its workflow's jobs when it ends (another `cargo test`
+/// may run the same test on the same cluster at the same time).
+fn workflow(scenario: &str, backend: Backend) -> String {
+    format!("rr-{scenario}-{}-{}", backend.name(), std::process::id())
+}
+
 /// A manifest: workflow `wf` on `backend` with fast polling, then `stages`.
 fn manifest(backend: Backend, wf: &str, stages: &str) -> String {
     format!(
@@ -445,7 +452,7 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 // 1. A rerun after success runs nothing.
 
 fn rerun_after_success_runs_nothing(backend: Backend) {
-    let wf = format!("rr-noop-{}", backend.name());
+    let wf = workflow("noop", backend);
     let _g = guard(backend, &wf);
     let t = Test::new().manifest(&manifest(backend, &wf, &counting_stage([0, 1, 2, 3], None)));
 
@@ -475,7 +482,7 @@ backends!(rerun_after_success_runs_nothing: local => Local, slurm => Slurm, sge 
 // 2. Changing one job's value reruns exactly that job.
 
 fn changed_job_alone_reruns(backend: Backend) {
-    let wf = format!("rr-changed-{}", backend.name());
+    let wf = workflow("changed", backend);
     let _g = guard(backend, &wf);
     let t = Test::new().manifest(&manifest(backend, &wf, &counting_stage([0, 1, 2, 3], None)));
     pp(&t, &["run"]).code(0);
@@ -516,7 +523,7 @@ backends!(changed_job_alone_reruns: local => Local, slurm => Slurm, sge => Sge);
 // changed); `run --force` reruns all.
 
 fn retry_failed_and_force(backend: Backend) {
-    let wf = format!("rr-force-{}", backend.name());
+    let wf = workflow("force", backend);
     let _g = guard(backend, &wf);
     let t = Test::new().manifest(&manifest(
         backend,
@@ -621,7 +628,7 @@ fn events(t: &Test) -> Vec<(String, String, u128)> {
 }
 
 fn detached_two_stage_run(backend: Backend) {
-    let wf = format!("rr-detach-{}", backend.name());
+    let wf = workflow("detach", backend);
     let _g = guard(backend, &wf);
     let t = Test::new()
         .manifest(&two_stages(backend, &wf))
@@ -698,11 +705,60 @@ fn detached_two_stage_run(backend: Backend) {
 
 backends!(detached_two_stage_run: local => Local, slurm => Slurm, sge => Sge);
 
+/// A detached run where a job of `a` fails: b's driver does not run a's failed job again
+/// (and b, `on_failure = "stop"`, does not run).
+fn detached_run_with_a_failed_need(backend: Backend) {
+    let wf = workflow("detachfail", backend);
+    let _g = guard(backend, &wf);
+    let t = Test::new().manifest(&manifest(
+        backend,
+        &wf,
+        r#"[stages.a]
+jobs = [{id = "x"}, {id = "bad"}, {id = "z"}]
+run = '''echo "a {{job.id}}" >> {{workflow.dir}}/ran.txt; [ {{job.id}} != bad ]'''
+
+[stages.b]
+needs = ["a"]
+generate = "echo '[1, 2]'"
+run = '''echo "b {{job}}" >> {{workflow.dir}}/ran.txt'''
+"#,
+    ));
+    pp(&t, &["run", "--detach"]).code(0);
+    if backend != Backend::Local {
+        // The driver job has ended once nothing of the workflow is queued.
+        wait_queue_empty(&t, backend, &wf, DETACHED_LIMIT);
+    }
+    let report = wait_status(&t, backend, &wf, Duration::from_secs(30), |r| {
+        stage(r, "a")["stats"]["not_run"] == 0
+    });
+    let a = stage(&report, "a");
+    assert_eq!(a["stats"]["succeeded"], 2, "{report:#}");
+    assert_eq!(a["stats"]["failed"], 1, "{report:#}");
+    assert_eq!(a["failed"][0]["id"], "bad", "{report:#}");
+    assert_eq!(
+        a["failed"][0]["attempts"], 1,
+        "the failed job ran again: {report:#}"
+    );
+    assert!(stage(&report, "b")["not_started"].is_string(), "{report:#}");
+    assert_eq!(
+        sorted(lines(&t, "ran.txt")),
+        ["a bad", "a x", "a z"],
+        "each job of a runs once, b not at all"
+    );
+    if backend != Backend::Local {
+        let log = t.read(&format!(".poolparty/{wf}/b/driver.log"));
+        assert!(log.contains("does not run"), "driver.log:\n{log}");
+    }
+    pp(&t, &["status"]).code(1).stdout_has("a job 1 `bad`");
+}
+
+backends!(detached_run_with_a_failed_need: local => Local, slurm => Slurm, sge => Sge);
+
 // ---------------------------------------------------------------------------------------
 // 5. `plan --out DIR`, then `bash DIR/submit.sh` by hand.
 
 fn bundle_submitted_by_hand(backend: Backend) {
-    let wf = format!("rr-bundle-{}", backend.name());
+    let wf = workflow("bundle", backend);
     let _g = guard(backend, &wf);
     let t = Test::new().manifest(&manifest(backend, &wf, &counting_stage([0, 1, 2, 3], None)));
     let r = pp(&t, &["plan", "--out", "bundle"]);
@@ -724,6 +780,10 @@ fn bundle_submitted_by_hand(backend: Backend) {
     let r = pp(&t, &["results"]);
     r.code(0);
     assert_eq!(r.stdout, "[0, 1, 2, 3]\n");
+    // `plan` counts the bundle's outcomes, which `run` collects, as done.
+    pp(&t, &["plan"])
+        .code(0)
+        .stdout_has("4 jobs: 0 would run (0 new, 0 changed, 0 failed before), 4 done and reused");
 
     // A run adopts what the bundle did: no job runs again.
     pp(&t, &["run"]).code(0);
@@ -739,7 +799,7 @@ fn bundle_submitted_by_hand(backend: Backend) {
 backends!(bundle_submitted_by_hand: local => Local, slurm => Slurm, sge => Sge);
 
 fn bundle_failure_named_by_status(backend: Backend) {
-    let wf = format!("rr-bundlefail-{}", backend.name());
+    let wf = workflow("bundlefail", backend);
     let _g = guard(backend, &wf);
     let t = Test::new().manifest(&manifest(
         backend,
@@ -759,6 +819,32 @@ fn bundle_failure_named_by_status(backend: Backend) {
     r.code(1).stdout_has("a job 2 `j2`: exit code 3");
     // The job's stderr is named and shown.
     r.stdout_has("a/logs/j2.err").stdout_has("broken");
+    pp(&t, &["plan"])
+        .code(0)
+        .stdout_has("4 jobs: 1 would run (0 new, 0 changed, 1 failed before), 3 done and reused");
+    // A run keeps the bundle's successes. (Whether it runs j2 once more differs: a local
+    // bundle's failure is an earlier attempt, rerun; a cluster's is adopted as this run's.)
+    pp(&t, &["run"])
+        .code(1)
+        .stderr_has("a job 2 `j2`: exit code 3");
+    let ran = lines(&t, "ran.txt");
+    assert!(
+        ran.len() <= 5 && ran[4..].iter().all(|l| l == "j2"),
+        "the run reran bundled jobs that had succeeded: {ran:?}"
+    );
+    let r = pp(&t, &["results", "--format", "jsonl"]);
+    r.code(1);
+    let outcomes: Vec<String> = r
+        .stdout
+        .lines()
+        .map(|l| {
+            json(l, "results jsonl")["outcome"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(outcomes, ["succeeded", "succeeded", "failed", "succeeded"]);
 }
 
 backends!(bundle_failure_named_by_status: local => Local, slurm => Slurm, sge => Sge);
@@ -767,7 +853,7 @@ backends!(bundle_failure_named_by_status: local => Local, slurm => Slurm, sge =>
 // 6. `poolparty cancel` after a detached run of long jobs.
 
 fn cancel_detached_run(backend: Backend) {
-    let wf = format!("rr-cancel-{}", backend.name());
+    let wf = workflow("cancel", backend);
     let _g = guard(backend, &wf);
     // b is generated from a's results: a driver job waits for a in the queue.
     let t = Test::new().manifest(&manifest(
@@ -830,7 +916,7 @@ backends!(cancel_detached_run: slurm => Slurm, sge => Sge);
 
 fn provenance_of_each_run(backend: Backend) {
     use sha2::Digest as _;
-    let wf = format!("rr-prov-{}", backend.name());
+    let wf = workflow("prov", backend);
     let _g = guard(backend, &wf);
     let first = manifest(backend, &wf, &counting_stage([0, 1, 2, 3], None));
     let second = manifest(backend, &wf, &counting_stage([0, 1, 2, 30], None));
