@@ -513,6 +513,7 @@ pub fn write(
                                         index: l.job.index,
                                         id: l.job.id.to_string(),
                                         attempt: l.attempt,
+                                        fp: l.job.fp.clone(),
                                     })
                                     .collect();
                                 serde_json::to_string(&r)

@@ -395,8 +395,9 @@ impl<'a> Runner<'a> {
         };
         self.layout.create_stage_dirs(&name)?;
         store::write_jobs(&self.layout.jobs_file(&name), &jobs)?;
-        let records = store::read_ledger(&self.layout.ledger(&name))?;
         let submissions: Vec<Submission> = store::read_lines(&self.layout.submissions(&name))?;
+        let mut records = store::read_ledger(&self.layout.ledger(&name))?;
+        records.extend(self.collect_staged(&name, &plan.settings, &submissions, &records)?);
         // Attempts are numbered per job across runs, so outcome files never collide.
         let mut last_attempt: HashMap<String, u32> = HashMap::new();
         let mut recorded: HashSet<(String, u32)> = HashSet::new();
@@ -479,6 +480,74 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
+    /// Records the outcome files that an earlier run (killed, detached, or a bundle submitted by
+    /// hand) left in the staging folder, with the fingerprint the job had when submitted, so
+    /// that they count like any recorded attempt: a success with an unchanged fingerprint is
+    /// reused, a failure runs again.
+    fn collect_staged(
+        &mut self,
+        name: &str,
+        settings: &crate::manifest::Settings,
+        submissions: &[Submission],
+        records: &[JobRecord],
+    ) -> Result<Vec<JobRecord>> {
+        let dir = self.layout.staging_dir(name);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let recorded: HashSet<(&str, u32)> =
+            records.iter().map(|r| (r.id.as_str(), r.attempt)).collect();
+        let fps: HashMap<(&str, u32), &str> = submissions
+            .iter()
+            .flat_map(|s| s.tasks.iter().flatten())
+            .map(|j| ((j.id.as_str(), j.attempt), j.fp.as_str()))
+            .collect();
+        let mut found = Vec::new();
+        let mut files = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(staged) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| crate::outcome::StagedOutcome::parse(&t))
+            else {
+                continue;
+            };
+            if recorded.contains(&(staged.id.as_str(), staged.attempt)) {
+                files.push(path);
+                continue;
+            }
+            let result = match settings.result {
+                crate::manifest::ResultMode::None => None,
+                crate::manifest::ResultMode::File => backend::take_result_file(
+                    &self.layout.result_path(name, &staged.id),
+                    settings.result_max_bytes,
+                ),
+                crate::manifest::ResultMode::Stdout => backend::read_result_file(
+                    &self.layout.log_out(name, &staged.id),
+                    settings.result_max_bytes,
+                ),
+            };
+            let fp = fps
+                .get(&(staged.id.as_str(), staged.attempt))
+                .copied()
+                .unwrap_or_default()
+                .to_owned();
+            found.push(staged.record(self.run_id.clone(), fp, result));
+            files.push(path);
+        }
+        if !found.is_empty() {
+            let mut ledger = Ledger::open(self.layout.ledger(name))?;
+            for r in &found {
+                ledger.append(r)?;
+            }
+            ledger.sync()?;
+        }
+        for f in files {
+            let _ = std::fs::remove_file(f);
+        }
+        Ok(found)
+    }
+
     /// Hands tasks of earlier runs that have no recorded outcome to the backend; returns the
     /// job indices it took over (they are in flight now).
     fn adopt(
@@ -495,7 +564,9 @@ impl<'a> Runner<'a> {
                     let Some(Some(job)) = st.planned.get(j.index) else {
                         continue;
                     };
-                    if job.id.as_str() != j.id || recorded.contains(&(j.id.clone(), j.attempt)) {
+                    // A task submitted for another version of the job is not this job.
+                    let same_job = job.id.as_str() == j.id && (j.fp.is_empty() || j.fp == job.fp);
+                    if !same_job || recorded.contains(&(j.id.clone(), j.attempt)) {
                         continue;
                     }
                     let reusable = st

@@ -182,6 +182,9 @@ pub struct SubmittedJob {
     pub id: String,
     /// Attempt (unique per job across runs).
     pub attempt: u32,
+    /// The job's fingerprint when submitted: an outcome counts as up to date only for it.
+    #[serde(default)]
+    pub fp: String,
 }
 
 struct Tracked {
@@ -461,6 +464,7 @@ impl ClusterBackend {
                             index: l.job.index,
                             id: l.job.id.to_string(),
                             attempt: l.attempt,
+                            fp: l.job.fp.clone(),
                         })
                         .collect(),
                 );
