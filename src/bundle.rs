@@ -99,7 +99,7 @@ impl Scheduler for LocalScript {
     fn cancel(&mut self, _: &[String]) -> std::result::Result<(), CallError> {
         Ok(())
     }
-    fn cancel_task(&mut self, _: &str, _: usize) -> std::result::Result<(), CallError> {
+    fn cancel_tasks(&mut self, _: &str, _: &[usize]) -> std::result::Result<(), CallError> {
         Ok(())
     }
 }

@@ -921,16 +921,24 @@ fn task_in_error_state_is_deleted_and_resubmitted() {
     }
     // Each stuck task was deleted by poolparty (`qdel JOB -t TASK`), and the array is gone.
     let qdel = logged(&log, "qdel");
+    // One `qdel JOB -t 1,2,3` per array and poll, not one call per task.
     let mut deleted: Vec<usize> = qdel
         .iter()
         .filter_map(|a| {
             let parts: Vec<&str> = a.split(' ').collect();
             match parts[..] {
-                [id, "-t", task] if id == first_id => task.parse().ok(),
+                [id, "-t", tasks] if id == first_id => Some(
+                    tasks
+                        .split(',')
+                        .filter_map(|t| t.parse().ok())
+                        .collect::<Vec<usize>>(),
+                ),
                 _ => None,
             }
         })
+        .flatten()
         .collect();
+    assert!(qdel.len() <= 3, "one qdel per array per poll: {qdel:?}");
     deleted.sort_unstable();
     deleted.dedup();
     assert_eq!(deleted, [1, 2, 3], "qdel calls: {qdel:?}");

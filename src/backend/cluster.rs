@@ -79,11 +79,15 @@ pub trait Scheduler: Send {
     /// # Errors
     /// When the scheduler does not answer.
     fn cancel(&mut self, job_ids: &[String]) -> std::result::Result<(), CallError>;
-    /// Removes one task (e.g. stuck in an error state).
+    /// Removes some tasks of one array (e.g. stuck in an error state). One call.
     ///
     /// # Errors
     /// When the scheduler does not answer.
-    fn cancel_task(&mut self, job_id: &str, index: usize) -> std::result::Result<(), CallError>;
+    fn cancel_tasks(
+        &mut self,
+        job_id: &str,
+        indices: &[usize],
+    ) -> std::result::Result<(), CallError>;
 }
 
 /// A failed scheduler call.
@@ -408,7 +412,7 @@ impl ClusterBackend {
                 }
             };
             let bundle = self.spec.settings.bundle.max(1) as usize;
-            let take = (max_tasks * bundle).min(self.pending.len());
+            let take = max_tasks.saturating_mul(bundle).min(self.pending.len());
             let launches: Vec<Launch> = self.pending.drain(..take).collect();
             let tasks: Vec<Vec<Launch>> = launches.chunks(bundle).map(<[Launch]>::to_vec).collect();
             self.arrays += 1;
@@ -609,13 +613,17 @@ impl Backend for ClusterBackend {
                     }
                 }
             }
-            for (job_id, task) in errors
-                .iter()
-                .map(|(_, j, t, _)| (j.clone(), *t))
-                .collect::<std::collections::BTreeSet<_>>()
-            {
+            // One call per array, whatever the number of stuck tasks.
+            let mut stuck: std::collections::BTreeMap<String, Vec<usize>> =
+                std::collections::BTreeMap::new();
+            for (_, job_id, task, _) in &errors {
+                stuck.entry(job_id.clone()).or_default().push(*task);
+            }
+            for (job_id, mut tasks) in stuck {
+                tasks.sort_unstable();
+                tasks.dedup();
                 self.calls += 1;
-                let _ = self.sched.cancel_task(&job_id, task);
+                let _ = self.sched.cancel_tasks(&job_id, &tasks);
             }
             for (key, _, _, _) in errors {
                 finished.push((key, Outcome::Lost));
@@ -658,6 +666,8 @@ impl Backend for ClusterBackend {
         let states = self.sched.query(&ids).ok();
         let first = self.sched.first_index();
         let mut kept = Vec::new();
+        let mut stuck: std::collections::BTreeMap<String, Vec<usize>> =
+            std::collections::BTreeMap::new();
         for a in adopted {
             let task = a.position + first;
             let staged = self
@@ -668,6 +678,14 @@ impl Backend for ClusterBackend {
             let active = states
                 .as_ref()
                 .is_none_or(|s| s.get(&(a.job_id.clone(), task)) == Some(&TaskState::Active));
+            if let Some(TaskState::Error(_)) = states
+                .as_ref()
+                .and_then(|s| s.get(&(a.job_id.clone(), task)))
+            {
+                // Stuck in an error state: remove it; the job is launched again.
+                stuck.entry(a.job_id.clone()).or_default().push(task);
+                continue;
+            }
             if staged || active {
                 if !self.active_jobs.contains(&a.job_id) {
                     self.active_jobs.push(a.job_id.clone());
@@ -683,6 +701,10 @@ impl Backend for ClusterBackend {
                     },
                 );
             }
+        }
+        for (job_id, tasks) in stuck {
+            self.calls += 1;
+            let _ = self.sched.cancel_tasks(&job_id, &tasks);
         }
         self.next = Instant::now();
         kept

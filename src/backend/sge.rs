@@ -112,8 +112,13 @@ impl Scheduler for Sge {
             other => other.map(|_| ()),
         }
     }
-    fn cancel_task(&mut self, job_id: &str, index: usize) -> std::result::Result<(), CallError> {
-        match call("qdel", &[job_id, "-t", &index.to_string()], TRANSIENT) {
+    fn cancel_tasks(
+        &mut self,
+        job_id: &str,
+        indices: &[usize],
+    ) -> std::result::Result<(), CallError> {
+        let list: Vec<String> = indices.iter().map(usize::to_string).collect();
+        match call("qdel", &[job_id, "-t", &list.join(",")], TRANSIENT) {
             Err(e) if !e.transient => Ok(()),
             other => other.map(|_| ()),
         }

@@ -98,10 +98,15 @@ impl Scheduler for Slurm {
         args.extend(job_ids.iter().map(String::as_str));
         call("scancel", &args, TRANSIENT).map(|_| ())
     }
-    fn cancel_task(&mut self, job_id: &str, index: usize) -> std::result::Result<(), CallError> {
+    fn cancel_tasks(
+        &mut self,
+        job_id: &str,
+        indices: &[usize],
+    ) -> std::result::Result<(), CallError> {
+        let list: Vec<String> = indices.iter().map(usize::to_string).collect();
         call(
             "scancel",
-            &["--quiet", &format!("{job_id}_{index}")],
+            &["--quiet", &format!("{job_id}_[{}]", list.join(","))],
             TRANSIENT,
         )
         .map(|_| ())
