@@ -506,7 +506,7 @@ fn upstream_paths(m: &Manifest, graph: &StageGraph, layout: &Layout, i: usize) -
             name.to_owned(),
             UpstreamStage {
                 dir: layout.stage_dir(name),
-                outcomes: layout.ledger(name),
+                outcomes: layout.outcomes_file(name),
                 results: layout.results_file(name),
                 jobs: layout.jobs_file(name),
                 failed: Vec::new(),

@@ -353,7 +353,7 @@ impl<'a> Runner<'a> {
                 name.to_owned(),
                 UpstreamStage {
                     dir: self.layout.stage_dir(name),
-                    outcomes: self.layout.ledger(name),
+                    outcomes: self.layout.outcomes_file(name),
                     results: self.layout.results_file(name),
                     jobs: self.layout.jobs_file(name),
                     failed,
@@ -914,6 +914,29 @@ impl<'a> Runner<'a> {
                 buf.push(b'\n');
             }
             store::atomic_write(&self.layout.results_file(&name), &buf)?;
+            // One line per job, in job order: what a stage that needs this one gets to read.
+            let mut out = String::with_capacity(st.jobs.len() * 160);
+            for (j, f) in st.jobs.iter().zip(&st.finals) {
+                let path = |p: std::path::PathBuf| if p.exists() { json!(p) } else { Value::Null };
+                let line = json!({
+                    "index": j.index,
+                    "id": j.id.as_str(),
+                    "outcome": f.as_ref().map(Outcome::describe),
+                    "succeeded": f.as_ref().is_some_and(Outcome::is_success),
+                    "exit_code": f.as_ref().and_then(Outcome::exit_code),
+                    "attempts": st.attempts[j.index],
+                    "stdout": path(self.layout.log_out(&name, j.id.as_str())),
+                    "stderr": path(self.layout.log_err(&name, j.id.as_str())),
+                });
+                let mut text = serde_json::to_string(&line).expect("serializes");
+                // The job's value exactly as expanded, without parsing it again.
+                text.pop();
+                out.push_str(&text);
+                out.push_str(",\"job\":");
+                out.push_str(&j.json);
+                out.push_str("}\n");
+            }
+            store::atomic_write(&self.layout.outcomes_file(&name), out.as_bytes())?;
             let st = &mut self.states[i];
             if let Some(mut b) = st.backend.take() {
                 b.close();

@@ -88,6 +88,12 @@ impl Layout {
     pub fn jobs_file(&self, stage: &str) -> PathBuf {
         self.stage_dir(stage).join("jobs.jsonl")
     }
+    /// The stage's ordered outcomes, written when the stage ends (what a stage that needs it
+    /// reads).
+    #[must_use]
+    pub fn outcomes_file(&self, stage: &str) -> PathBuf {
+        self.stage_dir(stage).join("outcomes.jsonl")
+    }
     /// The stage's ordered results.
     #[must_use]
     pub fn results_file(&self, stage: &str) -> PathBuf {

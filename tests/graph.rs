@@ -167,3 +167,36 @@ fn cycle_is_rejected_before_anything_runs() {
         .stderr_has("`b` needs `a`");
     assert!(!t.path().join("ran").exists());
 }
+
+#[test]
+fn needed_stage_outcomes_reach_the_dependent_stage() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[stages.a]
+jobs = [{id = "ok"}, {id = "bad"}]
+run = "echo out-{{job.id}}; [ {{job.id}} = ok ]"
+[stages.b]
+needs = ["a"]
+on_failure = "continue"
+jobs = [1]
+run = "cp $POOLPARTY_NEEDS_A_OUTCOMES seen.jsonl"
+"#,
+    );
+    t.run(&["run"]).code(1);
+    let lines: Vec<serde_json::Value> = t
+        .read("seen.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["id"], "ok");
+    assert_eq!(lines[0]["exit_code"], 0);
+    assert_eq!(lines[0]["job"]["id"], "ok");
+    assert_eq!(lines[1]["succeeded"], false);
+    assert_eq!(lines[1]["exit_code"], 1);
+    let out = lines[1]["stdout"].as_str().unwrap();
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "out-bad\n");
+    assert!(lines[1]["stderr"].is_null());
+}
