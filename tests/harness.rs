@@ -2,7 +2,10 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use serde_json::Value;
 use std::process::Output;
 
 /// A temporary project folder and a command line to run in it.
@@ -142,4 +145,93 @@ pub static SGE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Takes a cluster lock even if an earlier test panicked while holding it.
 pub fn hold(m: &'static std::sync::Mutex<()>) -> std::sync::MutexGuard<'static, ()> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+// Helpers shared by the cluster test modules (slurm, sge).
+
+pub fn clusters_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clusters")
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn read_lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
+        .collect()
+}
+
+/// The ledger of a stage, grouped by job index: the attempts in the order recorded, as
+/// `(attempt, outcome kind)`.
+pub fn attempts(t: &Test, wf: &str, stage: &str) -> BTreeMap<u64, Vec<(u64, String)>> {
+    let mut map: BTreeMap<u64, Vec<(u64, String)>> = BTreeMap::new();
+    for r in read_lines(&t.state(wf).join(stage).join("ledger.jsonl")) {
+        map.entry(r["index"].as_u64().unwrap()).or_default().push((
+            r["attempt"].as_u64().unwrap(),
+            r["outcome"]["kind"].as_str().unwrap().to_owned(),
+        ));
+    }
+    map
+}
+
+/// Asserts every job `0..n` has exactly one attempt, which succeeded.
+#[track_caller]
+pub fn assert_each_succeeded_once(t: &Test, wf: &str, stage: &str, n: u64) {
+    let got = attempts(t, wf, stage);
+    let want: BTreeMap<u64, Vec<(u64, String)>> = (0..n)
+        .map(|i| (i, vec![(1, "succeeded".to_owned())]))
+        .collect();
+    assert_eq!(got, want, "ledger of stage `{stage}`");
+}
+
+/// Asserts the lines of `file` are exactly `0..n`, each once (in any order).
+#[track_caller]
+pub fn assert_each_ran_once(t: &Test, file: &str, n: u64) {
+    let text = t.read(file);
+    let mut seen: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            l.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("bad line {l:?} in {file}"))
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..n).collect::<Vec<_>>(), "{file}:\n{text}");
+}
+
+pub fn summary(t: &Test, wf: &str) -> Value {
+    read_json(&t.state(wf).join("summary.json"))
+}
+
+/// `[0, 1, ..., n-1]` as a TOML array.
+pub fn numbers(n: u64) -> String {
+    let v: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    format!("[{}]", v.join(", "))
+}
+
+pub fn has_submission(t: &Test, wf: &str, stage: &str) -> bool {
+    std::fs::read_to_string(t.state(wf).join(stage).join("submissions.jsonl"))
+        .is_ok_and(|s| s.lines().any(|l| !l.trim().is_empty()))
+}
+
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if [".poolparty", "tut", "__pycache__"].contains(&name.to_string_lossy().as_ref()) {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(&name));
+        } else {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! every test here fails (they never skip). The tests share the cluster (and one of them stops
 //! its controller), so they run one at a time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::{MutexGuard, OnceLock};
@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{Ran, Test};
+use crate::harness::{
+    assert_each_ran_once, assert_each_succeeded_once, attempts, clusters_dir, copy_tree,
+    has_submission, numbers, read_json, read_lines, summary,
+};
 
 /// `MaxArraySize` of the test cluster: arrays have at most 11 tasks.
 const MAX_ARRAY_SIZE: usize = 11;
@@ -20,10 +24,6 @@ const MAX_ARRAY_SIZE: usize = 11;
 const POLL: &str = "poll_interval = \"1s\"\npoll_max = \"2s\"\n";
 
 static UP: OnceLock<Result<String, String>> = OnceLock::new();
-
-fn clusters_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clusters")
-}
 
 /// Exclusive use of the cluster for one test. If the test panics, Slurm jobs of its workflow
 /// that are still queued or running are cancelled, so they do not slow down the next tests.
@@ -93,68 +93,6 @@ fn cluster(workflow: &str) -> Cluster {
 /// A manifest header: workflow `name` on Slurm with fast polling, plus `defaults`.
 fn header(name: &str, defaults: &str) -> String {
     format!("[workflow]\nname = \"{name}\"\n[defaults]\nbackend = \"slurm\"\n{POLL}{defaults}\n")
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn read_lines(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
-        .collect()
-}
-
-/// The ledger of a stage, grouped by job index: the attempts in the order recorded, as
-/// `(attempt, outcome kind)`.
-fn attempts(t: &Test, wf: &str, stage: &str) -> BTreeMap<u64, Vec<(u64, String)>> {
-    let mut map: BTreeMap<u64, Vec<(u64, String)>> = BTreeMap::new();
-    for r in read_lines(&t.state(wf).join(stage).join("ledger.jsonl")) {
-        map.entry(r["index"].as_u64().unwrap()).or_default().push((
-            r["attempt"].as_u64().unwrap(),
-            r["outcome"]["kind"].as_str().unwrap().to_owned(),
-        ));
-    }
-    map
-}
-
-/// Asserts every job `0..n` has exactly one attempt, which succeeded.
-#[track_caller]
-fn assert_each_succeeded_once(t: &Test, wf: &str, stage: &str, n: u64) {
-    let got = attempts(t, wf, stage);
-    let want: BTreeMap<u64, Vec<(u64, String)>> = (0..n)
-        .map(|i| (i, vec![(1, "succeeded".to_owned())]))
-        .collect();
-    assert_eq!(got, want, "ledger of stage `{stage}`");
-}
-
-/// Asserts the lines of `file` are exactly `0..n`, each once (in any order).
-#[track_caller]
-fn assert_each_ran_once(t: &Test, file: &str, n: u64) {
-    let text = t.read(file);
-    let mut seen: Vec<u64> = text
-        .lines()
-        .map(|l| {
-            l.trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("bad line {l:?} in {file}"))
-        })
-        .collect();
-    seen.sort_unstable();
-    assert_eq!(seen, (0..n).collect::<Vec<_>>(), "{file}:\n{text}");
-}
-
-fn summary(t: &Test, wf: &str) -> Value {
-    read_json(&t.state(wf).join("summary.json"))
-}
-
-/// `[0, 1, ..., n-1]` as a TOML array.
-fn numbers(n: u64) -> String {
-    let v: Vec<String> = (0..n).map(|i| i.to_string()).collect();
-    format!("[{}]", v.join(", "))
 }
 
 /// A `poolparty` process started in the background, its output going to files.
@@ -242,11 +180,6 @@ impl Drop for Running {
 /// The submissions of a stage (`submissions.jsonl`), once at least one is recorded.
 fn submissions(t: &Test, wf: &str, stage: &str) -> Vec<Value> {
     read_lines(&t.state(wf).join(stage).join("submissions.jsonl"))
-}
-
-fn has_submission(t: &Test, wf: &str, stage: &str) -> bool {
-    std::fs::read_to_string(t.state(wf).join(stage).join("submissions.jsonl"))
-        .is_ok_and(|s| s.lines().any(|l| !l.trim().is_empty()))
 }
 
 /// Wrapper scripts for the Slurm commands that log every call (`<epoch> <command> <args>`) to
@@ -746,22 +679,6 @@ fn refused_submission_is_a_backend_error() {
             .is_empty(),
         "a job has an outcome"
     );
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if [".poolparty", "tut", "__pycache__"].contains(&name.to_string_lossy().as_ref()) {
-            continue;
-        }
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &to.join(&name));
-        } else {
-            std::fs::copy(entry.path(), to.join(&name)).unwrap();
-        }
-    }
 }
 
 /// `examples/telescope`, unchanged, runs on Slurm with the same results as on the local
