@@ -212,6 +212,20 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                     serde_json::to_string_pretty(&report).expect("serializes")
                 );
             } else {
+                // A live runner on this host: say so, since jobs without an outcome are
+                // then still to come rather than not run.
+                if let Some(h) = store::read_holder(&layout).filter(|h| {
+                    h.host == store::hostname()
+                        && std::path::Path::new(&format!("/proc/{}", h.pid)).exists()
+                }) {
+                    let _ = writeln!(
+                        stdout,
+                        "run {} is in progress (pid {}, started {})",
+                        h.run,
+                        h.pid,
+                        store::format_time(h.started)
+                    );
+                }
                 let _ =
                     stdout.write_all(summary::format_report(&report, color, verbosity).as_bytes());
             }

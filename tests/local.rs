@@ -236,6 +236,7 @@ fn cancel_stops_a_live_runner() {
         assert!(std::time::Instant::now() < deadline, "job never started");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    t.run(&["status"]).stdout_has("is in progress");
     t.run(&["cancel"]).code(0).stderr_has("stopped");
     assert_eq!(runner.wait().unwrap().code(), Some(130));
     t.run(&["status"]).code(130).stdout_has("interrupted");
