@@ -417,12 +417,15 @@ pub fn format_report(report: &RunReport, color: bool, verbosity: Verbosity) -> S
         Verdict::JobsFailed => paint("31;1", "some jobs failed or did not run"),
         Verdict::Interrupted => paint("33;1", "interrupted"),
     };
+    if verbosity == Verbosity::Quiet && report.verdict == Verdict::Succeeded {
+        return out;
+    }
     let total: usize = report.stages.iter().map(|s| s.stats.total).sum();
     let _ = writeln!(
         out,
         "\n{verdict} ({} in {}; exit code {})",
         count(total, "job"),
-        report.stages.len().to_string() + " stage(s)",
+        count(report.stages.len(), "stage"),
         report.verdict.exit_code()
     );
     out
