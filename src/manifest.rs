@@ -22,6 +22,11 @@ use crate::error::{Error, Result, Source, did_you_mean};
 /// The file name looked for when a folder is given.
 pub const DEFAULT_MANIFEST: &str = "poolparty.toml";
 
+/// How long a cluster task may be gone from the queue without an outcome before it counts as
+/// lost, unless `lost_grace` says otherwise: outcome files may lag on shared file systems, and a
+/// restarted controller shows stale states for a few seconds.
+pub const LOST_GRACE: Duration = Duration::from_secs(20);
+
 /// Where jobs run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -250,6 +255,11 @@ macro_rules! with_settings {
             #[serde(default)]
             #[schemars(with = "Option<String>")]
             pub poll_max: Option<Spanned<String>>,
+            /// Cluster: how long a task may be gone from the queue without an outcome file
+            /// before it counts as lost (default `"20s"`; raise it on slow shared file systems).
+            #[serde(default)]
+            #[schemars(with = "Option<String>")]
+            pub lost_grace: Option<Spanned<String>>,
         }
     };
 }
@@ -519,6 +529,8 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// Longest poll interval.
     pub poll_max: Duration,
+    /// Grace period before a vanished task counts as lost.
+    pub lost_grace: Duration,
 }
 
 /// Where a stage's jobs come from.
@@ -1030,6 +1042,7 @@ fn resolve_settings(
         resubmit_lost: s.resubmit_lost.or(d.resubmit_lost).unwrap_or(3),
         poll_interval,
         poll_max: poll_max.max(poll_interval),
+        lost_grace: duration(pick!(s, d, lost_grace))?.map_or(LOST_GRACE, |w| w.0),
     })
 }
 

@@ -225,11 +225,6 @@ pub struct ClusterBackend {
     recorder: Option<super::Recorder>,
 }
 
-/// How long a task may be gone from the queue without an outcome before it counts as lost
-/// (outcome files may lag on shared file systems; a controller may show stale states after an
-/// outage).
-pub const LOST_GRACE: Duration = Duration::from_secs(20);
-
 /// How long submissions may keep failing with errors worth retrying (the controller is
 /// unreachable: restarted, failing over) before the run gives up. Meanwhile the jobs stay
 /// queued here and each poll tries again, so the runner is never blocked.
@@ -280,7 +275,7 @@ impl ClusterBackend {
             max_tasks: None,
             interval,
             next: Instant::now() + interval,
-            grace: LOST_GRACE,
+            grace: spec.settings.lost_grace,
             polls: 0,
             calls: 0,
             cancelled: false,
