@@ -35,7 +35,7 @@ use crate::plan::PlannedJob;
 use crate::runner::Prepared;
 use crate::store::{self, Layout};
 use crate::template::shell_quote;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// The run label of bundled submissions: fixed, so two bundles of the same state diff cleanly.
 pub const BUNDLE_RUN: &str = "bundle";
@@ -104,21 +104,10 @@ impl Scheduler for LocalScript {
     }
 }
 
-/// A job of a local stage's script, as recorded in the stage's `bundled.jsonl`.
-#[derive(Debug, Serialize, Deserialize)]
-struct BundledJob {
-    index: usize,
-    id: String,
-    attempt: u32,
-    /// The fingerprint the job had when the bundle was written.
-    #[serde(default)]
-    fp: String,
-}
-
 /// One line of a stage's `bundled.jsonl`: a local script that `submit.sh` ran.
 #[derive(Debug, Deserialize)]
 struct Bundled {
-    tasks: Vec<Vec<BundledJob>>,
+    tasks: Vec<Vec<SubmittedJob>>,
 }
 
 /// A stage's file of local bundle scripts that ran.
@@ -495,30 +484,18 @@ pub fn write(
                     let lines: Vec<String> = tasks
                         .iter()
                         .map(|t| {
-                            if kind == BackendKind::Local {
-                                let r: Vec<BundledJob> = t
-                                    .iter()
-                                    .map(|l| BundledJob {
-                                        index: l.job.index,
-                                        id: l.job.id.to_string(),
-                                        attempt: l.attempt,
-                                        fp: l.job.fp.clone(),
-                                    })
-                                    .collect();
-                                serde_json::to_string(&r)
-                            } else {
-                                let r: Vec<SubmittedJob> = t
-                                    .iter()
-                                    .map(|l| SubmittedJob {
-                                        index: l.job.index,
-                                        id: l.job.id.to_string(),
-                                        attempt: l.attempt,
-                                        fp: l.job.fp.clone(),
-                                    })
-                                    .collect();
-                                serde_json::to_string(&r)
-                            }
-                            .expect("serializes")
+                            // Local scripts (`bundled.jsonl`) and arrays (`submissions.jsonl`)
+                            // record their jobs alike.
+                            let r: Vec<SubmittedJob> = t
+                                .iter()
+                                .map(|l| SubmittedJob {
+                                    index: l.job.index,
+                                    id: l.job.id.to_string(),
+                                    attempt: l.attempt,
+                                    fp: l.job.fp.clone(),
+                                })
+                                .collect();
+                            serde_json::to_string(&r).expect("serializes")
                         })
                         .collect();
                     let tasks_path = dir.join(format!("{label}.tasks.json"));

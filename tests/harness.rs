@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 /// A temporary project folder and a command line to run in it.
 pub struct Test {
@@ -232,6 +233,23 @@ pub fn copy_tree(from: &Path, to: &Path) {
             copy_tree(&entry.path(), &to.join(&name));
         } else {
             std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// Locks `path` (flock), waiting at most `limit` for another process to let go.
+pub fn flock_bounded(path: &str, limit: Duration) -> nix::fcntl::Flock<std::fs::File> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return l,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
+            Err((_, e)) => panic!("{path} stayed locked for {limit:?}: {e}"),
         }
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::harness::flock_bounded;
 use crate::harness::{self, Ran, Test};
 
 /// How long one `poolparty` command may take (a cluster run of a few short jobs takes
@@ -154,22 +155,6 @@ fn guard(backend: Backend, workflow: &str) -> Guard {
         workflow: workflow.to_owned(),
         _across: across,
         _lock: lock,
-    }
-}
-
-fn flock_bounded(path: &str, limit: Duration) -> nix::fcntl::Flock<std::fs::File> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
-        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(l) => return l,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
-            Err((_, e)) => panic!("{path} stayed locked for {limit:?}: {e}"),
-        }
     }
 }
 

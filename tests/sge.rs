@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::harness::flock_bounded;
 use crate::harness::{Ran, Test};
 use crate::harness::{
     assert_each_ran_once, assert_each_succeeded_once, attempts, clusters_dir, copy_tree,
@@ -111,23 +112,6 @@ impl Drop for Cluster {
         if !ids.is_empty() {
             let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
             let _ = sh("qdel", &ids);
-        }
-    }
-}
-
-/// Locks `path` (flock), waiting at most `limit` for another process to let go.
-fn flock_bounded(path: &str, limit: Duration) -> nix::fcntl::Flock<std::fs::File> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
-        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(l) => return l,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
-            Err((_, e)) => panic!("{path} stayed locked for {limit:?}: {e}"),
         }
     }
 }
