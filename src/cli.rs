@@ -78,6 +78,9 @@ pub enum Cmd {
         /// Wait for another run holding the workflow to end instead of refusing.
         #[arg(long)]
         wait: bool,
+        /// At the end, write the run's HTML report (as `poolparty report -o FILE`) here.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
     },
     /// Stop a run: a live runner is asked to stop (it cancels its jobs); arrays left on a
     /// cluster by a killed runner are cancelled with one call per scheduler.
@@ -134,6 +137,26 @@ pub enum Cmd {
     },
     /// Print the manifest's JSON Schema.
     Schema,
+    /// Write a run's report: one self-contained HTML page (timelines, histograms,
+    /// concurrency, retries, failures with log tails), or the same facts as text.
+    Report(ReportArgs),
+}
+
+/// Arguments of `poolparty report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The manifest or its folder.
+    pub manifest: Option<PathBuf>,
+    /// Write it to this file (default: `report.html` in the workflow's state folder for
+    /// HTML; stdout for text; `-` is stdout).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The run to report (default: the latest recorded run).
+    #[arg(long, value_name = "ID")]
+    pub run: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = crate::report::Format::Html)]
+    pub format: crate::report::Format,
 }
 
 /// Formats of `poolparty results`.

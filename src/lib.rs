@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod bundle;
 pub mod cli;
+pub mod cmd;
 pub mod error;
 pub mod graph;
 pub mod jobs;
@@ -18,6 +19,7 @@ pub mod manifest;
 pub mod outcome;
 pub mod plan;
 pub mod query;
+pub mod report;
 pub mod runner;
 pub mod store;
 pub mod summary;
@@ -142,6 +144,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             retry_failed,
             detach,
             wait,
+            report: report_path,
         } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
             let selected = select(&m, &graph, stages)?;
@@ -193,6 +196,9 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             .run(prepared)?;
             runner::write_report(&layout, &report)?;
             reporter.finish(&report);
+            if let Some(out) = report_path {
+                cmd::report::after_run(&m, &graph, &layout, &report, out)?;
+            }
             if g.json {
                 let _ = writeln!(
                     stdout,
@@ -275,6 +281,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 error::EXIT_JOBS_FAILED
             })
         }
+        Cmd::Report(args) => cmd::report::run(args),
         Cmd::Graph { manifest, format } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
             let counts: Vec<Option<usize>> = m

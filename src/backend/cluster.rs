@@ -175,6 +175,10 @@ pub struct Submission {
     pub scheduler: String,
     /// For each array task (index `first_index + position`): the jobs it runs.
     pub tasks: Vec<Vec<SubmittedJob>>,
+    /// When it was submitted (Unix seconds): the start of its tasks' queue wait. Absent in
+    /// records written before it was added and by bundles' `submit.sh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted: Option<f64>,
 }
 
 /// One job of a submitted array task.
@@ -418,6 +422,7 @@ impl ClusterBackend {
             let path = self.scripts_dir.join(format!("{name}.sh"));
             crate::store::atomic_write(&path, script.as_bytes())?;
             self.calls += 1;
+            let submitted = crate::store::now();
             let job_id = match self.sched.submit(&path) {
                 Ok(id) => id,
                 Err(e) if e.transient => {
@@ -486,6 +491,7 @@ impl ClusterBackend {
                 run: self.spec.run.clone(),
                 scheduler: self.sched.name().to_owned(),
                 tasks: record,
+                submitted: Some(submitted),
             };
             // Recorded durably before the next array is submitted or anything else happens.
             match self.recorder.as_mut() {

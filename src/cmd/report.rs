@@ -1,0 +1,63 @@
+//! `poolparty report` and `run --report`: load the manifest, pick the run, collect its facts
+//! ([`crate::report::collect`]) and write them as HTML or text.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::cli::ReportArgs;
+use crate::error::{EXIT_SUCCESS, Result};
+use crate::graph::StageGraph;
+use crate::manifest::{self, Manifest};
+use crate::report::{self, Format};
+use crate::store::Layout;
+use crate::summary::RunReport;
+
+/// `poolparty report`: writes the report of the latest run (or `--run ID`).
+///
+/// # Errors
+/// A bad manifest, no recorded run, unreadable state or an unwritable output.
+pub fn run(args: &ReportArgs) -> Result<u8> {
+    let m = manifest::load(&manifest::resolve_path(args.manifest.as_deref()))?;
+    let graph = StageGraph::build(&m)?;
+    let layout = Layout::new(m.state_dir());
+    let (run, runs) = report::load_run(&layout, args.run.as_deref())?;
+    let data = report::collect(&m, &graph, &layout, &run, runs)?;
+    let text = report::render(&data, args.format);
+    let to_stdout = match (&args.output, args.format) {
+        (Some(p), _) => p.as_os_str() == "-",
+        (None, Format::Text) => true,
+        (None, Format::Html) => false,
+    };
+    if to_stdout {
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        return Ok(EXIT_SUCCESS);
+    }
+    let out = args
+        .output
+        .clone()
+        .unwrap_or_else(|| layout.root().join("report.html"));
+    crate::store::atomic_write(&out, text.as_bytes())?;
+    eprintln!(
+        "poolparty: report of run {} written to {} ({} KB)",
+        data.run,
+        out.display(),
+        text.len().div_ceil(1024)
+    );
+    Ok(EXIT_SUCCESS)
+}
+
+/// `run --report FILE`: writes the HTML report of the run that just ended.
+///
+/// # Errors
+/// Unreadable state or an unwritable output.
+pub fn after_run(
+    m: &Manifest,
+    graph: &StageGraph,
+    layout: &Layout,
+    run: &RunReport,
+    out: &Path,
+) -> Result<()> {
+    let (_, runs) = report::load_run(layout, Some(&run.run))?;
+    let data = report::collect(m, graph, layout, run, runs)?;
+    report::write(&data, out, Format::Html)
+}
