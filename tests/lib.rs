@@ -9,6 +9,7 @@ mod local;
 mod manifest_errors;
 mod quoting;
 mod readme;
+mod report;
 mod reruns;
 mod results;
 mod schema;

@@ -343,7 +343,10 @@ pub fn load_run(layout: &Layout, run: Option<&str>) -> Result<(RunReport, Vec<St
         Some(r) if runs.iter().any(|x| x == r) => r.to_owned(),
         Some(r) => {
             return Err(Error::Usage {
-                message: format!("no run `{r}` is recorded in `{}`", layout.runs_dir().display()),
+                message: format!(
+                    "no run `{r}` is recorded in `{}`",
+                    layout.runs_dir().display()
+                ),
                 help: Some(if runs.is_empty() {
                     "nothing has run yet".to_owned()
                 } else {
@@ -385,7 +388,8 @@ pub fn collect(
         let name = stage.name.as_str();
         let jobs = store::read_jobs(&layout.jobs_file(name))?;
         let records = store::read_ledger(&layout.ledger(name))?;
-        let subs: Vec<Submission> = store::read_lines(&layout.submissions(name)).unwrap_or_default();
+        let subs: Vec<Submission> =
+            store::read_lines(&layout.submissions(name)).unwrap_or_default();
         let mut submitted: HashMap<(usize, u32), f64> = HashMap::new();
         for s in subs.iter().filter(|s| s.run == run.run) {
             if let Some(t) = s.submitted {
@@ -501,7 +505,11 @@ fn shorten(s: &str, n: usize) -> String {
     }
 }
 
-#[expect(clippy::too_many_arguments, clippy::too_many_lines, reason = "one pass over a stage")]
+#[expect(
+    clippy::too_many_arguments,
+    clippy::too_many_lines,
+    reason = "one pass over a stage"
+)]
 fn stage_data(
     layout: &Layout,
     name: &str,
@@ -637,7 +645,12 @@ fn stage_data(
         .iter()
         .filter_map(|r| {
             let (s, e) = (r.start?, r.end?);
-            Some((*r, submitted.get(&(r.index, r.attempt)).copied(), s, e.max(s)))
+            Some((
+                *r,
+                submitted.get(&(r.index, r.attempt)).copied(),
+                s,
+                e.max(s),
+            ))
         })
         .collect();
     let untimed = mine.len() - timed.len();
@@ -651,7 +664,11 @@ fn stage_data(
     );
     let mut slowest: Vec<&(&JobRecord, Option<f64>, f64, f64)> = timed.iter().collect();
     slowest.sort_by(|a, b| (b.3 - b.2).total_cmp(&(a.3 - a.2)));
-    let slowest = slowest.into_iter().take(SLOWEST).map(|t| row(t.0)).collect();
+    let slowest = slowest
+        .into_iter()
+        .take(SLOWEST)
+        .map(|t| row(t.0))
+        .collect();
 
     let first = timed
         .iter()
@@ -758,7 +775,9 @@ fn stage_data(
         Some((from, len)) => {
             #[expect(clippy::cast_possible_wrap, reason = "a small constant")]
             let bin_ms = ((len + TIME_BINS as i64 - 1) / TIME_BINS as i64).max(1);
-            let n_jobs = jobs_ref.len().max(timed.iter().map(|t| t.0.index + 1).max().unwrap_or(1));
+            let n_jobs = jobs_ref
+                .len()
+                .max(timed.iter().map(|t| t.0.index + 1).max().unwrap_or(1));
             let per_bucket = n_jobs.div_ceil(INDEX_BUCKETS).max(1);
             let buckets = n_jobs.div_ceil(per_bucket);
             let bin = |t: f64| {

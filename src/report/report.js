@@ -1,6 +1,6 @@
 // poolparty report: draws the page from the JSON in #poolparty-data.
 // Recorded text (ids, values, logs) only ever becomes DOM text nodes, never HTML.
-// When drawing is done, <body data-status="ok"> carries counts that tests read back;
+// When drawing is done, the body element gets data-status="ok" and counts that tests read back;
 // any uncaught error sets data-status="error".
 (function () {
   'use strict';

@@ -15,7 +15,11 @@ fn dur(s: f64) -> String {
     } else if s < 3600.0 {
         format!("{:.0} min {:.0} s", (s / 60.0).floor(), s % 60.0)
     } else {
-        format!("{:.0} h {:.0} min", (s / 3600.0).floor(), (s % 3600.0) / 60.0)
+        format!(
+            "{:.0} h {:.0} min",
+            (s / 3600.0).floor(),
+            (s % 3600.0) / 60.0
+        )
     }
 }
 
@@ -150,7 +154,11 @@ fn wall(st: &StageData) -> Option<f64> {
 fn stage(s: &mut String, d: &ReportData, _i: usize, st: &StageData) {
     let c = &st.counts;
     let _ = writeln!(s);
-    let needs: Vec<&str> = st.needs.iter().map(|&n| d.stages[n].name.as_str()).collect();
+    let needs: Vec<&str> = st
+        .needs
+        .iter()
+        .map(|&n| d.stages[n].name.as_str())
+        .collect();
     let _ = writeln!(
         s,
         "stage `{}` ({} backend{}): {}, {} in this run",
