@@ -464,6 +464,16 @@ fn layers(manifest: &Manifest, graph: &StageGraph) -> Vec<usize> {
     layer
 }
 
+/// The width (ms) and number of time bins covering `len` ms in at most [`TIME_BINS`] bins.
+fn time_bins(len: i64) -> (i64, usize) {
+    #[expect(clippy::cast_possible_wrap, reason = "a small constant")]
+    let bin_ms = ((len + TIME_BINS as i64 - 1) / TIME_BINS as i64).max(1);
+    let bins = usize::try_from((len + bin_ms - 1) / bin_ms)
+        .unwrap_or(1)
+        .clamp(1, TIME_BINS);
+    (bin_ms, bins)
+}
+
 fn ms(t: f64, t0: f64) -> i64 {
     #[expect(
         clippy::cast_possible_truncation,
@@ -703,9 +713,7 @@ fn stage_data(
         _ => None,
     };
     let concurrency = span.map(|(from, len)| {
-        #[expect(clippy::cast_possible_wrap, reason = "a small constant")]
-        let bin_ms = (len + TIME_BINS as i64 - 1) / TIME_BINS as i64;
-        let bin_ms = bin_ms.max(1);
+        let (bin_ms, bins) = time_bins(len);
         let bin = |t: i64| {
             #[expect(
                 clippy::cast_possible_truncation,
@@ -713,7 +721,7 @@ fn stage_data(
                 reason = "clamped to the bins"
             )]
             let b = ((t - from).max(0) / bin_ms) as usize;
-            b.min(TIME_BINS - 1)
+            b.min(bins - 1)
         };
         // Exact peak per bin from a sweep over start/end events.
         let mut events: Vec<(i64, i32)> = Vec::with_capacity(timed.len() * 2);
@@ -729,7 +737,7 @@ fn stage_data(
         let sweep = |mut ev: Vec<(i64, i32)>| -> Vec<u32> {
             // Ends before starts at the same instant.
             ev.sort_unstable();
-            let mut out = vec![0u32; TIME_BINS];
+            let mut out = vec![0u32; bins];
             let mut now = 0i32;
             let mut cur = 0usize;
             for (t, d) in ev {
@@ -773,8 +781,7 @@ fn stage_data(
             outcome: timed.iter().map(|t| outcome_code(&t.0.outcome)).collect(),
         },
         Some((from, len)) => {
-            #[expect(clippy::cast_possible_wrap, reason = "a small constant")]
-            let bin_ms = ((len + TIME_BINS as i64 - 1) / TIME_BINS as i64).max(1);
+            let (bin_ms, bins) = time_bins(len);
             let n_jobs = jobs_ref
                 .len()
                 .max(timed.iter().map(|t| t.0.index + 1).max().unwrap_or(1));
@@ -787,33 +794,33 @@ fn stage_data(
                     reason = "clamped to the bins"
                 )]
                 let b = ((ms(t, t0) - from).max(0) / bin_ms) as usize;
-                b.min(TIME_BINS - 1)
+                b.min(bins - 1)
             };
             // Difference arrays per row, then prefix sums: O(attempts + cells).
-            let mut diff = vec![0i64; buckets * (TIME_BINS + 1)];
-            let mut failed_cells = vec![0u32; buckets * TIME_BINS];
+            let mut diff = vec![0i64; buckets * (bins + 1)];
+            let mut failed_cells = vec![0u32; buckets * bins];
             for t in &timed {
                 let row = (t.0.index / per_bucket).min(buckets - 1);
                 let (a, b) = (bin(t.2), bin(t.3));
-                diff[row * (TIME_BINS + 1) + a] += 1;
-                diff[row * (TIME_BINS + 1) + b + 1] -= 1;
+                diff[row * (bins + 1) + a] += 1;
+                diff[row * (bins + 1) + b + 1] -= 1;
                 if !t.0.outcome.is_success() {
-                    failed_cells[row * TIME_BINS + b] += 1;
+                    failed_cells[row * bins + b] += 1;
                 }
             }
-            let mut running = vec![0u32; buckets * TIME_BINS];
+            let mut running = vec![0u32; buckets * bins];
             for row in 0..buckets {
                 let mut acc = 0i64;
-                for b in 0..TIME_BINS {
-                    acc += diff[row * (TIME_BINS + 1) + b];
-                    running[row * TIME_BINS + b] = u32::try_from(acc).unwrap_or(0);
+                for b in 0..bins {
+                    acc += diff[row * (bins + 1) + b];
+                    running[row * bins + b] = u32::try_from(acc).unwrap_or(0);
                 }
             }
             Timeline::Binned {
                 attempts: timed.len(),
                 from_ms: from,
                 bin_ms,
-                bins: TIME_BINS,
+                bins,
                 buckets,
                 per_bucket,
                 running,

@@ -208,7 +208,7 @@
     var legend = el('div', { 'class': 'legend' }, Object.keys(used).map(function (o) {
       return el('span', null, el('i', { style: 'background:' + COLORS[o] }), NAMES[o]);
     }), s.queue_known ? el('span', null, el('i', { style: 'background:#c9ced6' }), 'queued (submit → start)') : null,
-    el('span', null, el('i', { style: 'background:#1d2430' }), 'retry (attempt > 1)'));
+    T.attempt.some(function (a) { return a > 1; }) ? el('span', null, el('i', { style: 'background:#1d2430' }), 'retry (attempt > 1)') : null);
     return [wrap, legend, el('p', { 'class': 'note' }, 'One bar per attempt (' + plural(n, 'attempt') + ', packed into ' + plural(L, 'lane') + ': a lane runs one attempt at a time). ' +
       (s.queue_known ? 'Grey is the wait in the scheduler\'s queue, from the array\'s submission to the job\'s start.' : 'Queue wait is not recorded for this stage (local jobs start as soon as a slot is free).'))];
   }
