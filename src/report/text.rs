@@ -23,6 +23,26 @@ fn dur(s: f64) -> String {
     }
 }
 
+/// Recorded text made safe for a terminal: control characters (escape sequences included)
+/// are shown as `^X` / `\u{..}` instead of being sent to it.
+fn clean(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\t' => out.push(c),
+            c if (c as u32) < 0x20 => {
+                out.push('^');
+                out.push(char::from_u32(c as u32 + 0x40).unwrap_or('?'));
+            }
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&c.escape_unicode().to_string());
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// One line of block characters for a series.
 fn spark(vals: &[u32]) -> String {
     const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
@@ -285,8 +305,8 @@ fn stage(s: &mut String, d: &ReportData, _i: usize, st: &StageData) {
                 s,
                 "    job {} `{}`: {}",
                 r.index,
-                r.id,
-                r.attempts.join(" -> ")
+                clean(&r.id),
+                clean(&r.attempts.join(" -> "))
             );
         }
         if c.retried > 20 {
@@ -306,8 +326,8 @@ fn stage(s: &mut String, d: &ReportData, _i: usize, st: &StageData) {
                 s,
                 "    job {} `{}`: {} after {} ({})",
                 f.index,
-                f.id,
-                f.describe,
+                clean(&f.id),
+                clean(&f.describe),
                 count(f.attempts as usize, "attempt"),
                 OUTCOME_NAMES[f.outcome as usize]
             );
@@ -316,7 +336,7 @@ fn stage(s: &mut String, d: &ReportData, _i: usize, st: &StageData) {
             }
             if let Some(t) = &f.stderr_tail {
                 for l in t.lines() {
-                    let _ = writeln!(s, "      | {l}");
+                    let _ = writeln!(s, "      | {}", clean(l));
                 }
             }
             if let Some(p) = &f.stdout_log {
@@ -330,5 +350,23 @@ fn stage(s: &mut String, d: &ReportData, _i: usize, st: &StageData) {
                 st.failed_total - 50
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_do_not_reach_the_terminal() {
+        assert_eq!(clean("a\x1b[31mred\tb"), "a^[[31mred\tb");
+        assert_eq!(clean("x\u{2028}y\u{9b}"), "x\\u{2028}y\\u{9b}");
+    }
+
+    #[test]
+    fn sparklines_scale_to_the_peak() {
+        assert_eq!(spark(&[0, 1, 2, 4]), " ▃▅█");
+        assert_eq!(squeeze(&[1, 2, 3, 4], 2, false), [3, 7]);
+        assert_eq!(squeeze(&[1, 2, 3, 4], 2, true), [2, 4]);
     }
 }
