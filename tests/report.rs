@@ -39,7 +39,7 @@ fn flaky_test() -> Test {
 }
 
 /// The JSON embedded in a report page.
-fn embedded(html: &str) -> Value {
+pub fn embedded(html: &str) -> Value {
     let open = "<script type=\"application/json\" id=\"poolparty-data\">";
     let start = html.find(open).expect("data element") + open.len();
     let end = start

@@ -829,3 +829,48 @@ fn transient_sbatch_failures_are_retried_at_later_polls() {
         .count();
     assert_eq!(scripts, 1);
 }
+
+/// The run report tells queue wait (the array's submission to the job's start) from run time
+/// on a cluster: `submissions.jsonl` records when each array was submitted.
+#[test]
+fn report_tells_queue_wait_from_run_time() {
+    let _c = cluster("slreport");
+    let t = Test::new().manifest(&format!(
+        "{}[stages.a]\njobs = [1, 2, 3, 4]\nrun = \"sleep 1\"\nresult = \"none\"\n",
+        header("slreport", "max_parallel = 2")
+    ));
+    t.run(&["run", "--report", "r.html"]).code(0);
+    for s in submissions(&t, "slreport", "a") {
+        assert!(s["submitted"].as_f64().is_some(), "{s}");
+    }
+    let d = crate::report::embedded(&t.read("r.html"));
+    let a = &d["stages"][0];
+    assert_eq!(a["queue_known"], true);
+    assert!(
+        a["queue_wait"][3].as_f64().unwrap() >= 0.0,
+        "{}",
+        a["queue_wait"]
+    );
+    let tl = &a["timeline"];
+    let (submit, start) = (
+        tl["submit"].as_array().unwrap(),
+        tl["start"].as_array().unwrap(),
+    );
+    assert_eq!(submit.len(), 4);
+    for (q, s) in submit.iter().zip(start) {
+        let (q, s) = (q.as_i64().unwrap(), s.as_i64().unwrap());
+        assert!(q >= 0 && q <= s, "submit {q} after start {s}");
+    }
+    // Two at a time: the last two wait at least about one job's run time in the queue.
+    let mut waits: Vec<i64> = submit
+        .iter()
+        .zip(start)
+        .map(|(q, s)| s.as_i64().unwrap() - q.as_i64().unwrap())
+        .collect();
+    waits.sort_unstable();
+    assert!(waits[3] >= 900, "{waits:?}");
+    t.run(&["report", "--format", "text"])
+        .code(0)
+        .stdout_has("queue wait (submit to start): min ")
+        .stdout_has("queued over time");
+}

@@ -213,7 +213,9 @@ pub enum Timeline {
 /// A duration histogram.
 #[derive(Debug, Serialize)]
 pub struct Histogram {
-    /// Width of a bin (seconds); bin i covers `[i*width, (i+1)*width)`.
+    /// Start of the first bin (seconds).
+    pub lo: f64,
+    /// Width of a bin (seconds); bin i covers `[lo + i*width, lo + (i+1)*width)`.
     pub width: f64,
     /// Successful attempts per bin.
     pub ok: Vec<u32>,
@@ -688,9 +690,10 @@ fn stage_data(
     let (first_ms, last_ms) = (first.map(|f| ms(f, t0)), last.map(|l| ms(l, t0)));
 
     let histogram = durations.map(|d| {
-        let max = d[3].max(1e-3);
+        // From the shortest to the longest attempt, or from 0 when they are all alike.
+        let lo = if d[3] - d[0] < 1e-3 { 0.0 } else { d[0] };
         #[expect(clippy::cast_precision_loss, reason = "a small count")]
-        let width = max / HIST_BINS as f64;
+        let width = (d[3] - lo).max(1e-3) / HIST_BINS as f64;
         let (mut ok, mut bad) = (vec![0u32; HIST_BINS], vec![0u32; HIST_BINS]);
         for t in &timed {
             #[expect(
@@ -698,14 +701,14 @@ fn stage_data(
                 clippy::cast_sign_loss,
                 reason = "a bin index"
             )]
-            let b = (((t.3 - t.2) / width) as usize).min(HIST_BINS - 1);
+            let b = (((t.3 - t.2 - lo).max(0.0) / width) as usize).min(HIST_BINS - 1);
             if t.0.outcome.is_success() {
                 ok[b] += 1;
             } else {
                 bad[b] += 1;
             }
         }
-        Histogram { width, ok, bad }
+        Histogram { lo, width, ok, bad }
     });
 
     let span = match (first_ms, last_ms) {

@@ -243,14 +243,14 @@
     var bw = (W - 40) / n;
     for (k = 0; k < n; k++) {
       var ho = HH * H.ok[k] / max, hb = HH * H.bad[k] / max;
-      if (ho) g.appendChild(svg('rect', { x: 36 + k * bw, y: HH - ho, width: Math.max(1, bw - 1), height: ho, fill: COLORS[0] }, svg('title', null, H.ok[k] + ' succeeded, ' + dur(k * H.width) + '–' + dur((k + 1) * H.width))));
-      if (hb) g.appendChild(svg('rect', { x: 36 + k * bw, y: HH - ho - hb, width: Math.max(1, bw - 1), height: hb, fill: COLORS[1] }, svg('title', null, H.bad[k] + ' not succeeded, ' + dur(k * H.width) + '–' + dur((k + 1) * H.width))));
+      if (ho) g.appendChild(svg('rect', { x: 36 + k * bw, y: HH - ho, width: Math.max(1, bw - 1), height: ho, fill: COLORS[0] }, svg('title', null, H.ok[k] + ' succeeded, ' + dur(H.lo + k * H.width) + '–' + dur(H.lo + (k + 1) * H.width))));
+      if (hb) g.appendChild(svg('rect', { x: 36 + k * bw, y: HH - ho - hb, width: Math.max(1, bw - 1), height: hb, fill: COLORS[1] }, svg('title', null, H.bad[k] + ' not succeeded, ' + dur(H.lo + k * H.width) + '–' + dur(H.lo + (k + 1) * H.width))));
     }
     g.appendChild(svg('line', { x1: 36, y1: HH + 0.5, x2: W - 4, y2: HH + 0.5, stroke: '#8a93a3' }));
     g.appendChild(svg('text', { x: 32, y: 10, 'text-anchor': 'end' }, String(max)));
     g.appendChild(svg('text', { x: 32, y: HH, 'text-anchor': 'end' }, '0'));
-    g.appendChild(svg('text', { x: 36, y: HH + 14 }, '0'));
-    g.appendChild(svg('text', { x: W - 4, y: HH + 14, 'text-anchor': 'end' }, dur(n * H.width)));
+    g.appendChild(svg('text', { x: 36, y: HH + 14 }, H.lo ? dur(H.lo) : '0'));
+    g.appendChild(svg('text', { x: W - 4, y: HH + 14, 'text-anchor': 'end' }, dur(H.lo + n * H.width)));
     g.appendChild(svg('text', { x: W / 2, y: HH + 27, 'text-anchor': 'middle' }, 'attempt run time'));
     return g;
   }
@@ -343,5 +343,6 @@
   body.setAttribute('data-binned', String(drawn.binned));
   body.setAttribute('data-failures', String(drawn.failures));
   body.setAttribute('data-tails', String(drawn.tails));
+  body.setAttribute('data-draw-ms', String(Math.round(performance.now())));
   if (body.getAttribute('data-status') === 'loading') body.setAttribute('data-status', 'ok');
 })();

@@ -232,10 +232,11 @@ fn stage(s: &mut String, d: &ReportData, _i: usize, st: &StageData) {
     if let Some(h) = &st.histogram {
         let all: Vec<u32> = h.ok.iter().zip(&h.bad).map(|(a, b)| a + b).collect();
         #[expect(clippy::cast_precision_loss, reason = "a small count")]
-        let top = h.width * h.ok.len() as f64;
+        let top = h.lo + h.width * h.ok.len() as f64;
         let _ = writeln!(
             s,
-            "  run time histogram  0 |{}| {}",
+            "  run time histogram  {} |{}| {}",
+            dur(h.lo),
             spark(&squeeze(&all, 40, false)),
             dur(top)
         );
