@@ -443,3 +443,53 @@ fn report_renders_in_headless_chromium_with_timeline_and_failures() {
     assert!(red > 200, "{red} red pixels of {total}");
     assert!(white < total, "a blank page");
 }
+
+#[test]
+fn report_during_a_run_and_after_the_runner_was_killed() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[defaults]
+max_parallel = 2
+[stages.a]
+jobs = [{ id = "quick" }, { id = "slow" }]
+run = "if [ {{job.id}} = slow ]; then for i in $(seq 600); do [ -e go ] && break; sleep 0.1; done; fi"
+result = "none"
+"#,
+    );
+    let mut child = t
+        .command(&["run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ledger = t.state("w").join("a/ledger.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_to_string(&ledger).map_or(0, |l| l.lines().count()) < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the quick job never ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let r = t.run(&["report", "--format", "text"]);
+    r.code(0)
+        .stdout_has("is in progress (pid ")
+        .stdout_has("no end recorded");
+    let row = r.stdout.lines().find(|l| l.starts_with("a ")).unwrap();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // 2 jobs, 1 succeeded so far, the other not run yet.
+    assert_eq!(&cells[..4], ["a", "local", "2", "1"], "{row}");
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::write(t.path().join("go"), "").unwrap();
+    t.run(&["report", "--format", "text"])
+        .code(0)
+        .stdout_has("ended without writing its summary (killed?)");
+    t.run(&["report", "-o", "r.html"]).code(0);
+    let d = embedded(&t.read("r.html"));
+    assert!(d["note"].as_str().unwrap().contains("killed?"));
+    assert_eq!(d["stages"][0]["counts"]["succeeded"], 1);
+}

@@ -20,8 +20,8 @@ pub fn run(args: &ReportArgs) -> Result<u8> {
     let m = manifest::load(&manifest::resolve_path(args.manifest.as_deref()))?;
     let graph = StageGraph::build(&m)?;
     let layout = Layout::new(m.state_dir());
-    let (run, runs) = report::load_run(&layout, args.run.as_deref())?;
-    let data = report::collect(&m, &graph, &layout, &run, runs)?;
+    let chosen = report::load_run(&m, &layout, args.run.as_deref())?;
+    let data = report::collect(&m, &graph, &layout, &chosen)?;
     let text = report::render(&data, args.format);
     let to_stdout = match (&args.output, args.format) {
         (Some(p), _) => p.as_os_str() == "-",
@@ -57,7 +57,8 @@ pub fn after_run(
     run: &RunReport,
     out: &Path,
 ) -> Result<()> {
-    let (_, runs) = report::load_run(layout, Some(&run.run))?;
-    let data = report::collect(m, graph, layout, run, runs)?;
+    let mut chosen = report::load_run(m, layout, Some(&run.run))?;
+    chosen.report = run.clone();
+    let data = report::collect(m, graph, layout, &chosen)?;
     report::write(&data, out, Format::Html)
 }

@@ -53,6 +53,8 @@ pub struct ReportData {
     pub run: String,
     /// Every recorded run id, oldest first.
     pub runs: Vec<String>,
+    /// Set when the run has no record of its own (in progress, or killed).
+    pub note: Option<String>,
     /// Manifest path.
     pub manifest: String,
     /// Manifest hash.
@@ -335,12 +337,34 @@ fn recorded_runs(layout: &Layout) -> Vec<String> {
     runs
 }
 
-/// Reads the run to report: `run` or the latest recorded one.
+/// The run to report, as recorded or as reconstructed for a run without a record.
+#[derive(Debug)]
+pub struct ChosenRun {
+    /// Its summary: `.runs/<run>.json`, or rebuilt from the ledgers (see `note`).
+    pub report: RunReport,
+    /// Every recorded run id, oldest first.
+    pub runs: Vec<String>,
+    /// Set when the run has no record of its own: still in progress, or killed.
+    pub note: Option<String>,
+}
+
+/// Reads the run to report: `run`, or the latest one. A run that holds (or last held) the
+/// workflow lock without having written `.runs/<run>.json` (in progress, or killed) is
+/// rebuilt from the ledgers, so its report shows every outcome recorded so far.
 ///
 /// # Errors
 /// No run recorded, an unknown run id, or an unreadable record.
-pub fn load_run(layout: &Layout, run: Option<&str>) -> Result<(RunReport, Vec<String>)> {
-    let runs = recorded_runs(layout);
+pub fn load_run(manifest: &Manifest, layout: &Layout, run: Option<&str>) -> Result<ChosenRun> {
+    let mut runs = recorded_runs(layout);
+    let holder = store::read_holder(layout);
+    // Run ids start with their UTC date, so they sort by time; `cancel` and the like do not.
+    if let Some(h) = holder
+        .as_ref()
+        .filter(|h| h.run.starts_with(|c: char| c.is_ascii_digit()) && !runs.contains(&h.run))
+    {
+        runs.push(h.run.clone());
+        runs.sort();
+    }
     let id = match run {
         Some(r) if runs.iter().any(|x| x == r) => r.to_owned(),
         Some(r) => {
@@ -365,12 +389,54 @@ pub fn load_run(layout: &Layout, run: Option<&str>) -> Result<(RunReport, Vec<St
         })?,
     };
     let path = layout.runs_dir().join(format!("{id}.json"));
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::store("read", &path, e))?;
-    let report = serde_json::from_str(&text).map_err(|e| Error::CorruptState {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    Ok((report, runs))
+    // A run writes its provenance when it starts and its whole summary when it ends.
+    let record: Option<serde_json::Value> = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(
+            serde_json::from_str(&text).map_err(|e| Error::CorruptState {
+                path: path.clone(),
+                message: e.to_string(),
+            })?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::store("read", &path, e)),
+    };
+    if let Some(v) = record.as_ref().filter(|v| v.get("verdict").is_some()) {
+        let report = serde_json::from_value(v.clone()).map_err(|e| Error::CorruptState {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        return Ok(ChosenRun {
+            report,
+            runs,
+            note: None,
+        });
+    }
+    let holder = holder.filter(|h| h.run == id);
+    let live = holder.as_ref().is_some_and(|h| {
+        h.host == store::hostname() && Path::new(&format!("/proc/{}", h.pid)).exists()
+    });
+    let mut report = crate::query::status(manifest, layout)?;
+    report.run.clone_from(&id);
+    report.started = record
+        .as_ref()
+        .and_then(|v| v["started"].as_f64())
+        .or(holder.as_ref().map(|h| h.started))
+        .unwrap_or(report.started);
+    report.ended = None;
+    let note = match holder.filter(|_| live) {
+        Some(h) => format!(
+            "run {id} is in progress (pid {} on {}): outcomes recorded so far",
+            h.pid, h.host
+        ),
+        None => format!(
+            "run {id} ended without writing its summary (killed?): outcomes recorded before it stopped"
+        ),
+    };
+    Ok(ChosenRun {
+        report,
+        runs,
+        note: Some(note),
+    })
 }
 
 /// Collects the report of `run` (from [`load_run`]).
@@ -381,9 +447,9 @@ pub fn collect(
     manifest: &Manifest,
     graph: &StageGraph,
     layout: &Layout,
-    run: &RunReport,
-    runs: Vec<String>,
+    chosen: &ChosenRun,
 ) -> Result<ReportData> {
+    let run = &chosen.report;
     let mut raw = Vec::with_capacity(manifest.stages.len());
     let mut t0 = run.started;
     for stage in &manifest.stages {
@@ -432,7 +498,8 @@ pub fn collect(
     Ok(ReportData {
         workflow: run.workflow.clone(),
         run: run.run.clone(),
-        runs,
+        runs: chosen.runs.clone(),
+        note: chosen.note.clone(),
         manifest: run.manifest.display().to_string(),
         manifest_sha256: run.manifest_sha256.clone(),
         poolparty_version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -52,6 +52,7 @@
   var verdictText = { succeeded: 'succeeded', jobs_failed: 'jobs failed', interrupted: 'interrupted' }[D.verdict] || D.verdict;
   app.appendChild(el('section', { id: 'summary' },
     el('h2', null, 'Run ', el('code', null, D.run), ' ', el('span', { 'class': 'badge ' + D.verdict }, verdictText)),
+    D.note ? el('p', { 'class': 'note', id: 'run-note' }, D.note) : null,
     el('dl', { 'class': 'facts' },
       el('dt', null, 'workflow'), el('dd', null, D.workflow),
       el('dt', null, 'exit code'), el('dd', null, String(D.exit_code)),

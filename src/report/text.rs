@@ -89,6 +89,9 @@ pub fn render(d: &ReportData) -> String {
         "workflow `{}`, run {}: {verdict} (exit code {})",
         d.workflow, d.run, d.exit_code
     );
+    if let Some(n) = &d.note {
+        let _ = writeln!(s, "  note: {n}");
+    }
     let _ = writeln!(
         s,
         "  started {}, {}",
