@@ -281,7 +281,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 error::EXIT_JOBS_FAILED
             })
         }
-        Cmd::Report(args) => cmd::report::run(args),
+        Cmd::Report(args) => cmd::report::run(args, g.json),
         Cmd::Graph { manifest, format } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
             let counts: Vec<Option<usize>> = m

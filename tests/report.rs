@@ -173,6 +173,10 @@ fn text_report_has_the_same_facts() {
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&cells[..6], ["work", "local", "5", "4", "0", "1"], "{row}");
 
+    // `--json`: the same data as the page embeds.
+    let j: Value = serde_json::from_str(&t.run(&["report", "--json"]).stdout).unwrap();
+    assert_eq!(j["stages"][1]["counts"]["retried"], 2);
+
     // A rerun reuses the successes: the new run's report says so.
     t.run(&["run"]).code(1);
     let r = t.run(&["report", "--format", "text"]);

@@ -12,16 +12,22 @@ use crate::report::{self, Format};
 use crate::store::Layout;
 use crate::summary::RunReport;
 
-/// `poolparty report`: writes the report of the latest run (or `--run ID`).
+/// `poolparty report`: writes the report of the latest run (or `--run ID`); with `json`, prints
+/// the report's data as JSON on stdout instead.
 ///
 /// # Errors
 /// A bad manifest, no recorded run, unreadable state or an unwritable output.
-pub fn run(args: &ReportArgs) -> Result<u8> {
+pub fn run(args: &ReportArgs, json: bool) -> Result<u8> {
     let m = manifest::load(&manifest::resolve_path(args.manifest.as_deref()))?;
     let graph = StageGraph::build(&m)?;
     let layout = Layout::new(m.state_dir());
     let chosen = report::load_run(&m, &layout, args.run.as_deref())?;
     let data = report::collect(&m, &graph, &layout, &chosen)?;
+    if json {
+        let text = serde_json::to_string_pretty(&data).expect("the report serializes");
+        let _ = writeln!(std::io::stdout().lock(), "{text}");
+        return Ok(EXIT_SUCCESS);
+    }
     let text = report::render(&data, args.format);
     let to_stdout = match (&args.output, args.format) {
         (Some(p), _) => p.as_os_str() == "-",
