@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod bundle;
 pub mod cli;
+mod cmd;
 pub mod error;
 pub mod graph;
 pub mod jobs;
@@ -275,6 +276,11 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 error::EXIT_JOBS_FAILED
             })
         }
+        Cmd::Logs(args) => cmd::logs::run(args, &mut stdout),
+        Cmd::Init { dir, force } => cmd::init::run(dir.as_deref(), *force, &mut stdout),
+        Cmd::Templates { action } => cmd::templates::run(action, &mut stdout),
+        Cmd::Completions { shell } => cmd::completions::completions(*shell, &mut stdout),
+        Cmd::Man { out } => cmd::completions::man(out.as_deref(), &mut stdout),
         Cmd::Graph { manifest, format } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
             let counts: Vec<Option<usize>> = m
