@@ -148,21 +148,26 @@ fn logs_stage_defaults_to_the_only_stage() {
         .stderr_has("stage `only` has 2 jobs (indexes 0 to 1");
 }
 
-/// A job that prints a line, waits for the file `go` (at most 60 s), then prints another.
-const WAITING: &str = r#"
-[workflow]
-name = "w"
-[stages.a]
-jobs = [{id = "slow"}]
-run = "echo first; for i in $(seq 600); do [ -e go ] && break; sleep 0.1; done; echo second; echo err-line >&2"
-"#;
-
 #[test]
 fn logs_follow_tails_a_running_job_until_its_outcome() {
-    let t = Test::new().manifest(WAITING);
+    logs_during_and_after_a_run("[workflow]\nname = \"w\"\n", "w");
+}
+
+/// `logs` and `logs --follow` of a job while it runs and after, on the backend `header` (a
+/// manifest's `[workflow]` and `[defaults]`) names; `wf` is the workflow's name. Job `slow`
+/// prints a line, waits for the file `go` (at most 120 s), then prints another; job `quiet`
+/// prints nothing.
+pub fn logs_during_and_after_a_run(header: &str, wf: &str) {
+    let t = Test::new();
+    let go = t.path().join("go");
+    let t = t.manifest(&format!(
+        "{header}[stages.a]\njobs = [{{id = \"slow\"}}, {{id = \"quiet\"}}]\n\
+         run = \"if [ {{{{job.id}}}} = slow ]; then echo first; for i in $(seq 1200); do [ -e {go} ] && break; sleep 0.1; done; echo second; echo err-line >&2; fi\"\n",
+        go = go.display()
+    ));
     let mut run = spawn(&t, &["run"], "run");
-    let log = t.state("w").join("a/logs/slow.out");
-    wait_for("the job's first line", 60, || read(&log).contains("first"));
+    let log = t.state(wf).join("a/logs/slow.out");
+    wait_for("the job's first line", 300, || read(&log).contains("first"));
     // Output so far, while the job runs.
     let r = t.run(&["logs", "slow"]);
     r.code(0).stderr_has("no recorded outcome yet");
@@ -172,8 +177,10 @@ fn logs_follow_tails_a_running_job_until_its_outcome() {
     wait_for("follow to print the first line", 60, || {
         read(&out).contains("first")
     });
-    std::fs::write(t.path().join("go"), "").unwrap();
-    let code = wait_exit(&mut follow, 60, "logs --follow");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(follow.try_wait().unwrap().is_none(), "follow ended early");
+    std::fs::write(&go, "").unwrap();
+    let code = wait_exit(&mut follow, 300, "logs --follow");
     let stderr = read(&t.path().join("follow.stderr"));
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(read(&out), "first\nsecond\n");
@@ -181,11 +188,17 @@ fn logs_follow_tails_a_running_job_until_its_outcome() {
         stderr.contains("job 0 `slow` of stage `a` ended: attempt 1: succeeded"),
         "{stderr}"
     );
-    assert_eq!(wait_exit(&mut run, 60, "the run"), Some(0));
-    // After the run, --follow prints what there is and ends at once.
+    let code = wait_exit(&mut run, 300, "the run");
+    assert_eq!(code, Some(0), "{}", read(&t.path().join("run.stderr")));
+    // After the run: both streams, the silent job, and --follow ending at once.
+    assert_eq!(t.run(&["logs", "slow"]).code(0).stdout, "first\nsecond\n");
     let r = t.run(&["logs", "slow", "--stderr", "--follow"]);
     r.code(0).stderr_has("ended: attempt 1: succeeded");
     assert_eq!(r.stdout, "err-line\n");
+    let r = t.run(&["logs", "quiet"]);
+    r.code(0)
+        .stderr_has("no output: job 1 `quiet` of stage `a` printed nothing on stdout");
+    assert_eq!(r.stdout, "");
 }
 
 #[test]

@@ -1172,3 +1172,10 @@ fn telescope_example_runs_unchanged_on_sge() {
     assert_eq!(parsed.len(), 8, "{got}");
     assert_eq!(got, results(&local));
 }
+
+/// `poolparty logs` (and `--follow`) of a Grid Engine job while it runs and after (issue #15).
+#[test]
+fn logs_of_a_job_while_it_runs_and_after() {
+    let _c = cluster("sglogs");
+    crate::commands::logs_during_and_after_a_run(&header("sglogs", ""), "sglogs");
+}
