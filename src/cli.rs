@@ -151,7 +151,7 @@ pub enum Cmd {
         #[command(subcommand)]
         action: TemplatesCmd,
     },
-    /// Print a shell completion script (e.g. `poolparty completions bash > ~/.local/share/bash-completion/completions/poolparty`).
+    /// Print a shell completion script (where to put it: the README's Install section).
     Completions {
         /// The shell.
         #[arg(value_enum)]

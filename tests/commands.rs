@@ -134,6 +134,12 @@ fn logs_of_an_unknown_or_ambiguous_job_suggests() {
         .code(2)
         .stderr_has("no stage `c`");
     t.run(&["logs"]).code(2).stderr_has("which job?");
+    t.run(&["logs", "."])
+        .code(2)
+        .stderr_has("which job of `.`?");
+    t.run(&["logs", "poolparty.toml"])
+        .code(2)
+        .stderr_has("which job of `poolparty.toml`?");
 }
 
 #[test]

@@ -41,6 +41,15 @@ struct Found {
 pub(crate) fn run(args: &LogsArgs, out: &mut dyn Write) -> Result<u8> {
     let (manifest, job) = match (&args.first, &args.second) {
         (Some(m), Some(j)) => (Some(Path::new(m.as_str())), j.as_str()),
+        // A lone manifest is a forgotten JOB (job ids have no `/` and never end in `.toml`).
+        (Some(m), None)
+            if m.ends_with(".toml") || Path::new(m).join("poolparty.toml").is_file() =>
+        {
+            return Err(Error::Usage {
+                message: format!("which job of `{m}`? `poolparty logs [MANIFEST] JOB`"),
+                help: Some("JOB is a job's id, a unique prefix of it, or its index".to_owned()),
+            });
+        }
         (Some(j), None) => (None, j.as_str()),
         (None, _) => {
             return Err(Error::Usage {
