@@ -63,7 +63,8 @@ pub struct BundleSummary {
 /// Renders the local script: the same wrapper and task table as the cluster scripts.
 struct LocalScript;
 
-const LOCAL_TEMPLATE: &str = include_str!("../templates/local.sh.hbs");
+/// The embedded template of a bundle's local script (`run-local.sh`).
+pub const LOCAL_TEMPLATE: &str = include_str!("../templates/local.sh.hbs");
 
 impl Scheduler for LocalScript {
     fn name(&self) -> &'static str {

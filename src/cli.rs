@@ -137,6 +137,35 @@ pub enum Cmd {
     },
     /// Print the manifest's JSON Schema.
     Schema,
+    /// Print a job's output (stdout, or stderr with `--stderr`), during or after a run.
+    #[command(override_usage = "poolparty logs [OPTIONS] [MANIFEST] JOB")]
+    Logs(LogsArgs),
+    /// Write a commented starter manifest, a job generator and a job script into a folder.
+    Init {
+        /// The folder (default: the current one); created when missing.
+        dir: Option<PathBuf>,
+        /// Overwrite files that already exist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List, show or eject the embedded script templates (Slurm, Grid Engine, local).
+    Templates {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: TemplatesCmd,
+    },
+    /// Print a shell completion script (where to put it: the README's Install section).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a folder.
+    Man {
+        /// Write `poolparty.1` and `poolparty-<command>.1` for every command into this folder.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Write a run's report: one self-contained HTML page (timelines, histograms,
     /// concurrency, retries, failures with log tails), or the same facts as text.
     Report(ReportArgs),
@@ -157,6 +186,48 @@ pub struct ReportArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = crate::report::Format::Html)]
     pub format: crate::report::Format,
+}
+
+/// Arguments of `poolparty logs`: `[MANIFEST] JOB`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The manifest or its folder (default: `./poolparty.toml`); with one argument, the job.
+    #[arg(value_name = "MANIFEST")]
+    pub first: Option<String>,
+    /// The job: its id, a unique prefix of its id, or its index (`7`; `#7` is always an index).
+    #[arg(value_name = "JOB")]
+    pub second: Option<String>,
+    /// The job's stage (needed when several stages have a job of that name).
+    #[arg(long, value_name = "NAME")]
+    pub stage: Option<String>,
+    /// Print its stderr instead of its stdout.
+    #[arg(long)]
+    pub stderr: bool,
+    /// Keep printing new output until the job's outcome is recorded.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+/// `poolparty templates` actions.
+#[derive(Debug, Subcommand)]
+pub enum TemplatesCmd {
+    /// List the embedded templates.
+    List,
+    /// Print an embedded template.
+    Show {
+        /// `slurm`, `sge` or `local`.
+        name: String,
+    },
+    /// Write an embedded template into a folder, to edit and use with the `template` key.
+    Eject {
+        /// `slurm`, `sge` or `local`.
+        name: String,
+        /// The folder (default: the current one).
+        dir: Option<PathBuf>,
+        /// Overwrite the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Formats of `poolparty results`.

@@ -11,7 +11,7 @@
 pub mod backend;
 pub mod bundle;
 pub mod cli;
-pub mod cmd;
+mod cmd;
 pub mod error;
 pub mod graph;
 pub mod jobs;
@@ -282,6 +282,11 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             })
         }
         Cmd::Report(args) => cmd::report::run(args, g.json),
+        Cmd::Logs(args) => cmd::logs::run(args, &mut stdout),
+        Cmd::Init { dir, force } => cmd::init::run(dir.as_deref(), *force, &mut stdout),
+        Cmd::Templates { action } => cmd::templates::run(action, &mut stdout),
+        Cmd::Completions { shell } => cmd::completions::completions(*shell, &mut stdout),
+        Cmd::Man { out } => cmd::completions::man(out.as_deref(), &mut stdout),
         Cmd::Graph { manifest, format } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
             let counts: Vec<Option<usize>> = m

@@ -151,20 +151,17 @@ pub fn results(
         .is_some_and(|s| s.settings.result != crate::manifest::ResultMode::None);
     for (j, rec, result) in &rows {
         let ok = rec.is_some_and(|r| r.outcome.is_success());
+        let who = || {
+            let label = crate::summary::job_label(j.job.get())
+                .map_or_else(String::new, |l| format!(" {l}"));
+            format!("job {} `{}`{label}", j.index, j.id)
+        };
         match (rec, result) {
-            (Some(r), _) if !ok => missing.push(format!(
-                "job {} `{}`: {}",
-                j.index,
-                j.id,
-                r.outcome.describe()
-            )),
-            (None, _) => missing.push(format!("job {} `{}`: no outcome recorded", j.index, j.id)),
+            (Some(r), _) if !ok => missing.push(format!("{}: {}", who(), r.outcome.describe())),
+            (None, _) => missing.push(format!("{}: no outcome recorded", who())),
             // A stage with `result = "none"` records no results by design.
             (Some(_), None) if !records_results => {}
-            (Some(_), None) => missing.push(format!(
-                "job {} `{}`: succeeded but wrote no result",
-                j.index, j.id
-            )),
+            (Some(_), None) => missing.push(format!("{}: succeeded but wrote no result", who())),
             _ => {}
         }
         if let Some(crate::outcome::ResultValue::File { path, bytes }) =
@@ -358,6 +355,7 @@ pub fn status(manifest: &Manifest, layout: &Layout) -> Result<RunReport> {
                     failed.push(FailedJob {
                         index: j.index,
                         id: j.id.clone(),
+                        label: crate::summary::job_label(j.job.get()),
                         outcome: r.outcome.clone(),
                         attempts: r.attempt,
                         exit_code: r.outcome.exit_code(),

@@ -830,7 +830,10 @@ impl<'a> Runner<'a> {
             false
         };
         if again && !self.interrupted {
-            self.reporter.job_retrying(i, &record);
+            let label = st.planned[idx]
+                .as_ref()
+                .and_then(|p| crate::summary::job_label(&p.json));
+            self.reporter.job_retrying(i, &record, label.as_deref());
             let job = st.planned[idx].clone().expect("planned");
             st.attempts[idx] = record.attempt + 1;
             let attempt = record.attempt + 1;
@@ -868,6 +871,7 @@ impl<'a> Runner<'a> {
             st.failed.push(FailedJob {
                 index: idx,
                 id,
+                label: crate::summary::job_label(&st.jobs[idx].json),
                 outcome: outcome.clone(),
                 attempts: record.map_or(0, |r| r.attempt),
                 exit_code: outcome.exit_code(),
@@ -880,7 +884,8 @@ impl<'a> Runner<'a> {
         st.results[idx] = result;
         st.remaining -= 1;
         if let Some(r) = record {
-            self.reporter.job_finished(i, r);
+            let label = crate::summary::job_label(&self.states[i].jobs[idx].json);
+            self.reporter.job_finished(i, r, label.as_deref());
         } else {
             self.reporter.job_reused(i);
         }

@@ -24,6 +24,10 @@ pub struct FailedJob {
     pub index: usize,
     /// Id.
     pub id: String,
+    /// A short form of the job's value (`{i = 7}`), when its id is a hash of the value rather
+    /// than an `id` the job names itself: what a person recognises the job by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     /// Final outcome.
     pub outcome: Outcome,
     /// Attempts made.
@@ -216,8 +220,8 @@ impl Reporter {
         }
     }
 
-    /// A job reached its final outcome.
-    pub fn job_finished(&mut self, stage: usize, r: &JobRecord) {
+    /// A job reached its final outcome; `label` is its [`job_label`].
+    pub fn job_finished(&mut self, stage: usize, r: &JobRecord, label: Option<&str>) {
         let failed = !r.outcome.is_success();
         let name = self.names.get(&stage).cloned().unwrap_or_default();
         if self.verbosity == Verbosity::Verbose
@@ -230,8 +234,9 @@ impl Reporter {
             } else {
                 r.outcome.describe()
             };
+            let label = label.map_or_else(String::new, |l| format!(" {l}"));
             self.line(&format!(
-                "stage `{name}`: job {} `{}` {what}",
+                "stage `{name}`: job {} `{}`{label} {what}",
                 r.index, r.id
             ));
         }
@@ -243,12 +248,13 @@ impl Reporter {
         self.bump(stage, false);
     }
 
-    /// A failed attempt will be retried.
-    pub fn job_retrying(&self, stage: usize, r: &JobRecord) {
+    /// A failed attempt will be retried; `label` is the job's [`job_label`].
+    pub fn job_retrying(&self, stage: usize, r: &JobRecord, label: Option<&str>) {
         if self.verbosity > Verbosity::Quiet {
             let name = self.names.get(&stage).cloned().unwrap_or_default();
+            let label = label.map_or_else(String::new, |l| format!(" {l}"));
             self.line(&format!(
-                "stage `{name}`: job {} `{}` {} on attempt {}; retrying",
+                "stage `{name}`: job {} `{}`{label} {} on attempt {}; retrying",
                 r.index,
                 r.id,
                 r.outcome.describe(),
@@ -299,6 +305,38 @@ fn secs(s: f64) -> String {
             ((s % 3600.0) / 60.0).floor()
         )
     }
+}
+
+/// The longest [`job_label`], in characters (longer values are cut, with `…`).
+pub const LABEL_MAX: usize = 48;
+
+/// A short form of a job's value (its canonical JSON) for failure lines: `None` when the job
+/// names itself with an `id` field, else tables as `{a = 1, b = "x"}` (values as compact JSON)
+/// and anything else as compact JSON, cut to [`LABEL_MAX`] characters.
+#[must_use]
+pub fn job_label(json: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    let text = match &value {
+        serde_json::Value::Object(map) if map.contains_key("id") => return None,
+        serde_json::Value::Object(map) => {
+            let fields: Vec<String> = map.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            format!("{{{}}}", fields.join(", "))
+        }
+        other => other.to_string(),
+    };
+    if text.chars().count() <= LABEL_MAX {
+        return Some(text);
+    }
+    // Keep the closing bracket, so the cut value still reads as a table or an array.
+    let close = match text.chars().next() {
+        Some('{') => "}",
+        Some('[') => "]",
+        _ => "",
+    };
+    let mut cut: String = text.chars().take(LABEL_MAX - 1 - close.len()).collect();
+    cut.push('…');
+    cut.push_str(close);
+    Some(cut)
 }
 
 /// Renders a diagnostic the way `main` prints errors.
@@ -385,9 +423,13 @@ pub fn format_report(report: &RunReport, color: bool, verbosity: Verbosity) -> S
                 } else {
                     String::new()
                 };
+                let label = f
+                    .label
+                    .as_ref()
+                    .map_or_else(String::new, |l| format!(" {l}"));
                 let _ = writeln!(
                     out,
-                    "  {} job {} `{}`: {}{attempts}",
+                    "  {} job {} `{}`{label}: {}{attempts}",
                     s.name,
                     f.index,
                     f.id,
@@ -429,4 +471,35 @@ pub fn format_report(report: &RunReport, color: bool, verbosity: Verbosity) -> S
         report.verdict.exit_code()
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LABEL_MAX, job_label};
+
+    #[test]
+    fn a_job_with_an_id_needs_no_label() {
+        assert_eq!(job_label(r#"{"id":"a","x":1}"#), None);
+    }
+
+    #[test]
+    fn tables_read_like_toml_and_the_rest_as_json() {
+        assert_eq!(job_label(r#"{"i":7}"#).as_deref(), Some("{i = 7}"));
+        assert_eq!(
+            job_label(r#"{"a":"x","b":[1,2]}"#).as_deref(),
+            Some(r#"{a = "x", b = [1,2]}"#)
+        );
+        assert_eq!(job_label("5").as_deref(), Some("5"));
+        assert_eq!(job_label(r#""x""#).as_deref(), Some(r#""x""#));
+    }
+
+    #[test]
+    fn long_values_are_cut_keeping_the_closing_bracket() {
+        let long = format!(r#"{{"name":"{}"}}"#, "é".repeat(100));
+        let label = job_label(&long).unwrap();
+        assert_eq!(label.chars().count(), LABEL_MAX);
+        assert!(label.ends_with("…}"), "{label}");
+        let arr = format!("[{}]", vec!["1"; 100].join(","));
+        assert!(job_label(&arr).unwrap().ends_with("…]"));
+    }
 }

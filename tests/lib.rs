@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod commands;
 mod examples;
 mod graph;
 mod local;

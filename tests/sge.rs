@@ -1046,7 +1046,8 @@ fn job_over_its_time_limit_is_timed_out() {
         header("sgetime", "")
     ));
     let r = Running::start(&t, &["run"], "run").wait(180);
-    r.code(1).stderr_has("`: timed out");
+    // The job's id is a hash of its value, so its value (`0`) follows it (issue #15).
+    r.code(1).stderr_has("` 0: timed out");
     let got = attempts(&t, "sgetime", "a");
     assert_eq!(got[&0], [(1, "timed_out".to_owned())], "{}", r.stderr);
     assert_eq!(got[&1], [(1, "succeeded".to_owned())]);
@@ -1171,4 +1172,11 @@ fn telescope_example_runs_unchanged_on_sge() {
     let parsed: Vec<Value> = serde_json::from_str(&got).unwrap();
     assert_eq!(parsed.len(), 8, "{got}");
     assert_eq!(got, results(&local));
+}
+
+/// `poolparty logs` (and `--follow`) of a Grid Engine job while it runs and after (issue #15).
+#[test]
+fn logs_of_a_job_while_it_runs_and_after() {
+    let _c = cluster("sglogs");
+    crate::commands::logs_during_and_after_a_run(&header("sglogs", ""), "sglogs");
 }

@@ -830,6 +830,13 @@ fn transient_sbatch_failures_are_retried_at_later_polls() {
     assert_eq!(scripts, 1);
 }
 
+/// `poolparty logs` (and `--follow`) of a Slurm job while it runs and after (issue #15).
+#[test]
+fn logs_of_a_job_while_it_runs_and_after() {
+    let _c = cluster("sllogs");
+    crate::commands::logs_during_and_after_a_run(&header("sllogs", ""), "sllogs");
+}
+
 /// The run report tells queue wait (the array's submission to the job's start) from run time
 /// on a cluster: `submissions.jsonl` records when each array was submitted.
 #[test]
