@@ -144,29 +144,33 @@ pub fn expand_static(manifest: &Manifest, stage: &Stage) -> Option<Result<Vec<Jo
                 src: &manifest.src,
                 spans: vec![stage.source_span],
             };
-            let values = cartesian(m);
-            let n = values.len();
-            Some(assign_ids(stage, values.into_iter().map(Ok), n, &origin))
+            let n = m.values().map(Vec::len).product();
+            Some(assign_ids(stage, cartesian(m, n).map(Ok), n, &origin))
         }
         JobSource::File(path) => Some(read_jobs_file(manifest, stage, path)),
         JobSource::Generate(_) | JobSource::ForEach(_) => None,
     }
 }
 
-fn cartesian(m: &indexmap::IndexMap<String, Vec<Value>>) -> Vec<Value> {
-    let mut out = vec![serde_json::Map::new()];
-    for (key, values) in m {
-        let mut next = Vec::with_capacity(out.len() * values.len());
-        for partial in &out {
-            for v in values {
-                let mut p = partial.clone();
-                p.insert(key.clone(), v.clone());
-                next.push(p);
-            }
+/// The `n` combinations of a matrix, the first key varying slowest, made one at a time so
+/// only the canonical JSON of each is ever kept.
+fn cartesian(
+    m: &indexmap::IndexMap<String, Vec<Value>>,
+    n: usize,
+) -> impl Iterator<Item = Value> + '_ {
+    (0..n).map(move |mut k| {
+        let mut digits = vec![0; m.len()];
+        for (d, values) in digits.iter_mut().zip(m.values()).rev() {
+            *d = k % values.len();
+            k /= values.len();
         }
-        out = next;
-    }
-    out.into_iter().map(Value::Object).collect()
+        Value::Object(
+            m.iter()
+                .zip(digits)
+                .map(|((key, values), d)| (key.clone(), values[d].clone()))
+                .collect(),
+        )
+    })
 }
 
 fn read_jobs_file(manifest: &Manifest, stage: &Stage, path: &Path) -> Result<Vec<Job>> {

@@ -382,6 +382,9 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// The most jobs a `matrix` may expand to (the product of its lists' lengths).
+pub const MAX_MATRIX_JOBS: usize = 1_000_000;
+
 /// A duration written as `"90s"`, `"30m"`, `"2h"`, `"1d12h"` or `"H:MM:SS"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WallTime(pub Duration);
@@ -909,6 +912,26 @@ fn validate_stage(
                 format!("matrix key `{k}` of stage `{name}` has no values"),
                 "empty list",
                 Some("every matrix key needs at least one value".to_owned()),
+            ));
+        }
+        // Checked before anything is expanded: the product of a few long lists can exceed
+        // any memory, or even `usize`.
+        let size = m
+            .values()
+            .try_fold(1usize, |n, v| n.checked_mul(v.get_ref().len()));
+        if size.is_none_or(|n| n > MAX_MATRIX_JOBS) {
+            let sizes: Vec<String> = m.values().map(|v| v.get_ref().len().to_string()).collect();
+            return Err(err(
+                source_span,
+                format!(
+                    "the matrix of stage `{name}` expands to {} jobs, more than the limit of {MAX_MATRIX_JOBS}",
+                    size.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string())
+                ),
+                "too many combinations",
+                Some(format!(
+                    "the matrix is the product of its lists' lengths ({}); split the stage, or use `generate` or `jobs_file` for a list this long",
+                    sizes.join(" × ")
+                )),
             ));
         }
         JobSource::Matrix(m.into_iter().map(|(k, v)| (k, v.into_inner())).collect())

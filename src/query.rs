@@ -66,7 +66,7 @@ fn stage_name<'a>(manifest: &'a Manifest, wanted: Option<&'a str>) -> Result<&'a
 /// A stage's jobs and the latest record of each.
 type Recorded = (Vec<JobLine>, HashMap<String, JobRecord>);
 
-fn load_stage(layout: &Layout, name: &str) -> Result<Option<Recorded>> {
+fn load_stage(layout: &Layout, name: &str, result_max_bytes: u64) -> Result<Option<Recorded>> {
     let Some(jobs) = store::read_jobs(&layout.jobs_file(name))? else {
         return Ok(None);
     };
@@ -92,9 +92,9 @@ fn load_stage(layout: &Layout, name: &str) -> Result<Option<Recorded>> {
             if latest.get(id).is_some_and(|r| r.attempt >= attempt) {
                 continue;
             }
-            let result = std::fs::read(layout.result_path(name, id))
-                .ok()
-                .map(crate::outcome::ResultValue::from_bytes);
+            // A large result stays a file: only its size is read.
+            let result =
+                crate::backend::read_result_file(&layout.result_path(name, id), result_max_bytes);
             latest.insert(
                 id.to_owned(),
                 JobRecord {
@@ -128,7 +128,10 @@ pub fn results(
     opts: &ResultsOptions,
 ) -> Result<ResultsOutput> {
     let name = stage_name(manifest, opts.stage.as_deref())?;
-    let (jobs, latest) = load_stage(layout, name)?.ok_or_else(|| Error::Usage {
+    let max = manifest
+        .stage(name)
+        .map_or(1 << 20, |s| s.settings.result_max_bytes);
+    let (jobs, latest) = load_stage(layout, name, max)?.ok_or_else(|| Error::Usage {
         message: format!("stage `{name}` has not run yet: there are no results"),
         help: Some("run it first with `poolparty run`".to_owned()),
     })?;
@@ -322,7 +325,8 @@ pub fn status(manifest: &Manifest, layout: &Layout) -> Result<RunReport> {
     let mut all = Vec::new();
     for stage in &manifest.stages {
         let name = stage.name.as_str();
-        let Some((jobs, latest)) = load_stage(layout, name)? else {
+        let Some((jobs, latest)) = load_stage(layout, name, stage.settings.result_max_bytes)?
+        else {
             stages.push(StageReport {
                 name: name.to_owned(),
                 backend: stage.settings.backend,

@@ -419,14 +419,10 @@ impl<'a> Runner<'a> {
         };
         let ledger = Ledger::open(self.layout.ledger(&name))?;
         let kind = self.opts.backend.unwrap_or(plan.settings.backend);
-        let workers = self
-            .opts
-            .max_parallel
-            .or(plan.settings.max_parallel)
-            .map_or_else(
-                || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-                |n| n as usize,
-            );
+        let workers = backend::local_workers(
+            self.opts.max_parallel.or(plan.settings.max_parallel),
+            jobs.len(),
+        );
         let spec = StageSpec::new(&plan, &self.layout, &manifest.name, &self.run_id, workers);
         let mut backend = backend::create(kind, spec, self.tx.clone())?;
         let record_to = self.layout.submissions(&name);

@@ -14,3 +14,4 @@ mod results;
 mod schema;
 mod sge;
 mod slurm;
+mod values;

@@ -1015,3 +1015,22 @@ fn validate_accepts_jobs_file() {
         "validate wrote state"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue #11 (§4, §6, §7): limits, values that have no JSON form, and messages that point at
+// the right thing. <https://github.com/poolparty/poolparty/issues/11>
+
+#[test]
+fn matrix_too_large_names_its_size() {
+    let keys: String = (0..10)
+        .map(|k| format!("k{k} = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n"))
+        .collect();
+    reject(
+        "matrix_too_large_names_its_size",
+        &format!(
+            "[workflow]\nname = \"w\"\n[stages.a]\nrun = \"touch ran\"\n[stages.a.matrix]\n{keys}"
+        ),
+        &[],
+        &["expands to 10000000000 jobs", "limit of 1000000"],
+    );
+}
