@@ -85,7 +85,7 @@ pub fn local_workers(max_parallel: Option<u32>, jobs: usize) -> usize {
         || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         |n| usize::try_from(n).unwrap_or(usize::MAX),
     );
-    wanted.min(jobs).min(MAX_LOCAL_WORKERS).max(1)
+    wanted.min(jobs).clamp(1, MAX_LOCAL_WORKERS)
 }
 
 /// Everything a backend needs to know about a stage, without the manifest.
