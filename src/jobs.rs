@@ -83,11 +83,143 @@ impl Job {
     #[must_use]
     pub fn value(&self) -> Value {
         if self.value.is_null() && self.json != "null" {
-            serde_json::from_str(&self.json).unwrap_or(Value::Null)
+            parse_value(&self.json).unwrap_or(Value::Null)
         } else {
             self.value.clone()
         }
     }
+}
+
+/// Parses JSON text into a value whose numbers keep the text they were written with.
+///
+/// serde_json (even with `arbitrary_precision`) rewrites exponents while parsing: `1E2`
+/// becomes `1e+2`, `1e400` becomes `1e+400`. Those are the same numbers, but a job's value
+/// must reach its command, its environment and `results` as written, so the text is parsed
+/// once by serde_json (which validates it and reports errors with positions) and, only when
+/// it has an exponent, walked again to put each number's own text back.
+///
+/// # Errors
+/// serde_json's error for text that is not one JSON value.
+pub fn parse_value(text: &str) -> serde_json::Result<Value> {
+    let value: Value = serde_json::from_str(text)?;
+    if !text.contains(['e', 'E']) {
+        return Ok(value);
+    }
+    let mut exact = Exact {
+        text: text.as_bytes(),
+        at: 0,
+    };
+    Ok(exact.value())
+}
+
+/// A second pass over JSON text serde_json already accepted (see [`parse_value`]).
+struct Exact<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl Exact<'_> {
+    fn skip_space(&mut self) {
+        while self.text.get(self.at).is_some_and(u8::is_ascii_whitespace) {
+            self.at += 1;
+        }
+    }
+
+    fn value(&mut self) -> Value {
+        self.skip_space();
+        match self.text.get(self.at) {
+            Some(b'{') => {
+                self.at += 1;
+                let mut map = serde_json::Map::new();
+                loop {
+                    self.skip_space();
+                    if self.text.get(self.at) == Some(&b'}') {
+                        self.at += 1;
+                        break Value::Object(map);
+                    }
+                    if self.text.get(self.at) == Some(&b',') {
+                        self.at += 1;
+                        continue;
+                    }
+                    let key = match self.value() {
+                        Value::String(k) => k,
+                        _ => unreachable!("serde_json accepted the text: keys are strings"),
+                    };
+                    self.skip_space();
+                    self.at += 1; // the `:`
+                    let v = self.value();
+                    map.insert(key, v);
+                }
+            }
+            Some(b'[') => {
+                self.at += 1;
+                let mut items = Vec::new();
+                loop {
+                    self.skip_space();
+                    match self.text.get(self.at) {
+                        Some(b']') | None => {
+                            self.at += 1;
+                            break Value::Array(items);
+                        }
+                        Some(b',') => self.at += 1,
+                        Some(_) => items.push(self.value()),
+                    }
+                }
+            }
+            Some(b'"') => {
+                let start = self.at;
+                self.at += 1;
+                while let Some(&b) = self.text.get(self.at) {
+                    self.at += if b == b'\\' { 2 } else { 1 };
+                    if b == b'"' {
+                        break;
+                    }
+                }
+                let raw = std::str::from_utf8(&self.text[start..self.at]).unwrap_or("\"\"");
+                serde_json::from_str(raw).map_or(Value::Null, Value::String)
+            }
+            Some(b't') => {
+                self.at += 4;
+                Value::Bool(true)
+            }
+            Some(b'f') => {
+                self.at += 5;
+                Value::Bool(false)
+            }
+            Some(b'n') | None => {
+                self.at += 4;
+                Value::Null
+            }
+            Some(_) => {
+                let start = self.at;
+                while self
+                    .text
+                    .get(self.at)
+                    .is_some_and(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                {
+                    self.at += 1;
+                }
+                let written = String::from_utf8_lossy(&self.text[start..self.at]).into_owned();
+                // The only way to build a `Number` from its text without serde_json's
+                // rewriting; the text was validated as a JSON number by the first pass.
+                Value::Number(serde_json::Number::from_string_unchecked(written))
+            }
+        }
+    }
+}
+
+/// serde_json's form of canonical JSON (exponents as `e+N`): what hash ids are computed
+/// from, so an id does not depend on how a number's exponent was written and stays what
+/// earlier versions computed.
+fn id_json(json: &str) -> std::borrow::Cow<'_, str> {
+    if json.contains(['e', 'E']) {
+        if let Ok(v) = serde_json::from_str::<Value>(json) {
+            return std::borrow::Cow::Owned(
+                serde_json::to_string(&v).expect("a JSON value serializes"),
+            );
+        }
+    }
+    std::borrow::Cow::Borrowed(json)
 }
 
 /// Hex SHA-256 of some bytes.
@@ -317,7 +449,7 @@ fn parse_jobs(stage: &Stage, src: &Source, what: &str) -> Result<Vec<Job>> {
         }
     }
     let values = items.iter().zip(&spans).map(|(&(body, line), span)| {
-        serde_json::from_str::<Value>(body).map_err(|e| {
+        parse_value(body).map_err(|e| {
             // serde_json counts lines within `body`; report the line of the whole text.
             let message = match line {
                 Some(n) => format!("{} at line {n} column {}", json_message(&e), e.column()),
@@ -372,7 +504,7 @@ fn assign_ids(
             Some(other) => Err(format!(
                 "`id` must be a string or a non-negative integer, not `{other}`"
             )),
-            None => Ok(JobId::from_canonical(&json)),
+            None => Ok(JobId::from_canonical(&id_json(&json))),
         }
         .map_err(|message| Error::InvalidJob {
             stage: stage.name.to_string(),
@@ -492,7 +624,27 @@ mod tests {
         let src = NamedSource::new("out", "[0.1, 12345678901234567890, 1e400]".to_owned());
         let jobs = parse_jobs(&m.stages[0], &src, "output").unwrap();
         let texts: Vec<&str> = jobs.iter().map(|j| j.json.as_str()).collect();
-        // serde_json writes exponents with an explicit sign; the value is the same number.
-        assert_eq!(texts, ["0.1", "12345678901234567890", "1e+400"]);
+        assert_eq!(texts, ["0.1", "12345678901234567890", "1e400"]);
+    }
+
+    #[test]
+    fn numbers_keep_their_text_and_ids_do_not_depend_on_it() {
+        let v = parse_value(r#"{"b": [1E2, -2.5e-3, 1e400], "a": "e", "c": {"x": 0.1}}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"a":"e","b":[1E2,-2.5e-3,1e400],"c":{"x":0.1}}"#
+        );
+        assert_eq!(v["b"][0].to_string(), "1E2");
+        let m = manifest("generate='x'");
+        let src = NamedSource::new("out", "{\"x\": 1E2}\n".to_owned());
+        let a = parse_jobs(&m.stages[0], &src, "output").unwrap();
+        let src = NamedSource::new("out", "{\"x\": 1e+2}\n".to_owned());
+        let b = parse_jobs(&m.stages[0], &src, "output").unwrap();
+        assert_eq!(a[0].json, r#"{"x":1E2}"#);
+        assert_eq!(b[0].json, r#"{"x":1e+2}"#);
+        // Same number, same id; and the id earlier versions computed (from `1e+2`).
+        assert_eq!(a[0].id, b[0].id);
+        assert_eq!(a[0].id, JobId::from_canonical(r#"{"x":1e+2}"#));
+        assert_eq!(a[0].value().to_string(), r#"{"x":1E2}"#);
     }
 }

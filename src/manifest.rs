@@ -903,9 +903,22 @@ fn validate_stage(
     } else if let Some(j) = rs.jobs {
         let jobs = j.into_inner();
         job_spans = jobs.iter().map(span_of).collect();
-        JobSource::Inline(jobs.into_iter().map(Spanned::into_inner).collect())
+        let mut values = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let span = span_of(&job);
+            let mut v = job.into_inner();
+            from_toml(&mut v).map_err(|e| toml_value_error(err, span, &name, &e))?;
+            values.push(v);
+        }
+        JobSource::Inline(values)
     } else if let Some(m) = rs.matrix {
-        let m = m.into_inner();
+        let mut m = m.into_inner();
+        for list in m.values_mut() {
+            let span = span_of(list);
+            for v in list.get_mut() {
+                from_toml(v).map_err(|e| toml_value_error(err, span, &name, &e))?;
+            }
+        }
         if let Some((k, v)) = m.iter().find(|(_, v)| v.get_ref().is_empty()) {
             return Err(err(
                 span_of(v),
@@ -990,6 +1003,40 @@ fn validate_stage(
         on_failure: rs.on_failure.unwrap_or_default(),
         settings,
     })
+}
+
+/// Turns a TOML value read as JSON into the value a job gets: a datetime becomes its RFC 3339
+/// text (toml hands it over as `{"$__toml_private_datetime": text}`), and `nan` / `inf`,
+/// which JSON cannot write (serde_json reads them as `null`, a value TOML itself never has),
+/// are refused.
+fn from_toml(v: &mut serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    match v {
+        Value::Null => Err("`nan` and `inf` have no JSON form".to_owned()),
+        Value::Array(items) => items.iter_mut().try_for_each(from_toml),
+        Value::Object(map) => {
+            if map.len() == 1 {
+                if let Some(Value::String(text)) = map.get("$__toml_private_datetime") {
+                    *v = Value::String(text.clone());
+                    return Ok(());
+                }
+            }
+            map.values_mut().try_for_each(from_toml)
+        }
+        Value::Bool(_) | Value::Number(_) | Value::String(_) => Ok(()),
+    }
+}
+
+fn toml_value_error(err: &ErrFn<'_>, span: SourceSpan, stage: &StageName, message: &str) -> Error {
+    err(
+        span,
+        format!("a job of stage `{stage}` holds a value that cannot be passed on: {message}"),
+        "`nan` or `inf` in here",
+        Some(
+            "a job's value reaches its command as JSON; write the number as a string (`\"inf\"`), or leave it out"
+                .to_owned(),
+        ),
+    )
 }
 
 macro_rules! pick {

@@ -243,7 +243,7 @@ fn table(
     let tsv = opts.format == ResultsFormat::Tsv;
     let parsed: Vec<Option<Value>> = rows
         .iter()
-        .map(|(_, _, r)| r.as_deref().and_then(|t| serde_json::from_str(t).ok()))
+        .map(|(_, _, r)| r.as_deref().and_then(|t| crate::jobs::parse_value(t).ok()))
         .collect();
     let mut keys: Vec<String> = Vec::new();
     let mut scalar = false;

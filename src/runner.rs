@@ -690,7 +690,7 @@ impl<'a> Runner<'a> {
             "upstream": up_job.value(),
             "exit_code": upstream.exit_code(),
             "outcome": upstream.describe(),
-            "result": self.states[up].results[idx].as_ref().map(|r| serde_json::from_str::<Value>(&r.to_json()).unwrap_or(Value::Null)),
+            "result": self.states[up].results[idx].as_ref().map(|r| jobs::parse_value(&r.to_json()).unwrap_or(Value::Null)),
             "stdout": self.layout.log_out(&up_name, up_job.id.as_str()),
             "stderr": self.layout.log_err(&up_name, up_job.id.as_str()),
         });

@@ -1034,3 +1034,19 @@ fn matrix_too_large_names_its_size() {
         &["expands to 10000000000 jobs", "limit of 1000000"],
     );
 }
+
+#[test]
+fn toml_nan_and_inf_are_refused_for_what_they_are() {
+    reject(
+        "toml_nan_and_inf_are_refused_for_what_they_are",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [nan, inf, -inf]\nrun = \"touch ran\"\n",
+        &[],
+        &["`nan` and `inf` have no JSON form"],
+    );
+    reject(
+        "toml_inf_in_a_matrix_is_refused",
+        "[workflow]\nname = \"w\"\n[stages.a]\nmatrix = { x = [1.5, { deep = [inf] }] }\nrun = \"touch ran\"\n",
+        &[],
+        &["`nan` and `inf` have no JSON form"],
+    );
+}

@@ -86,3 +86,73 @@ fn stdout_result_memory_is_bounded() {
     let path = result["path"].as_str().expect("kept as a file");
     assert_eq!(std::fs::metadata(path).unwrap().len(), 200_000_000);
 }
+
+#[test]
+fn numbers_reach_commands_env_and_results_as_written() {
+    let t = Test::new()
+        .manifest(
+            "[workflow]\nname = \"w\"\n[stages.a]\njobs_file = \"jobs.jsonl\"\nresult = \"stdout\"\nrun = \"echo {{job.v}} {{job}} $POOLPARTY_JOB > out-{{job_id}}; echo '{\\\"r\\\":' {{job.v}} '}'\"\n",
+        )
+        .file(
+            "jobs.jsonl",
+            "{\"id\": \"a\", \"v\": 1e400}\n{\"id\": \"b\", \"v\": 1E2}\n{\"id\": \"c\", \"v\": -2.50e-3}\n",
+        );
+    t.run(&["run"]).code(0);
+    assert_eq!(
+        t.read("out-a").trim(),
+        r#"1e400 {"id":"a","v":1e400} {"id":"a","v":1e400}"#
+    );
+    assert_eq!(
+        t.read("out-b").trim(),
+        r#"1E2 {"id":"b","v":1E2} {"id":"b","v":1E2}"#
+    );
+    assert_eq!(t.read("out-c").split(' ').next(), Some("-2.50e-3"));
+    let csv = t.run(&["results", "--format", "csv", "--with-job"]);
+    csv.code(0);
+    assert_eq!(
+        csv.stdout,
+        "index,id,exit_code,result.r,job\n\
+         0,a,0,1e400,\"{\"\"id\"\":\"\"a\"\",\"\"v\"\":1e400}\"\n\
+         1,b,0,1E2,\"{\"\"id\"\":\"\"b\"\",\"\"v\"\":1E2}\"\n\
+         2,c,0,-2.50e-3,\"{\"\"id\"\":\"\"c\"\",\"\"v\"\":-2.50e-3}\"\n"
+    );
+    let json = t.run(&["results"]);
+    assert_eq!(
+        json.stdout,
+        "[{\"r\": 1e400 }, {\"r\": 1E2 }, {\"r\": -2.50e-3 }]\n"
+    );
+}
+
+#[test]
+fn toml_datetimes_reach_commands_as_their_text() {
+    let t = Test::new().manifest(
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [{ id = \"a\", at = 1979-05-27T07:32:00Z }, { id = \"b\", at = 1979-05-27 }, { id = \"c\", at = 07:32:00.5 }, { id = \"d\", at = 1979-05-27T00:32:00-07:00 }]\nrun = \"echo {{job.at}} $POOLPARTY_JOB > out-{{job_id}}\"\n[stages.m]\nmatrix = { at = [1979-05-27T07:32:00] }\nrun = \"echo {{job.at}} > out-m\"\n",
+    );
+    t.run(&["run"]).code(0);
+    assert_eq!(
+        t.read("out-a").trim(),
+        r#"1979-05-27T07:32:00Z {"at":"1979-05-27T07:32:00Z","id":"a"}"#
+    );
+    assert_eq!(t.read("out-b").split(' ').next(), Some("1979-05-27"));
+    assert_eq!(t.read("out-c").split(' ').next(), Some("07:32:00.5"));
+    assert_eq!(
+        t.read("out-d").split(' ').next(),
+        Some("1979-05-27T00:32:00-07:00")
+    );
+    assert_eq!(t.read("out-m").trim(), "1979-05-27T07:32:00");
+}
+
+#[test]
+fn null_and_empty_string_render_differently() {
+    // `null` renders as the word `null` (as `jq -r` prints it), `""` as an empty argument.
+    let t = Test::new()
+        .manifest(
+            "[workflow]\nname = \"w\"\n[stages.a]\njobs_file = \"jobs.jsonl\"\nrun = \"printf '[%s]' {{job.v}} > out-{{job.id}}\"\n[stages.b]\njobs_file = \"jobs.jsonl\"\nrun = [\"sh\", \"-c\", \"printf '[%s]' \\\"$1\\\" > argv-$2\", \"-\", \"{{job.v}}\", \"{{job.id}}\"]\n",
+        )
+        .file("jobs.jsonl", "{\"id\": \"n\", \"v\": null}\n{\"id\": \"e\", \"v\": \"\"}\n");
+    t.run(&["run"]).code(0);
+    assert_eq!(t.read("out-n"), "[null]");
+    assert_eq!(t.read("out-e"), "[]");
+    assert_eq!(t.read("argv-n"), "[null]");
+    assert_eq!(t.read("argv-e"), "[]");
+}
