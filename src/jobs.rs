@@ -40,8 +40,18 @@ impl JobId {
         if ok {
             Ok(Self(id.to_owned()))
         } else {
+            // An id can be megabytes long; the message quotes its start.
+            let mut end = id.len().min(60);
+            while !id.is_char_boundary(end) {
+                end -= 1;
+            }
+            let shown = if end < id.len() {
+                format!("{:?}… ({} bytes)", &id[..end], id.len())
+            } else {
+                format!("{id:?}")
+            };
             Err(format!(
-                "`id` {id:?} is not valid: use 1 to 128 letters, digits, `.`, `_`, `-`, starting with a letter or digit"
+                "`id` {shown} is not valid: use 1 to 128 letters, digits, `.`, `_`, `-`, starting with a letter or digit"
             ))
         }
     }
@@ -455,6 +465,12 @@ fn parse_jobs(stage: &Stage, src: &Source, what: &str) -> Result<Vec<Job>> {
                 Some(n) => format!("{} at line {n} column {}", json_message(&e), e.column()),
                 None => e.to_string(),
             };
+            // A long line is shown as a window (see `summary::render_diagnostic`): point at the
+            // error in it, so the window shows the error rather than the line's start.
+            if body.len() > crate::summary::MAX_SOURCE_LINE && e.line() == 1 {
+                let at = span.offset() + e.column().saturating_sub(1).min(body.len());
+                return parse_err(message, at, 1);
+            }
             parse_err(message, span.offset(), body.len())
         })
     });

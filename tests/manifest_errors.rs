@@ -1050,3 +1050,17 @@ fn toml_nan_and_inf_are_refused_for_what_they_are() {
         &["`nan` and `inf` have no JSON form"],
     );
 }
+
+#[test]
+fn generator_huge_line_is_shown_as_a_window() {
+    // A 20,000-byte line with the error at its end: the diagnostic shows a window around it.
+    reject(
+        "generator_huge_line_is_shown_as_a_window",
+        "[workflow]\nname = \"w\"\n[stages.a]\ngenerate = \"sh gen.sh\"\nrun = \"touch ran\"\n",
+        &[(
+            "gen.sh",
+            "echo '{\"x\": 1}'\nprintf '{\"a\": \"'\nhead -c 20000 /dev/zero | tr '\\0' x\nprintf '\", bad}\\n'\necho '{\"x\": 3}'\n",
+        )],
+        &["at line 2 column 20011", "…"],
+    );
+}

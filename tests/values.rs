@@ -156,3 +156,29 @@ fn null_and_empty_string_render_differently() {
     assert_eq!(t.read("argv-n"), "[null]");
     assert_eq!(t.read("argv-e"), "[]");
 }
+
+#[test]
+fn a_diagnostic_quoting_a_huge_generator_line_stays_small() {
+    for tail in [
+        "\", bad}",
+        "\", \"id\": \"../x\"}",
+        "\"}\\n{\\\"a\\\": 1}\\n{\\\"a\\\": 1}",
+    ] {
+        let t = Test::new()
+            .manifest("[workflow]\nname = \"w\"\n[stages.a]\ngenerate = \"sh gen.sh\"\nrun = \"touch ran\"\n")
+            .file(
+                "gen.sh",
+                &format!(
+                    "printf '{{\"a\": \"'\nhead -c 5000000 /dev/zero | tr '\\0' x\nprintf '{tail}\\n'\n"
+                ),
+            );
+        let r = t.run(&["validate"]);
+        r.code(2);
+        assert!(
+            r.stderr.len() < 20_000,
+            "{} bytes of diagnostic",
+            r.stderr.len()
+        );
+        assert!(r.stderr.contains('…'), "{}", r.stderr);
+    }
+}
