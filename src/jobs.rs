@@ -316,7 +316,7 @@ fn cartesian(
 }
 
 fn read_jobs_file(manifest: &Manifest, stage: &Stage, path: &Path) -> Result<Vec<Job>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::JobsFile {
+    let text = crate::manifest::read_text(path).map_err(|source| Error::JobsFile {
         stage: stage.name.to_string(),
         path: path.to_path_buf(),
         source,

@@ -645,11 +645,59 @@ impl Manifest {
 #[must_use]
 pub fn resolve_path(arg: Option<&Path>) -> PathBuf {
     let p = arg.map_or_else(|| PathBuf::from(DEFAULT_MANIFEST), Path::to_path_buf);
-    if p.is_dir() {
+    // A folder itself named `poolparty.toml` (with no manifest inside) is kept, so reading it
+    // says it is a folder rather than that `poolparty.toml/poolparty.toml` does not exist.
+    let named_like_a_manifest =
+        p.file_name().is_some_and(|n| n == DEFAULT_MANIFEST) && !p.join(DEFAULT_MANIFEST).exists();
+    if p.is_dir() && !named_like_a_manifest {
         p.join(DEFAULT_MANIFEST)
     } else {
         p
     }
+}
+
+/// Reads a text file given by the user (the manifest, a jobs file): only a regular file (a
+/// FIFO or device could block forever or never end), without a UTF-8 byte order mark, and
+/// with the position of the first byte that is not UTF-8 when there is one.
+///
+/// # Errors
+/// The I/O error, or one saying the path is a folder or not a regular file, or where the text
+/// stops being UTF-8.
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind};
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "it is a folder, not a file",
+        ));
+    }
+    if !meta.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "it is not a regular file (a FIFO, socket or device): poolparty reads only files",
+        ));
+    }
+    let mut bytes = std::fs::read(path)?;
+    let bom = if bytes.starts_with(b"\xEF\xBB\xBF") {
+        3
+    } else {
+        0
+    };
+    bytes.drain(..bom);
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&valid[line_start..]).chars().count() + 1;
+        Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "it is not UTF-8 text: invalid byte at line {line}, column {column} (byte offset {})",
+                valid.len() + bom
+            ),
+        )
+    })
 }
 
 /// Reads, parses and validates a manifest file.
@@ -657,7 +705,7 @@ pub fn resolve_path(arg: Option<&Path>) -> PathBuf {
 /// # Errors
 /// Any read, syntax or validation error, as a diagnostic pointing into the file.
 pub fn load(path: &Path) -> Result<Manifest> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadManifest {
+    let text = read_text(path).map_err(|source| Error::ReadManifest {
         path: path.to_path_buf(),
         source,
     })?;

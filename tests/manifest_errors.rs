@@ -1064,3 +1064,71 @@ fn generator_huge_line_is_shown_as_a_window() {
         &["at line 2 column 20011", "…"],
     );
 }
+
+#[test]
+fn manifest_invalid_utf8_names_its_position() {
+    let t = Test::new();
+    std::fs::write(
+        t.path().join("poolparty.toml"),
+        b"[workflow]\nname = \"w\"\n[stages.a]\njobs = [\"ab\xffc\"]\nrun = \"touch ran\"\n",
+    )
+    .unwrap();
+    reject_with(
+        "manifest_invalid_utf8_names_its_position",
+        &t,
+        &[],
+        &["not UTF-8", "line 4, column 12 (byte offset 44)"],
+        &[],
+    );
+}
+
+#[test]
+fn jobs_file_invalid_utf8_names_its_position() {
+    let t = Test::new().manifest(
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs_file = \"jobs.jsonl\"\nrun = \"touch ran\"\n",
+    );
+    std::fs::write(
+        t.path().join("jobs.jsonl"),
+        b"\xEF\xBB\xBF1\n2\n\"\xc3\x28\"\n",
+    )
+    .unwrap();
+    reject_with(
+        "jobs_file_invalid_utf8_names_its_position",
+        &t,
+        &[],
+        &["not UTF-8", "line 3, column 2 (byte offset 8)"],
+        &[],
+    );
+}
+
+#[test]
+fn manifest_that_is_a_folder() {
+    let t = Test::new();
+    std::fs::create_dir(t.path().join("poolparty.toml")).unwrap();
+    reject_with(
+        "manifest_that_is_a_folder",
+        &t,
+        &[],
+        &["`poolparty.toml`", "it is a folder, not a file"],
+        &[],
+    );
+}
+
+#[test]
+fn jobs_file_that_is_a_fifo_is_refused() {
+    let t = Test::new().manifest(
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs_file = \"jobs.jsonl\"\nrun = \"touch ran\"\n",
+    );
+    nix::unistd::mkfifo(
+        &t.path().join("jobs.jsonl"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    reject_with(
+        "jobs_file_that_is_a_fifo_is_refused",
+        &t,
+        &[],
+        &["not a regular file"],
+        &[],
+    );
+}

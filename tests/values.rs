@@ -182,3 +182,20 @@ fn a_diagnostic_quoting_a_huge_generator_line_stays_small() {
         assert!(r.stderr.contains('…'), "{}", r.stderr);
     }
 }
+
+#[test]
+fn a_byte_order_mark_is_accepted_in_manifests_and_jobs_files() {
+    let t = Test::new();
+    std::fs::write(
+        t.path().join("poolparty.toml"),
+        "\u{feff}[workflow]\nname = \"w\"\n[stages.a]\njobs_file = \"jobs.jsonl\"\nrun = \"echo {{job}} >> out\"\n[stages.b]\njobs_file = \"jobs.json\"\nrun = \"echo {{job}} >> out-b\"\n",
+    )
+    .unwrap();
+    std::fs::write(t.path().join("jobs.jsonl"), "\u{feff}1\n2\n").unwrap();
+    std::fs::write(t.path().join("jobs.json"), "\u{feff}[3]").unwrap();
+    t.run(&["run"]).code(0);
+    let mut lines: Vec<String> = t.read("out").lines().map(str::to_owned).collect();
+    lines.sort();
+    assert_eq!(lines, ["1", "2"]);
+    assert_eq!(t.read("out-b"), "3\n");
+}
