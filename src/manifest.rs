@@ -402,6 +402,11 @@ impl WallTime {
         };
         // At most 100 years, so adding it to a clock never overflows.
         let too_long = || format!("`{text}` is too long: the longest duration is 100 years");
+        let zero = || {
+            format!(
+                "`{text}` is not a duration longer than zero: zero is not allowed, write at least `1s`"
+            )
+        };
         let limit = |secs: u64| {
             if secs > 100 * 365 * 86_400 {
                 Err(too_long())
@@ -414,6 +419,16 @@ impl WallTime {
             let parts: Vec<&str> = t.split(':').collect();
             if parts.len() > 3 {
                 return Err(bad());
+            }
+            // Minutes and seconds after the first field are below 60: `1:99:00` is a typo,
+            // not 2:39:00.
+            if parts[1..]
+                .iter()
+                .any(|p| p.parse::<u64>().is_ok_and(|n| n >= 60))
+            {
+                return Err(format!(
+                    "`{text}` is not a duration: minutes and seconds after a `:` must be below 60"
+                ));
             }
             let mut secs = 0u64;
             for p in parts {
@@ -428,11 +443,13 @@ impl WallTime {
                         }
                     })?;
             }
-            return if secs == 0 { Err(bad()) } else { limit(secs) };
+            return if secs == 0 { Err(zero()) } else { limit(secs) };
         }
         let mut total = 0u64;
         let mut num = String::new();
         let mut seen_unit = false;
+        // The last unit written: each comes at most once, largest first (`1d12h`, not `1h1h`).
+        let mut last_unit = u64::MAX;
         for c in t.chars() {
             if c.is_ascii_digit() {
                 num.push(c);
@@ -445,6 +462,12 @@ impl WallTime {
                 'd' => 86400,
                 _ => return Err(bad()),
             };
+            if unit >= last_unit {
+                return Err(format!(
+                    "`{text}` is not a duration: write each unit at most once, largest first (`d`, `h`, `m`, `s`), e.g. `1d12h`"
+                ));
+            }
+            last_unit = unit;
             let n: u64 = num.parse().map_err(|_| bad())?;
             total = n
                 .checked_mul(unit)
@@ -453,8 +476,11 @@ impl WallTime {
             num.clear();
             seen_unit = true;
         }
-        if !num.is_empty() || !seen_unit || total == 0 {
+        if !num.is_empty() || !seen_unit {
             return Err(bad());
+        }
+        if total == 0 {
+            return Err(zero());
         }
         limit(total)
     }
@@ -1242,9 +1268,32 @@ mod tests {
             "999999999999999999d",
             "99999999999999999:0:0",
             "36501d",
+            "1h1h",
+            "30m1h",
+            "1:99:00",
+            "1:00:60",
+            "0:0:0",
         ] {
             assert!(WallTime::parse(bad).is_err(), "{bad}");
         }
+        assert!(
+            WallTime::parse("0s")
+                .unwrap_err()
+                .contains("zero is not allowed")
+        );
+        assert!(
+            WallTime::parse("0:00")
+                .unwrap_err()
+                .contains("zero is not allowed")
+        );
+        assert!(
+            WallTime::parse("1h1h")
+                .unwrap_err()
+                .contains("at most once")
+        );
+        assert!(WallTime::parse("1:99:00").unwrap_err().contains("below 60"));
+        assert_eq!(WallTime::parse("100:59:59").unwrap().0.as_secs(), 363_599);
+        assert_eq!(WallTime::parse("1d1h1m1s").unwrap().0.as_secs(), 90_061);
     }
 
     #[test]

@@ -1132,3 +1132,25 @@ fn jobs_file_that_is_a_fifo_is_refused() {
         &[],
     );
 }
+
+#[test]
+fn duration_zero_and_malformed_durations_say_why() {
+    reject(
+        "duration_zero_says_zero_is_not_allowed",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [1]\ntime = \"0:00:00\"\nrun = \"touch ran\"\n",
+        &[],
+        &["zero is not allowed", "poolparty.toml:5:8"],
+    );
+    reject(
+        "duration_unit_twice_is_refused",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [1]\ntime = \"1h1h\"\nrun = \"touch ran\"\n",
+        &[],
+        &["`1h1h` is not a duration", "at most once"],
+    );
+    reject(
+        "duration_minutes_over_59_are_refused",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [1]\ntime = \"1:99:00\"\nrun = \"touch ran\"\n",
+        &[],
+        &["`1:99:00` is not a duration", "below 60"],
+    );
+}
