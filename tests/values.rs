@@ -199,3 +199,25 @@ fn a_byte_order_mark_is_accepted_in_manifests_and_jobs_files() {
     assert_eq!(lines, ["1", "2"]);
     assert_eq!(t.read("out-b"), "3\n");
 }
+
+#[test]
+fn mermaid_node_ids_are_never_keywords() {
+    let t = Test::new().manifest(
+        "[workflow]\nname='w'\n[stages.end]\njobs=[1]\nrun='true'\n[stages.graph]\nneeds=['end']\njobs=[1]\nrun='true'\n[stages.a-b]\nneeds=['graph']\njobs=[1]\nrun='true'\n[stages.stage_end]\nneeds=['a-b']\njobs=[1]\nrun='true'\n[stages.plain]\nneeds=['stage_end']\njobs=[1]\nrun='true'\n",
+    );
+    let r = t.run(&["graph", "--format", "mermaid"]);
+    r.code(0);
+    assert_eq!(
+        r.stdout,
+        "flowchart LR\n  \
+         _stage_end[\"end (1 job, local)\"]\n  \
+         stage_graph[\"graph (1 job, local)\"]\n  \
+         stage_a_b[\"a-b (1 job, local)\"]\n  \
+         stage_end[\"stage_end (1 job, local)\"]\n  \
+         plain[\"plain (1 job, local)\"]\n  \
+         _stage_end --> stage_graph\n  \
+         stage_graph --> stage_a_b\n  \
+         stage_a_b --> stage_end\n  \
+         stage_end --> plain\n"
+    );
+}
