@@ -262,7 +262,7 @@ fn mermaid_ids(manifest: &Manifest) -> Vec<String> {
             continue;
         }
         let mut id = format!("stage_{}", ids[i].replace('-', "_"));
-        while ids.iter().any(|other| *other == id) {
+        while ids.contains(&id) {
             id.insert(0, '_');
         }
         ids[i] = id;
