@@ -67,9 +67,7 @@ fn stage_name<'a>(manifest: &'a Manifest, wanted: Option<&'a str>) -> Result<&'a
 type Recorded = (Vec<JobLine>, HashMap<String, JobRecord>);
 
 fn load_stage(layout: &Layout, name: &str, result_max_bytes: u64) -> Result<Option<Recorded>> {
-    let Some(jobs) = store::read_jobs(&layout.jobs_file(name))? else {
-        return Ok(None);
-    };
+    let jobs = store::read_jobs(&layout.jobs_file(name))?;
     let mut latest = store::latest(store::read_ledger(&layout.ledger(name))?);
     // Outcome files no runner has collected yet (a detached or hand-submitted bundle, or a
     // killed runner) count too; a later attempt wins.
@@ -115,6 +113,25 @@ fn load_stage(layout: &Layout, name: &str, result_max_bytes: u64) -> Result<Opti
             );
         }
     }
+    let jobs = match jobs {
+        Some(jobs) => jobs,
+        None if latest.is_empty() => return Ok(None),
+        // `jobs.jsonl` is gone but outcomes were recorded: the recorded jobs are still known
+        // (without their values), so their outcomes are shown rather than "not started".
+        None => {
+            let mut known: Vec<JobLine> = latest
+                .values()
+                .map(|r| JobLine {
+                    index: r.index,
+                    id: r.id.clone(),
+                    job: serde_json::value::RawValue::from_string("null".to_owned())
+                        .expect("`null` is JSON"),
+                })
+                .collect();
+            known.sort_by_key(|j| j.index);
+            known
+        }
+    };
     Ok(Some((jobs, latest)))
 }
 

@@ -602,6 +602,17 @@ pub fn format_report(report: &RunReport, color: bool, verbosity: Verbosity) -> S
             }
         }
     }
+    // Nothing recorded and nothing expanded: `status` before the first run.
+    if report.run == "none" && report.stages.iter().all(|s| s.jobs.is_none()) {
+        let _ = writeln!(
+            out,
+            "\n{} for workflow `{}`: nothing is recorded yet (`poolparty run` starts one; exit code {})",
+            paint("33;1", "no run yet"),
+            report.workflow,
+            report.verdict.exit_code()
+        );
+        return out;
+    }
     let verdict = match report.verdict {
         Verdict::Succeeded => paint("32;1", "every job succeeded"),
         Verdict::JobsFailed => paint("31;1", "some jobs failed or did not run"),

@@ -221,3 +221,26 @@ fn mermaid_node_ids_are_never_keywords() {
          stage_end --> plain\n"
     );
 }
+
+#[test]
+fn status_before_any_run_says_so() {
+    let t = Test::new().manifest(&three_jobs(""));
+    let r = t.run(&["status"]);
+    r.code(1).stdout_has("no run yet");
+    assert!(!r.stdout.contains("failed or did not run"), "{}", r.stdout);
+}
+
+#[test]
+fn status_without_jobs_file_still_shows_recorded_outcomes() {
+    let t = Test::new().manifest(&three_jobs(""));
+    t.run(&["run"]).code(0);
+    std::fs::remove_file(t.state("w").join("a").join("jobs.jsonl")).unwrap();
+    let r = t.run(&["status", "--json"]);
+    r.code(0);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let a = &report["stages"][0];
+    assert_eq!(a["jobs"], 3, "{a}");
+    assert_eq!(a["stats"]["succeeded"], 3, "{a}");
+    assert!(a["not_started"].is_null(), "{a}");
+    assert_eq!(report["verdict"], "succeeded");
+}
