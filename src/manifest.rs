@@ -835,6 +835,7 @@ fn validate(path: &Path, raw: RawManifest, src: Source, text: &str) -> Result<Ma
             .map_err(|m| err(span, m.clone(), "invalid stage name", None))?;
         let stage = validate_stage(name, span, rs, &raw.defaults, &dir, &err)?;
         check_templates(&stage, &src)?;
+        check_script_template(&stage, &src)?;
         // `POOLPARTY_NEEDS_<STAGE>_*` upper-cases names and turns `-` into `_`.
         let env_key = |n: &StageName| n.as_str().to_uppercase().replace('-', "_");
         if let Some(other) = stages
@@ -892,6 +893,41 @@ fn check_templates(stage: &Stage, src: &Source) -> Result<()> {
             .map_err(|f| template_error(src, stage.source_span, g, f, &what))?;
     }
     Ok(())
+}
+
+/// Reads and compiles a stage's custom scheduler script `template`, whatever its backend (a
+/// local stage may be sent to a cluster with `--backend`), so a missing or broken template
+/// fails `validate` instead of the first submission.
+fn check_script_template(stage: &Stage, src: &Source) -> Result<()> {
+    use crate::template::{Quoting, Templates};
+    let Some((path, span)) = &stage.settings.template else {
+        return Ok(());
+    };
+    let text = read_text(path).map_err(|e| Error::InvalidManifest {
+        message: format!(
+            "cannot read the `template` of stage `{}`, `{}`: {e}",
+            stage.name,
+            path.display()
+        ),
+        src: src.clone(),
+        span: *span,
+        label: "this file".to_owned(),
+        help: Some("the path is relative to the manifest's folder".to_owned()),
+    })?;
+    Templates::new()
+        .add("script", &text, Quoting::Shell)
+        .map_err(|f| Error::InvalidManifest {
+            message: format!(
+                "the `template` of stage `{}`, `{}`, does not compile: {}",
+                stage.name,
+                path.display(),
+                f.message
+            ),
+            src: src.clone(),
+            span: *span,
+            label: "this template".to_owned(),
+            help: None,
+        })
 }
 
 type ErrFn<'a> = dyn Fn(SourceSpan, String, &str, Option<String>) -> Error + 'a;

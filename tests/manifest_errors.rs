@@ -1154,3 +1154,19 @@ fn duration_zero_and_malformed_durations_say_why() {
         &["`1:99:00` is not a duration", "below 60"],
     );
 }
+
+#[test]
+fn missing_template_of_a_local_stage_is_refused() {
+    reject(
+        "missing_template_of_a_local_stage_is_refused",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [1]\ntemplate = \"nowhere.sbatch.hbs\"\nrun = \"touch ran\"\n",
+        &[],
+        &["cannot read the `template` of stage `a`", "No such file"],
+    );
+    reject(
+        "broken_template_is_refused",
+        "[workflow]\nname = \"w\"\n[defaults]\ntemplate = \"my.hbs\"\n[stages.a]\njobs = [1]\nrun = \"touch ran\"\n",
+        &[("my.hbs", "#!/bin/sh\n{{#if x}}\n")],
+        &["the `template` of stage `a`", "does not compile"],
+    );
+}
