@@ -663,4 +663,65 @@ mod tests {
         assert_eq!(a[0].id, JobId::from_canonical(r#"{"x":1e+2}"#));
         assert_eq!(a[0].value().to_string(), r#"{"x":1E2}"#);
     }
+
+    /// JSON text with written numbers: (the text with random spacing, its compact form).
+    fn json_text() -> impl proptest::strategy::Strategy<Value = (String, String)> {
+        use proptest::prelude::*;
+        let number = "-?(0|[1-9][0-9]{0,3})(\\.[0-9]{1,3})?([eE][+-]?[0-9]{1,3})?";
+        let leaf = prop_oneof![
+            number.prop_map(|n| (n.clone(), n)),
+            any::<String>().prop_map(|s| {
+                let j = serde_json::to_string(&s).unwrap();
+                (j.clone(), j)
+            }),
+            Just(("true".to_owned(), "true".to_owned())),
+            Just(("null".to_owned(), "null".to_owned())),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(|items| {
+                    let spaced: Vec<String> = items.iter().map(|i| i.0.clone()).collect();
+                    let compact: Vec<String> = items.iter().map(|i| i.1.clone()).collect();
+                    (
+                        format!("[ {} ]", spaced.join(" ,\n")),
+                        format!("[{}]", compact.join(",")),
+                    )
+                }),
+                proptest::collection::btree_map("[a-z]{1,3}", inner, 0..4).prop_map(|m| {
+                    let key = |k: &String| serde_json::to_string(k).unwrap();
+                    let spaced: Vec<String> = m
+                        .iter()
+                        .map(|(k, v)| format!("{} : {}", key(k), v.0))
+                        .collect();
+                    let compact: Vec<String> = m
+                        .iter()
+                        .map(|(k, v)| format!("{}:{}", key(k), v.1))
+                        .collect();
+                    (
+                        format!("{{ {} }}", spaced.join(", ")),
+                        format!("{{{}}}", compact.join(",")),
+                    )
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_value_keeps_every_number_as_written((text, compact) in json_text()) {
+            let v = parse_value(&text).unwrap();
+            proptest::prop_assert_eq!(serde_json::to_string(&v).unwrap(), compact.clone());
+            // The id form is serde_json's own.
+            let plain: Value = serde_json::from_str(&text).unwrap();
+            proptest::prop_assert_eq!(
+                id_json(&compact).into_owned(),
+                serde_json::to_string(&plain).unwrap()
+            );
+        }
+
+        #[test]
+        fn parse_value_never_panics(text in "[\\[\\]{}\",:0-9eE+.\\-a-z \\\\]{0,40}") {
+            let _ = parse_value(&text);
+        }
+    }
 }
