@@ -208,7 +208,11 @@ impl<'a> Runner<'a> {
                 self.start_ready(prepared)?;
                 self.submit_queued()?;
             }
-            self.finish_done_stages()?;
+            // A stage that just ended may let others start: go round again at once rather
+            // than waiting for the next event or poll.
+            if self.finish_done_stages()? && !self.interrupted {
+                continue;
+            }
             if self
                 .states
                 .iter()
@@ -898,7 +902,9 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn finish_done_stages(&mut self) -> Result<()> {
+    /// Finalizes every running stage whose jobs have all ended; true when one did.
+    fn finish_done_stages(&mut self) -> Result<bool> {
+        let mut any = false;
         for i in 0..self.states.len() {
             let st = &self.states[i];
             if !matches!(st.phase, Phase::Running) || st.remaining > 0 || st.in_flight > 0 {
@@ -948,8 +954,9 @@ impl<'a> Runner<'a> {
             st.phase = Phase::Done;
             let report = self.stage_report(i);
             self.reporter.stage_finished(i, &report);
+            any = true;
         }
-        Ok(())
+        Ok(any)
     }
 
     fn stage_report(&self, i: usize) -> StageReport {
