@@ -142,6 +142,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             retry_failed,
             detach,
             wait,
+            recorded_needs,
         } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
             let selected = select(&m, &graph, stages)?;
@@ -179,6 +180,15 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 force: *force,
                 retry_failed: *retry_failed,
                 stages: Vec::new(),
+                recorded: if *recorded_needs {
+                    (0..m.stages.len())
+                        .filter(|&i| {
+                            selected[i] && !stages.iter().any(|n| n == m.stages[i].name.as_str())
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             };
             let mut reporter = Reporter::new(verbosity, color);
             let report = Runner::new(

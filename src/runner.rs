@@ -37,6 +37,11 @@ pub struct RunOptions {
     pub retry_failed: bool,
     /// Stages to run (indices); their needs are included unless complete. Empty: all.
     pub stages: Vec<usize>,
+    /// Stages taken as recorded (indices): their submitted tasks are adopted and waited for
+    /// and their recorded outcomes count, but none of their jobs is launched or retried. A
+    /// detached run's driver job runs its stage this way, so the stage sees its needs as an
+    /// attached run would have left them.
+    pub recorded: Vec<usize>,
 }
 
 /// A stage's jobs, expanded before the run started (for validation), if they could be.
@@ -615,6 +620,10 @@ impl<'a> Runner<'a> {
     /// The first launch of a job, or `None` when a recorded success with the same
     /// fingerprint is reused (and the job is finalized here).
     fn launch_or_reuse(&mut self, i: usize, idx: usize) -> Option<Launch> {
+        if self.opts.recorded.contains(&i) {
+            self.take_recorded(i, idx);
+            return None;
+        }
         let st = &mut self.states[i];
         let job = st.planned[idx].clone().expect("planned");
         if let Some(prev) = st.prior.get(job.id.as_str()) {
@@ -628,6 +637,29 @@ impl<'a> Runner<'a> {
         let attempt = self.states[i].base_attempt[idx] + 1;
         self.states[i].attempts[idx] = attempt;
         Some(Launch { job, attempt })
+    }
+
+    /// Finalizes job `idx` of a stage taken as recorded with its latest recorded outcome
+    /// (whatever its fingerprint), or as not run when it has none.
+    fn take_recorded(&mut self, i: usize, idx: usize) {
+        let st = &mut self.states[i];
+        let id = st.jobs[idx].id.to_string();
+        match st.prior.get(&id).cloned() {
+            Some(prev) if prev.outcome.is_success() => {
+                st.done_before += 1;
+                self.finalize(i, idx, Outcome::Succeeded, prev.result, None);
+            }
+            Some(prev) => {
+                let (outcome, result) = (prev.outcome.clone(), prev.result.clone());
+                self.finalize(i, idx, outcome, result, Some(&prev));
+            }
+            None => {
+                let reason = "it has no recorded outcome".to_owned();
+                if let Err(e) = self.record_not_run(i, idx, reason) {
+                    self.reporter.diagnostic(&e);
+                }
+            }
+        }
     }
 
     /// Submits the retries and element-wise jobs that handling a batch of events produced:
@@ -833,7 +865,7 @@ impl<'a> Runner<'a> {
         } else {
             false
         };
-        if again && !self.interrupted {
+        if again && !self.interrupted && !self.opts.recorded.contains(&i) {
             self.reporter.job_retrying(i, &record);
             let job = st.planned[idx].clone().expect("planned");
             st.attempts[idx] = record.attempt + 1;
