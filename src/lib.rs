@@ -171,6 +171,9 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 }
                 return Ok(EXIT_SUCCESS);
             }
+            if *force {
+                set_aside_corrupt(&m, &layout, &selected)?;
+            }
             // Outcomes of jobs a local bundle ran go to the ledger first, to be reused.
             bundle::collect_local(&m, &layout)?;
             let prepared = prepare(&m, &graph, &layout, &selected)?;
@@ -495,6 +498,24 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
         );
     }
     Ok(EXIT_SUCCESS)
+}
+
+/// `run --force` reruns every job of the selected stages, so a ledger (or submissions
+/// record) that cannot be read is moved aside rather than refusing the run.
+fn set_aside_corrupt(m: &Manifest, layout: &Layout, selected: &[bool]) -> Result<()> {
+    for (stage, _) in m.stages.iter().zip(selected).filter(|(_, s)| **s) {
+        let name = stage.name.as_str();
+        for path in [layout.ledger(name), layout.submissions(name)] {
+            if let Some(to) = store::set_aside_if_corrupt(&path)? {
+                eprintln!(
+                    "poolparty: `{}` could not be read; moved it to `{}` and running stage `{name}` afresh",
+                    path.display(),
+                    to.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The stages to run: those named with `--stage` plus everything they need (resume makes a

@@ -876,6 +876,21 @@ impl<'a> Runner<'a> {
         let outcome = record.outcome.clone();
         let result = record.result.clone();
         self.finalize(i, idx, outcome, result, Some(&record));
+        if let Outcome::OutputLost { .. } = &record.outcome {
+            // A full disk: every further job would lose its output too.
+            let dir = self.layout.logs_dir(self.manifest.stages[i].name.as_str());
+            let what = format!(
+                "job {} `{}` {} (recorded so); the run stops",
+                record.index,
+                record.id,
+                record.outcome.describe()
+            );
+            return Err(crate::error::Error::store(
+                "store job output in",
+                dir,
+                std::io::Error::other(what),
+            ));
+        }
         Ok(())
     }
 
