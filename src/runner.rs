@@ -143,6 +143,8 @@ pub struct Runner<'a> {
     last_sync: Instant,
     started: f64,
     staged: Vec<PathBuf>,
+    /// Arrays an interrupt could not cancel (their jobs may still run), per stage.
+    uncancelled: Vec<(usize, backend::Uncancelled)>,
 }
 
 impl<'a> Runner<'a> {
@@ -174,6 +176,7 @@ impl<'a> Runner<'a> {
             last_sync: Instant::now(),
             started: store::now(),
             staged: Vec::new(),
+            uncancelled: Vec::new(),
         }
     }
 
@@ -203,7 +206,51 @@ impl<'a> Runner<'a> {
             st.backend = None;
         }
         result?;
+        if !self.uncancelled.is_empty() {
+            return Err(self.uncancelled_error());
+        }
         Ok(self.report())
+    }
+
+    /// The error for arrays that an interrupt could not cancel: which, why, and how to
+    /// cancel them later.
+    fn uncancelled_error(&self) -> crate::error::Error {
+        let mut ids = Vec::new();
+        let mut lines = Vec::new();
+        let mut backend = "cluster";
+        for (i, u) in &self.uncancelled {
+            backend = u.scheduler;
+            lines.push(format!(
+                "stage `{}`: {} {} ({}): {}",
+                self.manifest.stages[*i].name,
+                u.scheduler,
+                if u.job_ids.len() == 1 {
+                    "array"
+                } else {
+                    "arrays"
+                },
+                u.job_ids.join(", "),
+                u.error
+            ));
+            ids.extend(u.job_ids.iter().cloned());
+        }
+        let jobs: usize = self.uncancelled.iter().map(|(_, u)| u.launches.len()).sum();
+        let command = if backend == "sge" { "qdel" } else { "scancel" };
+        crate::error::Error::Backend {
+            backend,
+            message: format!(
+                "the run was interrupted but cancelling failed: {} may still be running on the cluster and {} no recorded outcome",
+                crate::error::count(ids.len(), "array"),
+                if jobs == 1 { "its job has".to_owned() } else { format!("their {jobs} jobs have") }
+            ),
+            detail: Some(format!(
+                "{}
+cancel them with `poolparty cancel {}` once the scheduler answers (or `{command} {}`); until then `poolparty run` adopts them",
+                lines.join("\n"),
+                self.manifest.path.display(),
+                ids.join(" ")
+            )),
+        }
     }
 
     fn drive(&mut self, prepared: &mut Prepared) -> Result<()> {
@@ -829,6 +876,18 @@ impl<'a> Runner<'a> {
                     self.states[i].in_flight -= dropped.len();
                     for (l, outcome) in dropped {
                         self.record_outcome(i, l.job.index, l.attempt, outcome)?;
+                    }
+                    let uncancelled = self.states[i]
+                        .backend
+                        .as_mut()
+                        .expect("running")
+                        .uncancelled();
+                    if let Some(u) = uncancelled {
+                        // No outcome for these: they may still run.
+                        let st = &mut self.states[i];
+                        st.in_flight -= u.launches.len();
+                        st.remaining -= u.launches.len();
+                        self.uncancelled.push((i, u));
                     }
                     // Element-wise jobs not yet fed will never be.
                     let missing: Vec<usize> = (0..self.states[i].finals.len())
