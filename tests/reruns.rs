@@ -1113,6 +1113,26 @@ fn detached_examples(backend: Backend) {
             "examples/{name} detached on {}: {report:#}",
             backend.name()
         );
+        // The same by hand: `plan --out` and `bash submit.sh`.
+        let by_hand = example_copy(name, &wf);
+        pp(
+            &by_hand,
+            &["plan", "--backend", backend.name(), "--out", "bundle"],
+        )
+        .code(0);
+        bash_bounded(&by_hand, &by_hand.path().join("bundle/submit.sh")).code(0);
+        wait_status(&by_hand, backend, &wf, DETACHED_LIMIT, |r| {
+            r["verdict"] == "succeeded"
+        });
+        if backend != Backend::Local {
+            wait_queue_empty(&by_hand, backend, &wf, Duration::from_secs(120));
+        }
+        assert_eq!(
+            all_results(&by_hand),
+            expected,
+            "examples/{name} bundled on {}",
+            backend.name()
+        );
         if name == "map-reduce" {
             assert_eq!(
                 expected,
@@ -1129,3 +1149,45 @@ fn detached_examples(backend: Backend) {
 }
 
 backends!(detached_examples: local => Local, slurm => Slurm, sge => Sge);
+
+/// A detached run where a job of `a` fails and `b` (static jobs, `on_failure = "continue"`)
+/// reads its needs: b's driver runs b once with a's failed ids and a's outcomes file, and does
+/// not run a's failed job again, exactly as an attached run would.
+fn detached_run_continues_with_failed_ids(backend: Backend) {
+    let wf = workflow("detachcont", backend);
+    let _g = guard(backend, &wf);
+    let t = Test::new().manifest(&manifest(
+        backend,
+        &wf,
+        r#"[stages.a]
+jobs = [{id = "x"}, {id = "bad"}, {id = "z"}]
+run = '''echo "a {{job.id}}" >> {{workflow.dir}}/ran.txt; [ {{job.id}} != bad ]'''
+
+[stages.b]
+needs = ["a"]
+on_failure = "continue"
+jobs = [{id = "only"}]
+run = '''echo b {{needs.a.failed}} >> {{workflow.dir}}/ran.txt; grep -c '"succeeded":true' "$POOLPARTY_NEEDS_A_OUTCOMES" > "$POOLPARTY_RESULT"'''
+"#,
+    ));
+    pp(&t, &["run", "--detach"]).code(0);
+    let report = wait_status(&t, backend, &wf, DETACHED_LIMIT, |r| {
+        stage(r, "b")["stats"]["succeeded"] == 1
+    });
+    if backend != Backend::Local {
+        wait_queue_empty(&t, backend, &wf, Duration::from_secs(120));
+    }
+    let a = stage(&report, "a");
+    assert_eq!(a["stats"]["failed"], 1, "{report:#}");
+    assert_eq!(a["failed"][0]["attempts"], 1, "{report:#}");
+    assert_eq!(
+        sorted(lines(&t, "ran.txt")),
+        ["a bad", "a x", "a z", "b [\"bad\"]"],
+        "each job of a runs once, b once with a's failed ids"
+    );
+    let r = pp(&t, &["results", "--stage", "b"]);
+    r.code(0);
+    assert_eq!(r.stdout, "[2]\n");
+}
+
+backends!(detached_run_continues_with_failed_ids: local => Local, slurm => Slurm, sge => Sge);
