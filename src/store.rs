@@ -649,6 +649,71 @@ mod tests {
     }
 
     #[test]
+    fn only_a_torn_last_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let mut l = Ledger::open(path.clone()).unwrap();
+        l.append(&rec("a", 1, Outcome::Succeeded)).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let refused = |bytes: &[u8], line: &str| {
+            std::fs::write(&path, bytes).unwrap();
+            match read_ledger(&path).unwrap_err() {
+                Error::CorruptState { message, help, .. } => {
+                    assert!(message.contains(line), "{message}");
+                    assert!(help.contains("run --force"), "{help}");
+                }
+                e => panic!("{e:?}"),
+            }
+        };
+        // NUL bytes (a crashed file system), with or without a newline.
+        refused(&vec![0; good.len()], "line 1");
+        refused(&[&good[..], &[0, 0, b'\n']].concat(), "line 2");
+        // A complete line that is not a record, even the last one.
+        refused(&[&good[..], b"garbage\n"].concat(), "line 2");
+        refused(&[b"garbage\n", &good[..]].concat(), "line 1");
+        // The start of a record without its newline is a torn append.
+        std::fs::write(&path, [&good[..], b"{\"index\":1,\"id"].concat()).unwrap();
+        assert_eq!(read_ledger(&path).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn corrupt_file_is_set_aside_and_a_good_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        assert!(set_aside_if_corrupt(&path).unwrap().is_none());
+        let mut l = Ledger::open(path.clone()).unwrap();
+        l.append(&rec("a", 1, Outcome::Succeeded)).unwrap();
+        assert!(set_aside_if_corrupt(&path).unwrap().is_none());
+        assert!(path.exists());
+        std::fs::write(&path, b"\0\0\0").unwrap();
+        let to = set_aside_if_corrupt(&path).unwrap().unwrap();
+        assert!(!path.exists());
+        assert_eq!(std::fs::read(&to).unwrap(), b"\0\0\0");
+        assert!(
+            to.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("ledger.jsonl.corrupt-")
+        );
+    }
+
+    #[test]
+    fn ledger_deleted_under_the_runner_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let mut l = Ledger::open(path.clone()).unwrap();
+        l.append(&rec("a", 1, Outcome::Succeeded)).unwrap();
+        l.sync().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        l.append(&rec("b", 1, Outcome::Succeeded)).unwrap();
+        let e = l.sync().unwrap_err();
+        assert!(e.to_string().contains("ledger.jsonl"), "{e}");
+        // Replaced by another file: noticed too.
+        std::fs::write(&path, b"").unwrap();
+        assert!(l.sync().is_err());
+    }
+
+    #[test]
     fn lock_is_exclusive_and_names_holder() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path().join("w"));
