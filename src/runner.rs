@@ -191,11 +191,20 @@ impl<'a> Runner<'a> {
         if let Some(h) = signals {
             h.close();
         }
-        // Stop whatever still runs if we leave on an error.
+        // Stop whatever still runs if we leave on an error, and say so: those jobs get no
+        // record (the state cannot be trusted to take one) and run again next time.
         if result.is_err() {
-            for st in &mut self.states {
+            for (i, st) in self.states.iter_mut().enumerate() {
                 if let Some(b) = st.backend.as_mut() {
                     b.cancel(CancelMode::Kill);
+                    if st.in_flight > 0 {
+                        self.reporter.message(&format!(
+                            "stage `{}`: stopped {} that had not ended; not recorded, {} again next time",
+                            self.manifest.stages[i].name,
+                            crate::error::count(st.in_flight, "job"),
+                            if st.in_flight == 1 { "it runs" } else { "they run" }
+                        ));
+                    }
                 }
             }
         }
