@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod outcome;
 pub mod plan;
 pub mod query;
+pub mod quoting;
 pub mod runner;
 pub mod store;
 pub mod summary;

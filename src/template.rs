@@ -2,16 +2,20 @@
 //!
 //! Every `{{path}}` is rewritten, when the template is compiled, into a call of a typed
 //! helper that sees the JSON value itself: strings are inserted as they are, numbers as
-//! written, objects and arrays as compact JSON, and in shell templates the result is then
-//! single-quoted so no job value can inject shell syntax. `{{{path}}}` inserts the same text
-//! unquoted. argv templates (`run = [..]`) are never quoted: each element is one argument.
+//! written, objects and arrays as compact JSON. In shell templates the compiler first reads
+//! the template's literal text with [`crate::quoting::Lexer`] to learn the shell quoting state
+//! at each placeholder (bare word, `"…"`, `'…'`, backquotes, comment, here-document), and the
+//! helper writes the value so it is inert and byte-exact in that state; placeholders in states
+//! that cannot be made safe are refused when the template is compiled. `{{{path}}}` inserts
+//! the same text unquoted. argv templates (`run = [..]`) are never quoted: each element is
+//! one argument.
 //!
 //! Pure: compiles and renders strings, does no I/O.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use handlebars::template::{Parameter, Template, TemplateElement};
+use handlebars::template::{Parameter, Subexpression, Template, TemplateElement};
 use handlebars::{
     Context, Handlebars, Helper, HelperResult, Output, Path as HbPath, RenderContext, RenderError,
     RenderErrorReason, TemplateErrorReason,
@@ -19,6 +23,9 @@ use handlebars::{
 use serde_json::Value;
 
 use crate::error::did_you_mean;
+use crate::quoting::{Context as ShellContext, Lexer, Refusal, Site};
+
+pub use crate::quoting::shell_quote;
 
 /// How interpolated values are inserted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,7 +128,11 @@ impl Templates {
                 help: None,
             }
         })?;
-        rewrite(&mut tpl.elements, quoting);
+        let sites = match quoting {
+            Quoting::Shell => Some(shell_sites(&tpl, text)?),
+            Quoting::Raw => None,
+        };
+        rewrite(&mut tpl.elements, quoting, &mut sites.into_iter().flatten());
         self.texts.insert(name.to_owned(), text.to_owned());
         match quoting {
             Quoting::Shell => self.shell.register_template(name, tpl),
@@ -325,46 +336,198 @@ fn offset_of(text: &str, line: usize, col: usize) -> usize {
     (start + within).min(text.len())
 }
 
+/// Reads a shell template's literal text and returns the [`Site`] of each escaped placeholder,
+/// in the order [`rewrite`] visits them, or the first placeholder (or block) refused.
+fn shell_sites(tpl: &Template, text: &str) -> Result<Vec<Site>, TemplateFailure> {
+    let mut lexer = Lexer::new();
+    let mut offsets = Vec::new();
+    let mut refused: Vec<(usize, Refusal)> = Vec::new();
+    lex_elements(tpl, text, &mut lexer, &mut offsets, &mut refused);
+    let sites = lexer.finish();
+    let mut ok = Vec::with_capacity(sites.len());
+    for (site, at) in sites.into_iter().zip(offsets) {
+        match site {
+            Ok(s) => ok.push(s),
+            Err(r) => refused.push((at, r)),
+        }
+    }
+    match refused.into_iter().min_by_key(|(at, _)| *at) {
+        None => Ok(ok),
+        Some((at, r)) => Err(TemplateFailure {
+            message: format!("unsafe placeholder in a shell command: {}", r.message),
+            offset: Some(at),
+            help: Some(r.help),
+        }),
+    }
+}
+
+fn lex_elements(
+    tpl: &Template,
+    text: &str,
+    lexer: &mut Lexer,
+    offsets: &mut Vec<usize>,
+    refused: &mut Vec<(usize, Refusal)>,
+) {
+    for (i, el) in tpl.elements.iter().enumerate() {
+        let at = tpl.mapping.get(i).map_or(0, |m| offset_of(text, m.0, m.1));
+        match el {
+            TemplateElement::RawString(s) => lexer.text(s),
+            TemplateElement::Comment(_) => {}
+            TemplateElement::Expression(_) => {
+                lexer.placeholder();
+                offsets.push(at);
+            }
+            TemplateElement::HtmlExpression(_) => lexer.raw_piece(),
+            TemplateElement::HelperBlock(ht) => {
+                let before = lexer.begin_body();
+                for body in [&ht.template, &ht.inverse].into_iter().flatten() {
+                    lex_elements(body, text, lexer, offsets, refused);
+                    if let Err(r) = lexer.end_body(&before) {
+                        refused.push((at, r));
+                    }
+                }
+            }
+            // Partials, decorators, and whatever a later handlebars adds.
+            _ => refused.push((
+                at,
+                Refusal {
+                    message: "partials and decorators are not supported in shell commands"
+                        .to_owned(),
+                    help: "write the text in the command itself".to_owned(),
+                },
+            )),
+        }
+    }
+}
+
+/// The hash arguments that tell the quoting helper a placeholder's site.
+fn site_hash(site: &Site) -> HashMap<String, Parameter> {
+    let mut h = HashMap::new();
+    let lit = |v: Value| Parameter::Literal(v);
+    let q = match &site.context {
+        ShellContext::Bare => "bare",
+        ShellContext::DoubleQuoted => "dq",
+        ShellContext::SingleQuoted => "sq",
+        ShellContext::Comment => "comment",
+        ShellContext::Heredoc {
+            delim,
+            strip_tabs,
+            line,
+        } => {
+            h.insert("delim".to_owned(), lit(Value::from(delim.as_str())));
+            h.insert("strip".to_owned(), lit(Value::Bool(*strip_tabs)));
+            if let Some((pre, post)) = line {
+                h.insert("pre".to_owned(), lit(Value::from(pre.as_str())));
+                h.insert("post".to_owned(), lit(Value::from(post.as_str())));
+            }
+            "heredoc"
+        }
+    };
+    h.insert("q".to_owned(), lit(Value::from(q)));
+    if site.backquotes > 0 {
+        h.insert("bq".to_owned(), lit(Value::from(site.backquotes)));
+    }
+    h
+}
+
+/// The site a quoting helper call was compiled for (a plain bare word without hash).
+fn site_of(h: &Helper<'_>) -> Site {
+    let s = |k: &str| {
+        h.hash_get(k)
+            .and_then(|v| v.value().as_str().map(str::to_owned))
+    };
+    let context = match s("q").as_deref() {
+        Some("dq") => ShellContext::DoubleQuoted,
+        Some("sq") => ShellContext::SingleQuoted,
+        Some("comment") => ShellContext::Comment,
+        Some("heredoc") => ShellContext::Heredoc {
+            delim: s("delim").unwrap_or_default(),
+            strip_tabs: h
+                .hash_get("strip")
+                .and_then(|v| v.value().as_bool())
+                .unwrap_or(false),
+            line: s("pre").zip(s("post")),
+        },
+        _ => ShellContext::Bare,
+    };
+    let backquotes = h
+        .hash_get("bq")
+        .and_then(|v| v.value().as_u64())
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0);
+    Site {
+        context,
+        backquotes,
+    }
+}
+
 /// Turns `{{path}}` into `{{pp_quote path}}` (or `pp_raw`), and `{{{path}}}` into
-/// `{{pp_raw path}}`, recursively through blocks, so the helper sees the typed value.
-fn rewrite(elements: &mut [TemplateElement], quoting: Quoting) {
+/// `{{pp_raw path}}`, recursively through blocks, so the helper sees the typed value. In shell
+/// templates each escaped placeholder takes the next of `sites` as hash arguments (none for a
+/// plain bare word, whose output is unchanged), and a helper call outside a bare word is
+/// wrapped as `{{pp_quote (helper …) …}}`.
+fn rewrite(
+    elements: &mut [TemplateElement],
+    quoting: Quoting,
+    sites: &mut dyn Iterator<Item = Site>,
+) {
     for el in elements {
         match el {
+            TemplateElement::Expression(ht) if quoting == Quoting::Shell => {
+                let site = sites.next().unwrap_or(Site {
+                    context: ShellContext::Bare,
+                    backquotes: 0,
+                });
+                let simple = ht.params.is_empty() && ht.hash.is_empty() && !ht.block;
+                if simple {
+                    let Some(param) = path_param(&ht.name) else {
+                        continue;
+                    };
+                    ht.name = Parameter::Name(QUOTE.to_owned());
+                    ht.params.push(param);
+                } else if site.is_plain() {
+                    // Rendered through the escape function, as a bare word.
+                    continue;
+                } else {
+                    let call = Subexpression::new(
+                        ht.name.clone(),
+                        std::mem::take(&mut ht.params),
+                        std::mem::take(&mut ht.hash),
+                    );
+                    ht.name = Parameter::Name(QUOTE.to_owned());
+                    ht.params = vec![Parameter::Subexpression(call)];
+                }
+                if !site.is_plain() {
+                    ht.hash = site_hash(&site);
+                }
+            }
             TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht)
                 if ht.params.is_empty() && ht.hash.is_empty() && !ht.block =>
             {
-                let helper =
-                    if matches!(el, TemplateElement::Expression(_)) && quoting == Quoting::Shell {
-                        QUOTE
-                    } else {
-                        RAW
-                    };
-                // Re-borrow after the `matches!` above.
-                let (TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht)) = el
-                else {
+                let Some(param) = path_param(&ht.name) else {
                     continue;
                 };
-                let param = match &ht.name {
-                    Parameter::Name(n) => match HbPath::parse(n) {
-                        Ok(p) => Parameter::Path(p),
-                        Err(_) => continue,
-                    },
-                    Parameter::Path(p) => Parameter::Path(p.clone()),
-                    _ => continue,
-                };
-                ht.name = Parameter::Name(helper.to_owned());
+                ht.name = Parameter::Name(RAW.to_owned());
                 ht.params.push(param);
             }
             TemplateElement::HelperBlock(ht) => {
                 if let Some(t) = ht.template.as_mut() {
-                    rewrite(&mut t.elements, quoting);
+                    rewrite(&mut t.elements, quoting, sites);
                 }
                 if let Some(t) = ht.inverse.as_mut() {
-                    rewrite(&mut t.elements, quoting);
+                    rewrite(&mut t.elements, quoting, sites);
                 }
             }
             _ => {}
         }
+    }
+}
+
+fn path_param(name: &Parameter) -> Option<Parameter> {
+    match name {
+        Parameter::Name(n) => HbPath::parse(n).ok().map(Parameter::Path),
+        Parameter::Path(p) => Some(Parameter::Path(p.clone())),
+        _ => None,
     }
 }
 
@@ -401,7 +564,17 @@ fn quote_helper(
     out: &mut dyn Output,
 ) -> HelperResult {
     let v = helper_value(h)?;
-    out.write(&shell_quote(&value_text(v)))?;
+    let site = site_of(h);
+    let text = crate::quoting::emit(&site, &value_text(v)).map_err(|why| {
+        let name = h
+            .param(0)
+            .and_then(|p| p.relative_path().cloned())
+            .unwrap_or_else(|| "value".to_owned());
+        RenderErrorReason::Other(format!(
+            "the value of `{name}` cannot be inserted here: {why}"
+        ))
+    })?;
+    out.write(&text)?;
     Ok(())
 }
 
@@ -415,36 +588,6 @@ fn raw_helper(
     let v = helper_value(h)?;
     out.write(&value_text(v))?;
     Ok(())
-}
-
-/// Quotes `s` as one POSIX shell word: left bare when it has only safe characters,
-/// otherwise in single quotes with each `'` written as `'\''`.
-#[must_use]
-pub fn shell_quote(s: &str) -> Cow<'_, str> {
-    let safe = !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'_' | b'-' | b'.' | b'/' | b',' | b':' | b'@' | b'%' | b'+' | b'='
-                )
-        })
-        && !s.starts_with('=')
-        && !s.starts_with('-');
-    if safe {
-        return Cow::Borrowed(s);
-    }
-    let mut q = String::with_capacity(s.len() + 2);
-    q.push('\'');
-    for c in s.chars() {
-        if c == '\'' {
-            q.push_str("'\\''");
-        } else {
-            q.push(c);
-        }
-    }
-    q.push('\'');
-    Cow::Owned(q)
 }
 
 #[cfg(test)]
@@ -521,5 +664,39 @@ mod tests {
         assert_eq!(shell_quote(""), "''");
         assert_eq!(shell_quote("-rf"), "'-rf'");
         assert_eq!(shell_quote("$(id)"), "'$(id)'");
+    }
+}
+
+#[cfg(test)]
+mod shell_context_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn r(t: &str, v: &str) -> Result<String, TemplateFailure> {
+        render_once(t, Quoting::Shell, &json!({"v": v}))
+    }
+
+    #[test]
+    fn scratch() {
+        for t in [
+            "printf '%s' \"{{v}}\"",
+            "printf '%s' '{{v}}'",
+            "printf '%s' {{v}}",
+            "echo `echo {{v}}`",
+            "echo \"`echo \"{{v}}\"`\"",
+            "echo $(echo \"{{v}}\")",
+            "echo ${x:-{{v}}}",
+            "echo \"${x:-{{v}}}\"",
+            "echo $(( {{v}} ))",
+            "cat <<'EOF'\n{{v}}\nEOF\n",
+            "cat <<EOF\n{{v}}\nEOF\n",
+            "# {{v}}\necho",
+            "echo \\{{v}}",
+            "echo ${{v}}",
+            "{{#each v}}\"{{/each}}",
+            "echo $'{{v}}'",
+        ] {
+            eprintln!("{t:?} => {:?}", r(t, "a'b\"c$(x)`y`\\z"));
+        }
     }
 }
