@@ -605,7 +605,7 @@ impl Lexer {
                     };
                     if *bs {
                         *bs = false;
-                        if !matches!(ch, '\\' | '`' | '$') && !(in_dq && ch == '"') {
+                        if !(matches!(ch, '\\' | '`' | '$') || in_dq && ch == '"') {
                             out.push('\\');
                         }
                         out.push(ch);
@@ -664,7 +664,6 @@ impl Lexer {
         }
     }
 
-    #[expect(clippy::too_many_lines, reason = "one match over the reader's states")]
     fn step(&mut self, c: char) {
         // Lookahead decisions first, in the frame that asked for them.
         match self.state.pending {
@@ -933,7 +932,7 @@ impl Lexer {
                 bs,
                 holes,
             } => {
-                if c == '\n' && !(bs && !quoted) {
+                if c == '\n' && (quoted || !bs) {
                     let body = if strip {
                         line.trim_start_matches('\t')
                     } else {
