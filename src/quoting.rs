@@ -22,6 +22,9 @@ use std::borrow::Cow;
 pub enum Context {
     /// An unquoted word (also inside `$(…)`, backquotes or an unquoted `${x:-…}` word).
     Bare,
+    /// The word of an unquoted `${x:-…}` (or pattern of `${x#…}`): always single-quoted, since
+    /// a bare value right after the operator could change it (`%` + `%s` is `%%s`).
+    ParamWord,
     /// Inside `"…"`.
     DoubleQuoted,
     /// Inside `'…'`.
@@ -34,6 +37,8 @@ pub enum Context {
         delim: String,
         /// `<<-`: leading tabs of each body line are removed.
         strip_tabs: bool,
+        /// Inside `$(…)`, where bash also ends the body at a line `DELIM)`.
+        in_subst: bool,
         /// The literal text before and after the placeholder on its line, when it is the only
         /// placeholder there.
         line: Option<(String, String)>,
@@ -82,6 +87,7 @@ fn refusal(message: impl Into<String>, help: impl Into<String>) -> Refusal {
 pub fn emit(site: &Site, value: &str) -> Result<String, String> {
     let text: Cow<'_, str> = match &site.context {
         Context::Bare => shell_quote(value),
+        Context::ParamWord => Cow::Owned(single_quote(value)),
         Context::DoubleQuoted => {
             if value.is_empty() || safe(value) {
                 Cow::Borrowed(value)
@@ -100,9 +106,15 @@ pub fn emit(site: &Site, value: &str) -> Result<String, String> {
         Context::Heredoc {
             delim,
             strip_tabs,
+            in_subst,
             line,
         } => {
             heredoc_check(value, delim, *strip_tabs, line.as_ref())?;
+            if *in_subst && bash_ends_subst_heredoc(value, delim, *strip_tabs, line.as_ref()) {
+                return Err(format!(
+                    "inside `$(…)` bash would end the here-document at its line (`{delim}` then `)`)"
+                ));
+            }
             Cow::Borrowed(value)
         }
     };
@@ -141,11 +153,66 @@ fn heredoc_check(
             "its line would read `{delim}`, which ends the here-document early"
         ));
     }
+    let drops = match line {
+        Some((pre, post)) => {
+            let full = format!("{pre}{value}{post}");
+            let full = if strip_tabs {
+                full.trim_start_matches('\t')
+            } else {
+                &full
+            };
+            dash_drops_after(full.as_bytes(), delim.as_bytes())
+        }
+        // The text before the value is unknown: any start of the value may follow a start of
+        // the delimiter.
+        None => (0..=value.len()).any(|i| {
+            value.as_bytes().get(i).is_some_and(|&b| b >= 0x80)
+                && (1..=delim.len()).any(|k| delim.as_bytes()[..k].ends_with(&value.as_bytes()[..i]))
+        }),
+    };
+    if drops {
+        return Err(
+            "`sh` (dash 0.5) drops a non-ASCII byte that follows the start of the delimiter at the start of a here-document line".to_owned(),
+        );
+    }
     let at_line_start = line.is_none_or(|(pre, _)| pre.trim_start_matches('\t').is_empty());
     if strip_tabs && at_line_start && value.starts_with('\t') {
         return Err("`<<-` would remove its leading tabs".to_owned());
     }
     Ok(())
+}
+
+/// Inside `$(…)`, bash ends a here-document at a line that starts with the delimiter followed
+/// by blanks and `)`.
+fn bash_ends_subst_heredoc(
+    value: &str,
+    delim: &str,
+    strip_tabs: bool,
+    line: Option<&(String, String)>,
+) -> bool {
+    match line {
+        Some((pre, post)) => {
+            let full = format!("{pre}{value}{post}");
+            let full = if strip_tabs {
+                full.trim_start_matches('\t')
+            } else {
+                &full
+            };
+            ends_subst_heredoc(full, delim)
+        }
+        None => value.contains(')') || delim.contains(value.trim_end_matches([' ', '\t'])),
+    }
+}
+
+fn ends_subst_heredoc(line: &str, delim: &str) -> bool {
+    line.strip_prefix(delim)
+        .is_some_and(|rest| rest.trim_start_matches([' ', '\t']).starts_with(')'))
+}
+
+/// Whether dash 0.5 loses a byte of this here-document line: one that starts with a prefix of
+/// the delimiter followed by a byte of a non-ASCII character.
+fn dash_drops_after(line: &[u8], delim: &[u8]) -> bool {
+    (1..=delim.len()).any(|k| line.starts_with(&delim[..k]) && line.get(k).is_some_and(|&b| b >= 0x80))
 }
 
 /// Inside backquotes, `\`, `` ` `` and `$` lose one backslash before the command is parsed.
@@ -521,8 +588,18 @@ impl Lexer {
                 _ => {}
             }
         }
+        let in_subst = self.state.frames.iter().any(|f| {
+            matches!(
+                f,
+                Frame::Cmd {
+                    kind: CmdKind::Paren,
+                    ..
+                }
+            )
+        });
         let context = match self.state.frames.last().expect("a frame") {
-            Frame::Cmd { .. } | Frame::Param { .. } => Context::Bare,
+            Frame::Cmd { .. } => Context::Bare,
+            Frame::Param { .. } => Context::ParamWord,
             Frame::Dq => Context::DoubleQuoted,
             Frame::Sq => Context::SingleQuoted,
             Frame::Comment => Context::Comment,
@@ -538,6 +615,7 @@ impl Lexer {
                 Context::Heredoc {
                     delim: delim.clone(),
                     strip_tabs: *strip,
+                    in_subst,
                     line: known.then(|| {
                         (
                             if *strip { pre } else { line.as_str() }.to_owned(),
@@ -942,6 +1020,12 @@ impl Lexer {
                         self.pop();
                         self.next_heredoc();
                     } else {
+                        if ends_subst_heredoc(body, &delim) {
+                            self.lose(
+                                "bash ends a here-document inside `$(…)` at a line that starts with its delimiter and `)`, other shells do not",
+                                "end the here-document with its delimiter alone on a line",
+                            );
+                        }
                         self.end_heredoc_line();
                     }
                     return;

@@ -406,16 +406,19 @@ fn site_hash(site: &Site) -> HashMap<String, Parameter> {
     let lit = |v: Value| Parameter::Literal(v);
     let q = match &site.context {
         ShellContext::Bare => "bare",
+        ShellContext::ParamWord => "pw",
         ShellContext::DoubleQuoted => "dq",
         ShellContext::SingleQuoted => "sq",
         ShellContext::Comment => "comment",
         ShellContext::Heredoc {
             delim,
             strip_tabs,
+            in_subst,
             line,
         } => {
             h.insert("delim".to_owned(), lit(Value::from(delim.as_str())));
             h.insert("strip".to_owned(), lit(Value::Bool(*strip_tabs)));
+            h.insert("sub".to_owned(), lit(Value::Bool(*in_subst)));
             if let Some((pre, post)) = line {
                 h.insert("pre".to_owned(), lit(Value::from(pre.as_str())));
                 h.insert("post".to_owned(), lit(Value::from(post.as_str())));
@@ -438,12 +441,17 @@ fn site_of(h: &Helper<'_>) -> Site {
     };
     let context = match s("q").as_deref() {
         Some("dq") => ShellContext::DoubleQuoted,
+        Some("pw") => ShellContext::ParamWord,
         Some("sq") => ShellContext::SingleQuoted,
         Some("comment") => ShellContext::Comment,
         Some("heredoc") => ShellContext::Heredoc {
             delim: s("delim").unwrap_or_default(),
             strip_tabs: h
                 .hash_get("strip")
+                .and_then(|v| v.value().as_bool())
+                .unwrap_or(false),
+            in_subst: h
+                .hash_get("sub")
                 .and_then(|v| v.value().as_bool())
                 .unwrap_or(false),
             line: s("pre").zip(s("post")),
