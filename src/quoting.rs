@@ -45,21 +45,23 @@ pub enum Context {
     },
 }
 
-/// One placeholder's context: the innermost state, and how many backquote substitutions
+/// One placeholder's context: the innermost state, and the backquote substitutions that
 /// enclose it (each one removes a level of `\` escapes before its command is parsed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Site {
     /// The innermost state.
     pub context: Context,
     /// Enclosing backquote substitutions.
-    pub backquotes: u32,
+    /// Enclosing backquote substitutions, outermost first: whether each stands inside `"…"`
+    /// (where `\"` loses its backslash too).
+    pub backquotes: Vec<bool>,
 }
 
 impl Site {
     /// A bare word outside any backquotes: the plain `{{value}}` case.
     #[must_use]
     pub fn is_plain(&self) -> bool {
-        self.context == Context::Bare && self.backquotes == 0
+        self.context == Context::Bare && self.backquotes.is_empty()
     }
 }
 
@@ -110,17 +112,24 @@ pub fn emit(site: &Site, value: &str) -> Result<String, String> {
             line,
         } => {
             heredoc_check(value, delim, *strip_tabs, line.as_ref())?;
+            if *in_subst && value.contains('\u{1}') {
+                // bash reads \x01 there as its internal escape and drops it before \x01 or \x7f.
+                return Err(
+                    "inside `$(…)` bash mangles the control character U+0001 in a here-document"
+                        .to_owned(),
+                );
+            }
             if *in_subst && bash_ends_subst_heredoc(value, delim, *strip_tabs, line.as_ref()) {
                 return Err(format!(
-                    "inside `$(…)` bash would end the here-document at its line (`{delim}` then `)`)"
+                    "inside `$(…)` bash would end the here-document at its line (`{delim}` and then a `)`)"
                 ));
             }
             Cow::Borrowed(value)
         }
     };
     let mut text = text.into_owned();
-    for _ in 0..site.backquotes {
-        text = escape_backquoted(&text);
+    for &in_dq in site.backquotes.iter().rev() {
+        text = escape_backquoted(&text, in_dq);
     }
     Ok(text)
 }
@@ -182,31 +191,29 @@ fn heredoc_check(
     Ok(())
 }
 
-/// Inside `$(…)`, bash ends a here-document at a line that starts with the delimiter followed
-/// by blanks and `)`.
+/// Inside `$(…)`, bash ends a here-document early at a line that starts with the delimiter
+/// and holds a `)` anywhere after it (bash 5.2: `EOF)`, `EOF x)`, `EOF$(cmd)`).
 fn bash_ends_subst_heredoc(
     value: &str,
     delim: &str,
     strip_tabs: bool,
     line: Option<&(String, String)>,
 ) -> bool {
-    match line {
-        Some((pre, post)) => {
-            let full = format!("{pre}{value}{post}");
-            let full = if strip_tabs {
-                full.trim_start_matches('\t')
-            } else {
-                &full
-            };
-            ends_subst_heredoc(full, delim)
-        }
-        None => value.contains(')') || delim.contains(value.trim_end_matches([' ', '\t'])),
-    }
+    let Some((pre, post)) = line else {
+        // Refused when the template is compiled (see `Lexer::finish`).
+        return true;
+    };
+    let full = format!("{pre}{value}{post}");
+    let full = if strip_tabs {
+        full.trim_start_matches('\t')
+    } else {
+        &full
+    };
+    ends_subst_heredoc(full, delim)
 }
 
 fn ends_subst_heredoc(line: &str, delim: &str) -> bool {
-    line.strip_prefix(delim)
-        .is_some_and(|rest| rest.trim_start_matches([' ', '\t']).starts_with(')'))
+    line.strip_prefix(delim).is_some_and(|rest| rest.contains(')'))
 }
 
 /// Whether dash 0.5 loses a byte of this here-document line: one that starts with a prefix of
@@ -215,11 +222,13 @@ fn dash_drops_after(line: &[u8], delim: &[u8]) -> bool {
     (1..=delim.len()).any(|k| line.starts_with(&delim[..k]) && line.get(k).is_some_and(|&b| b >= 0x80))
 }
 
-/// Inside backquotes, `\`, `` ` `` and `$` lose one backslash before the command is parsed.
-fn escape_backquoted(s: &str) -> String {
+/// Inside backquotes, `\`, `` ` `` and `$` (and `"` when the backquotes stand in `"…"`) lose
+/// one backslash before the command is parsed. Escaping `"` there also keeps bash from
+/// misreading an unescaped `"` inside `"`…`"`, which POSIX leaves undefined.
+fn escape_backquoted(s: &str, in_dq: bool) -> String {
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if matches!(c, '\\' | '`' | '$') {
+        if matches!(c, '\\' | '`' | '$') || in_dq && c == '"' {
             out.push('\\');
         }
         out.push(c);
@@ -448,6 +457,23 @@ impl Lexer {
     pub fn finish(mut self) -> Vec<Result<Site, Refusal>> {
         // A here-document line still open at the end: what follows it is nothing.
         self.end_heredoc_line();
+        for s in &mut self.sites {
+            if let Ok(Site {
+                context:
+                    Context::Heredoc {
+                        in_subst: true,
+                        line: None,
+                        ..
+                    },
+                ..
+            }) = s
+            {
+                *s = Err(refusal(
+                    "inside `$(…)` bash ends a here-document at any line that starts with its delimiter and holds a `)`; with several placeholders (or a block) on one line that cannot be checked",
+                    "put one placeholder per line in a here-document inside `$(…)`, or move the here-document out of `$(…)`",
+                ));
+            }
+        }
         self.sites
     }
 
@@ -530,13 +556,13 @@ impl Lexer {
             }
             Pending::None => {}
         }
-        let mut backquotes = 0;
+        let mut backquotes = Vec::new();
         for f in &self.state.frames {
             match f {
                 Frame::Cmd {
-                    kind: CmdKind::Backquote { .. },
+                    kind: CmdKind::Backquote { in_dq, .. },
                     ..
-                } => backquotes += 1,
+                } => backquotes.push(*in_dq),
                 Frame::Arith { .. } => {
                     return Err(refusal(
                         "a placeholder inside arithmetic (`$((…))`, `((…))`) is evaluated as an expression, which can run commands",
@@ -1022,7 +1048,7 @@ impl Lexer {
                     } else {
                         if ends_subst_heredoc(body, &delim) {
                             self.lose(
-                                "bash ends a here-document inside `$(…)` at a line that starts with its delimiter and `)`, other shells do not",
+                                "bash ends a here-document inside `$(…)` at a line that starts with its delimiter and holds a `)`, other shells do not",
                                 "end the here-document with its delimiter alone on a line",
                             );
                         }

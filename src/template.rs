@@ -427,8 +427,13 @@ fn site_hash(site: &Site) -> HashMap<String, Parameter> {
         }
     };
     h.insert("q".to_owned(), lit(Value::from(q)));
-    if site.backquotes > 0 {
-        h.insert("bq".to_owned(), lit(Value::from(site.backquotes)));
+    if !site.backquotes.is_empty() {
+        let levels: String = site
+            .backquotes
+            .iter()
+            .map(|&in_dq| if in_dq { 'd' } else { 'b' })
+            .collect();
+        h.insert("bq".to_owned(), lit(Value::from(levels)));
     }
     h
 }
@@ -458,11 +463,9 @@ fn site_of(h: &Helper<'_>) -> Site {
         },
         _ => ShellContext::Bare,
     };
-    let backquotes = h
-        .hash_get("bq")
-        .and_then(|v| v.value().as_u64())
-        .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(0);
+    let backquotes = s("bq")
+        .map(|l| l.chars().map(|c| c == 'd').collect())
+        .unwrap_or_default();
     Site {
         context,
         backquotes,
@@ -484,7 +487,7 @@ fn rewrite(
             TemplateElement::Expression(ht) if quoting == Quoting::Shell => {
                 let site = sites.next().unwrap_or(Site {
                     context: ShellContext::Bare,
-                    backquotes: 0,
+                    backquotes: Vec::new(),
                 });
                 let simple = ht.params.is_empty() && ht.hash.is_empty() && !ht.block;
                 if simple {

@@ -376,6 +376,8 @@ const CASES: &[Case] = &[
     Case { name: "$( $( ) )", template: "printf '%s' \"$(printf '%s' \"$(printf '%s.' \"{{v}}\")\")\"", expected: |v| format!("{v}."), refused: never },
     Case { name: "backquotes bare", template: "x=`printf '%s.' {{v}}`; printf '%s' \"$x\"", expected: |v| format!("{v}."), refused: never },
     Case { name: "backquotes in double quotes", template: "printf '%s' \"`printf '%s.' {{v}}`\"", expected: |v| format!("{v}."), refused: never },
+    Case { name: "double quotes in backquotes in double quotes", template: "printf '%s' \"`printf '%s.' \\\"{{v}}\\\"`\"", expected: |v| format!("{v}."), refused: never },
+    Case { name: "backquotes in double quotes in $( )", template: "printf '%s' \"$(printf '%s' \"`printf '%s.' '{{v}}'`\")\"", expected: |v| format!("{v}."), refused: never },
     Case { name: "double quotes in backquotes", template: "x=`printf '%s.' \"{{v}}\"`; printf '%s' \"$x\"", expected: |v| format!("{v}."), refused: never },
     Case { name: "single quotes in backquotes", template: "x=`printf '%s.' '{{v}}'`; printf '%s' \"$x\"", expected: |v| format!("{v}."), refused: never },
     Case { name: "nested backquotes", template: "x=`printf '%s' \"\\`printf '%s.' {{v}}\\`\"`; printf '%s' \"$x\"", expected: |v| format!("{v}."), refused: never },
@@ -389,7 +391,7 @@ const CASES: &[Case] = &[
     Case { name: "here-document mid-line", template: "cat <<\"EOF\"\nE{{v}}F\nEOF", expected: |v| format!("E{v}F\n"), refused: |v| has_newline(v) || v == "O" || dash_drops(&format!("E{v}F"), "EOF") },
     Case { name: "here-document <<-", template: "cat <<-\\EOF\n\t{{v}}\n\tEOF", expected: |v| format!("{v}\n"), refused: |v| has_newline(v) || v == "EOF" || v.starts_with('\t') || dash_drops(v, "EOF") },
     Case { name: "here-document two per line", template: "cat <<'E'\n{{v}}{{v}}\nE", expected: |v| format!("{v}{v}\n"), refused: |v| has_newline(v) || "E".contains(v) || v.starts_with(|c: char| !c.is_ascii()) || v.starts_with("E") && v[1..].starts_with(|c: char| !c.is_ascii()) },
-    Case { name: "here-document in $( )", template: "printf '%s' \"$(cat <<'EOF'\n{{v}}\nEOF\n)\"", expected: |v| v.to_owned(), refused: |v| has_newline(v) || v == "EOF" || dash_drops(v, "EOF") || v.strip_prefix("EOF").is_some_and(|r| r.trim_start_matches([' ', '\t']).starts_with(')')) },
+    Case { name: "here-document in $( )", template: "printf '%s' \"$(cat <<'EOF'\n{{v}}\nEOF\n)\"", expected: |v| v.to_owned(), refused: |v| has_newline(v) || v == "EOF" || dash_drops(v, "EOF") || v.contains('\u{1}') || v.strip_prefix("EOF").is_some_and(|r| r.contains(')')) },
     Case { name: "each block", template: "printf '%s|' {{#each vs}}\"{{this}}\" '{{this}}' {{/each}}", expected: |v| format!("{v}|{v}|{v}|{v}|"), refused: never },
 ];
 
