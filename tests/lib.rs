@@ -4,6 +4,7 @@
 mod harness;
 
 mod examples;
+mod fuzz;
 mod graph;
 mod local;
 mod manifest_errors;
