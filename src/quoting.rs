@@ -176,7 +176,8 @@ fn heredoc_check(
         // the delimiter.
         None => (0..=value.len()).any(|i| {
             value.as_bytes().get(i).is_some_and(|&b| b >= 0x80)
-                && (1..=delim.len()).any(|k| delim.as_bytes()[..k].ends_with(&value.as_bytes()[..i]))
+                && (1..=delim.len())
+                    .any(|k| delim.as_bytes()[..k].ends_with(&value.as_bytes()[..i]))
         }),
     };
     if drops {
@@ -213,13 +214,15 @@ fn bash_ends_subst_heredoc(
 }
 
 fn ends_subst_heredoc(line: &str, delim: &str) -> bool {
-    line.strip_prefix(delim).is_some_and(|rest| rest.contains(')'))
+    line.strip_prefix(delim)
+        .is_some_and(|rest| rest.contains(')'))
 }
 
 /// Whether dash 0.5 loses a byte of this here-document line: one that starts with a prefix of
 /// the delimiter followed by a byte of a non-ASCII character.
 fn dash_drops_after(line: &[u8], delim: &[u8]) -> bool {
-    (1..=delim.len()).any(|k| line.starts_with(&delim[..k]) && line.get(k).is_some_and(|&b| b >= 0x80))
+    (1..=delim.len())
+        .any(|k| line.starts_with(&delim[..k]) && line.get(k).is_some_and(|&b| b >= 0x80))
 }
 
 /// Inside backquotes, `\`, `` ` `` and `$` (and `"` when the backquotes stand in `"…"`) lose

@@ -207,12 +207,23 @@ fn render_failure(e: &RenderError, ctx: &Value) -> TemplateFailure {
             help: suggest_path(ctx, path),
         };
     }
+    let message = e.reason().to_string();
+    if let Some((message, help)) = message.split_once(HELP_MARK) {
+        return TemplateFailure {
+            message: message.to_owned(),
+            offset: None,
+            help: Some(help.to_owned()),
+        };
+    }
     TemplateFailure {
-        message: e.reason().to_string(),
+        message,
         offset: None,
         help: None,
     }
 }
+
+/// Separates a helper's message from its help in a render error (which has one string).
+const HELP_MARK: &str = "\u{0}help: ";
 
 /// Names a nearby variable, or lists what exists at that level.
 fn suggest_path(ctx: &Value, path: &str) -> Option<String> {
@@ -581,8 +592,16 @@ fn quote_helper(
             .param(0)
             .and_then(|p| p.relative_path().cloned())
             .unwrap_or_else(|| "value".to_owned());
+        let help = match site.context {
+            ShellContext::Comment => {
+                "take the placeholder out of the comment, or the line break out of the value"
+            }
+            _ => {
+                "pass the value as an argument instead of in the here-document, e.g. `printf '%s\\n' {{…}} | command`"
+            }
+        };
         RenderErrorReason::Other(format!(
-            "the value of `{name}` cannot be inserted here: {why}"
+            "the value of `{name}` cannot be inserted here: {why}{HELP_MARK}{help}"
         ))
     })?;
     out.write(&text)?;

@@ -363,36 +363,197 @@ fn has_newline(v: &str) -> bool {
 }
 
 const CASES: &[Case] = &[
-    Case { name: "bare", template: "printf '%s' {{v}}", expected: |v| v.to_owned(), refused: never },
-    Case { name: "glued", template: "printf '%s' pre{{v}}post", expected: |v| format!("pre{v}post"), refused: never },
-    Case { name: "assignment", template: "x={{v}}; printf '%s' \"$x\"", expected: |v| v.to_owned(), refused: never },
-    Case { name: "double quotes", template: "printf '%s' \"{{v}}\"", expected: |v| v.to_owned(), refused: never },
-    Case { name: "inside double quotes", template: "printf '%s' \"<{{v}}>\"", expected: |v| format!("<{v}>"), refused: never },
-    Case { name: "single quotes", template: "printf '%s' '{{v}}'", expected: |v| v.to_owned(), refused: never },
-    Case { name: "inside single quotes", template: "printf '%s' 'a {{v}} b'", expected: |v| format!("a {v} b"), refused: never },
-    Case { name: "$( ) bare", template: "printf '%s' \"$(printf '%s.' {{v}})\"", expected: |v| format!("{v}."), refused: never },
-    Case { name: "$( ) double quotes", template: "printf '%s' \"$(printf '%s.' \"x{{v}}y\")\"", expected: |v| format!("x{v}y."), refused: never },
-    Case { name: "$( ) single quotes", template: "printf '%s' \"$(printf '%s.' 'a{{v}}')\"", expected: |v| format!("a{v}."), refused: never },
-    Case { name: "$( $( ) )", template: "printf '%s' \"$(printf '%s' \"$(printf '%s.' \"{{v}}\")\")\"", expected: |v| format!("{v}."), refused: never },
-    Case { name: "backquotes bare", template: "x=`printf '%s.' {{v}}`; printf '%s' \"$x\"", expected: |v| format!("{v}."), refused: never },
-    Case { name: "backquotes in double quotes", template: "printf '%s' \"`printf '%s.' {{v}}`\"", expected: |v| format!("{v}."), refused: never },
-    Case { name: "double quotes in backquotes in double quotes", template: "printf '%s' \"`printf '%s.' \\\"{{v}}\\\"`\"", expected: |v| format!("{v}."), refused: never },
-    Case { name: "backquotes in double quotes in $( )", template: "printf '%s' \"$(printf '%s' \"`printf '%s.' '{{v}}'`\")\"", expected: |v| format!("{v}."), refused: never },
-    Case { name: "double quotes in backquotes", template: "x=`printf '%s.' \"{{v}}\"`; printf '%s' \"$x\"", expected: |v| format!("{v}."), refused: never },
-    Case { name: "single quotes in backquotes", template: "x=`printf '%s.' '{{v}}'`; printf '%s' \"$x\"", expected: |v| format!("{v}."), refused: never },
-    Case { name: "nested backquotes", template: "x=`printf '%s' \"\\`printf '%s.' {{v}}\\`\"`; printf '%s' \"$x\"", expected: |v| format!("{v}."), refused: never },
-    Case { name: "${x:-word}", template: "x=${unset_pp:-{{v}}}; printf '%s' \"$x\"", expected: |v| v.to_owned(), refused: never },
-    Case { name: "${x:-\"word\"}", template: "x=${unset_pp:-\"{{v}}\"}; printf '%s' \"$x\"", expected: |v| v.to_owned(), refused: never },
-    Case { name: "${x#pattern}", template: "x=\"{{v}}tail\"; y=${x%{{v}}tail}; printf '%s|' \"$y\"", expected: |_| "|".to_owned(), refused: never },
-    Case { name: "case pattern", template: "case {{v}} in {{v}}) printf yes;; *) printf no;; esac", expected: |_| "yes".to_owned(), refused: never },
-    Case { name: "line continuation", template: "printf '%s' \\\n{{v}}", expected: |v| v.to_owned(), refused: never },
-    Case { name: "comment", template: "printf '%s' ok # {{v}} '", expected: |_| "ok".to_owned(), refused: has_newline },
-    Case { name: "here-document", template: "cat <<'EOF'\n{{v}}\nEOF", expected: |v| format!("{v}\n"), refused: |v| has_newline(v) || v == "EOF" || dash_drops(v, "EOF") },
-    Case { name: "here-document mid-line", template: "cat <<\"EOF\"\nE{{v}}F\nEOF", expected: |v| format!("E{v}F\n"), refused: |v| has_newline(v) || v == "O" || dash_drops(&format!("E{v}F"), "EOF") },
-    Case { name: "here-document <<-", template: "cat <<-\\EOF\n\t{{v}}\n\tEOF", expected: |v| format!("{v}\n"), refused: |v| has_newline(v) || v == "EOF" || v.starts_with('\t') || dash_drops(v, "EOF") },
-    Case { name: "here-document two per line", template: "cat <<'E'\n{{v}}{{v}}\nE", expected: |v| format!("{v}{v}\n"), refused: |v| has_newline(v) || "E".contains(v) || v.starts_with(|c: char| !c.is_ascii()) || v.starts_with("E") && v[1..].starts_with(|c: char| !c.is_ascii()) },
-    Case { name: "here-document in $( )", template: "printf '%s' \"$(cat <<'EOF'\n{{v}}\nEOF\n)\"", expected: |v| v.to_owned(), refused: |v| has_newline(v) || v == "EOF" || dash_drops(v, "EOF") || v.contains('\u{1}') || v.strip_prefix("EOF").is_some_and(|r| r.contains(')')) },
-    Case { name: "each block", template: "printf '%s|' {{#each vs}}\"{{this}}\" '{{this}}' {{/each}}", expected: |v| format!("{v}|{v}|{v}|{v}|"), refused: never },
+    Case {
+        name: "bare",
+        template: "printf '%s' {{v}}",
+        expected: |v| v.to_owned(),
+        refused: never,
+    },
+    Case {
+        name: "glued",
+        template: "printf '%s' pre{{v}}post",
+        expected: |v| format!("pre{v}post"),
+        refused: never,
+    },
+    Case {
+        name: "assignment",
+        template: "x={{v}}; printf '%s' \"$x\"",
+        expected: |v| v.to_owned(),
+        refused: never,
+    },
+    Case {
+        name: "double quotes",
+        template: "printf '%s' \"{{v}}\"",
+        expected: |v| v.to_owned(),
+        refused: never,
+    },
+    Case {
+        name: "inside double quotes",
+        template: "printf '%s' \"<{{v}}>\"",
+        expected: |v| format!("<{v}>"),
+        refused: never,
+    },
+    Case {
+        name: "single quotes",
+        template: "printf '%s' '{{v}}'",
+        expected: |v| v.to_owned(),
+        refused: never,
+    },
+    Case {
+        name: "inside single quotes",
+        template: "printf '%s' 'a {{v}} b'",
+        expected: |v| format!("a {v} b"),
+        refused: never,
+    },
+    Case {
+        name: "$( ) bare",
+        template: "printf '%s' \"$(printf '%s.' {{v}})\"",
+        expected: |v| format!("{v}."),
+        refused: never,
+    },
+    Case {
+        name: "$( ) double quotes",
+        template: "printf '%s' \"$(printf '%s.' \"x{{v}}y\")\"",
+        expected: |v| format!("x{v}y."),
+        refused: never,
+    },
+    Case {
+        name: "$( ) single quotes",
+        template: "printf '%s' \"$(printf '%s.' 'a{{v}}')\"",
+        expected: |v| format!("a{v}."),
+        refused: never,
+    },
+    Case {
+        name: "$( $( ) )",
+        template: "printf '%s' \"$(printf '%s' \"$(printf '%s.' \"{{v}}\")\")\"",
+        expected: |v| format!("{v}."),
+        refused: never,
+    },
+    Case {
+        name: "backquotes bare",
+        template: "x=`printf '%s.' {{v}}`; printf '%s' \"$x\"",
+        expected: |v| format!("{v}."),
+        refused: never,
+    },
+    Case {
+        name: "backquotes in double quotes",
+        template: "printf '%s' \"`printf '%s.' {{v}}`\"",
+        expected: |v| format!("{v}."),
+        refused: never,
+    },
+    Case {
+        name: "double quotes in backquotes in double quotes",
+        template: "printf '%s' \"`printf '%s.' \\\"{{v}}\\\"`\"",
+        expected: |v| format!("{v}."),
+        refused: never,
+    },
+    Case {
+        name: "backquotes in double quotes in $( )",
+        template: "printf '%s' \"$(printf '%s' \"`printf '%s.' '{{v}}'`\")\"",
+        expected: |v| format!("{v}."),
+        refused: never,
+    },
+    Case {
+        name: "double quotes in backquotes",
+        template: "x=`printf '%s.' \"{{v}}\"`; printf '%s' \"$x\"",
+        expected: |v| format!("{v}."),
+        refused: never,
+    },
+    Case {
+        name: "single quotes in backquotes",
+        template: "x=`printf '%s.' '{{v}}'`; printf '%s' \"$x\"",
+        expected: |v| format!("{v}."),
+        refused: never,
+    },
+    Case {
+        name: "nested backquotes",
+        template: "x=`printf '%s' \"\\`printf '%s.' {{v}}\\`\"`; printf '%s' \"$x\"",
+        expected: |v| format!("{v}."),
+        refused: never,
+    },
+    Case {
+        name: "${x:-word}",
+        template: "x=${unset_pp:-{{v}}}; printf '%s' \"$x\"",
+        expected: |v| v.to_owned(),
+        refused: never,
+    },
+    Case {
+        name: "${x:-\"word\"}",
+        template: "x=${unset_pp:-\"{{v}}\"}; printf '%s' \"$x\"",
+        expected: |v| v.to_owned(),
+        refused: never,
+    },
+    Case {
+        name: "${x#pattern}",
+        template: "x=\"{{v}}tail\"; y=${x%{{v}}tail}; printf '%s|' \"$y\"",
+        expected: |_| "|".to_owned(),
+        refused: never,
+    },
+    Case {
+        name: "case pattern",
+        template: "case {{v}} in {{v}}) printf yes;; *) printf no;; esac",
+        expected: |_| "yes".to_owned(),
+        refused: never,
+    },
+    Case {
+        name: "line continuation",
+        template: "printf '%s' \\\n{{v}}",
+        expected: |v| v.to_owned(),
+        refused: never,
+    },
+    Case {
+        name: "comment",
+        template: "printf '%s' ok # {{v}} '",
+        expected: |_| "ok".to_owned(),
+        refused: has_newline,
+    },
+    Case {
+        name: "here-document",
+        template: "cat <<'EOF'\n{{v}}\nEOF",
+        expected: |v| format!("{v}\n"),
+        refused: |v| has_newline(v) || v == "EOF" || dash_drops(v, "EOF"),
+    },
+    Case {
+        name: "here-document mid-line",
+        template: "cat <<\"EOF\"\nE{{v}}F\nEOF",
+        expected: |v| format!("E{v}F\n"),
+        refused: |v| has_newline(v) || v == "O" || dash_drops(&format!("E{v}F"), "EOF"),
+    },
+    Case {
+        name: "here-document <<-",
+        template: "cat <<-\\EOF\n\t{{v}}\n\tEOF",
+        expected: |v| format!("{v}\n"),
+        refused: |v| has_newline(v) || v == "EOF" || v.starts_with('\t') || dash_drops(v, "EOF"),
+    },
+    Case {
+        name: "here-document two per line",
+        template: "cat <<'E'\n{{v}}{{v}}\nE",
+        expected: |v| format!("{v}{v}\n"),
+        refused: |v| {
+            has_newline(v)
+                || "E".contains(v)
+                || v.starts_with(|c: char| !c.is_ascii())
+                || v.starts_with("E") && v[1..].starts_with(|c: char| !c.is_ascii())
+        },
+    },
+    Case {
+        name: "here-document in $( )",
+        template: "printf '%s' \"$(cat <<'EOF'\n{{v}}\nEOF\n)\"",
+        expected: |v| v.to_owned(),
+        refused: |v| {
+            has_newline(v)
+                || v == "EOF"
+                || dash_drops(v, "EOF")
+                || v.contains('\u{1}')
+                || v.strip_prefix("EOF").is_some_and(|r| r.contains(')'))
+        },
+    },
+    Case {
+        name: "each block",
+        template: "printf '%s|' {{#each vs}}\"{{this}}\" '{{this}}' {{/each}}",
+        expected: |v| format!("{v}|{v}|{v}|{v}|"),
+        refused: never,
+    },
 ];
 
 /// Any string without NUL, with canary commands mixed in.
@@ -422,13 +583,9 @@ fn check_contexts(shell: &str, xs: &[String]) -> Result<(), TestCaseError> {
                     script.push_str("\nprintf '\\000'\n");
                     expected.push(((c.expected)(x), c.name, text));
                 }
-                Err(e) => prop_assert!(
-                    (c.refused)(x),
-                    "{}: {:?} refused: {}",
-                    c.name,
-                    x,
-                    e.message
-                ),
+                Err(e) => {
+                    prop_assert!((c.refused)(x), "{}: {:?} refused: {}", c.name, x, e.message)
+                }
             }
         }
     }
@@ -495,4 +652,128 @@ fn every_nasty_fragment_in_every_context() {
     xs.push(String::new());
     check_contexts("/bin/sh", &xs).unwrap();
     check_contexts("bash", &xs).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refused at `validate` (exit 2, span on the placeholder, help saying what to write instead).
+// Regression tests for https://github.com/poolparty/poolparty/issues/11 §1 and §6.
+
+use crate::manifest_errors::reject;
+
+/// The issue's example: double quotes around a placeholder ran the value; now it is quoted
+/// for its context, so the same manifest runs and nothing is executed.
+#[test]
+fn issue_11_placeholder_in_double_quotes_stays_inert() {
+    let t = Test::new().manifest(
+        "[workflow]\nname = \"w\"\n[stages.s]\nrun = \"printf '%s|' \\\"{{job.file}}\\\" '{{job.file}}' > out.txt\"\njobs = [{ id = \"a\", file = \"my file $(touch pwned).txt `touch pwned` ' \\\" \\\\\" }]\n",
+    );
+    t.run(&["validate"]).code(0);
+    t.run(&["-q", "run"]).code(0);
+    let v = "my file $(touch pwned).txt `touch pwned` ' \" \\";
+    assert_eq!(t.read("out.txt"), format!("{v}|{v}|"));
+    assert!(!t.path().join("pwned").exists());
+}
+
+#[test]
+fn quoting_placeholder_in_double_quoted_parameter_word() {
+    reject(
+        "quoting_placeholder_in_double_quoted_parameter_word",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [{ x = \"a\" }]\nrun = 'touch ran; echo \"${X:-{{job.x}}}\"'\n",
+        &[],
+        &[
+            "unsafe placeholder in a shell command",
+            "single quotes are literal there",
+            "poolparty.toml:5:30",
+        ],
+    );
+}
+
+#[test]
+fn quoting_placeholder_in_unquoted_here_document() {
+    reject(
+        "quoting_placeholder_in_unquoted_here_document",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [{ x = \"a\" }]\nrun = \"\"\"\ntouch ran\ncat <<EOF\n{{job.x}}\nEOF\n\"\"\"\n",
+        &[],
+        &[
+            "with an unquoted delimiter would be expanded",
+            "quote the delimiter (`<<'EOF'`)",
+            "poolparty.toml:8:1",
+        ],
+    );
+}
+
+#[test]
+fn quoting_placeholder_in_arithmetic() {
+    reject(
+        "quoting_placeholder_in_arithmetic",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [{ n = 1 }]\nrun = \"touch ran; echo $(( {{job.n}} + 1 ))\"\n",
+        &[],
+        &["arithmetic (`$((…))`", "poolparty.toml:5:28"],
+    );
+}
+
+#[test]
+fn quoting_block_that_leaves_a_quote_open() {
+    reject(
+        "quoting_block_that_leaves_a_quote_open",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [{ l = [\"a\", \"b\"] }]\nrun = \"touch ran {{#each job.l}}'{{this}}{{/each}}'\"\n",
+        &[],
+        &["this block's body leaves", "poolparty.toml:5:18"],
+    );
+}
+
+#[test]
+fn quoting_placeholder_inside_dollar_single_quotes() {
+    reject(
+        "quoting_placeholder_inside_dollar_single_quotes",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [{ x = \"a\" }]\nrun = \"touch ran; echo $'{{job.x}}'\"\n",
+        &[],
+        &["a placeholder inside `$'…'`", "poolparty.toml:5:26"],
+    );
+}
+
+#[test]
+fn quoting_newline_value_in_a_comment() {
+    reject(
+        "quoting_newline_value_in_a_comment",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [{ id = \"one\", x = \"a\\ntouch ran\" }]\nrun = \"true # {{job.x}}\"\n",
+        &[],
+        &[
+            "for job 0 (id `one`)",
+            "it contains a newline, which would end the comment",
+            "poolparty.toml:5:15",
+        ],
+    );
+}
+
+#[test]
+fn quoting_nul_byte_in_a_value() {
+    reject(
+        "quoting_nul_byte_in_a_value",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [{ id = \"one\", x = \"a\\u0000b\" }]\nrun = [\"touch\", \"ran\", \"{{job.x}}\"]\n",
+        &[],
+        &[
+            "job 0 (id `one`) of stage `a` can never start",
+            "NUL byte (from `job.x`)",
+            "poolparty.toml:5:7",
+        ],
+    );
+}
+
+#[test]
+fn quoting_command_over_the_argument_limit() {
+    let big = "y".repeat(140_000);
+    reject(
+        "quoting_command_over_the_argument_limit",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs_file = \"jobs.jsonl\"\nrun = \"touch ran; echo {{job.x}}\"\n",
+        &[(
+            "jobs.jsonl",
+            &format!("{{\"id\": \"big\", \"x\": \"{big}\"}}\n"),
+        )],
+        &[
+            "job 0 (id `big`) of stage `a` can never start",
+            "131071 bytes for one argument",
+            "poolparty.toml:5:7",
+        ],
+    );
 }
