@@ -702,31 +702,80 @@ mod shell_context_tests {
     use super::*;
     use serde_json::json;
 
-    fn r(t: &str, v: &str) -> Result<String, TemplateFailure> {
-        render_once(t, Quoting::Shell, &json!({"v": v}))
+    const V: &str = "a'b\"c$(x)`y`\\z";
+
+    fn r(t: &str) -> Result<String, TemplateFailure> {
+        render_once(
+            t,
+            Quoting::Shell,
+            &json!({"v": V, "s": "ok.txt", "l": ["x y", "z"]}),
+        )
     }
 
     #[test]
-    fn scratch() {
-        for t in [
-            "printf '%s' \"{{v}}\"",
-            "printf '%s' '{{v}}'",
-            "printf '%s' {{v}}",
-            "echo `echo {{v}}`",
-            "echo \"`echo \"{{v}}\"`\"",
-            "echo $(echo \"{{v}}\")",
-            "echo ${x:-{{v}}}",
-            "echo \"${x:-{{v}}}\"",
-            "echo $(( {{v}} ))",
-            "cat <<'EOF'\n{{v}}\nEOF\n",
-            "cat <<EOF\n{{v}}\nEOF\n",
-            "# {{v}}\necho",
-            "echo \\{{v}}",
-            "echo ${{v}}",
-            "{{#each v}}\"{{/each}}",
-            "echo $'{{v}}'",
+    fn each_context_gets_its_own_spelling() {
+        let cases = [
+            ("echo {{v}}", r#"echo 'a'\''b"c$(x)`y`\z'"#),
+            (
+                "echo {{s}} \"{{s}}\" '{{s}}'",
+                r#"echo ok.txt "ok.txt" 'ok.txt'"#,
+            ),
+            ("echo \"<{{v}}>\"", r#"echo "<"'a'\''b"c$(x)`y`\z'">""#),
+            ("echo '<{{v}}>'", r#"echo '<a'\''b"c$(x)`y`\z>'"#),
+            (
+                "echo `echo {{v}}`",
+                r#"echo `echo 'a'\\''b"c\$(x)\`y\`\\z'`"#,
+            ),
+            (
+                "echo \"`echo {{v}}`\"",
+                r#"echo "`echo 'a'\\''b\"c\$(x)\`y\`\\z'`""#,
+            ),
+            ("echo ${u:-{{s}}}", "echo ${u:-'ok.txt'}"),
+            ("cat <<'E'\n{{v}}\nE\n", "cat <<'E'\na'b\"c$(x)`y`\\z\nE\n"),
+            ("true # {{v}}", r#"true # 'a'\''b"c$(x)`y`\z'"#),
+            (
+                "echo {{#each l}}\"{{this}}\" {{/each}}",
+                r#"echo ""'x y'"" "z" "#,
+            ),
+            ("echo {{{s}}}", "echo ok.txt"),
+        ];
+        for (t, want) in cases {
+            assert_eq!(r(t).unwrap(), want, "{t}");
+        }
+    }
+
+    #[test]
+    fn unsafe_states_are_refused_at_the_placeholder() {
+        for (t, at) in [
+            ("echo \"${x:-{{v}}}\"", 11),
+            ("echo $(( {{v}} ))", 9),
+            ("cat <<EOF\n{{v}}\nEOF\n", 10),
+            ("echo ${{v}}", 6),
+            ("echo $'{{v}}'", 7),
+            ("echo \"\\\\{{v}}\"", 8),
+            ("cat <<{{v}}\nx\n", 6),
+            ("x=$(case a in a) echo {{v}};; esac)", 22),
+            ("{{#each l}}\"{{/each}}", 0),
+            ("{{> p}}", 0),
         ] {
-            eprintln!("{t:?} => {:?}", r(t, "a'b\"c$(x)`y`\\z"));
+            let e = r(t).expect_err(t);
+            assert!(e.message.starts_with("unsafe placeholder"), "{t}: {e:?}");
+            assert_eq!(e.offset, Some(at), "{t}: {e:?}");
+            assert!(e.help.is_some(), "{t}");
+        }
+    }
+
+    #[test]
+    fn values_that_would_escape_their_state_are_refused_when_rendered() {
+        let ctx = json!({"v": "a\nrm -rf /", "e": "EOF"});
+        for t in [
+            "# {{v}}",
+            "cat <<'EOF'\n{{v}}\nEOF\n",
+            "cat <<'EOF'\n{{e}}\nEOF\n",
+        ] {
+            let e = render_once(t, Quoting::Shell, &ctx).expect_err(t);
+            assert!(e.message.contains("cannot be inserted here"), "{t}: {e:?}");
+            assert!(e.help.is_some(), "{t}");
         }
     }
 }
