@@ -31,6 +31,9 @@ pub enum Context {
     SingleQuoted,
     /// In a `#` comment (also `#SBATCH` / `#$` directives of cluster scripts).
     Comment,
+    /// Directly inside arithmetic (`$((…))`, `((…))`, `$[…]`): only a decimal integer is
+    /// inert there (anything else is evaluated, and bash runs `$(…)` in array subscripts).
+    Arithmetic,
     /// In the body of a here-document whose delimiter is quoted (a literal body).
     Heredoc {
         /// The delimiter line.
@@ -99,6 +102,15 @@ pub fn emit(site: &Site, value: &str) -> Result<String, String> {
             }
         }
         Context::SingleQuoted => Cow::Owned(value.replace('\'', "'\\''")),
+        Context::Arithmetic => {
+            if !is_decimal_integer(value) {
+                return Err(format!(
+                    "only a decimal integer can stand in arithmetic, and {} is not one",
+                    shorten(value)
+                ));
+            }
+            Cow::Borrowed(value)
+        }
         Context::Comment => {
             if value.contains('\n') {
                 return Err("it contains a newline, which would end the comment".to_owned());
@@ -132,6 +144,26 @@ pub fn emit(site: &Site, value: &str) -> Result<String, String> {
         text = escape_backquoted(&text, in_dq);
     }
     Ok(text)
+}
+
+/// A decimal integer the shell reads back as written: no leading zeros (octal), no `-0`, and
+/// within 64 bits (larger ones wrap).
+fn is_decimal_integer(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !digits.starts_with('0'))
+        && s.parse::<i64>().is_ok()
+}
+
+/// A value for a message: quoted, and cut when long.
+fn shorten(s: &str) -> String {
+    let cut: String = s.chars().take(40).collect();
+    if cut.len() < s.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
 }
 
 fn heredoc_check(
@@ -566,12 +598,6 @@ impl Lexer {
                     kind: CmdKind::Backquote { in_dq, .. },
                     ..
                 } => backquotes.push(*in_dq),
-                Frame::Arith { .. } => {
-                    return Err(refusal(
-                        "a placeholder inside arithmetic (`$((…))`, `((…))`) is evaluated as an expression, which can run commands",
-                        "assign the value outside (`n={{…}}`) and check it is a number before using `$((n))`",
-                    ));
-                }
                 Frame::Param { quoted: true, .. } => {
                     return Err(refusal(
                         "a placeholder inside `\"${…}\"` cannot be quoted: single quotes are literal there",
@@ -632,6 +658,7 @@ impl Lexer {
             Frame::Dq => Context::DoubleQuoted,
             Frame::Sq => Context::SingleQuoted,
             Frame::Comment => Context::Comment,
+            Frame::Arith { .. } => Context::Arithmetic,
             Frame::Heredoc {
                 strip,
                 delim,
@@ -653,7 +680,7 @@ impl Lexer {
                     }),
                 }
             }
-            Frame::Arith { .. } | Frame::DollarSq { .. } | Frame::HeredocWord { .. } => {
+            Frame::DollarSq { .. } | Frame::HeredocWord { .. } => {
                 unreachable!("refused above")
             }
         };
@@ -948,6 +975,12 @@ impl Lexer {
                     );
                     self.pop();
                     return;
+                }
+                if matches!(c, '\'' | '"' | '`' | '\\') {
+                    self.lose(
+                        "quotes and backslashes inside arithmetic are read differently by different shells",
+                        "compute the value outside the arithmetic (`n=$(…)`) and use `$((n))`",
+                    );
                 }
                 let next = match (c, bracket) {
                     ('(' | '[', _) => Frame::Arith {

@@ -421,6 +421,7 @@ fn site_hash(site: &Site) -> HashMap<String, Parameter> {
         ShellContext::DoubleQuoted => "dq",
         ShellContext::SingleQuoted => "sq",
         ShellContext::Comment => "comment",
+        ShellContext::Arithmetic => "arith",
         ShellContext::Heredoc {
             delim,
             strip_tabs,
@@ -460,6 +461,7 @@ fn site_of(h: &Helper<'_>) -> Site {
         Some("pw") => ShellContext::ParamWord,
         Some("sq") => ShellContext::SingleQuoted,
         Some("comment") => ShellContext::Comment,
+        Some("arith") => ShellContext::Arithmetic,
         Some("heredoc") => ShellContext::Heredoc {
             delim: s("delim").unwrap_or_default(),
             strip_tabs: h
@@ -595,6 +597,9 @@ fn quote_helper(
         let help = match site.context {
             ShellContext::Comment => {
                 "take the placeholder out of the comment, or the line break out of the value"
+            }
+            ShellContext::Arithmetic => {
+                "give the job an integer here, or use the value outside arithmetic"
             }
             _ => {
                 "pass the value as an argument instead of in the here-document, e.g. `printf '%s\\n' {{…}} | command`"
@@ -748,7 +753,7 @@ mod shell_context_tests {
     fn unsafe_states_are_refused_at_the_placeholder() {
         for (t, at) in [
             ("echo \"${x:-{{v}}}\"", 11),
-            ("echo $(( {{v}} ))", 9),
+            ("echo $(( $(echo \"{{v}}\") ))", 17),
             ("cat <<EOF\n{{v}}\nEOF\n", 10),
             ("echo ${{v}}", 6),
             ("echo $'{{v}}'", 7),

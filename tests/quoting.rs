@@ -87,6 +87,14 @@ const NASTY: &[&str] = &[
     "\u{1f600}",
     "\u{10ffff}",
     "$(touch pwned)",
+    "0",
+    "-0",
+    "42",
+    "-7",
+    "007",
+    "9223372036854775807",
+    "9223372036854775808",
+    "a[$(touch pwned)]",
     "`touch pwned`",
     "';touch pwned;'",
     "\";touch pwned;\"",
@@ -356,6 +364,15 @@ fn dash_drops(line: &str, delim: &str) -> bool {
         line.as_bytes().starts_with(&delim.as_bytes()[..k])
             && line.as_bytes().get(k).is_some_and(|&b| b >= 0x80)
     })
+}
+
+/// What the compiler accepts in arithmetic: a decimal integer read back as written.
+fn is_shell_integer(v: &str) -> bool {
+    let d = v.strip_prefix('-').unwrap_or(v);
+    !d.is_empty()
+        && d.bytes().all(|b| b.is_ascii_digit())
+        && (v == "0" || !d.starts_with('0'))
+        && v.parse::<i64>().is_ok()
 }
 
 fn has_newline(v: &str) -> bool {
@@ -704,11 +721,33 @@ fn quoting_placeholder_in_unquoted_here_document() {
 
 #[test]
 fn quoting_placeholder_in_arithmetic() {
+    let ok = Test::new().manifest(
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [{ n = -12 }]\nrun = \"echo $(( {{job.n}} * 2 )) > out.txt\"\n",
+    );
+    ok.run(&["-q", "run"]).code(0);
+    assert_eq!(ok.read("out.txt"), "-24\n");
     reject(
         "quoting_placeholder_in_arithmetic",
-        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [{ n = 1 }]\nrun = \"touch ran; echo $(( {{job.n}} + 1 ))\"\n",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [{ id = \"one\", n = \"a[$(touch ran)]\" }]\nrun = \"echo $(( {{job.n}} + 1 ))\"\n",
         &[],
-        &["arithmetic (`$((…))`", "poolparty.toml:5:28"],
+        &[
+            "for job 0 (id `one`)",
+            "only a decimal integer can stand in arithmetic",
+            "poolparty.toml:5:17",
+        ],
+    );
+}
+
+#[test]
+fn quoting_placeholder_nested_in_arithmetic() {
+    reject(
+        "quoting_placeholder_nested_in_arithmetic",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [{ n = 1 }]\nrun = 'touch ran; echo $(( $(echo \"{{job.n}}\") + 1 ))'\n",
+        &[],
+        &[
+            "inside arithmetic are read differently",
+            "poolparty.toml:5:36",
+        ],
     );
 }
 
