@@ -566,6 +566,12 @@ const CASES: &[Case] = &[
         },
     },
     Case {
+        name: "arithmetic",
+        template: "printf '%s' $(( {{v}} ))",
+        expected: |v| v.to_owned(),
+        refused: |v| !is_shell_integer(v),
+    },
+    Case {
         name: "each block",
         template: "printf '%s|' {{#each vs}}\"{{this}}\" '{{this}}' {{/each}}",
         expected: |v| format!("{v}|{v}|{v}|{v}|"),
