@@ -89,7 +89,7 @@ fn refusal(message: impl Into<String>, help: impl Into<String>) -> Refusal {
 /// # Errors
 /// A value that cannot stand in that state (a newline in a comment, a here-document line
 /// equal to its delimiter), saying why.
-pub fn emit(site: &Site, value: &str) -> Result<String, String> {
+pub fn emit<'a>(site: &Site, value: &'a str) -> Result<Cow<'a, str>, String> {
     let text: Cow<'_, str> = match &site.context {
         Context::Bare => shell_quote(value),
         Context::ParamWord => Cow::Owned(single_quote(value)),
@@ -139,11 +139,14 @@ pub fn emit(site: &Site, value: &str) -> Result<String, String> {
             Cow::Borrowed(value)
         }
     };
+    if site.backquotes.is_empty() {
+        return Ok(text);
+    }
     let mut text = text.into_owned();
     for &in_dq in site.backquotes.iter().rev() {
         text = escape_backquoted(&text, in_dq);
     }
-    Ok(text)
+    Ok(Cow::Owned(text))
 }
 
 /// A decimal integer the shell reads back as written: no leading zeros (octal), no `-0`, and

@@ -589,7 +589,8 @@ fn quote_helper(
 ) -> HelperResult {
     let v = helper_value(h)?;
     let site = site_of(h);
-    let text = crate::quoting::emit(&site, &value_text(v)).map_err(|why| {
+    let value = value_text(v);
+    let text = crate::quoting::emit(&site, &value).map_err(|why| {
         let name = h
             .param(0)
             .and_then(|p| p.relative_path().cloned())
