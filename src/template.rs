@@ -772,6 +772,13 @@ mod shell_context_tests {
     }
 
     #[test]
+    fn whitespace_control_is_applied_before_the_state_is_read() {
+        // `{{~` removes the line break, so the placeholder stands in the comment.
+        let e = render_once("# c\n {{~v}}", Quoting::Shell, &json!({"v": "a\nb"})).unwrap_err();
+        assert!(e.message.contains("would end the comment"), "{e:?}");
+    }
+
+    #[test]
     fn values_that_would_escape_their_state_are_refused_when_rendered() {
         let ctx = json!({"v": "a\nrm -rf /", "e": "EOF"});
         for t in [
