@@ -762,3 +762,18 @@ fn is_identifier(s: &str) -> bool {
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_identifier;
+
+    #[test]
+    fn only_shell_identifiers_are_exported_by_the_wrapper() {
+        for ok in ["A", "_x", "POOLPARTY_NEEDS_MAP_DIR", "a1"] {
+            assert!(is_identifier(ok), "{ok}");
+        }
+        for bad in ["", "1a", "A B", "A;touch x", "A-B", "é"] {
+            assert!(!is_identifier(bad), "{bad}");
+        }
+    }
+}
