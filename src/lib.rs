@@ -20,6 +20,7 @@ pub mod outcome;
 pub mod plan;
 pub mod query;
 pub mod report;
+pub mod quoting;
 pub mod runner;
 pub mod store;
 pub mod summary;

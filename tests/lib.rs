@@ -6,6 +6,7 @@ mod harness;
 mod commands;
 mod examples;
 mod faults;
+mod fuzz;
 mod graph;
 mod local;
 mod manifest_errors;

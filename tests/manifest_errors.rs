@@ -120,7 +120,7 @@ fn reject_with(name: &str, t: &Test, args: &[&str], needles: &[&str], extra: &[(
 
 /// A manifest (and other files) rejected by `validate` and `run` with these words in stderr.
 #[track_caller]
-fn reject(name: &str, manifest: &str, files: &[(&str, &str)], needles: &[&str]) {
+pub(crate) fn reject(name: &str, manifest: &str, files: &[(&str, &str)], needles: &[&str]) {
     let mut t = Test::new().manifest(manifest);
     for (path, text) in files {
         t = t.file(path, text);
