@@ -17,8 +17,10 @@ pub mod jobs;
 pub mod manifest;
 pub mod outcome;
 pub mod plan;
+pub mod process;
 pub mod query;
 pub mod runner;
+pub mod signals;
 pub mod store;
 pub mod summary;
 pub mod template;
@@ -35,6 +37,7 @@ use crate::jobs::Job;
 use crate::manifest::{JobSource, Manifest};
 use crate::plan::{Upstream, UpstreamStage};
 use crate::runner::{Prepared, RunOptions, Runner};
+use crate::signals::Signals;
 use crate::store::Layout;
 use crate::summary::{Reporter, Verbosity};
 
@@ -89,6 +92,11 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
     } else {
         Verbosity::Normal
     };
+    // Commands that start child processes answer SIGINT/SIGTERM in every phase (exit 130).
+    let signals = match &cli.command {
+        Cmd::Validate { .. } | Cmd::Plan { .. } | Cmd::Run { .. } => Signals::install(),
+        _ => Signals::none(),
+    };
     let mut stdout = std::io::stdout().lock();
     match &cli.command {
         Cmd::Schema => {
@@ -98,7 +106,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
         Cmd::Validate { manifest } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
             let selected = vec![true; m.stages.len()];
-            let prepared = prepare(&m, &graph, &layout, &selected)?;
+            let prepared = prepare(&m, &graph, &layout, &selected, &signals)?;
             let jobs: usize = prepared.iter().flatten().map(|(j, _)| j.len()).sum();
             let _ = writeln!(
                 stdout,
@@ -116,7 +124,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
         } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
             let selected = select(&m, &graph, stages)?;
-            let prepared = prepare(&m, &graph, &layout, &selected)?;
+            let prepared = prepare(&m, &graph, &layout, &selected, &signals)?;
             if let Some(out) = out {
                 let out = std::path::absolute(out).map_err(|e| Error::store("resolve", out, e))?;
                 let s = write_bundle(&m, &graph, &layout, &prepared, &selected, g, &out)?;
@@ -152,7 +160,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 store::lock(&layout, &run_id)?
             };
             if *detach {
-                let prepared = prepare(&m, &graph, &layout, &selected)?;
+                let prepared = prepare(&m, &graph, &layout, &selected, &signals)?;
                 let out = layout.root().join(".detached").join(&run_id);
                 let s = write_bundle(&m, &graph, &layout, &prepared, &selected, g, &out)?;
                 let _ = stdout.write_all(s.as_bytes());
@@ -172,7 +180,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             }
             // Outcomes of jobs a local bundle ran go to the ledger first, to be reused.
             bundle::collect_local(&m, &layout)?;
-            let prepared = prepare(&m, &graph, &layout, &selected)?;
+            let prepared = prepare(&m, &graph, &layout, &selected, &signals)?;
             let opts = RunOptions {
                 backend: g.backend,
                 max_parallel: g.max_parallel,
@@ -189,6 +197,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 opts,
                 &selected,
                 &mut reporter,
+                &signals,
             )
             .run(prepared)?;
             runner::write_report(&layout, &report)?;
@@ -539,6 +548,7 @@ fn prepare(
     graph: &StageGraph,
     layout: &Layout,
     selected: &[bool],
+    signals: &Signals,
 ) -> Result<Prepared> {
     let mut prepared: Prepared = (0..m.stages.len()).map(|_| None).collect();
     for &i in graph.order() {
@@ -552,7 +562,7 @@ fn prepare(
                 let base = plan::base_context(m, stage, layout, &upstream);
                 let rendered = plan::render_generator(m, stage, cmd, &base)?;
                 let env = plan::stage_env(m, stage, layout, &upstream);
-                Some(jobs::run_generator(m, stage, &rendered, &env)?)
+                Some(jobs::run_generator(m, stage, &rendered, &env, signals)?)
             }
             JobSource::Generate(cmd) => {
                 // Its jobs come later, but an undefined variable in the command is known now.

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use crate::jobs::{self, Job};
 use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure};
 use crate::outcome::{JobRecord, Outcome, ResultValue, Stats, Verdict};
 use crate::plan::{self, PlannedJob, StagePlan, Upstream, UpstreamStage};
+use crate::signals::Signals;
 use crate::store::{self, Layout, Ledger};
 use crate::summary::{FailedJob, Reporter, RunReport, StageReport};
 
@@ -133,8 +134,8 @@ pub struct Runner<'a> {
     tx: Sender<Event>,
     rx: Receiver<Event>,
     reporter: &'a mut Reporter,
+    signals: &'a Signals,
     interrupted: bool,
-    signals: usize,
     last_sync: Instant,
     started: f64,
     staged: Vec<PathBuf>,
@@ -151,6 +152,7 @@ impl<'a> Runner<'a> {
         opts: RunOptions,
         selected: &[bool],
         reporter: &'a mut Reporter,
+        signals: &'a Signals,
     ) -> Self {
         let (tx, rx) = channel();
         let states = selected.iter().map(|&s| StageState::new(s)).collect();
@@ -164,8 +166,8 @@ impl<'a> Runner<'a> {
             tx,
             rx,
             reporter,
+            signals,
             interrupted: false,
-            signals: 0,
             last_sync: Instant::now(),
             started: store::now(),
             staged: Vec::new(),
@@ -178,11 +180,22 @@ impl<'a> Runner<'a> {
     /// Only errors that make the state untrustworthy (the ledger cannot be written) or a
     /// backend failure; job failures are outcomes, not errors.
     pub fn run(mut self, mut prepared: Prepared) -> Result<RunReport> {
-        let signals = install_signals(self.tx.clone());
-        let result = self.drive(&mut prepared);
-        if let Some(h) = signals {
-            h.close();
+        let tx = Mutex::new(self.tx.clone());
+        let subscription = self.signals.subscribe(move |signal, count| {
+            let _ = tx
+                .lock()
+                .expect("signal sender")
+                .send(Event::Signal { signal, count });
+        });
+        // A signal that arrived while the run was being prepared counts too.
+        if self.signals.count() > 0 {
+            let (signal, count) = (self.signals.last().unwrap_or(2), self.signals.count());
+            self.tx
+                .send(Event::Signal { signal, count })
+                .expect("the runner holds the receiver");
         }
+        let result = self.drive(&mut prepared);
+        drop(subscription);
         // Stop whatever still runs if we leave on an error.
         if result.is_err() {
             for st in &mut self.states {
@@ -318,6 +331,15 @@ impl<'a> Runner<'a> {
             }
             if ready {
                 if let Err(e) = self.start_stage(i, prepared[i].take()) {
+                    if let crate::error::Error::Interrupted { signal, .. } = e {
+                        // The generator was stopped; the signal's event stops the rest.
+                        self.skip(i, "run interrupted".to_owned());
+                        if !self.interrupted {
+                            let count = self.signals.count().max(1);
+                            self.handle(Event::Signal { signal, count })?;
+                        }
+                        return Ok(());
+                    }
                     if e.exit_code() == crate::error::EXIT_INVALID_INPUT {
                         // A generator or template failing at run time fails its stage only.
                         self.reporter.diagnostic(&e);
@@ -384,7 +406,7 @@ impl<'a> Runner<'a> {
                         let base = plan::base_context(manifest, stage, &self.layout, &upstream);
                         let rendered = plan::render_generator(manifest, stage, cmd, &base)?;
                         let env = plan::stage_env(manifest, stage, &self.layout, &upstream);
-                        jobs::run_generator(manifest, stage, &rendered, &env)?
+                        jobs::run_generator(manifest, stage, &rendered, &env, self.signals)?
                     }
                     _ => jobs::expand_static(manifest, stage).expect("static source")?,
                 };
@@ -754,7 +776,6 @@ impl<'a> Runner<'a> {
     fn handle(&mut self, ev: Event) -> Result<()> {
         match ev {
             Event::Signal { signal, count } => {
-                self.signals = count;
                 let mode = if count >= 2 {
                     CancelMode::Kill
                 } else {
@@ -1042,21 +1063,6 @@ pub fn write_report(layout: &Layout, report: &RunReport) -> Result<()> {
         text.as_bytes(),
     )?;
     store::atomic_write(&layout.summary(), text.as_bytes())
-}
-
-fn install_signals(tx: Sender<Event>) -> Option<signal_hook::iterator::Handle> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).ok()?;
-    let handle = signals.handle();
-    std::thread::spawn(move || {
-        for (n, signal) in signals.forever().enumerate() {
-            let count = n + 1;
-            if tx.send(Event::Signal { signal, count }).is_err() {
-                break;
-            }
-        }
-    });
-    Some(handle)
 }
 
 /// A fresh run id: UTC time plus the process id.

@@ -12,5 +12,6 @@ mod readme;
 mod reruns;
 mod results;
 mod schema;
+mod signals;
 mod sge;
 mod slurm;
