@@ -235,10 +235,7 @@ pub fn run_generator(
                 help.push_str(&t);
             }
             return Err(failed(
-                format!(
-                    "it was stopped after running for {}",
-                    human(limit)
-                ),
+                format!("it was stopped after running for {}", human(limit)),
                 Some(help),
             ));
         }

@@ -178,6 +178,10 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 }
                 return Ok(EXIT_SUCCESS);
             }
+            // Nothing of a run whose runner died may still run when this one starts jobs.
+            if let Some(r) = runner::recover(&layout)? {
+                eprintln!("poolparty: {}", r.message());
+            }
             // Outcomes of jobs a local bundle ran go to the ledger first, to be reused.
             bundle::collect_local(&m, &layout)?;
             let prepared = prepare(&m, &graph, &layout, &selected, &signals)?;
@@ -213,6 +217,14 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
         }
         Cmd::Status { manifest } => {
             let (m, _, layout) = load(manifest.as_deref())?;
+            // A runner that died left jobs without an outcome: say what became of them.
+            if layout.live_file().exists() {
+                if let Ok(_lock) = store::lock(&layout, "status") {
+                    if let Some(r) = runner::recover(&layout)? {
+                        eprintln!("poolparty: {}", r.message());
+                    }
+                }
+            }
             let report = query::status(&m, &layout)?;
             if g.json {
                 let _ = writeln!(
@@ -396,6 +408,10 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
         }
         Err(e) => return Err(e),
     };
+    let recovered = runner::recover(layout)?;
+    if let Some(r) = &recovered {
+        eprintln!("poolparty: {}", r.message());
+    }
     let run = runner::new_run_id();
     let mut by_scheduler: BTreeMap<String, Vec<String>> = BTreeMap::new();
     // Driver jobs first: cancelling the arrays they wait for would let them start.
@@ -482,7 +498,7 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
     }
     drop(lock);
     if by_scheduler.is_empty() {
-        if !stopped_runner {
+        if !stopped_runner && recovered.is_none() {
             eprintln!(
                 "poolparty: nothing to cancel: no runner is active and no submitted job lacks an outcome"
             );

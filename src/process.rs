@@ -46,12 +46,116 @@ pub fn own_group(cmd: &mut Command) {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             // The parent may have died before the death signal was armed.
-            if nix::unistd::getppid().as_raw().cast_unsigned() != parent {
+            if u32::try_from(nix::unistd::getppid().as_raw()).ok() != Some(parent) {
                 return Err(std::io::Error::from(ErrorKind::Interrupted));
             }
             Ok(())
         });
     }
+}
+
+/// Makes the child of `cmd` announce itself before it runs anything: between fork and exec
+/// it appends one line to the file open (with `O_APPEND`) at `fd`: `prefix`, its pid,
+/// `,"start":`, its start time, `}}` and a newline. Written by the child itself, the line
+/// exists before the job can start anything, even if poolparty dies the next instant; one
+/// `write(2)` with `O_APPEND` never interleaves with other lines.
+///
+/// # Panics
+/// Never; the child fails to start (an `io::Error` from `spawn`) when the write fails.
+pub fn announce(cmd: &mut Command, fd: std::os::fd::RawFd, prefix: &[u8]) {
+    // Room for the numbers, so that the child never allocates (it may not, after fork).
+    let mut buf: Vec<u8> = Vec::with_capacity(prefix.len() + 64);
+    buf.extend_from_slice(prefix);
+    let base = prefix.len();
+    #[expect(
+        unsafe_code,
+        reason = "pre_exec runs between fork and exec; the closure makes only async-signal-safe \
+                  system calls (getpid, open, read, close, write) and writes into a buffer \
+                  allocated before the fork, within its capacity"
+    )]
+    // SAFETY: see the reason above; `fd` stays open in the parent while children start.
+    unsafe {
+        cmd.pre_exec(move || {
+            buf.truncate(base);
+            push_decimal(
+                &mut buf,
+                u64::try_from(nix::unistd::getpid().as_raw()).unwrap_or(0),
+            );
+            buf.extend_from_slice(b",\"start\":");
+            push_decimal(&mut buf, own_start_time()?);
+            buf.extend_from_slice(b"}}\n");
+            let file = std::os::fd::BorrowedFd::borrow_raw(fd);
+            if nix::unistd::write(file, &buf)? != buf.len() {
+                return Err(std::io::Error::from(ErrorKind::WriteZero));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Appends `n` in decimal without allocating (`buf` has room).
+fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+}
+
+/// The calling process's start time, read without allocating (after fork).
+fn own_start_time() -> std::io::Result<u64> {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::Mode;
+    let fd = open(
+        "/proc/self/stat",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut text = [0u8; 1024];
+    let mut len = 0;
+    loop {
+        let n = nix::unistd::read(fd, &mut text[len..]);
+        match n {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if len == text.len() {
+                    break;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                let _ = nix::unistd::close(fd);
+                return Err(e.into());
+            }
+        }
+    }
+    let _ = nix::unistd::close(fd);
+    start_time_field(&text[..len]).ok_or_else(|| std::io::Error::from(ErrorKind::InvalidData))
+}
+
+/// Field 22 (start time) of a `/proc/<pid>/stat` text.
+fn start_time_field(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    // After `) `: state is field 3, so the start time is the 20th field from there.
+    let field = stat[close + 1..]
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty())
+        .nth(19)?;
+    let mut n: u64 = 0;
+    for &b in field {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(n)
 }
 
 /// A process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22): with the
@@ -110,7 +214,11 @@ pub fn members(groups: &[Group]) -> Vec<(Group, Vec<u32>)> {
         return out;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Some(s) = stat(pid) else { continue };
@@ -145,7 +253,9 @@ pub fn stop_groups(groups: &[Group], grace: Duration) -> (usize, Vec<u32>) {
     let n = live.len();
     let signal_all = |sig: Signal| {
         for g in &live {
-            let _ = killpg(Pid::from_raw(g.pgid.cast_signed()), sig);
+            if let Ok(pgid) = i32::try_from(g.pgid) {
+                let _ = killpg(Pid::from_raw(pgid), sig);
+            }
         }
     };
     let remaining = || -> Vec<u32> {
@@ -363,9 +473,42 @@ mod tests {
     }
 
     #[test]
-    fn reads_both_pipes_and_the_exit_status() {
-        let c = run_captured(&mut sh("echo out; echo err >&2; exit 3"), None, &Signals::none())
+    fn a_child_announces_its_pid_and_start_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
             .unwrap();
+        let mut cmd = sh("exit 0");
+        own_group(&mut cmd);
+        announce(
+            &mut cmd,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            b"{\"started\":{\"x\":1,\"pgid\":",
+        );
+        let mut child = cmd.spawn().unwrap();
+        let start = start_time(child.id()).unwrap();
+        child.wait().unwrap();
+        let line = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            line,
+            format!(
+                "{{\"started\":{{\"x\":1,\"pgid\":{},\"start\":{start}}}}}\n",
+                child.id()
+            )
+        );
+    }
+
+    #[test]
+    fn reads_both_pipes_and_the_exit_status() {
+        let c = run_captured(
+            &mut sh("echo out; echo err >&2; exit 3"),
+            None,
+            &Signals::none(),
+        )
+        .unwrap();
         assert_eq!(c.stdout, b"out\n");
         assert_eq!(c.stderr, b"err\n");
         assert_eq!(c.status.code(), Some(3));

@@ -7,8 +7,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -139,11 +139,16 @@ pub struct Runner<'a> {
     last_sync: Instant,
     started: f64,
     staged: Vec<PathBuf>,
+    live: Option<Arc<store::LiveGroups>>,
 }
 
 impl<'a> Runner<'a> {
     /// Prepares a run of the `selected` stages (all when `opts.stages` is empty).
     #[must_use]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the run's inputs, each borrowed for the run's lifetime"
+    )]
     pub fn new(
         manifest: &'a Manifest,
         graph: &'a StageGraph,
@@ -171,6 +176,7 @@ impl<'a> Runner<'a> {
             last_sync: Instant::now(),
             started: store::now(),
             staged: Vec::new(),
+            live: None,
         }
     }
 
@@ -194,8 +200,16 @@ impl<'a> Runner<'a> {
                 .send(Event::Signal { signal, count })
                 .expect("the runner holds the receiver");
         }
+        let header = store::LiveLine::Runner {
+            run: self.run_id.clone(),
+            host: store::hostname(),
+            boot: crate::process::boot_id(),
+        };
+        self.live = Some(Arc::new(store::LiveGroups::create(
+            self.layout.live_file(),
+            &header,
+        )?));
         let result = self.drive(&mut prepared);
-        drop(subscription);
         // Stop whatever still runs if we leave on an error.
         if result.is_err() {
             for st in &mut self.states {
@@ -211,6 +225,11 @@ impl<'a> Runner<'a> {
             st.backend = None;
         }
         result?;
+        // Every job the backends started is reaped and recorded.
+        if let Some(live) = self.live.take() {
+            let _ = std::fs::remove_file(live.path());
+        }
+        drop(subscription);
         Ok(self.report())
     }
 
@@ -449,7 +468,10 @@ impl<'a> Runner<'a> {
                 || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
                 |n| n as usize,
             );
-        let spec = StageSpec::new(&plan, &self.layout, &manifest.name, &self.run_id, workers);
+        let mut spec = StageSpec::new(&plan, &self.layout, &manifest.name, &self.run_id, workers);
+        if kind == BackendKind::Local {
+            spec.live.clone_from(&self.live);
+        }
         let mut backend = backend::create(kind, spec, self.tx.clone())?;
         let record_to = self.layout.submissions(&name);
         backend.set_recorder(Box::new(move |s| {
@@ -836,6 +858,19 @@ impl<'a> Runner<'a> {
         let st = &mut self.states[i];
         st.in_flight -= 1;
         st.ledger.as_mut().expect("running stage").append(&record)?;
+        let kind = st
+            .plan
+            .as_ref()
+            .map(|p| self.opts.backend.unwrap_or(p.settings.backend));
+        if let (Some(live), Some(BackendKind::Local)) = (&self.live, kind) {
+            // Only now may recovery forget the job's group.
+            live.append(&store::LiveLine::Recorded {
+                stage: self.manifest.stages[i].name.to_string(),
+                id: record.id.clone(),
+                attempt: record.attempt,
+            })
+            .map_err(|e| crate::error::Error::store("append to", live.path(), e))?;
+        }
         let idx = record.index;
         let settings = &st.plan.as_ref().expect("running").settings;
         let (retries, resubmit_lost) = (settings.retries, settings.resubmit_lost);
@@ -1063,6 +1098,154 @@ pub fn write_report(layout: &Layout, report: &RunReport) -> Result<()> {
         text.as_bytes(),
     )?;
     store::atomic_write(&layout.summary(), text.as_bytes())
+}
+
+/// What [`recover`] found: a run whose runner died while local jobs ran.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The dead runner's run id.
+    pub run: String,
+    /// Jobs whose outcome it never recorded, now recorded as interrupted.
+    pub jobs: usize,
+    /// Of their process groups, those that still had live processes (stopped now).
+    pub stopped: usize,
+}
+
+impl Recovered {
+    /// A line for the user.
+    #[must_use]
+    pub fn message(&self) -> String {
+        let left = if self.stopped == 0 {
+            "none of them still ran".to_owned()
+        } else {
+            format!(
+                "stopped what was left of {} of them",
+                crate::error::count(self.stopped, "job")
+            )
+        };
+        format!(
+            "run {} ended without recording the outcome of {} (its runner was killed): {left}, \
+             and recorded them as interrupted",
+            self.run,
+            crate::error::count(self.jobs, "local job")
+        )
+    }
+}
+
+/// Cleans up after a runner that died (SIGKILL, out of memory, a crash) while local jobs ran,
+/// from its record of their process groups (`.live.jsonl`): stops what is left of them
+/// (SIGTERM, a grace period, SIGKILL), waits until it is gone, records those jobs as
+/// interrupted, and removes the record. Nothing of that run is left running afterwards, so no
+/// job can run twice at once. Call it holding the workflow lock.
+///
+/// # Errors
+/// When the record or a ledger cannot be read or written, the dead runner ran on another host,
+/// or a process survives SIGKILL.
+pub fn recover(layout: &Layout) -> Result<Option<Recovered>> {
+    use crate::error::Error;
+    use crate::process::{self, Group};
+    use crate::store::LiveLine;
+    let path = layout.live_file();
+    let Some((header, open)) = store::read_live(&path)? else {
+        return Ok(None);
+    };
+    let (run, host, boot) = match header {
+        Some(LiveLine::Runner { run, host, boot }) => (run, host, boot),
+        _ => (
+            "(unknown)".to_owned(),
+            store::hostname(),
+            process::boot_id(),
+        ),
+    };
+    if open.is_empty() {
+        let _ = std::fs::remove_file(&path);
+        return Ok(None);
+    }
+    if host != store::hostname() {
+        return Err(Error::Usage {
+            message: format!(
+                "run {run} died on host `{host}` while {} ran there; only that host can check \
+                 whether they still run",
+                crate::error::count(open.len(), "local job")
+            ),
+            help: Some(format!("run `poolparty status` on `{host}`")),
+        });
+    }
+    let groups: Vec<Group> = open
+        .iter()
+        .filter_map(|l| match l {
+            LiveLine::Started { pgid, start, .. } => Some(Group {
+                pgid: *pgid,
+                start: *start,
+            }),
+            _ => None,
+        })
+        .collect();
+    // After a reboot, nothing of it runs.
+    let (stopped, left) = if boot == process::boot_id() {
+        process::stop_groups(&groups, process::GRACE)
+    } else {
+        (0, Vec::new())
+    };
+    if !left.is_empty() {
+        return Err(Error::Backend {
+            backend: "local",
+            message: format!(
+                "processes of jobs of run {run} did not stop after SIGKILL: pids {left:?}"
+            ),
+            detail: Some(
+                "they may be stuck in the kernel (state D); their jobs are not started again \
+                 while they live"
+                    .to_owned(),
+            ),
+        });
+    }
+    let mut by_stage: HashMap<&str, Vec<&LiveLine>> = HashMap::new();
+    for l in &open {
+        if let LiveLine::Started { stage, .. } = l {
+            by_stage.entry(stage.as_str()).or_default().push(l);
+        }
+    }
+    let mut jobs = 0;
+    for (stage, lines) in by_stage {
+        let dir = layout.stage_dir(stage);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::store("create", dir, e))?;
+        let recorded: HashSet<(String, u32)> = store::read_ledger(&layout.ledger(stage))?
+            .into_iter()
+            .map(|r| (r.id, r.attempt))
+            .collect();
+        let mut ledger = Ledger::open(layout.ledger(stage))?;
+        for l in lines {
+            let LiveLine::Started {
+                index,
+                id,
+                attempt,
+                at,
+                ..
+            } = l
+            else {
+                continue;
+            };
+            if recorded.contains(&(id.clone(), *attempt)) {
+                continue;
+            }
+            ledger.append(&JobRecord {
+                index: *index,
+                id: id.clone(),
+                attempt: *attempt,
+                outcome: Outcome::Interrupted,
+                start: Some(*at),
+                end: Some(store::now()),
+                run: run.clone(),
+                fp: String::new(),
+                result: None,
+            })?;
+            jobs += 1;
+        }
+        ledger.sync()?;
+    }
+    std::fs::remove_file(&path).map_err(|e| Error::store("remove", &path, e))?;
+    Ok(Some(Recovered { run, jobs, stopped }))
 }
 
 /// A fresh run id: UTC time plus the process id.

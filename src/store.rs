@@ -4,6 +4,7 @@
 //! Layout (see DESIGN.md):
 //! ```text
 //! <state>/.lock                  flock'ed while a runner is active; names its holder
+//! <state>/.live.jsonl            process groups of local jobs started and not yet recorded
 //! <state>/.runs/<run>.json       provenance of each run
 //! <state>/summary.json           the last run's summary
 //! <state>/<stage>/jobs.jsonl     the expanded jobs, in order: {"index","id","job"}
@@ -128,6 +129,11 @@ impl Layout {
     #[must_use]
     pub fn lock_file(&self) -> PathBuf {
         self.root.join(".lock")
+    }
+    /// The record of the local jobs' process groups that may be running ([`LiveGroups`]).
+    #[must_use]
+    pub fn live_file(&self) -> PathBuf {
+        self.root.join(".live.jsonl")
     }
 
     /// Creates a stage's folders.
@@ -519,6 +525,160 @@ pub fn tail(path: &Path, n: usize) -> Option<String> {
     crate::jobs::stderr_tail(&buf, n)
 }
 
+/// One line of `.live.jsonl`, the record of the local jobs' process groups: a runner writes
+/// a header, a `started` line when a job's group starts (before the job can start anything)
+/// and a `recorded` line once its outcome is in the ledger. Groups started and not recorded
+/// when no runner holds the lock were left by a runner that died: the next runner, `status`
+/// or `cancel` stops what is left of them and records them as interrupted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiveLine {
+    /// The runner that writes the lines after it.
+    Runner {
+        /// Its run id.
+        run: String,
+        /// Its host.
+        host: String,
+        /// The boot it ran in (`/proc/sys/kernel/random/boot_id`).
+        boot: String,
+    },
+    /// A job's process group started.
+    Started {
+        /// The stage.
+        stage: String,
+        /// The job's index.
+        index: usize,
+        /// The job id.
+        id: String,
+        /// The attempt.
+        attempt: u32,
+        /// The group id (the leader's pid).
+        pgid: u32,
+        /// The leader's start time in clock ticks since boot (tells a recycled pid apart).
+        start: u64,
+        /// When, seconds since the epoch.
+        at: f64,
+    },
+    /// The attempt's outcome is in the ledger.
+    Recorded {
+        /// The stage.
+        stage: String,
+        /// The job id.
+        id: String,
+        /// The attempt.
+        attempt: u32,
+    },
+}
+
+impl LiveLine {
+    /// The text of a `started` line up to its `pgid` value, which the job's process completes
+    /// itself with its pid, `,"start":`, its start time and `}}` (see
+    /// [`crate::process::announce`]).
+    #[must_use]
+    pub fn started_prefix(stage: &str, index: usize, id: &str, attempt: u32, at: f64) -> Vec<u8> {
+        let q = |s: &str| serde_json::to_string(s).expect("a string serializes");
+        format!(
+            "{{\"started\":{{\"stage\":{},\"index\":{index},\"id\":{},\"attempt\":{attempt},\"at\":{at},\"pgid\":",
+            q(stage),
+            q(id)
+        )
+        .into_bytes()
+    }
+}
+
+/// The open `.live.jsonl` of a running runner, shared by the local backends' workers. Lines
+/// are appended with one `write` each and not synced: they only need to outlive the runner's
+/// process, not the machine (a reboot ends every job anyway).
+#[derive(Debug)]
+pub struct LiveGroups {
+    file: std::sync::Mutex<File>,
+    fd: std::os::fd::RawFd,
+    path: PathBuf,
+}
+
+impl LiveGroups {
+    /// Starts a new record (replacing an old one, which must have been recovered).
+    ///
+    /// # Errors
+    /// When it cannot be written.
+    pub fn create(path: PathBuf, header: &LiveLine) -> Result<Self> {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::store("remove", &path, e));
+            }
+            _ => {}
+        }
+        // O_APPEND: each line is one write, never interleaved with the jobs' own lines.
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::store("create", &path, e))?;
+        let live = Self {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&file),
+            file: std::sync::Mutex::new(file),
+            path,
+        };
+        live.append(header)
+            .map_err(|e| Error::store("write", &live.path, e))?;
+        Ok(live)
+    }
+
+    /// Appends one line.
+    ///
+    /// # Errors
+    /// When the write fails.
+    pub fn append(&self, line: &LiveLine) -> std::io::Result<()> {
+        let mut bytes = serde_json::to_vec(line).expect("a live line serializes");
+        bytes.push(b'\n');
+        self.file.lock().expect("live file").write_all(&bytes)
+    }
+
+    /// The file's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file (appending), for jobs to write their `started` line to.
+    #[must_use]
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.fd
+    }
+}
+
+/// What `.live.jsonl` says: the runner that wrote it and the groups it started whose outcome
+/// is not recorded, in start order (`None` when there is no record).
+///
+/// # Errors
+/// When it cannot be read, or a line other than the last is garbage.
+pub fn read_live(path: &Path) -> Result<Option<(Option<LiveLine>, Vec<LiveLine>)>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let lines: Vec<LiveLine> = read_lines(path)?;
+    let mut header = None;
+    let mut open: Vec<LiveLine> = Vec::new();
+    let mut recorded: std::collections::HashSet<(String, String, u32)> =
+        std::collections::HashSet::new();
+    for l in lines {
+        match l {
+            LiveLine::Runner { .. } => header = Some(l),
+            LiveLine::Started { .. } => open.push(l),
+            LiveLine::Recorded { stage, id, attempt } => {
+                recorded.insert((stage, id, attempt));
+            }
+        }
+    }
+    open.retain(|l| match l {
+        LiveLine::Started {
+            stage, id, attempt, ..
+        } => !recorded.contains(&(stage.clone(), id.clone(), *attempt)),
+        _ => false,
+    });
+    Ok(Some((header, open)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,6 +730,63 @@ mod tests {
         }
         drop(held);
         lock(&layout, "run3").unwrap();
+    }
+
+    #[test]
+    fn live_record_keeps_groups_whose_outcome_is_not_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".live.jsonl");
+        let header = LiveLine::Runner {
+            run: "r".into(),
+            host: "h".into(),
+            boot: "b".into(),
+        };
+        let live = LiveGroups::create(path.clone(), &header).unwrap();
+        let started = |id: &str, pgid: u32| {
+            let mut line = LiveLine::started_prefix("a\"b", 3, id, 2, 1.5);
+            line.extend_from_slice(format!("{pgid},\"start\":77}}}}\n").as_bytes());
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap()
+                .write_all(&line)
+                .unwrap();
+        };
+        started("x", 10);
+        started("y", 11);
+        live.append(&LiveLine::Recorded {
+            stage: "a\"b".into(),
+            id: "x".into(),
+            attempt: 2,
+        })
+        .unwrap();
+        let (h, open) = read_live(&path).unwrap().unwrap();
+        assert!(matches!(h, Some(LiveLine::Runner { run, .. }) if run == "r"));
+        assert_eq!(open.len(), 1);
+        match &open[0] {
+            LiveLine::Started {
+                stage,
+                index,
+                id,
+                attempt,
+                pgid,
+                start,
+                at,
+            } => assert_eq!(
+                (
+                    stage.as_str(),
+                    *index,
+                    id.as_str(),
+                    *attempt,
+                    *pgid,
+                    *start,
+                    *at
+                ),
+                ("a\"b", 3, "y", 2, 11, 77, 1.5)
+            ),
+            l => panic!("{l:?}"),
+        }
+        assert!(read_live(&dir.path().join("none")).unwrap().is_none());
     }
 
     #[test]

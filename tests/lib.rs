@@ -12,6 +12,6 @@ mod readme;
 mod reruns;
 mod results;
 mod schema;
-mod signals;
 mod sge;
+mod signals;
 mod slurm;

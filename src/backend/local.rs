@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -28,7 +28,7 @@ use crate::error::Result;
 use crate::manifest::ResultMode;
 use crate::outcome::{JobRecord, Outcome, ResultValue};
 use crate::plan::Command;
-use crate::store::now;
+use crate::store::{LiveLine, now};
 
 /// How long a job may take to exit after SIGTERM before it is killed.
 pub const GRACE: Duration = Duration::from_secs(5);
@@ -247,8 +247,13 @@ fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
         .env("POOLPARTY_RESULT", &result_path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .stderr(Stdio::piped());
+    crate::process::own_group(&mut cmd);
+    if let Some(live) = &spec.live {
+        // The job records its own process group before it runs (see `store::LiveGroups`).
+        let prefix = LiveLine::started_prefix(&spec.name, job.index, id, launch.attempt, now());
+        crate::process::announce(&mut cmd, live.fd(), &prefix);
+    }
     if job.json.len() <= JOB_ENV_MAX {
         cmd.env("POOLPARTY_JOB", &job.json);
     } else {
