@@ -389,7 +389,12 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
                 "poolparty: asked run {} (pid {}) to stop; waiting for it to cancel its jobs",
                 h.run, h.pid
             );
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            // A runner stops within its jobs' grace period; if it has not after ESCALATE, a
+            // second signal makes it kill its jobs at once; after GIVE_UP, say so and return.
+            const ESCALATE: std::time::Duration = std::time::Duration::from_secs(20);
+            const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
+            let asked = std::time::Instant::now();
+            let mut escalated = false;
             loop {
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 if let Ok(lock) = store::lock(layout, "cancel") {
@@ -398,10 +403,27 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
                     // Driver jobs of a detached run may still be queued behind it.
                     break lock;
                 }
-                if std::time::Instant::now() > deadline {
+                if !escalated && asked.elapsed() > ESCALATE {
+                    escalated = true;
+                    eprintln!(
+                        "poolparty: run {} has not stopped after {} s; asking again, so that it kills its jobs at once",
+                        h.run,
+                        ESCALATE.as_secs()
+                    );
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                }
+                if asked.elapsed() > GIVE_UP {
                     return Err(Error::Usage {
-                        message: format!("run {} (pid {}) did not stop within 120 s", h.run, h.pid),
-                        help: Some("send SIGTERM again to kill its jobs at once".to_owned()),
+                        message: format!(
+                            "run {} (pid {}) did not stop within {} s of being asked twice",
+                            h.run,
+                            h.pid,
+                            GIVE_UP.as_secs()
+                        ),
+                        help: Some(format!(
+                            "it may be stuck; `kill -KILL {}` ends it, and the next `poolparty run`, `status` or `cancel` stops the jobs it leaves and records them as interrupted",
+                            h.pid
+                        )),
                     });
                 }
             }
