@@ -159,6 +159,10 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             } else {
                 store::lock(&layout, &run_id)?
             };
+            // Nothing of a run whose runner died may still run when this one starts jobs.
+            if let Some(r) = runner::recover(&layout)? {
+                eprintln!("poolparty: {}", r.message());
+            }
             if *detach {
                 let prepared = prepare(&m, &graph, &layout, &selected, &signals)?;
                 let out = layout.root().join(".detached").join(&run_id);
@@ -177,10 +181,6 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                     });
                 }
                 return Ok(EXIT_SUCCESS);
-            }
-            // Nothing of a run whose runner died may still run when this one starts jobs.
-            if let Some(r) = runner::recover(&layout)? {
-                eprintln!("poolparty: {}", r.message());
             }
             // Outcomes of jobs a local bundle ran go to the ledger first, to be reused.
             bundle::collect_local(&m, &layout)?;
