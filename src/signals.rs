@@ -91,7 +91,8 @@ impl Signals {
         self.watch()
     }
 
-    /// Simulates receiving `signal` (tests).
+    /// Handles `signal` as if it had arrived (tests): like a real one, it ends the process
+    /// when nobody watches.
     pub fn raise(&self, signal: i32) {
         deliver(&self.inner, signal);
     }
