@@ -236,7 +236,9 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 // A live runner on this host: say so, since jobs without an outcome are
                 // then still to come rather than not run.
                 if let Some(h) = store::read_holder(&layout).filter(|h| {
-                    h.host == store::hostname()
+                    // (Not this process: it may have held the lock to recover a dead run.)
+                    h.pid != std::process::id()
+                        && h.host == store::hostname()
                         && std::path::Path::new(&format!("/proc/{}", h.pid)).exists()
                 }) {
                     let _ = writeln!(

@@ -351,9 +351,11 @@ impl<'a> Runner<'a> {
             if ready {
                 if let Err(e) = self.start_stage(i, prepared[i].take()) {
                     if let crate::error::Error::Interrupted { signal, .. } = e {
-                        // The generator was stopped; the signal's event stops the rest.
-                        self.skip(i, "run interrupted".to_owned());
-                        if !self.interrupted {
+                        // The generator was stopped: stop the rest as the signal's event
+                        // would (it skips this stage, still waiting, too).
+                        if self.interrupted {
+                            self.skip(i, "run interrupted".to_owned());
+                        } else {
                             let count = self.signals.count().max(1);
                             self.handle(Event::Signal { signal, count })?;
                         }
@@ -1115,13 +1117,10 @@ impl Recovered {
     /// A line for the user.
     #[must_use]
     pub fn message(&self) -> String {
-        let left = if self.stopped == 0 {
-            "none of them still ran".to_owned()
-        } else {
-            format!(
-                "stopped what was left of {} of them",
-                crate::error::count(self.stopped, "job")
-            )
+        let left = match self.stopped {
+            0 => "none of them still ran".to_owned(),
+            n if n == self.jobs => "stopped what was left of them".to_owned(),
+            n => format!("stopped what was left of {n} of them"),
         };
         format!(
             "run {} ended without recording the outcome of {} (its runner was killed): {left}, \

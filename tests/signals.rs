@@ -377,6 +377,7 @@ fn kill_then_status_tells_and_stops_what_was_left() {
     ran.code(130)
         .stderr_has("ended without recording the outcome of 2 local jobs (its runner was killed)")
         .stdout_has("interrupted");
+    assert!(!ran.stdout.contains("in progress"), "{}", ran.stdout);
     for c in children {
         assert!(!alive(c), "job child {c} survived status");
     }
