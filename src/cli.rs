@@ -134,6 +134,12 @@ pub enum Cmd {
     },
     /// Print the manifest's JSON Schema.
     Schema,
+    /// Internal: started by each runner to stop its local jobs if it is killed.
+    #[command(name = "__watchdog", hide = true)]
+    Watchdog {
+        /// The run's `.live.jsonl`.
+        live: PathBuf,
+    },
 }
 
 /// Formats of `poolparty results`.

@@ -139,6 +139,10 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             let _ = stdout.write_all(text.as_bytes());
             Ok(EXIT_SUCCESS)
         }
+        Cmd::Watchdog { live } => {
+            runner::watchdog(live);
+            Ok(EXIT_SUCCESS)
+        }
         Cmd::Cancel { manifest } => {
             let (m, _, layout) = load(manifest.as_deref())?;
             cancel(&m, &layout)

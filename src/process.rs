@@ -1,9 +1,10 @@
 //! Child processes poolparty starts (jobs and generators): each in its own process group,
-//! killed with poolparty (`PR_SET_PDEATHSIG`), stopped with SIGTERM then SIGKILL after a grace
-//! period; and the `/proc` lookups that find what is left of a group after its runner died.
+//! stopped with SIGTERM then SIGKILL after a grace period; and the `/proc` lookups that find
+//! what is left of a job's group after its runner died.
 //!
-//! A leaf module: it knows nothing of the pipeline. [`run_captured`] runs a generator;
-//! the local backend supervises jobs itself and uses [`own_group`] and [`start_time`].
+//! A leaf module: it knows nothing of the pipeline. [`run_captured`] runs a generator (its
+//! leader killed with poolparty through [`own_group`]); the local backend supervises jobs
+//! itself and records their groups with [`start_time`].
 
 use std::io::{ErrorKind, Read};
 use std::os::fd::AsFd;
@@ -26,10 +27,10 @@ pub const LINGER: Duration = Duration::from_secs(1);
 const STDERR_KEPT: usize = 64 * 1024;
 
 /// Makes `cmd` start in its own process group (so one `killpg` stops it and everything it
-/// starts, and a terminal's Ctrl-C reaches only poolparty, which decides), killed with SIGKILL
-/// when the thread that starts it dies: a SIGKILLed runner takes its children's group leaders
-/// along. What else survives in their groups is found and stopped by the next runner, `status`
-/// or `cancel` from the record of live groups.
+/// starts, and a terminal's Ctrl-C reaches only poolparty, which decides), its leader killed
+/// with SIGKILL when the thread that starts it dies (`PR_SET_PDEATHSIG`). Used for generators;
+/// local jobs skip the death signal, whose `pre_exec` makes every spawn a `fork` (see
+/// DESIGN.md), and are stopped by the runner's watchdog instead.
 ///
 /// The death signal fires when the *thread* that forked the child exits, so start children
 /// from a thread that outlives them (the one that waits for them).
@@ -52,110 +53,6 @@ pub fn own_group(cmd: &mut Command) {
             Ok(())
         });
     }
-}
-
-/// Makes the child of `cmd` announce itself before it runs anything: between fork and exec
-/// it appends one line to the file open (with `O_APPEND`) at `fd`: `prefix`, its pid,
-/// `,"start":`, its start time, `}}` and a newline. Written by the child itself, the line
-/// exists before the job can start anything, even if poolparty dies the next instant; one
-/// `write(2)` with `O_APPEND` never interleaves with other lines.
-///
-/// # Panics
-/// Never; the child fails to start (an `io::Error` from `spawn`) when the write fails.
-pub fn announce(cmd: &mut Command, fd: std::os::fd::RawFd, prefix: &[u8]) {
-    // Room for the numbers, so that the child never allocates (it may not, after fork).
-    let mut buf: Vec<u8> = Vec::with_capacity(prefix.len() + 64);
-    buf.extend_from_slice(prefix);
-    let base = prefix.len();
-    #[expect(
-        unsafe_code,
-        reason = "pre_exec runs between fork and exec; the closure makes only async-signal-safe \
-                  system calls (getpid, open, read, close, write) and writes into a buffer \
-                  allocated before the fork, within its capacity"
-    )]
-    // SAFETY: see the reason above; `fd` stays open in the parent while children start.
-    unsafe {
-        cmd.pre_exec(move || {
-            buf.truncate(base);
-            push_decimal(
-                &mut buf,
-                u64::try_from(nix::unistd::getpid().as_raw()).unwrap_or(0),
-            );
-            buf.extend_from_slice(b",\"start\":");
-            push_decimal(&mut buf, own_start_time()?);
-            buf.extend_from_slice(b"}}\n");
-            let file = std::os::fd::BorrowedFd::borrow_raw(fd);
-            if nix::unistd::write(file, &buf)? != buf.len() {
-                return Err(std::io::Error::from(ErrorKind::WriteZero));
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Appends `n` in decimal without allocating (`buf` has room).
-fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + u8::try_from(n % 10).unwrap_or(0);
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
-}
-
-/// The calling process's start time, read without allocating (after fork).
-fn own_start_time() -> std::io::Result<u64> {
-    use nix::fcntl::{OFlag, open};
-    use nix::sys::stat::Mode;
-    let fd = open(
-        "/proc/self/stat",
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    let mut text = [0u8; 1024];
-    let mut len = 0;
-    loop {
-        let n = nix::unistd::read(fd, &mut text[len..]);
-        match n {
-            Ok(0) => break,
-            Ok(n) => {
-                len += n;
-                if len == text.len() {
-                    break;
-                }
-            }
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => {
-                let _ = nix::unistd::close(fd);
-                return Err(e.into());
-            }
-        }
-    }
-    let _ = nix::unistd::close(fd);
-    start_time_field(&text[..len]).ok_or_else(|| std::io::Error::from(ErrorKind::InvalidData))
-}
-
-/// Field 22 (start time) of a `/proc/<pid>/stat` text.
-fn start_time_field(stat: &[u8]) -> Option<u64> {
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    // After `) `: state is field 3, so the start time is the 20th field from there.
-    let field = stat[close + 1..]
-        .split(|&b| b == b' ')
-        .filter(|f| !f.is_empty())
-        .nth(19)?;
-    let mut n: u64 = 0;
-    for &b in field {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-    }
-    Some(n)
 }
 
 /// A process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22): with the
@@ -238,6 +135,56 @@ pub fn members(groups: &[Group]) -> Vec<(Group, Vec<u32>)> {
         }
     }
     out
+}
+
+/// The process groups of the processes whose environment holds all variables of one of
+/// `entries` (e.g. `["POOLPARTY_RESULT=/path", "POOLPARTY_ATTEMPT=2"]`), each with the start
+/// time of its oldest such process: how a job is found when the runner died before it
+/// recorded the job's group. One scan of `/proc`; only processes of the same user can be read.
+#[must_use]
+pub fn groups_by_env(entries: &[Vec<String>]) -> Vec<Group> {
+    let mut found: Vec<Group> = Vec::new();
+    if entries.is_empty() {
+        return found;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
+        if !entries
+            .iter()
+            .any(|set| set.iter().all(|e| vars.contains(&e.as_bytes())))
+        {
+            continue;
+        }
+        let Some(s) = stat(pid).filter(|s| !s.zombie) else {
+            continue;
+        };
+        let Ok(pgid) = u32::try_from(s.pgrp) else {
+            continue;
+        };
+        match found.iter_mut().find(|g| g.pgid == pgid) {
+            Some(g) => g.start = g.start.min(s.start),
+            None => found.push(Group {
+                pgid,
+                start: stat(pgid)
+                    .filter(|l| !l.zombie)
+                    .map_or(s.start, |l| l.start),
+            }),
+        }
+    }
+    found
 }
 
 /// Stops what is left of recorded groups: SIGTERM, `grace` to exit, then SIGKILL, and waits
@@ -473,32 +420,26 @@ mod tests {
     }
 
     #[test]
-    fn a_child_announces_its_pid_and_start_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("live");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap();
-        let mut cmd = sh("exit 0");
-        own_group(&mut cmd);
-        announce(
-            &mut cmd,
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            b"{\"started\":{\"x\":1,\"pgid\":",
-        );
+    fn a_job_is_found_by_its_environment() {
+        let unique = format!("/tmp/pp-env-test-{}", std::process::id());
+        let mut cmd = sh("sleep 30");
+        cmd.env("POOLPARTY_RESULT", &unique)
+            .env("POOLPARTY_ATTEMPT", "2")
+            .process_group(0);
         let mut child = cmd.spawn().unwrap();
-        let start = start_time(child.id()).unwrap();
+        let want = |attempt: u32| {
+            vec![vec![
+                format!("POOLPARTY_RESULT={unique}"),
+                format!("POOLPARTY_ATTEMPT={attempt}"),
+            ]]
+        };
+        let found = groups_by_env(&want(2));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].pgid, child.id());
+        assert_eq!(Some(found[0].start), start_time(child.id()));
+        assert!(groups_by_env(&want(3)).is_empty(), "another attempt");
+        child.kill().unwrap();
         child.wait().unwrap();
-        let line = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(
-            line,
-            format!(
-                "{{\"started\":{{\"x\":1,\"pgid\":{},\"start\":{start}}}}}\n",
-                child.id()
-            )
-        );
     }
 
     #[test]

@@ -209,6 +209,8 @@ impl<'a> Runner<'a> {
             self.layout.live_file(),
             &header,
         )?));
+        // A runner killed outright takes its jobs along through this process.
+        let watchdog = start_watchdog(&self.layout.live_file());
         let result = self.drive(&mut prepared);
         // Stop whatever still runs if we leave on an error.
         if result.is_err() {
@@ -228,6 +230,10 @@ impl<'a> Runner<'a> {
         // Every job the backends started is reaped and recorded.
         if let Some(live) = self.live.take() {
             let _ = std::fs::remove_file(live.path());
+        }
+        if let Some((mut child, write)) = watchdog {
+            drop(write);
+            let _ = child.wait();
         }
         drop(subscription);
         Ok(self.report())
@@ -1142,7 +1148,7 @@ impl Recovered {
 /// or a process survives SIGKILL.
 pub fn recover(layout: &Layout) -> Result<Option<Recovered>> {
     use crate::error::Error;
-    use crate::process::{self, Group};
+    use crate::process;
     use crate::store::LiveLine;
     let path = layout.live_file();
     let Some((header, open)) = store::read_live(&path)? else {
@@ -1170,16 +1176,7 @@ pub fn recover(layout: &Layout) -> Result<Option<Recovered>> {
             help: Some(format!("run `poolparty status` on `{host}`")),
         });
     }
-    let groups: Vec<Group> = open
-        .iter()
-        .filter_map(|l| match l {
-            LiveLine::Started { pgid, start, .. } => Some(Group {
-                pgid: *pgid,
-                start: *start,
-            }),
-            _ => None,
-        })
-        .collect();
+    let groups = live_groups(&open);
     // After a reboot, nothing of it runs.
     let (stopped, left) = if boot == process::boot_id() {
         process::stop_groups(&groups, process::GRACE)
@@ -1201,7 +1198,7 @@ pub fn recover(layout: &Layout) -> Result<Option<Recovered>> {
     }
     let mut by_stage: HashMap<&str, Vec<&LiveLine>> = HashMap::new();
     for l in &open {
-        if let LiveLine::Started { stage, .. } = l {
+        if let LiveLine::Started { stage, .. } | LiveLine::Starting { stage, .. } = l {
             by_stage.entry(stage.as_str()).or_default().push(l);
         }
     }
@@ -1215,13 +1212,20 @@ pub fn recover(layout: &Layout) -> Result<Option<Recovered>> {
             .collect();
         let mut ledger = Ledger::open(layout.ledger(stage))?;
         for l in lines {
-            let LiveLine::Started {
+            let (LiveLine::Started {
                 index,
                 id,
                 attempt,
                 at,
                 ..
-            } = l
+            }
+            | LiveLine::Starting {
+                index,
+                id,
+                attempt,
+                at,
+                ..
+            }) = l
             else {
                 continue;
             };
@@ -1245,6 +1249,70 @@ pub fn recover(layout: &Layout) -> Result<Option<Recovered>> {
     }
     std::fs::remove_file(&path).map_err(|e| Error::store("remove", &path, e))?;
     Ok(Some(Recovered { run, jobs, stopped }))
+}
+
+/// The process groups of a dead runner's unrecorded jobs: those it recorded, and those of
+/// jobs it was starting, found by their `$POOLPARTY_RESULT`.
+fn live_groups(open: &[store::LiveLine]) -> Vec<crate::process::Group> {
+    use crate::process::{self, Group};
+    use crate::store::LiveLine;
+    let mut groups = Vec::new();
+    let mut starting = Vec::new();
+    for l in open {
+        match l {
+            LiveLine::Started { pgid, start, .. } => groups.push(Group {
+                pgid: *pgid,
+                start: *start,
+            }),
+            // The attempt too: a later attempt of the same job has the same result path.
+            LiveLine::Starting {
+                result, attempt, ..
+            } => starting.push(vec![
+                format!("POOLPARTY_RESULT={result}"),
+                format!("POOLPARTY_ATTEMPT={attempt}"),
+            ]),
+            _ => {}
+        }
+    }
+    groups.extend(process::groups_by_env(&starting));
+    groups
+}
+
+/// Started by each runner (`poolparty __watchdog`): waits until the runner's end of `stdin`
+/// closes (the runner ended, or was killed), then stops the groups of the jobs `.live.jsonl`
+/// names without an outcome, so that a killed runner's jobs die with it. It records nothing
+/// (the next `run`, `status` or `cancel` does, holding the lock).
+pub fn watchdog(live: &std::path::Path) {
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    let mut stdin = std::io::stdin();
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Err(e) if e.kind() != std::io::ErrorKind::Interrupted => break,
+            _ => {}
+        }
+    }
+    if let Ok(Some((_, open))) = store::read_live(live) {
+        let _ = crate::process::stop_groups(&live_groups(&open), crate::process::GRACE);
+    }
+}
+
+/// Starts the watchdog of this run; the runner keeps the write end of its `stdin`.
+fn start_watchdog(live: &std::path::Path) -> Option<(std::process::Child, std::os::fd::OwnedFd)> {
+    use std::os::unix::process::CommandExt;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+    let exe = std::env::current_exe().ok()?;
+    let child = std::process::Command::new(exe)
+        .arg("__watchdog")
+        .arg(live)
+        .stdin(std::process::Stdio::from(read))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .ok()?;
+    Some((child, write))
 }
 
 /// A fresh run id: UTC time plus the process id.

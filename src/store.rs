@@ -526,8 +526,8 @@ pub fn tail(path: &Path, n: usize) -> Option<String> {
 }
 
 /// One line of `.live.jsonl`, the record of the local jobs' process groups: a runner writes
-/// a header, a `started` line when a job's group starts (before the job can start anything)
-/// and a `recorded` line once its outcome is in the ledger. Groups started and not recorded
+/// a header, a `starting` line before it starts a job, a `started` line with its process group
+/// right after, and a `recorded` line once its outcome is in the ledger. Groups started and not recorded
 /// when no runner holds the lock were left by a runner that died: the next runner, `status`
 /// or `cancel` stops what is left of them and records them as interrupted.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -541,6 +541,22 @@ pub enum LiveLine {
         host: String,
         /// The boot it ran in (`/proc/sys/kernel/random/boot_id`).
         boot: String,
+    },
+    /// A job is about to start (written before the spawn: if the runner dies before the
+    /// `started` line, the job's processes are found by its `$POOLPARTY_RESULT`).
+    Starting {
+        /// The stage.
+        stage: String,
+        /// The job's index.
+        index: usize,
+        /// The job id.
+        id: String,
+        /// The attempt.
+        attempt: u32,
+        /// Its `$POOLPARTY_RESULT`, unique to the job in its environment.
+        result: String,
+        /// When, seconds since the epoch.
+        at: f64,
     },
     /// A job's process group started.
     Started {
@@ -570,29 +586,12 @@ pub enum LiveLine {
     },
 }
 
-impl LiveLine {
-    /// The text of a `started` line up to its `pgid` value, which the job's process completes
-    /// itself with its pid, `,"start":`, its start time and `}}` (see
-    /// [`crate::process::announce`]).
-    #[must_use]
-    pub fn started_prefix(stage: &str, index: usize, id: &str, attempt: u32, at: f64) -> Vec<u8> {
-        let q = |s: &str| serde_json::to_string(s).expect("a string serializes");
-        format!(
-            "{{\"started\":{{\"stage\":{},\"index\":{index},\"id\":{},\"attempt\":{attempt},\"at\":{at},\"pgid\":",
-            q(stage),
-            q(id)
-        )
-        .into_bytes()
-    }
-}
-
 /// The open `.live.jsonl` of a running runner, shared by the local backends' workers. Lines
-/// are appended with one `write` each and not synced: they only need to outlive the runner's
+/// are appended with one `write` each (`O_APPEND`) and not synced: they only need to outlive the runner's
 /// process, not the machine (a reboot ends every job anyway).
 #[derive(Debug)]
 pub struct LiveGroups {
     file: std::sync::Mutex<File>,
-    fd: std::os::fd::RawFd,
     path: PathBuf,
 }
 
@@ -615,7 +614,6 @@ impl LiveGroups {
             .open(&path)
             .map_err(|e| Error::store("create", &path, e))?;
         let live = Self {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&file),
             file: std::sync::Mutex::new(file),
             path,
         };
@@ -639,12 +637,6 @@ impl LiveGroups {
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    /// The open file (appending), for jobs to write their `started` line to.
-    #[must_use]
-    pub fn fd(&self) -> std::os::fd::RawFd {
-        self.fd
-    }
 }
 
 /// What `.live.jsonl` says: the runner that wrote it and the groups it started whose outcome
@@ -657,25 +649,46 @@ pub fn read_live(path: &Path) -> Result<Option<(Option<LiveLine>, Vec<LiveLine>)
         return Ok(None);
     }
     let lines: Vec<LiveLine> = read_lines(path)?;
-    let mut header = None;
-    let mut open: Vec<LiveLine> = Vec::new();
-    let mut recorded: std::collections::HashSet<(String, String, u32)> =
-        std::collections::HashSet::new();
-    for l in lines {
+    type Key = (String, String, u32);
+    let key = |stage: &str, id: &str, attempt: u32| -> Key { (stage.into(), id.into(), attempt) };
+    let mut recorded: std::collections::HashSet<Key> = std::collections::HashSet::new();
+    let mut started: std::collections::HashSet<Key> = std::collections::HashSet::new();
+    for l in &lines {
         match l {
-            LiveLine::Runner { .. } => header = Some(l),
-            LiveLine::Started { .. } => open.push(l),
             LiveLine::Recorded { stage, id, attempt } => {
-                recorded.insert((stage, id, attempt));
+                recorded.insert(key(stage, id, *attempt));
             }
+            LiveLine::Started {
+                stage, id, attempt, ..
+            } => {
+                started.insert(key(stage, id, *attempt));
+            }
+            _ => {}
         }
     }
-    open.retain(|l| match l {
-        LiveLine::Started {
-            stage, id, attempt, ..
-        } => !recorded.contains(&(stage.clone(), id.clone(), *attempt)),
-        _ => false,
-    });
+    let mut header = None;
+    let mut open: Vec<LiveLine> = Vec::new();
+    for l in lines {
+        match &l {
+            LiveLine::Runner { .. } => header = Some(l),
+            LiveLine::Started {
+                stage, id, attempt, ..
+            } => {
+                if !recorded.contains(&key(stage, id, *attempt)) {
+                    open.push(l);
+                }
+            }
+            LiveLine::Starting {
+                stage, id, attempt, ..
+            } => {
+                let k = key(stage, id, *attempt);
+                if !recorded.contains(&k) && !started.contains(&k) {
+                    open.push(l);
+                }
+            }
+            LiveLine::Recorded { .. } => {}
+        }
+    }
     Ok(Some((header, open)))
 }
 
@@ -743,17 +756,39 @@ mod tests {
         };
         let live = LiveGroups::create(path.clone(), &header).unwrap();
         let started = |id: &str, pgid: u32| {
-            let mut line = LiveLine::started_prefix("a\"b", 3, id, 2, 1.5);
-            line.extend_from_slice(format!("{pgid},\"start\":77}}}}\n").as_bytes());
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .unwrap()
-                .write_all(&line)
-                .unwrap();
+            for l in [
+                LiveLine::Starting {
+                    stage: "a\"b".into(),
+                    index: 3,
+                    id: id.into(),
+                    attempt: 2,
+                    result: format!("/r/{id}"),
+                    at: 1.5,
+                },
+                LiveLine::Started {
+                    stage: "a\"b".into(),
+                    index: 3,
+                    id: id.into(),
+                    attempt: 2,
+                    pgid,
+                    start: 77,
+                    at: 1.5,
+                },
+            ] {
+                live.append(&l).unwrap();
+            }
         };
         started("x", 10);
         started("y", 11);
+        live.append(&LiveLine::Starting {
+            stage: "a\"b".into(),
+            index: 4,
+            id: "z".into(),
+            attempt: 1,
+            result: "/r/z".into(),
+            at: 2.0,
+        })
+        .unwrap();
         live.append(&LiveLine::Recorded {
             stage: "a\"b".into(),
             id: "x".into(),
@@ -762,7 +797,8 @@ mod tests {
         .unwrap();
         let (h, open) = read_live(&path).unwrap().unwrap();
         assert!(matches!(h, Some(LiveLine::Runner { run, .. }) if run == "r"));
-        assert_eq!(open.len(), 1);
+        assert_eq!(open.len(), 2, "{open:?}");
+        assert!(matches!(&open[1], LiveLine::Starting { id, .. } if id == "z"));
         match &open[0] {
             LiveLine::Started {
                 stage,

@@ -405,3 +405,22 @@ fn kill_then_cancel_stops_what_was_left() {
         assert!(!alive(c), "job child {c} survived cancel");
     }
 }
+
+/// The jobs die with a SIGKILLed runner (its watchdog stops their groups) even if nothing
+/// runs poolparty again; the next `status` then records them.
+#[test]
+fn killed_runner_takes_its_jobs_along() {
+    let t = Test::new().manifest(ORPHAN_JOBS);
+    let children = killed_runner_with_orphans(&t);
+    let deadline = Instant::now() + LIMIT;
+    while children.iter().any(|&c| alive(c)) {
+        assert!(
+            Instant::now() < deadline,
+            "jobs outlived their runner: {children:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.run(&["status"])
+        .code(130)
+        .stderr_has("ended without recording the outcome of 2 local jobs");
+}

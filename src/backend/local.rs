@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -247,13 +247,8 @@ fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
         .env("POOLPARTY_RESULT", &result_path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    crate::process::own_group(&mut cmd);
-    if let Some(live) = &spec.live {
-        // The job records its own process group before it runs (see `store::LiveGroups`).
-        let prefix = LiveLine::started_prefix(&spec.name, job.index, id, launch.attempt, now());
-        crate::process::announce(&mut cmd, live.fd(), &prefix);
-    }
+        .stderr(Stdio::piped())
+        .process_group(0);
     if job.json.len() <= JOB_ENV_MAX {
         cmd.env("POOLPARTY_JOB", &job.json);
     } else {
@@ -268,6 +263,24 @@ fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
         }
         cmd.env("POOLPARTY_JOB_FILE", &path);
     }
+    // What a killed runner leaves is found from these lines (see `store::LiveGroups`).
+    let live = |line: &LiveLine| spec.live.as_ref().map_or(Ok(()), |l| l.append(line));
+    let starting = LiveLine::Starting {
+        stage: spec.name.clone(),
+        index: job.index,
+        id: id.to_owned(),
+        attempt: launch.attempt,
+        result: result_path.display().to_string(),
+        at: start,
+    };
+    if let Err(e) = live(&starting) {
+        return record(
+            Outcome::ExecFailed {
+                error: format!("cannot record that it starts: {e}"),
+            },
+            None,
+        );
+    }
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -279,6 +292,31 @@ fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
             );
         }
     };
+    let pgid = child.id();
+    let started = LiveLine::Started {
+        stage: spec.name.clone(),
+        index: job.index,
+        id: id.to_owned(),
+        attempt: launch.attempt,
+        pgid,
+        start: crate::process::start_time(pgid).unwrap_or(0),
+        at: start,
+    };
+    if let Err(e) = live(&started) {
+        // A group the record does not name must not run on: stop it at once.
+        let _ = killpg(
+            Pid::from_raw(i32::try_from(pgid).unwrap_or(i32::MAX)),
+            Signal::SIGKILL,
+        );
+        let mut child = child;
+        let _ = child.wait();
+        return record(
+            Outcome::ExecFailed {
+                error: format!("cannot record its process group: {e}"),
+            },
+            None,
+        );
+    }
     let deadline = spec.settings.time.map(|t| Instant::now() + t.0);
     let capture_stdout = spec.settings.result == ResultMode::Stdout;
     let mut out = LazyLog::new(spec.logs_dir.join(format!("{id}.out")));
