@@ -79,3 +79,7 @@ def sleep_then_star(args):
 
 def record_star(args):
     return record(*args)
+
+
+def wait_for_file_star(args):
+    return wait_for_file(*args)

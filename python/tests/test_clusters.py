@@ -1,0 +1,77 @@
+"""``poolparty.Pool`` on the real single-node Slurm and Grid Engine clusters."""
+
+import glob
+import os
+import subprocess
+import threading
+import time
+
+import numpy
+import pytest
+
+import poolparty
+import ppfuncs
+from conftest import FAST
+from test_local import TUTORIAL
+
+
+@pytest.mark.parametrize("backend", ["slurm", "sge"])
+def test_the_tutorial_on_a_cluster_equals_the_loop(backend, request, work_dir):
+    request.getfixturevalue(backend)
+    jobs = [numpy.array(j) for j in TUTORIAL]
+    with poolparty.Pool(backend=backend, work_dir=work_dir, **FAST) as pool:
+        results = pool.map(numpy.std, jobs)
+        assert [repr(r) for r in results] == [repr(numpy.std(j)) for j in jobs]
+        # 30 items: more than the test cluster's MaxArraySize (11), so several arrays.
+        assert pool.map(lambda x: -x, range(30)) == [-x for x in range(30)]
+        got = pool.map(ppfuncs.fail_on_three, range(5), return_exceptions=True)
+        assert isinstance(got[3], poolparty.JobError) and isinstance(got[3].__cause__, ValueError)
+        assert [g for i, g in enumerate(got) if i != 3] == [0, 1, 2, 4]
+
+
+def _cancel_running_task(prefix):
+    out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i|%j"], capture_output=True,
+                         text=True, check=True).stdout
+    ids = [line.split("|")[0] for line in out.splitlines() if line.split("|")[1].startswith(prefix)]
+    if ids:
+        subprocess.run(["scancel", *ids], check=True)
+    return ids
+
+
+def test_a_task_cancelled_from_outside_is_a_job_error(slurm, work_dir, tmp_path):
+    folder = str(tmp_path / "runs")
+    never = str(tmp_path / "never")
+    with poolparty.Pool(backend="slurm", work_dir=work_dir, resubmit_lost=0, lost_grace="2s",
+                        **FAST) as pool:
+        items = [(x, never, folder) for x in range(3)]
+        result = pool.map_async(ppfuncs.wait_for_file_star, items, return_exceptions=True)
+        deadline = time.monotonic() + 120
+        cancelled = []
+        while not cancelled:
+            assert time.monotonic() < deadline, "the waiting task never ran"
+            if len(glob.glob(os.path.join(folder, "1-*"))) == 1:
+                cancelled = _cancel_running_task("pp-map-")
+            time.sleep(0.5)
+        got = result.get(300)
+    assert got[0] == 0 and got[2] == 2
+    err = got[1]
+    assert isinstance(err, poolparty.JobError), got
+    assert err.index == 1
+    assert err.outcome in ("lost", "signaled", "failed", "interrupted"), err.outcome
+    assert "without a result" in str(err)
+
+
+def test_terminate_cancels_the_cluster_jobs(slurm, work_dir, tmp_path):
+    folder = str(tmp_path / "runs")
+    never = str(tmp_path / "never")
+    pool = poolparty.Pool(backend="slurm", work_dir=work_dir, **FAST)
+    result = pool.map_async(ppfuncs.wait_for_file_star, [(1, never, folder)] * 1 + [(1, never, folder + "2")])
+    deadline = time.monotonic() + 120
+    while not glob.glob(os.path.join(folder, "1-*")):
+        assert time.monotonic() < deadline, "the task never ran"
+        time.sleep(0.5)
+    pool.terminate()
+    with pytest.raises(poolparty.RunnerError, match="terminated"):
+        result.get(120)
+    out = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True).stdout
+    assert not [n for n in out.split() if n.startswith("pp-map-")], out
