@@ -7,6 +7,7 @@ mod examples;
 mod graph;
 mod local;
 mod manifest_errors;
+mod python;
 mod quoting;
 mod readme;
 mod reruns;
