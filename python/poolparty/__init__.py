@@ -9,15 +9,26 @@ process died re-attaches to it.
 """
 
 from ._errors import JobError, PicklingError, RunnerError, VersionMismatchError
-from ._binary import find_poolparty_bin
-from ._pool import MapResult, Pool
 
-try:
-    from importlib.metadata import version as _version
+# `Pool` and `__version__` load on first use, so the jobs' `python -m poolparty._worker`
+# imports only what it needs (its start-up time is paid once per job).
+_LAZY = {"Pool": "_pool", "MapResult": "_pool", "find_poolparty_bin": "_binary"}
 
-    __version__ = _version("poolparty")
-except Exception:  # pragma: no cover - running from a source tree
-    __version__ = "0.1.0"
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name == "__version__":
+        try:
+            from importlib.metadata import version
+
+            return version("poolparty")
+        except Exception:  # pragma: no cover - running from a source tree
+            return "0.1.0"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Pool",
