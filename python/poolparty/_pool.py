@@ -101,6 +101,7 @@ class _Map:
         self.manifest = os.path.join(self.dir, "poolparty.toml")
         self.state = os.path.join(self.dir, "state", self.name)
         self.procs = []
+        self.copier = None
         if not os.path.exists(self.manifest):
             self._write(func_bytes, by_value, pickles)
 
@@ -194,7 +195,8 @@ class _Map:
                     sys.stderr.write(line.decode("utf-8", "replace"))
                 stream.close()
 
-            threading.Thread(target=copy, daemon=True).start()
+            self.copier = threading.Thread(target=copy, daemon=True)
+            self.copier.start()
         self.procs.append(proc)
         self.pool._live.add(proc)
         return proc
@@ -208,6 +210,8 @@ class _Map:
             self.pool._live.discard(proc)
             raise
         self.pool._live.discard(proc)
+        if self.copier is not None:
+            self.copier.join(5)
         return rc
 
     def runner_failure(self, rc):
