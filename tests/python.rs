@@ -1,31 +1,42 @@
 //! The Python package (`python/poolparty`): `python/tests/run.sh` makes a venv under `target/`,
 //! `pip install`s the repository for real (maturin builds the binary into the wheel), and runs
-//! the pytest suite in `python/tests` (local backend, the Slurm and Grid Engine test clusters,
-//! and the release wheel's contents).
+//! the pytest suite in `python/tests`: the local backend and the release wheel's contents in
+//! one test, the Slurm and Grid Engine test clusters in another (under the cluster locks).
 
 use std::path::Path;
 use std::process::Command;
 
 use crate::harness::{SGE, SLURM, hold};
 
-#[test]
-fn python_package_pytest_suite_passes() {
-    // The suite uses both test clusters: keep this binary's Slurm and Grid Engine tests away.
-    // (pytest takes the Grid Engine file lock itself.)
-    let _slurm = hold(&SLURM);
-    let _sge = hold(&SGE);
+/// Runs `python/tests/run.sh` with these pytest arguments and asserts that it passes.
+fn pytest(args: &[&str]) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
         .arg(root.join("python/tests/run.sh"))
+        .args(args)
         .current_dir(root)
         .env_remove("POOLPARTY_BIN")
         .output()
         .expect("run bash python/tests/run.sh");
     assert!(
         out.status.success(),
-        "python/tests/run.sh failed ({})\n--- stdout\n{}\n--- stderr\n{}",
+        "python/tests/run.sh {args:?} failed ({})\n--- stdout\n{}\n--- stderr\n{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn python_package_local_and_wheel() {
+    pytest(&["python/tests/test_local.py", "python/tests/test_wheel.py"]);
+}
+
+#[test]
+fn python_package_on_slurm_and_grid_engine() {
+    // Keep this binary's other Slurm and Grid Engine tests off the clusters meanwhile
+    // (pytest takes the Grid Engine tests' file lock itself).
+    let _slurm = hold(&SLURM);
+    let _sge = hold(&SGE);
+    pytest(&["python/tests/test_clusters.py"]);
 }

@@ -29,13 +29,21 @@ def test_the_tutorial_on_a_cluster_equals_the_loop(backend, request, work_dir):
         assert [g for i, g in enumerate(got) if i != 3] == [0, 1, 2, 4]
 
 
-def _cancel_running_task(prefix):
+def _running(prefix):
+    """Job ids (``ARRAY_TASK``) of the running Slurm tasks whose name starts with ``prefix``."""
     out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i|%j"], capture_output=True,
-                         text=True, check=True).stdout
-    ids = [line.split("|")[0] for line in out.splitlines() if line.split("|")[1].startswith(prefix)]
-    if ids:
-        subprocess.run(["scancel", *ids], check=True)
-    return ids
+                         text=True).stdout
+    return [line.split("|")[0] for line in out.splitlines()
+            if "|" in line and line.split("|")[1].startswith(prefix)]
+
+
+def _map_prefix(work_dir, deadline):
+    while True:
+        names = [n for n in os.listdir(work_dir) if n.startswith("map-")] if os.path.isdir(work_dir) else []
+        if names:
+            return f"pp-{names[0]}-"
+        assert time.monotonic() < deadline, "no map folder"
+        time.sleep(0.2)
 
 
 def test_a_task_cancelled_from_outside_is_a_job_error(slurm, work_dir, tmp_path):
@@ -45,15 +53,20 @@ def test_a_task_cancelled_from_outside_is_a_job_error(slurm, work_dir, tmp_path)
                         **FAST) as pool:
         items = [(x, never, folder) for x in range(3)]
         result = pool.map_async(ppfuncs.wait_for_file_star, items, return_exceptions=True)
-        deadline = time.monotonic() + 120
-        cancelled = []
-        while not cancelled:
-            assert time.monotonic() < deadline, "the waiting task never ran"
-            if len(glob.glob(os.path.join(folder, "1-*"))) == 1:
-                cancelled = _cancel_running_task("pp-map-")
+        deadline = time.monotonic() + 180
+        prefix = _map_prefix(work_dir, deadline)
+        # Items 0 and 2 return at once; item 1 waits for a file that never comes. Once it is the
+        # map's only running task, cancel it from outside.
+        while True:
+            assert time.monotonic() < deadline, "the waiting task never ran alone"
+            started = {name.split("-")[0] for name in os.listdir(folder)} if os.path.isdir(folder) else set()
+            running = _running(prefix)
+            if started == {"0", "1", "2"} and len(running) == 1:
+                subprocess.run(["scancel", *running], check=True)
+                break
             time.sleep(0.5)
         got = result.get(300)
-    assert got[0] == 0 and got[2] == 2
+    assert got[0] == 0 and got[2] == 2, got
     err = got[1]
     assert isinstance(err, poolparty.JobError), got
     assert err.index == 1
@@ -65,13 +78,20 @@ def test_terminate_cancels_the_cluster_jobs(slurm, work_dir, tmp_path):
     folder = str(tmp_path / "runs")
     never = str(tmp_path / "never")
     pool = poolparty.Pool(backend="slurm", work_dir=work_dir, **FAST)
-    result = pool.map_async(ppfuncs.wait_for_file_star, [(1, never, folder)] * 1 + [(1, never, folder + "2")])
-    deadline = time.monotonic() + 120
+    result = pool.map_async(ppfuncs.wait_for_file_star, [(1, never, folder), (1, never, folder + "2")])
+    deadline = time.monotonic() + 180
+    prefix = _map_prefix(work_dir, deadline)
     while not glob.glob(os.path.join(folder, "1-*")):
         assert time.monotonic() < deadline, "the task never ran"
         time.sleep(0.5)
     pool.terminate()
     with pytest.raises(poolparty.RunnerError, match="terminated"):
         result.get(120)
-    out = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True).stdout
-    assert not [n for n in out.split() if n.startswith("pp-map-")], out
+    # scancel was sent; the tasks leave the queue (give a slow controller time).
+    while True:
+        out = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True).stdout
+        left = [n for n in out.split() if n.startswith(prefix)]
+        if not left:
+            break
+        assert time.monotonic() < deadline, f"still queued after terminate: {left}"
+        time.sleep(1)
