@@ -83,3 +83,7 @@ def record_star(args):
 
 def wait_for_file_star(args):
     return wait_for_file(*args)
+
+
+def getenv(name):
+    return os.environ.get(name)

@@ -271,3 +271,24 @@ def test_the_same_map_reattaches_after_the_python_process_is_killed(work_dir, tm
     runs = sorted(int(name.split("-")[0]) for name in os.listdir(folder))
     assert runs == list(range(n)), "every item ran exactly once"
     assert len(map_dirs(work_dir)) == 1
+
+
+def test_auto_says_which_backend_it_chose(work_dir, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable))
+    pool = poolparty.Pool(backend="auto", work_dir=work_dir)
+    assert pool.backend == "local"
+    assert "backend=auto chose `local`" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown backend 'slrum'"):
+        poolparty.Pool(backend="slrum")
+
+
+def test_env_and_setup_lines_reach_the_jobs(work_dir, tmp_path):
+    marker = tmp_path / "setup-ran"
+    with poolparty.Pool(work_dir=work_dir, env={"PP_TEST_VALUE": "42 {{x}}"},
+                        setup=[f"touch {marker}"]) as pool:
+        assert pool.map(ppfuncs.getenv, ["PP_TEST_VALUE"]) == ["42 {{x}}"]
+    assert marker.exists()
+    (d,) = map_dirs(work_dir)
+    with open(os.path.join(d, "poolparty.toml")) as f:
+        manifest = f.read()
+    assert "[stages.map]" in manifest and "PP_TEST_VALUE" in manifest
