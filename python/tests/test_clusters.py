@@ -95,3 +95,43 @@ def test_terminate_cancels_the_cluster_jobs(slurm, work_dir, tmp_path):
             break
         assert time.monotonic() < deadline, f"still queued after terminate: {left}"
         time.sleep(1)
+
+
+REATTACH = """
+import json, sys
+sys.path.insert(0, {here!r})
+import poolparty, ppfuncs
+with poolparty.Pool(backend="slurm", work_dir={work_dir!r}, chunksize=1, poll_interval="1s",
+                    poll_max="2s") as pool:
+    print(json.dumps(pool.starmap(ppfuncs.record, [(x, {folder!r}, 3.0) for x in range({n})])))
+"""
+
+
+def test_the_same_map_adopts_the_cluster_jobs_after_python_and_runner_are_killed(slurm, work_dir,
+                                                                                 tmp_path):
+    import json
+    import signal
+    import sys
+
+    n = 6
+    folder = str(tmp_path / "runs")
+    script = tmp_path / "reattach.py"
+    script.write_text(REATTACH.format(here=os.path.dirname(os.path.abspath(__file__)),
+                                      work_dir=work_dir, folder=folder, n=n))
+    first = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not (os.path.isdir(folder) and os.listdir(folder)):
+        assert time.monotonic() < deadline, "the first map did not start"
+        time.sleep(0.2)
+    # The login node's session dies: the interpreter and the runner, both with SIGKILL.
+    (lock,) = glob.glob(os.path.join(work_dir, "map-*", "state", "map-*", ".lock"))
+    with open(lock) as f:
+        runner = json.load(f)["pid"]
+    first.send_signal(signal.SIGKILL)
+    os.kill(runner, signal.SIGKILL)
+    first.wait()
+    second = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout) == [x * x for x in range(n)]
+    runs = sorted(int(name.split("-")[0]) for name in os.listdir(folder))
+    assert runs == list(range(n)), "every item ran exactly once"
