@@ -470,8 +470,7 @@ class Pool:
                 values[i] = v
         return _finish(values, return_exceptions)
 
-    def _iter(self, m, ordered):
-        proc = m.start()
+    def _iter(self, m, proc, ordered):
         done = {}
         next_job = 0
         delay = 0.2
@@ -538,12 +537,12 @@ class Pool:
     def imap(self, func, iterable, chunksize=None):
         """Yields ``func(x)`` in order, each as soon as it and those before it are done."""
         m = self._prepare(func, iterable, "map", chunksize)
-        return iter(()) if m is None else self._iter(m, ordered=True)
+        return iter(()) if m is None else self._iter(m, m.start(), ordered=True)
 
     def imap_unordered(self, func, iterable, chunksize=None):
         """Yields ``func(x)`` in the order the jobs end."""
         m = self._prepare(func, iterable, "map", chunksize)
-        return iter(()) if m is None else self._iter(m, ordered=False)
+        return iter(()) if m is None else self._iter(m, m.start(), ordered=False)
 
     def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *,
                   return_exceptions=False):
