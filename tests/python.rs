@@ -8,7 +8,9 @@ use std::process::Command;
 
 use crate::harness::{SGE, SLURM, hold};
 
-/// Runs `python/tests/run.sh` with these pytest arguments and asserts that it passes.
+/// Runs `python/tests/run.sh` with these pytest arguments and asserts that it passes. Each
+/// call has its own `--basetemp`: two pytest sessions at once must not clean up each other's
+/// temporary folders.
 fn pytest(args: &[&str]) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
@@ -29,7 +31,11 @@ fn pytest(args: &[&str]) {
 
 #[test]
 fn python_package_local_and_wheel() {
-    pytest(&["python/tests/test_local.py", "python/tests/test_wheel.py"]);
+    pytest(&[
+        "--basetemp=target/pytest/local",
+        "python/tests/test_local.py",
+        "python/tests/test_wheel.py",
+    ]);
 }
 
 #[test]
@@ -38,5 +44,8 @@ fn python_package_on_slurm_and_grid_engine() {
     // (pytest takes the Grid Engine tests' file lock itself).
     let _slurm = hold(&SLURM);
     let _sge = hold(&SGE);
-    pytest(&["python/tests/test_clusters.py"]);
+    pytest(&[
+        "--basetemp=target/pytest/clusters",
+        "python/tests/test_clusters.py",
+    ]);
 }

@@ -25,4 +25,4 @@ export POOLPARTY_BUILD_LOCK="$VENV.lock"
 ) 9>"$POOLPARTY_BUILD_LOCK"
 export PATH="$VENV/bin:$PATH"
 [ "$#" -gt 0 ] || set -- python/tests
-exec python -m pytest -q -p no:cacheprovider "$@"
+exec python -m pytest -q -rfE -p no:cacheprovider "$@"

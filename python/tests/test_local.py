@@ -49,7 +49,7 @@ def test_the_telescope_tutorial_returns_its_return_codes(work_dir, tmp_path):
     assert len(jobs) == 8
     with poolparty.Pool(4, work_dir=work_dir) as pool:
         results = pool.map(ppfuncs.telescope_job, jobs)
-    assert [rc for rc, _ in results] == [0] * 8
+    assert [rc for rc, _ in results] == [0] * 8, results
     assert [r["id"] for _, r in results] == [j["id"] for j in jobs]
     assert results == [ppfuncs.telescope_job(j) for j in jobs]
 
