@@ -24,5 +24,6 @@ export POOLPARTY_BUILD_LOCK="$VENV.lock"
         "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps .
 ) 9>"$POOLPARTY_BUILD_LOCK"
 export PATH="$VENV/bin:$PATH"
+mkdir -p target/pytest
 [ "$#" -gt 0 ] || set -- python/tests
 exec python -m pytest -q -rfE -p no:cacheprovider "$@"
