@@ -10,6 +10,7 @@ mod fuzz;
 mod graph;
 mod local;
 mod manifest_errors;
+mod python;
 mod quoting;
 mod readme;
 mod report;
