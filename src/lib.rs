@@ -714,7 +714,13 @@ fn plan_text(
                     10
                 };
                 for j in p.jobs.iter().take(limit) {
-                    let _ = writeln!(out, "  [{}] {}: {}", j.index, j.id, j.command.display());
+                    let _ = writeln!(
+                        out,
+                        "  [{}] {}: {}",
+                        j.index,
+                        j.id,
+                        report::text::clean(&j.command.display().to_string())
+                    );
                 }
                 if p.jobs.len() > limit {
                     let _ = writeln!(

@@ -638,7 +638,7 @@ pub fn format_report(report: &RunReport, color: bool, verbosity: Verbosity) -> S
                 }
                 if let Some(t) = &f.stderr_tail {
                     for l in t.lines() {
-                        let _ = writeln!(out, "    │ {l}");
+                        let _ = writeln!(out, "    │ {}", crate::report::text::clean(l));
                     }
                 }
             }

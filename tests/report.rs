@@ -185,6 +185,38 @@ fn text_report_has_the_same_facts() {
     assert_eq!(&cells[..6], ["work", "local", "5", "4", "4", "1"], "{row}");
 }
 
+/// Escape sequences in a job's log tail or value reach no terminal-bound text poolparty writes
+/// itself: the run's summary, `status`, `report --format text` and `plan` show them as `^[`.
+#[test]
+fn escape_sequences_in_log_tails_and_values_stay_off_the_terminal() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "esc"
+[stages.a]
+jobs = ["\u001b[2Jx\u001b]0;T\u0007", "ok"]
+run = '''printf 'err \033[2J\033]0;TITLE\007\n' >&2; test {{job}} = ok'''
+"#,
+    );
+    let runs = [
+        t.run(&["plan"]),
+        t.run(&["run"]),
+        t.run(&["status"]),
+        t.run(&["report", "--format", "text"]),
+    ];
+    for r in &runs {
+        for text in [&r.stdout, &r.stderr] {
+            assert!(
+                !text.contains('\x1b') && !text.contains('\x07'),
+                "raw escape in:\n{text}"
+            );
+        }
+    }
+    runs[1].code(1).stderr_has("│ err ^[[2J^[]0;TITLE^G");
+    runs[2].stdout_has("│ err ^[[2J");
+    runs[0].stdout_has("test '^[[2Jx^[]0;T^G' = ok");
+}
+
 #[test]
 fn report_of_an_earlier_run_and_unknown_runs() {
     let t = flaky_test();
