@@ -111,7 +111,7 @@ fn logs_of_an_unknown_or_ambiguous_job_suggests() {
     // Nothing expanded yet.
     t.run(&["logs", "loud"])
         .code(2)
-        .stderr_has("no stage has not expanded")
+        .stderr_has("no stage has expanded its jobs yet")
         .stderr_has("poolparty run");
     t.run(&["run"]).code(0);
     t.run(&["logs", "lodu"])
