@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::harness::Test;
+use crate::harness::{Test, summary};
 
 /// A workflow with a job that always fails (hostile log text), one that fails once and then
 /// succeeds (`retries = 1`), and jobs that succeed.
@@ -215,6 +215,56 @@ run = '''printf 'err \033[2J\033]0;TITLE\007\n' >&2; test {{job}} = ok'''
     runs[1].code(1).stderr_has("│ err ^[[2J^[]0;TITLE^G");
     runs[2].stdout_has("│ err ^[[2J");
     runs[0].stdout_has("test '^[[2Jx^[]0;T^G' = ok");
+}
+
+/// `status` names the run whose outcomes it shows: while a second run is in progress, and after
+/// it was killed before writing its summary, that is the second run, not the one whose
+/// `summary.json` is still there.
+#[test]
+fn status_names_the_latest_run_when_it_was_killed() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[stages.a]
+jobs = [{ id = "quick" }, { id = "slow" }]
+run = "if [ {{job.id}} = slow ]; then for i in $(seq 600); do [ -e go ] && break; sleep 0.1; done; fi"
+result = "none"
+"#,
+    );
+    std::fs::write(t.path().join("go"), "").unwrap();
+    t.run(&["run"]).code(0);
+    let first = summary(&t, "w")["run"].as_str().unwrap().to_owned();
+    std::fs::remove_file(t.path().join("go")).unwrap();
+    let mut child = t
+        .command(&["run", "--force"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ledger = t.state("w").join("a/ledger.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_to_string(&ledger).map_or(0, |l| l.lines().count()) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the quick job of the second run never ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let during = t.run(&["status", "--json"]);
+    let during: Value = serde_json::from_str(&during.stdout).unwrap();
+    let second = during["run"].as_str().unwrap().to_owned();
+    assert_ne!(
+        second, first,
+        "status names the earlier run during a new one"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::write(t.path().join("go"), "").unwrap();
+    let after: Value = serde_json::from_str(&t.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(after["run"], second.as_str());
+    assert!(after["ended"].is_null(), "{after}");
+    t.run(&["status"]).stdout_has(&format!("run {second}"));
 }
 
 #[test]
