@@ -632,6 +632,9 @@ pub fn format_report(report: &RunReport, color: bool, verbosity: Verbosity) -> S
                     (None, Some(o)) => {
                         let _ = writeln!(out, "    log: {} (stderr was empty)", o.display());
                     }
+                    (None, None) if matches!(f.outcome, Outcome::OutputLost { .. }) => {
+                        let _ = writeln!(out, "    log: none (what it printed was not stored)");
+                    }
                     (None, None) => {
                         let _ = writeln!(out, "    log: none (the job printed nothing)");
                     }
