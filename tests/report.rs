@@ -267,6 +267,40 @@ result = "none"
     t.run(&["status"]).stdout_has(&format!("run {second}"));
 }
 
+/// Jobs a stopped run never started are `not run`, not attempts: the report counts only the
+/// attempts that started.
+#[test]
+fn jobs_never_started_are_not_counted_as_attempts() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[defaults]
+max_parallel = 1
+[stages.a]
+jobs = [{ id = "j0" }, { id = "stop" }, { id = "j2" }, { id = "j3" }]
+run = "if [ {{job.id}} = stop ]; then kill -INT $PPID; sleep 5; fi"
+result = "none"
+"#,
+    );
+    t.run(&["run"]).code(130);
+    let j: Value = serde_json::from_str(&t.run(&["report", "--json"]).stdout).unwrap();
+    let c = &j["stages"][0]["counts"];
+    assert_eq!(
+        (
+            &c["succeeded"],
+            &c["interrupted"],
+            &c["not_run"],
+            &c["attempts"]
+        ),
+        (&1.into(), &1.into(), &2.into(), &2.into()),
+        "{c}"
+    );
+    t.run(&["report", "--format", "text"])
+        .code(0)
+        .stdout_has("stage `a` (local backend): 4 jobs, 2 attempts in this run");
+}
+
 #[test]
 fn report_of_an_earlier_run_and_unknown_runs() {
     let t = flaky_test();
