@@ -610,12 +610,16 @@ fn prepare(
                     let base = plan::base_context(m, stage, layout, &upstream);
                     let mut renderer = plan::Renderer::new(m, stage, base)?;
                     for j in up_jobs {
-                        let value = serde_json::json!({
-                            "id": j.id.as_str(), "index": j.index, "upstream": j.value(),
+                        let mut value = serde_json::json!({
+                            "id": j.id.as_str(), "index": j.index,
                             "exit_code": 0, "outcome": "succeeded", "result": null,
                             "stdout": layout.log_out(m.stages[up].name.as_str(), j.id.as_str()),
                             "stderr": layout.log_err(m.stages[up].name.as_str(), j.id.as_str()),
                         });
+                        // Not through `json!`, which would rewrite its numbers (`1E2`).
+                        if let serde_json::Value::Object(map) = &mut value {
+                            map.insert("upstream".to_owned(), j.value());
+                        }
                         let probe = Job {
                             index: j.index,
                             id: j.id.clone(),
