@@ -100,6 +100,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
         }
         Cmd::Validate { manifest } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
+            manifest::check_template_backends(&m, g.backend, false)?;
             let selected = vec![true; m.stages.len()];
             let prepared = prepare(&m, &graph, &layout, &selected)?;
             let jobs: usize = prepared.iter().flatten().map(|(j, _)| j.len()).sum();
@@ -118,6 +119,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             out,
         } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
+            manifest::check_template_backends(&m, g.backend, out.is_some())?;
             let selected = select(&m, &graph, stages)?;
             let prepared = prepare(&m, &graph, &layout, &selected)?;
             if let Some(out) = out {
@@ -149,6 +151,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             recorded_needs,
         } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
+            manifest::check_template_backends(&m, g.backend, *detach)?;
             let selected = select(&m, &graph, stages)?;
             let run_id = runner::new_run_id();
             let _lock = if *wait {

@@ -390,6 +390,44 @@ run = "echo {{job}}"
     assert!(t.read("tpl/local.sh.hbs").contains("xargs -P"));
 }
 
+/// An ejected Slurm template used where the stage runs on Grid Engine (or in a local bundle)
+/// is refused before anything is written or submitted; a local test run that does not use the
+/// template is not refused.
+#[test]
+fn a_template_for_another_scheduler_is_refused() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[defaults]
+backend = "slurm"
+template = "tpl/slurm.sbatch.hbs"
+[stages.a]
+jobs = [1, 2]
+run = "echo {{job}}"
+"#,
+    );
+    t.run(&["templates", "eject", "slurm", "tpl"]).code(0);
+    t.run(&["validate"]).code(0);
+    t.run(&["plan", "--out", "bundle"]).code(0);
+    for args in [
+        &["validate", "--backend", "sge"][..],
+        &["plan", "--out", "b2", "--backend", "sge"],
+        &["run", "--backend", "sge"],
+        &["plan", "--out", "b3", "--backend", "local"],
+        &["run", "--detach", "--backend", "local"],
+    ] {
+        t.run(args)
+            .code(2)
+            .stderr_has("is written for `slurm`")
+            .stderr_has("SLURM_ARRAY_TASK_ID")
+            .stderr_has("poolparty templates eject");
+    }
+    assert!(!t.path().join("b2").exists() && !t.path().join("b3").exists());
+    // An attached local run does not use the template.
+    t.run(&["run", "--backend", "local"]).code(0);
+}
+
 #[test]
 fn bash_completion_is_valid_and_completes_subcommands() {
     let t = Test::new();
