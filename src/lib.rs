@@ -18,10 +18,12 @@ pub mod jobs;
 pub mod manifest;
 pub mod outcome;
 pub mod plan;
+pub mod process;
 pub mod query;
 pub mod quoting;
 pub mod report;
 pub mod runner;
+pub mod signals;
 pub mod store;
 pub mod summary;
 pub mod template;
@@ -38,6 +40,7 @@ use crate::jobs::Job;
 use crate::manifest::{JobSource, Manifest};
 use crate::plan::{Upstream, UpstreamStage};
 use crate::runner::{Prepared, RunOptions, Runner};
+use crate::signals::Signals;
 use crate::store::Layout;
 use crate::summary::{Reporter, Verbosity};
 
@@ -92,6 +95,11 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
     } else {
         Verbosity::Normal
     };
+    // Commands that start child processes answer SIGINT/SIGTERM in every phase (exit 130).
+    let signals = match &cli.command {
+        Cmd::Validate { .. } | Cmd::Plan { .. } | Cmd::Run { .. } => Signals::install(),
+        _ => Signals::none(),
+    };
     let mut stdout = std::io::stdout().lock();
     match &cli.command {
         Cmd::Schema => {
@@ -102,7 +110,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             let (m, graph, layout) = load(manifest.as_deref())?;
             manifest::check_template_backends(&m, g.backend, false)?;
             let selected = vec![true; m.stages.len()];
-            let prepared = prepare(&m, &graph, &layout, &selected)?;
+            let prepared = prepare(&m, &graph, &layout, &selected, &signals)?;
             let jobs: usize = prepared.iter().flatten().map(|(j, _)| j.len()).sum();
             let _ = writeln!(
                 stdout,
@@ -121,7 +129,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             let (m, graph, layout) = load(manifest.as_deref())?;
             manifest::check_template_backends(&m, g.backend, out.is_some())?;
             let selected = select(&m, &graph, stages)?;
-            let prepared = prepare(&m, &graph, &layout, &selected)?;
+            let prepared = prepare(&m, &graph, &layout, &selected, &signals)?;
             if let Some(out) = out {
                 let out = std::path::absolute(out).map_err(|e| Error::store("resolve", out, e))?;
                 let s = write_bundle(&m, &graph, &layout, &prepared, &selected, g, &out)?;
@@ -134,6 +142,10 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 plan_text(&m, &graph, &layout, &prepared, &selected, g, verbosity)?
             };
             let _ = stdout.write_all(text.as_bytes());
+            Ok(EXIT_SUCCESS)
+        }
+        Cmd::Watchdog { live } => {
+            runner::watchdog(live);
             Ok(EXIT_SUCCESS)
         }
         Cmd::Cancel { manifest } => {
@@ -159,8 +171,12 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             } else {
                 store::lock(&layout, &run_id)?
             };
+            // Nothing of a run whose runner died may still run when this one starts jobs.
+            if let Some(r) = runner::recover(&layout)? {
+                eprintln!("poolparty: {}", r.message());
+            }
             if *detach {
-                let prepared = prepare(&m, &graph, &layout, &selected)?;
+                let prepared = prepare(&m, &graph, &layout, &selected, &signals)?;
                 let out = layout.root().join(".detached").join(&run_id);
                 let s = write_bundle(&m, &graph, &layout, &prepared, &selected, g, &out)?;
                 let _ = stdout.write_all(s.as_bytes());
@@ -183,7 +199,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             }
             // Outcomes of jobs a local bundle ran go to the ledger first, to be reused.
             bundle::collect_local(&m, &layout)?;
-            let prepared = prepare(&m, &graph, &layout, &selected)?;
+            let prepared = prepare(&m, &graph, &layout, &selected, &signals)?;
             let opts = RunOptions {
                 backend: g.backend,
                 max_parallel: g.max_parallel,
@@ -209,6 +225,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 opts,
                 &selected,
                 &mut reporter,
+                &signals,
             )
             .run(prepared)?;
             runner::write_report(&layout, &report)?;
@@ -227,6 +244,14 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
         }
         Cmd::Status { manifest } => {
             let (m, _, layout) = load(manifest.as_deref())?;
+            // A runner that died left jobs without an outcome: say what became of them.
+            if layout.live_file().exists() {
+                if let Ok(_lock) = store::lock(&layout, "status") {
+                    if let Some(r) = runner::recover(&layout)? {
+                        eprintln!("poolparty: {}", r.message());
+                    }
+                }
+            }
             let report = query::status(&m, &layout)?;
             if g.json {
                 let _ = writeln!(
@@ -238,7 +263,9 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 // A live runner on this host: say so, since jobs without an outcome are
                 // then still to come rather than not run.
                 if let Some(h) = store::read_holder(&layout).filter(|h| {
-                    h.host == store::hostname()
+                    // (Not this process: it may have held the lock to recover a dead run.)
+                    h.pid != std::process::id()
+                        && h.host == store::hostname()
                         && std::path::Path::new(&format!("/proc/{}", h.pid)).exists()
                 }) {
                     let _ = writeln!(
@@ -397,7 +424,12 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
                 "poolparty: asked run {} (pid {}) to stop; waiting for it to cancel its jobs",
                 h.run, h.pid
             );
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            // A runner stops within its jobs' grace period; if it has not after ESCALATE, a
+            // second signal makes it kill its jobs at once; after GIVE_UP, say so and return.
+            const ESCALATE: std::time::Duration = std::time::Duration::from_secs(20);
+            const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
+            let asked = std::time::Instant::now();
+            let mut escalated = false;
             loop {
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 if let Ok(lock) = store::lock(layout, "cancel") {
@@ -406,16 +438,37 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
                     // Driver jobs of a detached run may still be queued behind it.
                     break lock;
                 }
-                if std::time::Instant::now() > deadline {
+                if !escalated && asked.elapsed() > ESCALATE {
+                    escalated = true;
+                    eprintln!(
+                        "poolparty: run {} has not stopped after {} s; asking again, so that it kills its jobs at once",
+                        h.run,
+                        ESCALATE.as_secs()
+                    );
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                }
+                if asked.elapsed() > GIVE_UP {
                     return Err(Error::Usage {
-                        message: format!("run {} (pid {}) did not stop within 120 s", h.run, h.pid),
-                        help: Some("send SIGTERM again to kill its jobs at once".to_owned()),
+                        message: format!(
+                            "run {} (pid {}) did not stop within {} s of being asked twice",
+                            h.run,
+                            h.pid,
+                            GIVE_UP.as_secs()
+                        ),
+                        help: Some(format!(
+                            "it may be stuck; `kill -KILL {}` ends it, and the next `poolparty run`, `status` or `cancel` stops the jobs it leaves and records them as interrupted",
+                            h.pid
+                        )),
                     });
                 }
             }
         }
         Err(e) => return Err(e),
     };
+    let recovered = runner::recover(layout)?;
+    if let Some(r) = &recovered {
+        eprintln!("poolparty: {}", r.message());
+    }
     let run = runner::new_run_id();
     let mut by_scheduler: BTreeMap<String, Vec<String>> = BTreeMap::new();
     // Driver jobs first: cancelling the arrays they wait for would let them start.
@@ -502,7 +555,7 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
     }
     drop(lock);
     if by_scheduler.is_empty() {
-        if !stopped_runner {
+        if !stopped_runner && recovered.is_none() {
             eprintln!(
                 "poolparty: nothing to cancel: no runner is active and no submitted job lacks an outcome"
             );
@@ -586,6 +639,7 @@ fn prepare(
     graph: &StageGraph,
     layout: &Layout,
     selected: &[bool],
+    signals: &Signals,
 ) -> Result<Prepared> {
     let mut prepared: Prepared = (0..m.stages.len()).map(|_| None).collect();
     for &i in graph.order() {
@@ -599,7 +653,7 @@ fn prepare(
                 let base = plan::base_context(m, stage, layout, &upstream);
                 let rendered = plan::render_generator(m, stage, cmd, &base)?;
                 let env = plan::stage_env(m, stage, layout, &upstream);
-                Some(jobs::run_generator(m, stage, &rendered, &env)?)
+                Some(jobs::run_generator(m, stage, &rendered, &env, signals)?)
             }
             JobSource::Generate(cmd) => {
                 // Its jobs come later, but an undefined variable in the command is known now.

@@ -26,6 +26,8 @@ pub const DEFAULT_MANIFEST: &str = "poolparty.toml";
 /// lost, unless `lost_grace` says otherwise: outcome files may lag on shared file systems, and a
 /// restarted controller shows stale states for a few seconds.
 pub const LOST_GRACE: Duration = Duration::from_secs(20);
+/// Default time limit of a job generator (`generate_time`).
+pub const GENERATE_TIME: Duration = Duration::from_secs(600);
 
 /// Where jobs run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
@@ -203,6 +205,11 @@ macro_rules! with_settings {
             #[serde(default)]
             #[schemars(with = "Option<String>")]
             pub time: Option<Spanned<String>>,
+            /// Time limit of the stage's job generator (`generate`), in the format of `time`
+            /// (default `"10m"`). A generator still running then is stopped and its stage fails.
+            #[serde(default)]
+            #[schemars(with = "Option<String>")]
+            pub generate_time: Option<Spanned<String>>,
             /// Where a job's result comes from: `file` ($POOLPARTY_RESULT, default), `stdout`, `none`.
             #[serde(default)]
             pub result: Option<ResultMode>,
@@ -542,6 +549,8 @@ pub struct Settings {
     pub env: BTreeMap<String, String>,
     /// Per-job wall-time limit.
     pub time: Option<WallTime>,
+    /// Time limit of the job generator.
+    pub generate_time: Duration,
     /// Where results come from.
     pub result: ResultMode,
     /// Results above this stay files.
@@ -1255,6 +1264,7 @@ fn resolve_settings(
         retries: s.retries.or(d.retries).unwrap_or(0),
         env,
         time: duration(pick!(s, d, time))?,
+        generate_time: duration(pick!(s, d, generate_time))?.map_or(GENERATE_TIME, |w| w.0),
         result: s.result.or(d.result).unwrap_or_default(),
         result_max_bytes: s.result_max_bytes.or(d.result_max_bytes).unwrap_or(1 << 20),
         resources: Resources {

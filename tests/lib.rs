@@ -17,5 +17,6 @@ mod reruns;
 mod results;
 mod schema;
 mod sge;
+mod signals;
 mod slurm;
 mod values;

@@ -693,7 +693,8 @@ fn stage_data(
         .filter(|r| matches!(r.outcome, Outcome::Lost))
         .count();
 
-    // Retries: jobs with several attempts in this run, in order of first appearance.
+    // Retries: jobs with several attempts in this run, in job order (the ledger's order is
+    // the order attempts ended, which parallel jobs make vary from run to run).
     let mut by_job: HashMap<&str, Vec<&JobRecord>> = HashMap::new();
     let mut order = Vec::new();
     for r in &mine {
@@ -703,6 +704,7 @@ fn stage_data(
         }
         e.push(r);
     }
+    order.sort_by_key(|id| by_job[id][0].index);
     let mut retried = Vec::new();
     for id in &order {
         let a = &by_job[id];
