@@ -318,6 +318,44 @@ fn init_writes_a_workflow_that_validates_and_runs() {
     );
 }
 
+/// The `next:` line of `init` can be pasted into a shell for a folder with a space in its name.
+#[test]
+fn init_next_line_is_shell_quoted() {
+    let t = Test::new();
+    let r = t.run(&["init", "my proj"]);
+    r.code(0)
+        .stdout_has("next: poolparty validate 'my proj' && poolparty run 'my proj'");
+    let next = r
+        .stdout
+        .lines()
+        .last()
+        .unwrap()
+        .strip_prefix("next: ")
+        .unwrap();
+    let ran = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(next)
+        .current_dir(t.path())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                Path::new(env!("CARGO_BIN_EXE_poolparty"))
+                    .parent()
+                    .unwrap()
+                    .display(),
+                std::env::var("PATH").unwrap()
+            ),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+}
+
 #[test]
 fn init_into_the_current_folder_refuses_to_overwrite_without_force() {
     let t = Test::new().file("job.sh", "# mine\n");
