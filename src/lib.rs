@@ -217,17 +217,40 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 },
             };
             let mut reporter = Reporter::new(verbosity, color);
-            let report = Runner::new(
+            let ran = Runner::new(
                 &m,
                 &graph,
                 layout.clone(),
-                run_id,
+                run_id.clone(),
                 opts,
                 &selected,
                 &mut reporter,
                 &signals,
             )
-            .run(prepared)?;
+            .run(prepared);
+            let report = match ran {
+                Ok(report) => report,
+                Err(e) => {
+                    // A run stopped by an error (a state fault: exit 3) still gets the
+                    // `--report` it asked for, from the outcomes recorded before it stopped.
+                    if let Some(out) = report_path {
+                        let written = report::load_run(&m, &layout, Some(&run_id))
+                            .and_then(|mut chosen| {
+                                // Not "in progress": this process still holds the lock.
+                                chosen.note = Some(format!(
+                                    "run {run_id} was stopped by an error (exit code {}) before it ended: outcomes recorded before it stopped",
+                                    e.exit_code()
+                                ));
+                                report::collect(&m, &graph, &layout, &chosen)
+                            })
+                            .and_then(|data| report::write(&data, out, report::Format::Html));
+                        if let Err(re) = written {
+                            eprintln!("poolparty: the report could not be written either: {re}");
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             runner::write_report(&layout, &report)?;
             reporter.finish(&report);
             if let Some(out) = report_path {

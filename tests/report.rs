@@ -301,6 +301,30 @@ result = "none"
         .stdout_has("stage `a` (local backend): 4 jobs, 2 attempts in this run");
 }
 
+/// A run stopped by a state fault (exit 3) still writes the `--report` it was asked for, with
+/// the outcomes recorded before it stopped.
+#[test]
+fn run_report_is_written_when_a_state_fault_stops_the_run() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[stages.a]
+jobs = [{ id = "x" }]
+run = '''rm -rf "$POOLPARTY_STAGE_DIR/logs"; touch "$POOLPARTY_STAGE_DIR/logs"; echo hi'''
+"#,
+    );
+    t.run(&["run", "--report", "r.html"])
+        .code(3)
+        .stderr_has("its output could not be stored");
+    let d = embedded(&t.read("r.html"));
+    assert_eq!(d["stages"][0]["counts"]["failed"], 1, "{d}");
+    let describe = d["stages"][0]["failed"][0]["describe"].as_str().unwrap();
+    assert!(describe.contains("could not be stored"), "{d}");
+    let note = d["note"].as_str().unwrap();
+    assert!(note.contains("was stopped by an error"), "{note}");
+}
+
 #[test]
 fn report_of_an_earlier_run_and_unknown_runs() {
     let t = flaky_test();
