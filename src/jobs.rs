@@ -359,7 +359,13 @@ pub fn run_generator(
     let limit = stage.settings.generate_time;
     let ran = process::run_captured(&mut cmd, Some(limit), signals)
         .map_err(|e| failed(format!("could not run `/bin/sh`: {e}"), None))?;
-    let tail = stderr_tail(&ran.stderr, 20);
+    // Shown in a diagnostic on the terminal: escape sequences as `^[`, line by line.
+    let tail = stderr_tail(&ran.stderr, 20).map(|t| {
+        t.lines()
+            .map(crate::report::text::clean)
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
     match ran.stopped {
         Some(process::Stop::Interrupted) => {
             return Err(Error::Interrupted {

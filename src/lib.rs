@@ -108,6 +108,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
         }
         Cmd::Validate { manifest } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
+            manifest::check_template_backends(&m, g.backend, false)?;
             let selected = vec![true; m.stages.len()];
             let prepared = prepare(&m, &graph, &layout, &selected, &signals)?;
             let jobs: usize = prepared.iter().flatten().map(|(j, _)| j.len()).sum();
@@ -126,6 +127,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             out,
         } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
+            manifest::check_template_backends(&m, g.backend, out.is_some())?;
             let selected = select(&m, &graph, stages)?;
             let prepared = prepare(&m, &graph, &layout, &selected, &signals)?;
             if let Some(out) = out {
@@ -161,6 +163,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             recorded_needs,
         } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
+            manifest::check_template_backends(&m, g.backend, *detach)?;
             let selected = select(&m, &graph, stages)?;
             let run_id = runner::new_run_id();
             let _lock = if *wait {
@@ -214,17 +217,40 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 },
             };
             let mut reporter = Reporter::new(verbosity, color);
-            let report = Runner::new(
+            let ran = Runner::new(
                 &m,
                 &graph,
                 layout.clone(),
-                run_id,
+                run_id.clone(),
                 opts,
                 &selected,
                 &mut reporter,
                 &signals,
             )
-            .run(prepared)?;
+            .run(prepared);
+            let report = match ran {
+                Ok(report) => report,
+                Err(e) => {
+                    // A run stopped by an error (a state fault: exit 3) still gets the
+                    // `--report` it asked for, from the outcomes recorded before it stopped.
+                    if let Some(out) = report_path {
+                        let written = report::load_run(&m, &layout, Some(&run_id))
+                            .and_then(|mut chosen| {
+                                // Not "in progress": this process still holds the lock.
+                                chosen.note = Some(format!(
+                                    "run {run_id} was stopped by an error (exit code {}) before it ended: outcomes recorded before it stopped",
+                                    e.exit_code()
+                                ));
+                                report::collect(&m, &graph, &layout, &chosen)
+                            })
+                            .and_then(|data| report::write(&data, out, report::Format::Html));
+                        if let Err(re) = written {
+                            eprintln!("poolparty: the report could not be written either: {re}");
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             runner::write_report(&layout, &report)?;
             reporter.finish(&report);
             if let Some(out) = report_path {
@@ -664,12 +690,16 @@ fn prepare(
                     let base = plan::base_context(m, stage, layout, &upstream);
                     let mut renderer = plan::Renderer::new(m, stage, base)?;
                     for j in up_jobs {
-                        let value = serde_json::json!({
-                            "id": j.id.as_str(), "index": j.index, "upstream": j.value(),
+                        let mut value = serde_json::json!({
+                            "id": j.id.as_str(), "index": j.index,
                             "exit_code": 0, "outcome": "succeeded", "result": null,
                             "stdout": layout.log_out(m.stages[up].name.as_str(), j.id.as_str()),
                             "stderr": layout.log_err(m.stages[up].name.as_str(), j.id.as_str()),
                         });
+                        // Not through `json!`, which would rewrite its numbers (`1E2`).
+                        if let serde_json::Value::Object(map) = &mut value {
+                            map.insert("upstream".to_owned(), j.value());
+                        }
                         let probe = Job {
                             index: j.index,
                             id: j.id.clone(),
@@ -768,7 +798,13 @@ fn plan_text(
                     10
                 };
                 for j in p.jobs.iter().take(limit) {
-                    let _ = writeln!(out, "  [{}] {}: {}", j.index, j.id, j.command.display());
+                    let _ = writeln!(
+                        out,
+                        "  [{}] {}: {}",
+                        j.index,
+                        j.id,
+                        report::text::clean(&j.command.display().to_string())
+                    );
                 }
                 if p.jobs.len() > limit {
                     let _ = writeln!(

@@ -939,6 +939,57 @@ fn check_script_template(stage: &Stage, src: &Source) -> Result<()> {
         })
 }
 
+/// Refuses a stage's custom `template` written for another scheduler than the backend the
+/// stage runs on (`over` is `--backend`): a Slurm script submitted to Grid Engine (or run as a
+/// local bundle) fails every job of the stage on the cluster instead of at `validate`. A
+/// template is taken to be written for a scheduler when it reads that scheduler's array task
+/// variable (`SLURM_ARRAY_TASK_ID`, `SGE_TASK_ID`), as the ejected templates do. Local stages
+/// use their template only in a bundle (`bundle`: `plan --out`, `run --detach`), so a cluster
+/// template in `[defaults]` does not stop a local test run.
+///
+/// # Errors
+/// A template that reads another scheduler's task variable; an unreadable template.
+pub fn check_template_backends(
+    m: &Manifest,
+    over: Option<BackendKind>,
+    bundle: bool,
+) -> Result<()> {
+    const MARKS: [(BackendKind, &str); 2] = [
+        (BackendKind::Slurm, "SLURM_ARRAY_TASK_ID"),
+        (BackendKind::Sge, "SGE_TASK_ID"),
+    ];
+    for stage in &m.stages {
+        let Some((path, span)) = &stage.settings.template else {
+            continue;
+        };
+        let kind = over.unwrap_or(stage.settings.backend);
+        if kind == BackendKind::Local && !bundle {
+            continue;
+        }
+        let text = read_text(path).map_err(|e| Error::store("read", path, e))?;
+        let Some((other, mark)) = MARKS
+            .iter()
+            .find(|(k, mark)| *k != kind && text.contains(mark))
+        else {
+            continue;
+        };
+        return Err(Error::InvalidManifest {
+            message: format!(
+                "the `template` of stage `{}`, `{}`, is written for `{other}` (it reads `{mark}`), but the stage runs on the `{kind}` backend",
+                stage.name,
+                path.display(),
+            ),
+            src: m.src.clone(),
+            span: *span,
+            label: "this template".to_owned(),
+            help: Some(format!(
+                "eject the `{kind}` template with `poolparty templates eject {kind}` and set it as `template` of the stages that run there"
+            )),
+        });
+    }
+    Ok(())
+}
+
 type ErrFn<'a> = dyn Fn(SourceSpan, String, &str, Option<String>) -> Error + 'a;
 
 fn validate_stage(

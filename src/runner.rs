@@ -834,16 +834,25 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         }
         let up_name = self.manifest.stages[up].name.to_string();
         let up_job = &self.states[up].jobs[idx];
-        let value = json!({
+        let mut value = json!({
             "id": up_job.id.as_str(),
             "index": idx,
-            "upstream": up_job.value(),
             "exit_code": upstream.exit_code(),
             "outcome": upstream.describe(),
-            "result": self.states[up].results[idx].as_ref().map(|r| jobs::parse_value(&r.to_json()).unwrap_or(Value::Null)),
             "stdout": self.layout.log_out(&up_name, up_job.id.as_str()),
             "stderr": self.layout.log_err(&up_name, up_job.id.as_str()),
         });
+        // Inserted as values, not through `json!`: its `to_value` would rewrite numbers
+        // (`1E2` to `1e+2`), and numbers reach the command as written.
+        let result = self.states[up].results[idx]
+            .as_ref()
+            .map_or(Value::Null, |r| {
+                jobs::parse_value(&r.to_json()).unwrap_or(Value::Null)
+            });
+        if let Value::Object(map) = &mut value {
+            map.insert("upstream".to_owned(), up_job.value());
+            map.insert("result".to_owned(), result);
+        }
         let element = Job {
             index: idx,
             id: up_job.id.clone(),

@@ -616,7 +616,12 @@ fn stage_data(
         .rposition(|r| r.run == run)
         .map_or(records.len(), |p| p + 1);
     let upto = &records[..cut];
-    let mine: Vec<&JobRecord> = upto.iter().filter(|r| r.run == run).collect();
+    // This run's attempts: a `not_run` record (the run stopped, or a need failed) is the
+    // outcome of a job that never started, not an attempt.
+    let mine: Vec<&JobRecord> = upto
+        .iter()
+        .filter(|r| r.run == run && !matches!(r.outcome, Outcome::NotRun { .. }))
+        .collect();
     let mut latest: HashMap<&str, &JobRecord> = HashMap::with_capacity(upto.len());
     for r in upto {
         latest.insert(r.id.as_str(), r);
