@@ -640,6 +640,19 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Applies the command line's `--backend` and `--max-parallel` to every stage's settings.
+    /// Called once, right after loading, so every command sees the settings in effect.
+    pub fn apply_overrides(&mut self, backend: Option<BackendKind>, max_parallel: Option<u32>) {
+        for stage in &mut self.stages {
+            if let Some(b) = backend {
+                stage.settings.backend = b;
+            }
+            if let Some(n) = max_parallel {
+                stage.settings.max_parallel = Some(n);
+            }
+        }
+    }
+
     /// Finds a stage by name.
     #[must_use]
     pub fn stage(&self, name: &str) -> Option<&Stage> {

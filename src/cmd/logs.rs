@@ -38,7 +38,7 @@ struct Found {
 ///
 /// # Errors
 /// No job given, an unknown stage, an unknown or ambiguous job, unreadable state.
-pub(crate) fn run(args: &LogsArgs, out: &mut dyn Write) -> Result<u8> {
+pub(crate) fn run(args: &LogsArgs, g: &crate::cli::GlobalArgs, out: &mut dyn Write) -> Result<u8> {
     let (manifest, job) = match (&args.first, &args.second) {
         (Some(m), Some(j)) => (Some(Path::new(m.as_str())), j.as_str()),
         // A lone manifest is a forgotten JOB (job ids have no `/` and never end in `.toml`).
@@ -58,7 +58,7 @@ pub(crate) fn run(args: &LogsArgs, out: &mut dyn Write) -> Result<u8> {
             });
         }
     };
-    let (m, _, layout) = crate::load(manifest)?;
+    let (m, _, layout) = super::load(manifest, g)?;
     let found = find(&m, &layout, args.stage.as_deref(), job)?;
     let path = if args.stderr {
         layout.log_err(&found.stage, &found.id)

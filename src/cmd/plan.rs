@@ -1,0 +1,186 @@
+//! `poolparty plan`: shows what a run would do (each stage's jobs, rendered, and how many
+//! would run or be reused), or with `--out` writes a bundle of scheduler scripts.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{self, EXIT_SUCCESS, Error, Result};
+use crate::graph::StageGraph;
+use crate::manifest::{self, JobSource, Manifest};
+use crate::runner::Prepared;
+use crate::store::{self, Layout};
+use crate::summary::Verbosity;
+use crate::{bundle, plan, report};
+
+use super::Ctx;
+
+/// `poolparty plan [MANIFEST] [--stage S]… [--out DIR]`.
+///
+/// # Errors
+/// A bad manifest, template, generator, unreadable state or an unwritable bundle.
+pub(crate) fn run(
+    manifest: Option<&Path>,
+    stages: &[String],
+    out: Option<&PathBuf>,
+    ctx: &Ctx<'_>,
+    stdout: &mut impl Write,
+) -> Result<u8> {
+    let Ctx {
+        g,
+        verbosity,
+        signals,
+        ..
+    } = *ctx;
+    let (m, graph, layout) = super::load(manifest, g)?;
+    manifest::check_template_backends(&m, g.backend, out.is_some())?;
+    let selected = super::select(&m, &graph, stages)?;
+    let prepared = super::prepare(&m, &graph, &layout, &selected, signals)?;
+    if let Some(out) = out {
+        let out = std::path::absolute(out).map_err(|e| Error::store("resolve", out, e))?;
+        let s = super::write_bundle(&m, &graph, &layout, &prepared, &selected, g, &out)?;
+        let _ = stdout.write_all(s.as_bytes());
+        return Ok(EXIT_SUCCESS);
+    }
+    let text = if g.json {
+        plan_json(&m, &graph, &layout, &prepared, &selected)?
+    } else {
+        plan_text(&m, &graph, &layout, &prepared, &selected, verbosity)?
+    };
+    let _ = stdout.write_all(text.as_bytes());
+    Ok(EXIT_SUCCESS)
+}
+
+fn resume_counts(
+    layout: &Layout,
+    name: &str,
+    p: &plan::StagePlan,
+) -> Result<(usize, usize, usize, usize)> {
+    let latest = store::latest(store::read_ledger(&layout.ledger(name))?);
+    let staged = bundle::staged_outcomes(layout, name)?;
+    let (mut new, mut changed, mut failed, mut done) = (0, 0, 0, 0);
+    for j in &p.jobs {
+        let rec = latest.get(j.id.as_str());
+        // An outcome waiting in the staging folder (from a bundle, or a killed runner) is
+        // newer than the ledger: `run` collects it instead of running the job.
+        let staged = staged
+            .get(j.id.as_str())
+            .filter(|s| rec.is_none_or(|r| s.attempt > r.attempt));
+        // (succeeded, with the job's current fingerprint)
+        let state = match (staged, rec) {
+            (Some(s), _) => Some((s.success, s.fp.as_deref().is_none_or(|fp| fp == j.fp))),
+            (None, Some(r)) => Some((r.outcome.is_success(), r.fp == j.fp)),
+            (None, None) => None,
+        };
+        match state {
+            None => new += 1,
+            Some((true, true)) => done += 1,
+            Some((true, false)) => changed += 1,
+            Some((false, _)) => failed += 1,
+        }
+    }
+    Ok((new, changed, failed, done))
+}
+
+fn plan_text(
+    m: &Manifest,
+    graph: &StageGraph,
+    layout: &Layout,
+    prepared: &Prepared,
+    selected: &[bool],
+    verbosity: Verbosity,
+) -> Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for &i in graph.order() {
+        if !selected[i] {
+            continue;
+        }
+        let s = &m.stages[i];
+        let backend = s.settings.backend;
+        let needs: Vec<&str> = s.needs.iter().map(|n| n.stage.as_str()).collect();
+        let _ = write!(out, "stage `{}` ({backend}", s.name);
+        if !needs.is_empty() {
+            let _ = write!(out, ", after {}", needs.join(", "));
+        }
+        out.push_str(")\n");
+        match &prepared[i] {
+            Some((_, p)) => {
+                let (new, changed, failed, done) = resume_counts(layout, s.name.as_str(), p)?;
+                let _ = writeln!(
+                    out,
+                    "  {}: {} would run ({new} new, {changed} changed, {failed} failed before), {done} done and reused",
+                    error::count(p.jobs.len(), "job"),
+                    new + changed + failed
+                );
+                let limit = if verbosity == Verbosity::Verbose {
+                    usize::MAX
+                } else {
+                    10
+                };
+                for j in p.jobs.iter().take(limit) {
+                    let _ = writeln!(
+                        out,
+                        "  [{}] {}: {}",
+                        j.index,
+                        j.id,
+                        report::text::clean(&j.command.display().to_string())
+                    );
+                }
+                if p.jobs.len() > limit {
+                    let _ = writeln!(
+                        out,
+                        "  … {} more (use -v to list all)",
+                        p.jobs.len() - limit
+                    );
+                }
+            }
+            None => {
+                let why = match &s.source {
+                    JobSource::ForEach(up) => format!(
+                        "one job per job of `{up}`, each started when its upstream job succeeds"
+                    ),
+                    _ => "jobs are generated at run time, once its needs are done".to_owned(),
+                };
+                let _ = writeln!(out, "  {why}");
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn plan_json(
+    m: &Manifest,
+    graph: &StageGraph,
+    layout: &Layout,
+    prepared: &Prepared,
+    selected: &[bool],
+) -> Result<String> {
+    let mut stages = Vec::new();
+    for &i in graph.order() {
+        if !selected[i] {
+            continue;
+        }
+        let s = &m.stages[i];
+        let mut v = serde_json::json!({
+            "name": s.name.as_str(),
+            "backend": s.settings.backend,
+            "needs": s.needs.iter().map(|n| n.stage.as_str()).collect::<Vec<_>>(),
+        });
+        if let Some((_, p)) = &prepared[i] {
+            let (new, changed, failed, done) = resume_counts(layout, s.name.as_str(), p)?;
+            v["counts"] =
+                serde_json::json!({"new": new, "changed": changed, "failed": failed, "done": done});
+            v["jobs"] = p
+                .jobs
+                .iter()
+                .map(|j| serde_json::json!({"index": j.index, "id": j.id.as_str(), "command": j.command.display(), "fingerprint": j.fp}))
+                .collect();
+        }
+        stages.push(v);
+    }
+    Ok(
+        serde_json::to_string_pretty(&serde_json::json!({"workflow": m.name, "stages": stages}))
+            .expect("serializes")
+            + "\n",
+    )
+}
