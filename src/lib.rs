@@ -9,24 +9,35 @@
 //! return the exit code (see [`error`] for the table).
 
 pub mod backend;
-pub mod bundle;
-pub mod cli;
+pub(crate) mod bundle;
+pub(crate) mod cli;
 mod cmd;
-pub mod error;
-pub mod graph;
-pub mod jobs;
-pub mod manifest;
-pub mod outcome;
-pub mod plan;
-pub mod process;
-pub mod query;
-pub mod quoting;
-pub mod report;
-pub mod runner;
-pub mod signals;
-pub mod store;
-pub mod summary;
-pub mod template;
+pub(crate) mod error;
+pub(crate) mod graph;
+pub(crate) mod jobs;
+pub(crate) mod manifest;
+pub(crate) mod outcome;
+pub(crate) mod plan;
+pub(crate) mod process;
+pub(crate) mod query;
+pub(crate) mod quoting;
+pub(crate) mod report;
+pub(crate) mod runner;
+pub(crate) mod signals;
+pub(crate) mod store;
+pub(crate) mod summary;
+pub(crate) mod template;
+
+/// The library items the property tests drive directly (`tests/fuzz.rs`, `tests/quoting.rs`):
+/// not a stable interface. poolparty is a program, and [`run`] is its API.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::graph::StageGraph;
+    pub use crate::jobs::expand_static;
+    pub use crate::manifest::parse;
+    pub use crate::plan::Renderer;
+    pub use crate::template::{Quoting, Templates, shell_quote};
+}
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};

@@ -36,8 +36,6 @@ pub struct RunOptions {
     pub force: bool,
     /// Keep every recorded success, even with a changed fingerprint.
     pub retry_failed: bool,
-    /// Stages to run (indices); their needs are included unless complete. Empty: all.
-    pub stages: Vec<usize>,
     /// Stages taken as recorded (indices): their submitted tasks are adopted and waited for
     /// and their recorded outcomes count, but none of their jobs is launched or retried. A
     /// detached run's driver job runs its stage this way, so the stage sees its needs as an
@@ -150,7 +148,7 @@ pub struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
-    /// Prepares a run of the `selected` stages (all when `opts.stages` is empty).
+    /// Prepares a run of the `selected` stages.
     #[must_use]
     #[expect(
         clippy::too_many_arguments,

@@ -14,11 +14,11 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 use serde_json::{Map, Value, json};
 
-use poolparty::graph::StageGraph;
-use poolparty::jobs::expand_static;
-use poolparty::manifest::parse;
-use poolparty::plan::Renderer;
-use poolparty::template::{Quoting, Templates};
+use poolparty::testing::Renderer;
+use poolparty::testing::StageGraph;
+use poolparty::testing::expand_static;
+use poolparty::testing::parse;
+use poolparty::testing::{Quoting, Templates};
 
 fn config(cases: u32) -> Config {
     let mut c = Config {

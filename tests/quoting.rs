@@ -311,7 +311,7 @@ proptest! {
     fn shell_quote_round_trips_through_sh(xs in vec(job_string(), 1..64)) {
         let mut script = String::new();
         for x in &xs {
-            let q = poolparty::template::shell_quote(x);
+            let q = poolparty::testing::shell_quote(x);
             script.push_str(&format!("printf '%s\\000' {q}\nprintf '%s\\000' a{q}b\n"));
         }
         let out = sh(&script)?;
@@ -329,7 +329,7 @@ proptest! {
                 .collect();
             let want: Vec<String> = xs.iter().flat_map(|x| [x.clone(), format!("a{x}b")]).collect();
             for (g, w) in got.iter().zip(&want) {
-                prop_assert_eq!(g, w, "quoted as {}", poolparty::template::shell_quote(w));
+                prop_assert_eq!(g, w, "quoted as {}", poolparty::testing::shell_quote(w));
             }
             prop_assert_eq!(out, expected);
         }
@@ -587,7 +587,7 @@ fn hostile_string() -> impl Strategy<Value = String> {
 /// Renders every case for every value, runs the script with `shell` in a fresh folder, and
 /// compares each case's output; no value may create the canary file.
 fn check_contexts(shell: &str, xs: &[String]) -> Result<(), TestCaseError> {
-    use poolparty::template::{Quoting, Templates};
+    use poolparty::testing::{Quoting, Templates};
     let mut templates = Templates::new();
     for c in CASES {
         templates

@@ -89,7 +89,6 @@ pub(crate) fn run(args: &RunArgs<'_>, ctx: &Ctx<'_>, stdout: &mut impl Write) ->
         max_parallel: g.max_parallel,
         force,
         retry_failed,
-        stages: Vec::new(),
         recorded: if recorded_needs {
             (0..m.stages.len())
                 .filter(|&i| selected[i] && !stages.iter().any(|n| n == m.stages[i].name.as_str()))
