@@ -1,5 +1,6 @@
-//! Command-line types (clap derive) only. `lib.rs` turns them into plain options; clap types
-//! stop there.
+//! Command-line types (clap derive) only. `lib.rs` hands each command (`cmd/`) its arguments;
+//! `cmd::load` applies the global `--backend` and `--max-parallel` to the manifest's settings
+//! once, so no module after `cmd` reads the command line.
 
 use std::path::PathBuf;
 

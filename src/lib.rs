@@ -1,12 +1,15 @@
 //! poolparty: a declarative `Pool.map` for the shell.
 //!
 //! The pipeline, one module per step, data flowing one way:
-//! [`manifest`] (parse, validate) → [`jobs`] (expand) → [`template`] → [`graph`] → [`plan`]
-//! (rendered commands) → [`runner`] driving a [`backend`] → [`outcome`]s recorded by [`store`]
-//! → [`summary`]. [`query`] reads recorded state back (`status`, `results`).
+//! `manifest` (parse, validate) → `jobs` (expand) → `template` → `graph` → `plan`
+//! (rendered commands) → `runner` driving a [`backend`] → `outcome`s recorded by `store`
+//! → `summary`. `query` and `report` read recorded state back; `cmd/` holds one file per
+//! command. DESIGN.md has the map.
 //!
-//! [`run`] is the whole program: parse the command line, dispatch, print an error once, and
-//! return the exit code (see [`error`] for the table).
+//! [`run`] is the whole program: parse the command line, dispatch to the command in one line,
+//! print an error once, and return the exit code (`error` has the table). Every module is
+//! `pub(crate)` (so the compiler finds dead code) except `backend`, whose scheduler the
+//! Grid Engine tests drive, and [`testing`], the few items the property tests call.
 
 pub mod backend;
 pub(crate) mod bundle;
@@ -155,7 +158,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             };
             cmd::results::run(manifest.as_deref(), options, *allow_missing, g, &mut stdout)
         }
-        Cmd::Report(args) => cmd::report::run(args, g.json),
+        Cmd::Report(args) => cmd::report::run(args, g),
         Cmd::Logs(args) => cmd::logs::run(args, g, &mut stdout),
         Cmd::Init { dir, force } => cmd::init::run(dir.as_deref(), *force, &mut stdout),
         Cmd::Templates { action } => cmd::templates::run(action, &mut stdout),

@@ -4,10 +4,10 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::cli::ReportArgs;
+use crate::cli::{GlobalArgs, ReportArgs};
 use crate::error::{EXIT_SUCCESS, Result};
 use crate::graph::StageGraph;
-use crate::manifest::{self, Manifest};
+use crate::manifest::Manifest;
 use crate::report::{self, Format};
 use crate::store::Layout;
 use crate::summary::RunReport;
@@ -17,10 +17,9 @@ use crate::summary::RunReport;
 ///
 /// # Errors
 /// A bad manifest, no recorded run, unreadable state or an unwritable output.
-pub fn run(args: &ReportArgs, json: bool) -> Result<u8> {
-    let m = manifest::load(&manifest::resolve_path(args.manifest.as_deref()))?;
-    let graph = StageGraph::build(&m)?;
-    let layout = Layout::new(m.state_dir());
+pub fn run(args: &ReportArgs, g: &GlobalArgs) -> Result<u8> {
+    let json = g.json;
+    let (m, graph, layout) = super::load(args.manifest.as_deref(), g)?;
     let chosen = report::load_run(&m, &layout, args.run.as_deref())?;
     let data = report::collect(&m, &graph, &layout, &chosen)?;
     if json {
