@@ -1318,6 +1318,20 @@ mod tests {
     }
 
     #[test]
+    fn overrides_replace_every_stages_backend_and_max_parallel() {
+        let text = "[workflow]\nname='w'\n[defaults]\nmax_parallel=2\n[stages.a]\njobs=[1]\nrun='true'\n[stages.b]\njobs=[1]\nrun='true'\nbackend='sge'\n";
+        let mut m = parse_str(text).unwrap();
+        m.apply_overrides(None, None);
+        assert_eq!(m.stages[1].settings.backend, BackendKind::Sge);
+        assert_eq!(m.stages[0].settings.max_parallel, Some(2));
+        m.apply_overrides(Some(BackendKind::Slurm), Some(7));
+        for s in &m.stages {
+            assert_eq!(s.settings.backend, BackendKind::Slurm);
+            assert_eq!(s.settings.max_parallel, Some(7));
+        }
+    }
+
+    #[test]
     fn minimal_manifest_gets_defaults() {
         let m = parse_str("[workflow]\nname='w'\n[stages.a]\njobs=[1,2]\nrun='echo {{job}}'\n")
             .unwrap();

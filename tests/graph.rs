@@ -155,6 +155,21 @@ fn graph_formats() {
         .stdout_has("map --> reduce");
 }
 
+/// `--backend` and `--max-parallel` are applied to the settings once, when the manifest is
+/// loaded, so `graph` shows the backend a run would really use (#13).
+#[test]
+fn graph_shows_the_backend_given_on_the_command_line() {
+    let t = Test::new().manifest(
+        "[workflow]\nname='w'\n[stages.map]\nmatrix={x=[1,2,3]}\nrun='true'\n[stages.reduce]\nneeds=['map']\njobs=[1]\nrun='true'\n",
+    );
+    let text = t.run(&["--backend", "slurm", "graph"]);
+    text.code(0);
+    assert_eq!(
+        text.stdout,
+        "map (3 jobs, slurm)\nreduce (1 job, slurm)  <- needs map\n"
+    );
+}
+
 #[test]
 fn cycle_is_rejected_before_anything_runs() {
     let t = Test::new().manifest(
