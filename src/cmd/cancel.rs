@@ -25,76 +25,7 @@ pub(crate) fn run(manifest: Option<&Path>, g: &GlobalArgs) -> Result<u8> {
 /// jobs without an outcome, and records those jobs as interrupted.
 fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
     use std::collections::{BTreeMap, HashSet};
-    let mut stopped_runner = false;
-    let lock = match store::lock(layout, "cancel") {
-        Ok(lock) => lock,
-        Err(Error::Locked { path, holder }) => {
-            let h = store::read_holder(layout).ok_or(Error::Locked {
-                path: path.clone(),
-                holder: holder.clone(),
-            })?;
-            if h.host != store::hostname() {
-                return Err(Error::Usage {
-                    message: format!(
-                        "the run holding `{}` runs on host `{}`",
-                        path.display(),
-                        h.host
-                    ),
-                    help: Some("run `poolparty cancel` on that host".to_owned()),
-                });
-            }
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(h.pid).unwrap_or(i32::MAX));
-            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).map_err(|e| {
-                Error::Usage {
-                    message: format!("cannot signal the runner (pid {}): {e}", h.pid),
-                    help: None,
-                }
-            })?;
-            eprintln!(
-                "poolparty: asked run {} (pid {}) to stop; waiting for it to cancel its jobs",
-                h.run, h.pid
-            );
-            // A runner stops within its jobs' grace period; if it has not after ESCALATE, a
-            // second signal makes it kill its jobs at once; after GIVE_UP, say so and return.
-            const ESCALATE: std::time::Duration = std::time::Duration::from_secs(20);
-            const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
-            let asked = std::time::Instant::now();
-            let mut escalated = false;
-            loop {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                if let Ok(lock) = store::lock(layout, "cancel") {
-                    eprintln!("poolparty: run {} stopped", h.run);
-                    stopped_runner = true;
-                    // Driver jobs of a detached run may still be queued behind it.
-                    break lock;
-                }
-                if !escalated && asked.elapsed() > ESCALATE {
-                    escalated = true;
-                    eprintln!(
-                        "poolparty: run {} has not stopped after {} s; asking again, so that it kills its jobs at once",
-                        h.run,
-                        ESCALATE.as_secs()
-                    );
-                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-                }
-                if asked.elapsed() > GIVE_UP {
-                    return Err(Error::Usage {
-                        message: format!(
-                            "run {} (pid {}) did not stop within {} s of being asked twice",
-                            h.run,
-                            h.pid,
-                            GIVE_UP.as_secs()
-                        ),
-                        help: Some(format!(
-                            "it may be stuck; `kill -KILL {}` ends it, and the next `poolparty run`, `status` or `cancel` stops the jobs it leaves and records them as interrupted",
-                            h.pid
-                        )),
-                    });
-                }
-            }
-        }
-        Err(e) => return Err(e),
-    };
+    let (lock, stopped_runner) = stop_live_runner(layout)?;
     let recovered = runner::recover(layout)?;
     if let Some(r) = &recovered {
         eprintln!("poolparty: {}", r.message());
@@ -197,4 +128,81 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
         );
     }
     Ok(EXIT_SUCCESS)
+}
+
+/// Takes the workflow's lock; when a live runner on this host holds it, asks that runner to
+/// stop (SIGTERM; it cancels and records its jobs), once more after a while, and waits for it.
+/// Returns the lock and whether a runner was stopped.
+fn stop_live_runner(layout: &Layout) -> Result<(store::Lock, bool)> {
+    let mut stopped_runner = false;
+    let lock = match store::lock(layout, "cancel") {
+        Ok(lock) => lock,
+        Err(Error::Locked { path, holder }) => {
+            let h = store::read_holder(layout).ok_or(Error::Locked {
+                path: path.clone(),
+                holder: holder.clone(),
+            })?;
+            if h.host != store::hostname() {
+                return Err(Error::Usage {
+                    message: format!(
+                        "the run holding `{}` runs on host `{}`",
+                        path.display(),
+                        h.host
+                    ),
+                    help: Some("run `poolparty cancel` on that host".to_owned()),
+                });
+            }
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(h.pid).unwrap_or(i32::MAX));
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).map_err(|e| {
+                Error::Usage {
+                    message: format!("cannot signal the runner (pid {}): {e}", h.pid),
+                    help: None,
+                }
+            })?;
+            eprintln!(
+                "poolparty: asked run {} (pid {}) to stop; waiting for it to cancel its jobs",
+                h.run, h.pid
+            );
+            // A runner stops within its jobs' grace period; if it has not after ESCALATE, a
+            // second signal makes it kill its jobs at once; after GIVE_UP, say so and return.
+            const ESCALATE: std::time::Duration = std::time::Duration::from_secs(20);
+            const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
+            let asked = std::time::Instant::now();
+            let mut escalated = false;
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                if let Ok(lock) = store::lock(layout, "cancel") {
+                    eprintln!("poolparty: run {} stopped", h.run);
+                    stopped_runner = true;
+                    // Driver jobs of a detached run may still be queued behind it.
+                    break lock;
+                }
+                if !escalated && asked.elapsed() > ESCALATE {
+                    escalated = true;
+                    eprintln!(
+                        "poolparty: run {} has not stopped after {} s; asking again, so that it kills its jobs at once",
+                        h.run,
+                        ESCALATE.as_secs()
+                    );
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                }
+                if asked.elapsed() > GIVE_UP {
+                    return Err(Error::Usage {
+                        message: format!(
+                            "run {} (pid {}) did not stop within {} s of being asked twice",
+                            h.run,
+                            h.pid,
+                            GIVE_UP.as_secs()
+                        ),
+                        help: Some(format!(
+                            "it may be stuck; `kill -KILL {}` ends it, and the next `poolparty run`, `status` or `cancel` stops the jobs it leaves and records them as interrupted",
+                            h.pid
+                        )),
+                    });
+                }
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    Ok((lock, stopped_runner))
 }
