@@ -15,13 +15,21 @@ use super::Ctx;
 
 /// The arguments of `poolparty run`.
 pub(crate) struct RunArgs<'a> {
+    /// The manifest's path, if given.
     pub manifest: Option<&'a Path>,
+    /// `--stage`: the stages to run (with their needs); empty for all.
     pub stages: &'a [String],
+    /// `--force`: rerun every job.
     pub force: bool,
+    /// `--retry-failed`: keep every recorded success, even with a changed fingerprint.
     pub retry_failed: bool,
+    /// `--detach`: write a bundle and submit it instead of running attached.
     pub detach: bool,
+    /// `--wait`: wait for the workflow's lock instead of refusing.
     pub wait: bool,
+    /// `--report`: where to write the run's HTML report.
     pub report: Option<&'a PathBuf>,
+    /// `--recorded-needs`: take the needs of the named stages as recorded (a driver job's run).
     pub recorded_needs: bool,
 }
 
