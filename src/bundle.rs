@@ -477,9 +477,15 @@ pub fn write(
                     } else {
                         format!("array-{}", k + 1)
                     };
-                    let script = backend.render(&tasks, &format!("{BUNDLE_RUN}-{}", k + 1))?;
+                    // The task file is named relative to the script: `submit.sh` passes its
+                    // place to cluster scripts, the local script finds it next to itself.
+                    let data_name = format!("{label}.jobs");
+                    let rendered =
+                        backend.render(&tasks, &format!("{BUNDLE_RUN}-{}", k + 1), &data_name)?;
                     let path = dir.join(format!("{label}.sh"));
-                    std::fs::write(&path, script).map_err(io(&path))?;
+                    std::fs::write(&path, rendered.script).map_err(io(&path))?;
+                    let data_path = dir.join(&data_name);
+                    std::fs::write(&data_path, rendered.task_file).map_err(io(&data_path))?;
                     // One task per line, so bundles diff line by line. Local scripts record
                     // each job's fingerprint: nothing else will.
                     let lines: Vec<String> = tasks
@@ -523,10 +529,11 @@ pub fn write(
                             let after_prev = if throttled && k > 0 { "$prev" } else { "" };
                             let _ = writeln!(
                                 sh,
-                                "prev=$(pp_submit_{} {dep_kind} \"{}\" \"{after_prev}\" {})\npp_record {} \"$prev\" {} {} {}\n{var}=\"${{{var}}}${{{var}:+ }}$prev\"",
+                                "prev=$(pp_submit_{} {dep_kind} \"{}\" \"{after_prev}\" {} {})\npp_record {} \"$prev\" {} {} {}\n{var}=\"${{{var}}}${{{var}:+ }}$prev\"",
                                 kind.as_str(),
                                 dep_ids.join(" "),
                                 q(&rel_path),
+                                q(&rel.join(&data_name)),
                                 q(&state_dir),
                                 q(&rel_path),
                                 kind.as_str(),
@@ -643,21 +650,22 @@ pp_prepare() {
   mkdir -p "$1/logs" "$1/results" "$1/staging"
   if [ -f "$2" ]; then cp "$2" "$1/jobs.jsonl"; fi
 }
-# pp_submit_slurm KIND "IDS" "ANY_IDS" SCRIPT: submits after IDS ended as KIND (afterok or
-# afterany) and ANY_IDS ended in any way; prints the job id.
+# pp_submit_slurm KIND "IDS" "ANY_IDS" SCRIPT TASK_FILE: submits after IDS ended as KIND
+# (afterok or afterany) and ANY_IDS ended in any way, telling the script where its task file
+# is; prints the job id.
 pp_submit_slurm() {
   local dep=""
   if [ -n "$2" ]; then dep="$1:$(echo $2 | tr ' ' ':')"; fi
   if [ -n "$3" ]; then dep="${dep:+$dep,}afterany:$(echo $3 | tr ' ' ':')"; fi
-  sbatch --parsable ${dep:+--dependency=$dep} "$4" | cut -d';' -f1
+  sbatch --parsable ${dep:+--dependency=$dep} "$4" "$pp_bundle/$5" | cut -d';' -f1
 }
-# pp_submit_sge KIND "IDS" "ANY_IDS" SCRIPT: Grid Engine's -hold_jid waits for the end of
-# IDS and ANY_IDS whatever their outcome; prints the job id.
+# pp_submit_sge KIND "IDS" "ANY_IDS" SCRIPT TASK_FILE: Grid Engine's -hold_jid waits for the
+# end of IDS and ANY_IDS whatever their outcome; prints the job id.
 pp_submit_sge() {
   local ids hold=""
   ids=$(echo $2 $3 | tr ' ' ',')
   if [ -n "$ids" ]; then hold="-hold_jid $ids"; fi
-  qsub -terse $hold "$4" | cut -d. -f1
+  qsub -terse $hold "$4" "$pp_bundle/$5" | cut -d. -f1
 }
 # pp_record STATE_DIR ID SCRIPT SCHEDULER TASKS: appends to submissions.jsonl (SCRIPT and
 # TASKS relative to this folder).

@@ -195,6 +195,75 @@ pub struct SubmittedJob {
     pub fp: String,
 }
 
+/// An array script and the task file its tasks read their jobs from.
+#[derive(Debug)]
+pub struct Rendered {
+    /// The script (its size does not depend on the jobs).
+    pub script: String,
+    /// The task file (see [`encode_tasks`]).
+    pub task_file: Vec<u8>,
+}
+
+/// Length of one line of a task file's header: `OFFSET LENGTH\n`, each number 19 digits.
+pub const TASK_HEADER_LINE: usize = 40;
+
+/// The task file of an array: what each of its tasks runs, read by `pp_task` in
+/// `templates/wrapper.sh`.
+///
+/// A header of one [`TASK_HEADER_LINE`]-byte line per task (`OFFSET LENGTH`, zero-padded
+/// decimal, the byte range of the task's record in the file), then the records: per job, the
+/// NUL-terminated fields `ARGC INDEX ID ATTEMPT JOB_JSON ARGV[0] .. ARGV[ARGC-1]`, where a
+/// shell command is the argv `/bin/sh -c COMMAND`. A task seeks to its record (`tail -c`) and
+/// reads the fields with `read -d ''`: the text reaches `exec` byte for byte, never parsed by
+/// the shell. `tr '\0' '\n' < FILE` shows it.
+///
+/// # Errors
+/// A field holding a NUL byte (no program argument can).
+pub fn encode_tasks(tasks: &[Vec<Launch>]) -> std::result::Result<Vec<u8>, String> {
+    fn field(out: &mut Vec<u8>, text: &str, id: &str) -> std::result::Result<(), String> {
+        if text.contains('\0') {
+            return Err(format!(
+                "the command of job `{id}` holds a NUL byte, which no program argument can"
+            ));
+        }
+        out.extend_from_slice(text.as_bytes());
+        out.push(0);
+        Ok(())
+    }
+    let header = tasks.len() * TASK_HEADER_LINE;
+    let mut records: Vec<u8> = Vec::new();
+    let mut ranges = Vec::with_capacity(tasks.len());
+    for launches in tasks {
+        let start = records.len();
+        for l in launches {
+            let id = l.job.id.as_str();
+            let shell;
+            let argv: &[String] = match &l.job.command {
+                Command::Shell(c) => {
+                    shell = ["/bin/sh".to_owned(), "-c".to_owned(), c.clone()];
+                    &shell
+                }
+                Command::Argv(a) => a,
+            };
+            field(&mut records, &argv.len().to_string(), id)?;
+            field(&mut records, &l.job.index.to_string(), id)?;
+            field(&mut records, id, id)?;
+            field(&mut records, &l.attempt.to_string(), id)?;
+            field(&mut records, &l.job.json, id)?;
+            for a in argv {
+                field(&mut records, a, id)?;
+            }
+        }
+        ranges.push((header + start, records.len() - start));
+    }
+    let mut out = Vec::with_capacity(header + records.len());
+    for (offset, len) in ranges {
+        out.extend_from_slice(format!("{offset:019} {len:019}\n").as_bytes());
+    }
+    out.extend_from_slice(&records);
+    Ok(out)
+}
+
 struct Tracked {
     launch: Launch,
     job_id: String,
@@ -296,11 +365,16 @@ impl ClusterBackend {
         &self.template_text
     }
 
-    /// Renders the array script for `tasks` (each a list of launches).
+    /// Renders the array script for `tasks` (each a list of launches) and its task file.
+    ///
+    /// The script does not hold the jobs: each array task reads its own jobs from the task
+    /// file (see [`encode_tasks`]) at `data` (or at the script's first argument, when given),
+    /// so the script's size depends only on the stage's settings, never on the number or
+    /// size of its jobs.
     ///
     /// # Errors
-    /// A render failure of a custom template.
-    pub fn render(&self, tasks: &[Vec<Launch>], submission: &str) -> Result<String> {
+    /// A render failure of a custom template, or a job argument holding a NUL byte.
+    pub fn render(&self, tasks: &[Vec<Launch>], submission: &str, data: &str) -> Result<Rendered> {
         let s = &self.spec.settings;
         let env: Vec<Value> = self
             .spec
@@ -320,19 +394,15 @@ impl ClusterBackend {
             .render("wrapper", Quoting::Shell, &base)
             .map_err(|f| self.render_error(&f.message))?;
         let first = self.sched.first_index();
+        let task_file = encode_tasks(tasks).map_err(|m| self.render_error(&m))?;
+        // Which jobs each task runs, for custom templates (the stock ones do not list them).
         let cases: Vec<Value> = tasks
             .iter()
             .enumerate()
             .map(|(t, launches)| {
                 let jobs: Vec<Value> = launches
                     .iter()
-                    .map(|l| {
-                        let argv: Vec<String> = match &l.job.command {
-                            Command::Shell(c) => vec!["/bin/sh".into(), "-c".into(), c.clone()],
-                            Command::Argv(a) => a.clone(),
-                        };
-                        json!({"index": l.job.index, "id": l.job.id.as_str(), "attempt": l.attempt, "json": l.job.json, "argv": argv})
-                    })
+                    .map(|l| json!({"index": l.job.index, "id": l.job.id.as_str(), "attempt": l.attempt}))
                     .collect();
                 json!({"task": t + first, "jobs": jobs})
             })
@@ -367,12 +437,14 @@ impl ClusterBackend {
             "pe": s.resources.pe,
             "extra": s.resources.extra,
             "wrapper": wrapper,
+            "data": data,
             "cases": cases,
             "first": first,
             "last": first + tasks.len().saturating_sub(1),
             "parallel": throttle.map_or(self.spec.workers, |t| t as usize),
         });
-        self.templates
+        let script = self
+            .templates
             .render("script", Quoting::Shell, &ctx)
             .map_err(|f| {
                 self.render_error(&format!(
@@ -380,7 +452,8 @@ impl ClusterBackend {
                     f.message,
                     f.help.map(|h| format!(" ({h})")).unwrap_or_default()
                 ))
-            })
+            })?;
+        Ok(Rendered { script, task_file })
     }
 
     fn render_error(&self, message: &str) -> Error {
@@ -416,11 +489,17 @@ impl ClusterBackend {
             let tasks: Vec<Vec<Launch>> = launches.chunks(bundle).map(<[Launch]>::to_vec).collect();
             self.arrays += 1;
             let name = format!("{}-{}", self.spec.run, self.arrays);
-            let script = self.render(&tasks, &name)?;
             std::fs::create_dir_all(&self.scripts_dir)
                 .map_err(|e| Error::store("create", &self.scripts_dir, e))?;
             let path = self.scripts_dir.join(format!("{name}.sh"));
-            crate::store::atomic_write(&path, script.as_bytes())?;
+            // Task files live beside the scripts folder, one per array.
+            let tasks_dir = self.scripts_dir.with_file_name("tasks");
+            std::fs::create_dir_all(&tasks_dir)
+                .map_err(|e| Error::store("create", &tasks_dir, e))?;
+            let data = tasks_dir.join(format!("{name}.jobs"));
+            let rendered = self.render(&tasks, &name, &data.display().to_string())?;
+            crate::store::atomic_write(&data, &rendered.task_file)?;
+            crate::store::atomic_write(&path, rendered.script.as_bytes())?;
             self.calls += 1;
             let submitted = crate::store::now();
             let job_id = match self.sched.submit(&path) {
@@ -428,6 +507,7 @@ impl ClusterBackend {
                 Err(e) if e.transient => {
                     // Keep the jobs queued (in order) and try again at the next poll.
                     let _ = std::fs::remove_file(&path);
+                    let _ = std::fs::remove_file(&data);
                     self.arrays -= 1;
                     for l in launches.into_iter().rev() {
                         self.pending.push_front(l);
