@@ -27,6 +27,11 @@ pub const DEFAULT_MANIFEST: &str = "poolparty.toml";
 /// restarted controller shows stale states for a few seconds.
 pub const LOST_GRACE: Duration = Duration::from_secs(20);
 
+/// The longest interval between scheduler status calls unless `status_interval` says
+/// otherwise: outcomes arrive as files, so the scheduler is asked only to notice lost or stuck
+/// tasks.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Where jobs run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -255,6 +260,13 @@ macro_rules! with_settings {
             #[serde(default)]
             #[schemars(with = "Option<String>")]
             pub poll_max: Option<Spanned<String>>,
+            /// Cluster: longest interval between scheduler status calls (`squeue`/`qstat`,
+            /// default `"30s"`). Outcomes arrive as files, harvested every poll; the scheduler
+            /// is asked one `poll_interval` after a submission, then at doubling intervals up to
+            /// this, only to notice lost or stuck tasks.
+            #[serde(default)]
+            #[schemars(with = "Option<String>")]
+            pub status_interval: Option<Spanned<String>>,
             /// Cluster: how long a task may be gone from the queue without an outcome file
             /// before it counts as lost (default `"20s"`; raise it on slow shared file systems).
             #[serde(default)]
@@ -531,6 +543,8 @@ pub struct Settings {
     pub poll_max: Duration,
     /// Grace period before a vanished task counts as lost.
     pub lost_grace: Duration,
+    /// Longest interval between scheduler status calls.
+    pub status_interval: Duration,
 }
 
 /// Where a stage's jobs come from.
@@ -1043,6 +1057,9 @@ fn resolve_settings(
         poll_interval,
         poll_max: poll_max.max(poll_interval),
         lost_grace: duration(pick!(s, d, lost_grace))?.map_or(LOST_GRACE, |w| w.0),
+        status_interval: duration(pick!(s, d, status_interval))?
+            .map_or(STATUS_INTERVAL, |w| w.0)
+            .max(poll_interval),
     })
 }
 

@@ -268,7 +268,9 @@ struct Tracked {
     launch: Launch,
     job_id: String,
     task: usize,
-    gone_since: Option<Instant>,
+    /// Since when the scheduler no longer lists the task (seen at a status call), and
+    /// whether it said the task ran out of time.
+    gone_since: Option<(Instant, bool)>,
 }
 
 /// A cluster backend for one stage.
@@ -288,6 +290,12 @@ pub struct ClusterBackend {
     max_tasks: Option<usize>,
     interval: Duration,
     next: Instant,
+    /// The current interval between status calls (doubling up to `status_interval`).
+    status_step: Duration,
+    /// When the scheduler is asked next.
+    next_status: Instant,
+    /// When the grace period of the first task seen gone from the queue ends.
+    next_lost: Option<Instant>,
     grace: Duration,
     polls: usize,
     calls: usize,
@@ -348,6 +356,9 @@ impl ClusterBackend {
             max_tasks: None,
             interval,
             next: Instant::now() + interval,
+            status_step: interval,
+            next_status: Instant::now() + interval,
+            next_lost: None,
             grace: spec.settings.lost_grace,
             polls: 0,
             calls: 0,
@@ -538,6 +549,11 @@ impl ClusterBackend {
                 }
             };
             self.submit_failing = None;
+            // A new array: ask the scheduler about it soon, then less and less often.
+            self.status_step = self.spec.settings.poll_interval;
+            self.next_status = self
+                .next_status
+                .min(Instant::now() + self.spec.settings.poll_interval);
             let first = self.sched.first_index();
             let mut record = Vec::with_capacity(tasks.len());
             for (t, launches) in tasks.into_iter().enumerate() {
@@ -662,35 +678,49 @@ impl Backend for ClusterBackend {
         self.flush()?;
         self.interval = self.spec.settings.poll_interval;
         self.next = Instant::now() + self.interval;
+        // Ask the scheduler soon after a submission (a task stuck in an error state shows at
+        // once), then less and less often.
+        self.status_step = self.interval;
+        self.next_status = self.next;
         Ok(())
     }
 
+    /// Harvests outcome files at every poll (one `read_dir`); asks the scheduler only when
+    /// its own, slower cadence is due (one call for every array of the stage), to notice
+    /// tasks that left the queue without an outcome (lost after the grace period), ran out of
+    /// time, or are stuck in an error state. An array is over when every task's outcome file
+    /// arrived, whatever the scheduler was last seen to say.
     fn poll(&mut self) -> Result<()> {
         self.polls += 1;
-        let ids = self.active_jobs.clone();
-        self.calls += 1;
-        let queue = self.sched.query(&ids);
+        let now = Instant::now();
+        let ask = !self.active_jobs.is_empty() && now >= self.next_status;
+        // Asked before harvesting: a task the scheduler no longer lists has written its
+        // outcome file by then, so it is harvested below rather than suspected lost.
+        let queue = ask.then(|| {
+            self.calls += 1;
+            let ids = self.active_jobs.clone();
+            self.sched.query(&ids)
+        });
+        if ask {
+            self.next_status = now + self.status_step;
+            self.status_step = (self.status_step * 2).min(self.spec.settings.status_interval);
+        }
         let harvested = self.harvest();
         let mut progress = harvested > 0;
-        if let Ok(states) = &queue {
-            let now = Instant::now();
-            let mut finished = Vec::new();
+        let now = Instant::now();
+        let mut finished = Vec::new();
+        if let Some(Ok(states)) = &queue {
             let mut errors = Vec::new();
             for (key, t) in &mut self.tracked {
                 match states.get(&(t.job_id.clone(), t.task)) {
                     Some(TaskState::Active) => t.gone_since = None,
                     Some(TaskState::Error(reason)) => {
-                        errors.push((*key, t.job_id.clone(), t.task, reason.clone()))
+                        errors.push((*key, t.job_id.clone(), t.task, reason.clone()));
                     }
                     state => {
-                        let since = *t.gone_since.get_or_insert(now);
-                        if now.duration_since(since) >= self.grace {
-                            let outcome = match state {
-                                Some(TaskState::TimedOut) => Outcome::TimedOut,
-                                _ => Outcome::Lost,
-                            };
-                            finished.push((*key, outcome));
-                        }
+                        let timed_out = matches!(state, Some(TaskState::TimedOut));
+                        let since = t.gone_since.get_or_insert((now, timed_out));
+                        since.1 |= timed_out;
                     }
                 }
             }
@@ -709,15 +739,34 @@ impl Backend for ClusterBackend {
             for (key, _, _, _) in errors {
                 finished.push((key, Outcome::Lost));
             }
-            progress |= !finished.is_empty();
-            for (key, outcome) in finished {
-                self.finish_lost(key, outcome);
-            }
-            // Arrays with no tracked task left are over.
-            let tracked = &self.tracked;
-            self.active_jobs
-                .retain(|j| tracked.values().any(|t| &t.job_id == j));
         }
+        // Gone from the queue (at the last status call) and still no outcome file after the
+        // grace period: checked at every poll, so the grace does not wait for a status call.
+        for (key, t) in &self.tracked {
+            if let Some((since, timed_out)) = t.gone_since
+                && now.duration_since(since) >= self.grace
+                && !finished.iter().any(|(k, _)| k == key)
+            {
+                let outcome = if timed_out {
+                    Outcome::TimedOut
+                } else {
+                    Outcome::Lost
+                };
+                finished.push((*key, outcome));
+            }
+        }
+        progress |= !finished.is_empty();
+        for (key, outcome) in finished {
+            self.finish_lost(key, outcome);
+        }
+        // Arrays with no tracked task left are over.
+        let tracked = &self.tracked;
+        self.active_jobs
+            .retain(|j| tracked.values().any(|t| &t.job_id == j));
+        self.next_lost = tracked
+            .values()
+            .filter_map(|t| t.gone_since.map(|(since, _)| since + self.grace))
+            .min();
         if !self.cancelled {
             self.flush()?;
         }
@@ -731,7 +780,14 @@ impl Backend for ClusterBackend {
     }
 
     fn next_poll(&self) -> Option<Duration> {
-        Some(self.next.saturating_duration_since(Instant::now()))
+        let mut at = self.next;
+        if !self.active_jobs.is_empty() {
+            at = at.min(self.next_status);
+        }
+        if let Some(lost) = self.next_lost {
+            at = at.min(lost);
+        }
+        Some(at.saturating_duration_since(Instant::now()))
     }
 
     fn adopt(&mut self, adopted: Vec<super::Adopt>) -> Vec<usize> {
@@ -826,5 +882,232 @@ impl Backend for ClusterBackend {
         );
         self.active_jobs.clear();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::jobs::JobId;
+    use crate::plan::PlannedJob;
+
+    /// A scheduler that logs its calls and lists every task of array `1` while `listed`.
+    struct Fake {
+        log: Arc<Mutex<Vec<&'static str>>>,
+        listed: Arc<Mutex<bool>>,
+    }
+
+    impl Scheduler for Fake {
+        fn name(&self) -> &'static str {
+            "slurm"
+        }
+        fn default_template(&self) -> &'static str {
+            include_str!("../../templates/slurm.sbatch.hbs")
+        }
+        fn first_index(&self) -> usize {
+            0
+        }
+        fn max_array_tasks(&mut self) -> Result<usize> {
+            Ok(1000)
+        }
+        fn array_spec(&self, tasks: usize, _: Option<u32>) -> String {
+            format!("0-{}", tasks - 1)
+        }
+        fn format_time(&self, t: crate::manifest::WallTime) -> String {
+            t.hms()
+        }
+        fn submit(&mut self, _: &Path) -> std::result::Result<String, CallError> {
+            self.log.lock().unwrap().push("submit");
+            Ok("1".into())
+        }
+        fn query(
+            &mut self,
+            _: &[String],
+        ) -> std::result::Result<HashMap<(String, usize), TaskState>, CallError> {
+            self.log.lock().unwrap().push("query");
+            let listed = *self.listed.lock().unwrap();
+            Ok((0..100)
+                .filter(|_| listed)
+                .map(|t| (("1".to_owned(), t), TaskState::Active))
+                .collect())
+        }
+        fn cancel(&mut self, _: &[String]) -> std::result::Result<(), CallError> {
+            Ok(())
+        }
+        fn cancel_tasks(&mut self, _: &str, _: &[usize]) -> std::result::Result<(), CallError> {
+            Ok(())
+        }
+    }
+
+    fn backend(
+        dir: &Path,
+        settings: impl FnOnce(&mut crate::manifest::Settings),
+        listed: bool,
+    ) -> (
+        ClusterBackend,
+        std::sync::mpsc::Receiver<Event>,
+        Arc<Mutex<Vec<&'static str>>>,
+    ) {
+        let text =
+            "[workflow]\nname = \"w\"\n[stages.a]\nbackend = \"slurm\"\njobs = [1]\nrun = \"true\"\n"
+                .to_owned();
+        let m = crate::manifest::parse(&dir.join("poolparty.toml"), text).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sched = Fake {
+            log: log.clone(),
+            listed: Arc::new(Mutex::new(listed)),
+        };
+        let mut spec = StageSpec {
+            stage: 0,
+            name: "a".into(),
+            workflow: "w".into(),
+            scripts_dir: dir.join("scripts"),
+            settings: m.stages[0].settings.clone(),
+            cwd: dir.to_path_buf(),
+            env: Vec::new(),
+            logs_dir: dir.join("logs"),
+            results_dir: dir.join("results"),
+            staging_dir: dir.join("staging"),
+            run: "r".into(),
+            workers: 1,
+        };
+        settings(&mut spec.settings);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let b = ClusterBackend::new(Box::new(sched), spec, tx, dir.join("scripts")).unwrap();
+        (b, rx, log)
+    }
+
+    fn launches(n: usize) -> Vec<Launch> {
+        (0..n)
+            .map(|i| Launch {
+                job: Arc::new(PlannedJob {
+                    index: i,
+                    id: JobId::new(&format!("j{i}")).unwrap(),
+                    json: i.to_string(),
+                    command: Command::Argv(vec!["echo".into(), format!("{i}")]),
+                    fp: String::new(),
+                }),
+                attempt: 1,
+            })
+            .collect()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn polls_until(b: &mut ClusterBackend, polls: usize) {
+        for _ in 0..polls {
+            std::thread::sleep(b.next_poll().unwrap());
+            b.poll().unwrap();
+        }
+    }
+
+    /// The scheduler is asked at doubling intervals up to `status_interval` while outcome
+    /// files are harvested at every poll: far fewer status calls than polls.
+    #[test]
+    fn status_calls_back_off_while_polls_harvest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, _rx, log) = backend(
+            dir.path(),
+            |s| {
+                s.poll_interval = ms(10);
+                s.poll_max = ms(10);
+                s.status_interval = ms(80);
+            },
+            true,
+        );
+        b.submit(launches(3)).unwrap();
+        polls_until(&mut b, 60);
+        let queries = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| **c == "query")
+            .count();
+        // 10, 20, 40, 80, 80 .. ms after the submission, at most one per 8 polls from then.
+        assert!(
+            (3..=14).contains(&queries),
+            "{queries} status calls in 60 polls"
+        );
+    }
+
+    /// A task the scheduler no longer lists and whose outcome file never comes is lost once
+    /// the grace period has passed, without waiting for another status call.
+    #[test]
+    fn tasks_gone_from_the_queue_are_lost_after_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, rx, log) = backend(
+            dir.path(),
+            |s| {
+                s.poll_interval = ms(10);
+                s.poll_max = ms(10);
+                s.status_interval = ms(3_600_000);
+                s.lost_grace = ms(50);
+            },
+            false,
+        );
+        b.submit(launches(2)).unwrap();
+        let mut lost = 0;
+        for _ in 0..200 {
+            std::thread::sleep(b.next_poll().unwrap());
+            b.poll().unwrap();
+            while let Ok(Event::Finished { record, .. }) = rx.try_recv() {
+                assert_eq!(record.outcome, Outcome::Lost);
+                lost += 1;
+            }
+            if lost == 2 {
+                break;
+            }
+        }
+        assert_eq!(lost, 2);
+        let queries = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| **c == "query")
+            .count();
+        assert!(queries <= 4, "{queries} status calls");
+    }
+
+    /// An array script's size does not depend on the number or the size of its jobs: they
+    /// are in the task file, which holds every argument byte for byte.
+    #[test]
+    fn script_size_does_not_grow_with_the_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, _rx, _) = backend(dir.path(), |_| {}, true);
+        let big = "'\"$(x)`y`\\\n é".repeat(10_000);
+        let many: Vec<Vec<Launch>> = launches(1000)
+            .into_iter()
+            .map(|mut l| {
+                Arc::make_mut(&mut l.job).command = Command::Shell(format!("printf %s {big}"));
+                vec![l]
+            })
+            .collect();
+        let one = vec![launches(1)];
+        let small = b.render(&one, "s", "/data/x.jobs").unwrap();
+        let large = b.render(&many, "s", "/data/x.jobs").unwrap();
+        assert!(small.script.len() < 8 * 1024, "{}", small.script);
+        // Only the digits of the task and job counts differ.
+        assert!(
+            large.script.len() <= small.script.len() + 32,
+            "{} -> {}",
+            small.script.len(),
+            large.script.len()
+        );
+        assert!(large.task_file.len() > 1000 * big.len());
+        let text = &large.task_file[1000 * TASK_HEADER_LINE..];
+        let fields: Vec<&[u8]> = text.split(|&b| b == 0).collect();
+        assert_eq!(fields[0], b"3");
+        assert_eq!(
+            fields[5..8],
+            [
+                &b"/bin/sh"[..],
+                b"-c",
+                format!("printf %s {big}").as_bytes()
+            ]
+        );
     }
 }
