@@ -412,6 +412,12 @@ impl<'a> Runner<'a> {
                 *a = (*a).max(j.attempt);
             }
         }
+        // Automatic bundling packs by the durations earlier runs recorded.
+        let durations = plan
+            .settings
+            .auto_bundle
+            .map(|_| backend::packing::recorded_durations(&records))
+            .unwrap_or_default();
         let prior = if self.opts.force {
             HashMap::new()
         } else {
@@ -427,7 +433,8 @@ impl<'a> Runner<'a> {
                 || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
                 |n| n as usize,
             );
-        let spec = StageSpec::new(&plan, &self.layout, &manifest.name, &self.run_id, workers);
+        let mut spec = StageSpec::new(&plan, &self.layout, &manifest.name, &self.run_id, workers);
+        spec.durations = std::sync::Arc::new(durations);
         let mut backend = backend::create(kind, spec, self.tx.clone())?;
         let record_to = self.layout.submissions(&name);
         backend.set_recorder(Box::new(move |s| {

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Backend, CancelMode, Event, Launch, StageSpec, read_result_file, take_result_file};
+use super::{
+    Backend, CancelMode, Event, Launch, StageSpec, packing, read_result_file, take_result_file,
+};
 use crate::error::{Error, Result};
 use crate::outcome::StagedOutcome;
 use crate::outcome::{JobRecord, Outcome};
@@ -283,6 +285,13 @@ pub struct ClusterBackend {
     scripts_dir: PathBuf,
     job_name: String,
     pending: VecDeque<Launch>,
+    /// Tasks packed and waiting for submission, in order.
+    packed: VecDeque<Vec<Launch>>,
+    /// `bundle = "auto"` with no recorded durations: the first wave's (index, attempt) keys
+    /// and when it was packed.
+    wave: Option<(Vec<(usize, u32)>, Instant)>,
+    /// Durations measured in this run (`bundle = "auto"`), by job id.
+    measured: HashMap<String, f64>,
     /// Keyed by (job index, attempt).
     tracked: HashMap<(usize, u32), Tracked>,
     active_jobs: Vec<String>,
@@ -350,6 +359,9 @@ impl ClusterBackend {
             scripts_dir,
             job_name,
             pending: VecDeque::new(),
+            packed: VecDeque::new(),
+            wave: None,
+            measured: HashMap::new(),
             tracked: HashMap::new(),
             active_jobs: Vec::new(),
             submissions: Vec::new(),
@@ -481,7 +493,7 @@ impl ClusterBackend {
     /// Submits as much of the pending queue as the throttle allows: everything at once when
     /// unthrottled, otherwise one array at a time (so `max_parallel` bounds the whole stage).
     fn flush(&mut self) -> Result<()> {
-        while !self.pending.is_empty() {
+        while !self.pending.is_empty() || !self.packed.is_empty() {
             if self.spec.settings.max_parallel.is_some() && !self.active_jobs.is_empty() {
                 return Ok(());
             }
@@ -494,10 +506,24 @@ impl ClusterBackend {
                     m
                 }
             };
-            let bundle = self.spec.settings.bundle.max(1) as usize;
-            let take = max_tasks.saturating_mul(bundle).min(self.pending.len());
-            let launches: Vec<Launch> = self.pending.drain(..take).collect();
-            let tasks: Vec<Vec<Launch>> = launches.chunks(bundle).map(<[Launch]>::to_vec).collect();
+            if self.packed.is_empty() {
+                match self.spec.settings.auto_bundle {
+                    Some(target) => {
+                        if !self.pack_auto(target) {
+                            return Ok(());
+                        }
+                    }
+                    None => {
+                        let bundle = self.spec.settings.bundle.max(1) as usize;
+                        let take = max_tasks.saturating_mul(bundle).min(self.pending.len());
+                        let launches: Vec<Launch> = self.pending.drain(..take).collect();
+                        self.packed
+                            .extend(launches.chunks(bundle).map(<[Launch]>::to_vec));
+                    }
+                }
+            }
+            let take = max_tasks.min(self.packed.len());
+            let tasks: Vec<Vec<Launch>> = self.packed.drain(..take).collect();
             self.arrays += 1;
             let name = format!("{}-{}", self.spec.run, self.arrays);
             std::fs::create_dir_all(&self.scripts_dir)
@@ -520,8 +546,8 @@ impl ClusterBackend {
                     let _ = std::fs::remove_file(&path);
                     let _ = std::fs::remove_file(&data);
                     self.arrays -= 1;
-                    for l in launches.into_iter().rev() {
-                        self.pending.push_front(l);
+                    for t in tasks.into_iter().rev() {
+                        self.packed.push_front(t);
                     }
                     let since = *self.submit_failing.get_or_insert_with(Instant::now);
                     if since.elapsed() >= SUBMIT_PATIENCE {
@@ -580,6 +606,16 @@ impl ClusterBackend {
                     );
                 }
             }
+            if let Some((wave, _)) = &mut self.wave
+                && wave.is_empty()
+            {
+                wave.extend(
+                    record
+                        .iter()
+                        .flatten()
+                        .map(|j: &SubmittedJob| (j.index, j.attempt)),
+                );
+            }
             self.active_jobs.push(job_id.clone());
             let submission = Submission {
                 job_id,
@@ -596,6 +632,57 @@ impl ClusterBackend {
             }
         }
         Ok(())
+    }
+
+    /// `bundle = "auto"`: packs the pending jobs into tasks near `target` (longest first) by
+    /// their recorded or measured durations. With none known, submits a first wave of
+    /// [`packing::FIRST_WAVE`] jobs, one per task, and holds the rest until the wave is
+    /// measured (or has run for `target`). Returns whether tasks are ready to submit.
+    fn pack_auto(&mut self, target: Duration) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        if let Some((wave, started)) = &self.wave {
+            let running = wave.iter().any(|k| self.tracked.contains_key(k));
+            if running && started.elapsed() < target {
+                return false;
+            }
+        }
+        let mut known: HashMap<String, f64> = (*self.spec.durations).clone();
+        known.extend(self.measured.iter().map(|(k, v)| (k.clone(), *v)));
+        let estimate = packing::estimate(self.pending.iter().map(|l| l.job.id.as_str()), &known);
+        let durations = match (estimate, &self.wave) {
+            (Some(d), _) => d,
+            // The wave ran for `target` without an outcome: its jobs are long, one per task.
+            (None, Some((_, started))) => vec![started.elapsed().as_secs_f64(); self.pending.len()],
+            (None, None) => {
+                let n = packing::FIRST_WAVE.min(self.pending.len());
+                let wave: Vec<Vec<Launch>> = self.pending.drain(..n).map(|l| vec![l]).collect();
+                // Keys are filled in as the wave is submitted (see `flush`).
+                self.wave = Some((Vec::new(), Instant::now()));
+                self.packed.extend(wave);
+                return true;
+            }
+        };
+        let min_tasks = self
+            .spec
+            .settings
+            .max_parallel
+            .map_or(packing::AUTO_MIN_TASKS, |p| {
+                packing::AUTO_MIN_TASKS.min(p as usize)
+            });
+        let launches: Vec<Launch> = self.pending.drain(..).collect();
+        let recorded = launches
+            .iter()
+            .filter(|l| known.contains_key(l.job.id.as_str()))
+            .count();
+        let (bins, _) = packing::pack(&durations, recorded, target.as_secs_f64(), min_tasks);
+        let mut slots: Vec<Option<Launch>> = launches.into_iter().map(Some).collect();
+        for bin in bins {
+            self.packed
+                .push_back(bin.into_iter().filter_map(|i| slots[i].take()).collect());
+        }
+        true
     }
 
     /// Reads every outcome file in the staging folder (one `read_dir`) and reports them.
@@ -620,6 +707,10 @@ impl ClusterBackend {
             let Some(t) = self.tracked.remove(&(staged.index, staged.attempt)) else {
                 continue;
             };
+            if self.spec.settings.auto_bundle.is_some() {
+                self.measured
+                    .insert(staged.id.clone(), (staged.end - staged.start).max(0.0));
+            }
             let result = match self.spec.settings.result {
                 crate::manifest::ResultMode::None => None,
                 crate::manifest::ResultMode::File => take_result_file(
@@ -857,9 +948,10 @@ impl Backend for ClusterBackend {
 
     fn cancel(&mut self, _mode: CancelMode) -> Vec<(Launch, Outcome)> {
         self.cancelled = true;
-        let mut out: Vec<(Launch, Outcome)> = self
-            .pending
-            .drain(..)
+        let packed: Vec<Launch> = self.packed.drain(..).flatten().collect();
+        let mut out: Vec<(Launch, Outcome)> = packed
+            .into_iter()
+            .chain(self.pending.drain(..))
             .map(|l| {
                 (
                     l,
@@ -972,6 +1064,7 @@ mod tests {
             staging_dir: dir.join("staging"),
             run: "r".into(),
             workers: 1,
+            durations: Arc::default(),
         };
         settings(&mut spec.settings);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -1109,5 +1202,74 @@ mod tests {
                 format!("printf %s {big}").as_bytes()
             ]
         );
+    }
+
+    /// `bundle = "auto"` with nothing recorded: a first wave of single-job tasks, then, once
+    /// its outcomes are in, the rest packed into a few tasks by the measured durations.
+    #[test]
+    fn auto_bundling_measures_a_first_wave_then_packs_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, _rx, _) = backend(
+            dir.path(),
+            |s| {
+                s.auto_bundle = Some(Duration::from_secs(600));
+                s.poll_interval = ms(10);
+                s.poll_max = ms(10);
+            },
+            true,
+        );
+        std::fs::create_dir_all(dir.path().join("staging")).unwrap();
+        b.submit(launches(300)).unwrap();
+        let subs = b.take_submissions();
+        assert_eq!(subs.len(), 1);
+        let wave: Vec<usize> = subs[0].tasks.iter().map(Vec::len).collect();
+        assert_eq!(wave, [1; packing::FIRST_WAVE]);
+        // Nothing more until the wave is measured.
+        b.poll().unwrap();
+        assert!(b.take_submissions().is_empty());
+        for j in subs[0].tasks.iter().flatten() {
+            std::fs::write(
+                dir.path().join(format!("staging/{}.{}.json", j.id, j.attempt)),
+                format!(
+                    "{{\"index\":{},\"id\":\"{}\",\"attempt\":{},\"rc\":0,\"start\":100.0,\"end\":100.5}}",
+                    j.index, j.id, j.attempt
+                ),
+            )
+            .unwrap();
+        }
+        b.poll().unwrap();
+        let subs = b.take_submissions();
+        assert_eq!(subs.len(), 1);
+        let sizes: Vec<usize> = subs[0].tasks.iter().map(Vec::len).collect();
+        // 295 jobs of about 0.5 s: far below 10 min, spread over the minimum of 10 tasks.
+        assert_eq!(sizes.len(), packing::AUTO_MIN_TASKS, "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 295);
+        assert!(sizes.iter().all(|&n| (29..=30).contains(&n)), "{sizes:?}");
+    }
+
+    /// With durations recorded by earlier runs, every job is packed at once (no wave), and
+    /// the long jobs get tasks of their own.
+    #[test]
+    fn auto_bundling_packs_recorded_durations_longest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, _rx, _) = backend(
+            dir.path(),
+            |s| s.auto_bundle = Some(Duration::from_secs(60)),
+            true,
+        );
+        let mut d: HashMap<String, f64> = (0..100).map(|i| (format!("j{i}"), 1.0)).collect();
+        d.insert("j7".into(), 55.0);
+        b.spec.durations = Arc::new(d);
+        b.submit(launches(100)).unwrap();
+        let subs = b.take_submissions();
+        assert_eq!(subs.len(), 1);
+        let tasks = &subs[0].tasks;
+        // 154 s of work for tasks of 60 s: 3 by time, raised to the minimum of 10.
+        assert_eq!(tasks.len(), packing::AUTO_MIN_TASKS);
+        let alone = tasks
+            .iter()
+            .find(|t| t.iter().any(|j| j.id == "j7"))
+            .unwrap();
+        assert_eq!(alone.len(), 1, "{alone:?}");
     }
 }

@@ -6,9 +6,11 @@
 
 pub mod cluster;
 pub mod local;
+pub mod packing;
 pub mod sge;
 pub mod slurm;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
@@ -99,6 +101,8 @@ pub struct StageSpec {
     pub run: String,
     /// Workers for the local backend (resolved `max_parallel`).
     pub workers: usize,
+    /// With `bundle = "auto"`: durations (seconds) recorded by earlier runs, by job id.
+    pub durations: Arc<HashMap<String, f64>>,
 }
 
 impl StageSpec {
@@ -125,6 +129,7 @@ impl StageSpec {
             run: run.to_owned(),
             workers,
             name,
+            durations: Arc::default(),
         }
     }
 }
