@@ -650,22 +650,22 @@ pp_prepare() {
   mkdir -p "$1/logs" "$1/results" "$1/staging"
   if [ -f "$2" ]; then cp "$2" "$1/jobs.jsonl"; fi
 }
-# pp_submit_slurm KIND "IDS" "ANY_IDS" SCRIPT TASK_FILE: submits after IDS ended as KIND
-# (afterok or afterany) and ANY_IDS ended in any way, telling the script where its task file
-# is; prints the job id.
+# pp_submit_slurm KIND "IDS" "ANY_IDS" SCRIPT [TASK_FILE]: submits after IDS ended as KIND
+# (afterok or afterany) and ANY_IDS ended in any way, telling an array script where its task
+# file is (drivers have none); prints the job id.
 pp_submit_slurm() {
   local dep=""
   if [ -n "$2" ]; then dep="$1:$(echo $2 | tr ' ' ':')"; fi
   if [ -n "$3" ]; then dep="${dep:+$dep,}afterany:$(echo $3 | tr ' ' ':')"; fi
-  sbatch --parsable ${dep:+--dependency=$dep} "$4" "$pp_bundle/$5" | cut -d';' -f1
+  sbatch --parsable ${dep:+--dependency=$dep} "$4" ${5:+"$pp_bundle/$5"} | cut -d';' -f1
 }
-# pp_submit_sge KIND "IDS" "ANY_IDS" SCRIPT TASK_FILE: Grid Engine's -hold_jid waits for the
+# pp_submit_sge KIND "IDS" "ANY_IDS" SCRIPT [TASK_FILE]: Grid Engine's -hold_jid waits for the
 # end of IDS and ANY_IDS whatever their outcome; prints the job id.
 pp_submit_sge() {
   local ids hold=""
   ids=$(echo $2 $3 | tr ' ' ',')
   if [ -n "$ids" ]; then hold="-hold_jid $ids"; fi
-  qsub -terse $hold "$4" "$pp_bundle/$5" | cut -d. -f1
+  qsub -terse $hold "$4" ${5:+"$pp_bundle/$5"} | cut -d. -f1
 }
 # pp_record STATE_DIR ID SCRIPT SCHEDULER TASKS: appends to submissions.jsonl (SCRIPT and
 # TASKS relative to this folder).

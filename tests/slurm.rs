@@ -909,3 +909,63 @@ fn large_values_run_from_a_script_of_bounded_size() {
         assert!(g == v, "job {i}: the value did not arrive byte for byte");
     }
 }
+
+/// Issue #14: `bundle = "auto"`. With nothing recorded, `plan` says a first wave is measured;
+/// the run submits 5 jobs one per task, then packs the other 35 into 10 tasks. Once durations
+/// are recorded, `plan` (text and JSON) shows the packing, and a changed command runs in
+/// packed tasks at once, with no wave.
+#[test]
+fn auto_bundling_packs_jobs_after_a_first_wave() {
+    let _c = cluster("slauto");
+    let n = 40;
+    let stage = |cmd: &str| {
+        format!(
+            "{}[stages.a]\njobs = {}\nrun = \"{cmd} {{{{job}}}} > $POOLPARTY_RESULT\"\n",
+            header("slauto", "bundle = \"auto\"\ntask_time = \"5m\""),
+            numbers(n)
+        )
+    };
+    let t = Test::new().manifest(&stage("echo"));
+    t.run(&["plan"]).code(0).stdout_has(
+        "bundle auto (task_time 0:05:00): no durations recorded yet: a first wave of 5 jobs runs one per task, then the other 35 are packed",
+    );
+    t.run(&["run"]).code(0).stderr_has("every job succeeded");
+    assert_each_succeeded_once(&t, "slauto", "a", n);
+    assert_eq!(t.run(&["results"]).stdout, format!("{}\n", numbers(n)));
+    let sizes = |subs: &[Value]| -> Vec<Vec<usize>> {
+        subs.iter()
+            .map(|s| {
+                s["tasks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_array().unwrap().len())
+                    .collect()
+            })
+            .collect()
+    };
+    let first = sizes(&submissions(&t, "slauto", "a"));
+    assert_eq!(first[0], [1, 1, 1, 1, 1], "{first:?}");
+    let packed: Vec<usize> = first[1..].iter().flatten().copied().collect();
+    assert_eq!(packed.len(), 10, "{first:?}");
+    assert_eq!(packed.iter().sum::<usize>(), 35, "{first:?}");
+
+    // The command changes: every job runs again, packed by the recorded durations.
+    let t = t.manifest(&stage("echo  "));
+    let plan = t.run(&["plan"]);
+    plan.code(0)
+        .stdout_has("bundle auto (task_time 0:05:00): 40 jobs in 10 tasks of at most ");
+    plan.stdout_has("(durations recorded for 40 of them)");
+    let json: Value = serde_json::from_str(&t.run(&["plan", "--json"]).stdout).unwrap();
+    let b = &json["stages"][0]["bundling"];
+    assert_eq!(b["mode"], "auto", "{json}");
+    assert_eq!(b["packing"]["tasks"], 10, "{json}");
+    assert_eq!(b["packing"]["recorded"], 40, "{json}");
+    t.run(&["run"]).code(0).stderr_has("every job succeeded");
+    let all = sizes(&submissions(&t, "slauto", "a"));
+    let second: Vec<usize> = all[first.len()..].iter().flatten().copied().collect();
+    // Measured durations differ a little, so the tasks may too.
+    assert_eq!(second.len(), 10, "{all:?}");
+    assert_eq!(second.iter().sum::<usize>(), 40, "{all:?}");
+    assert_eq!(t.run(&["results"]).stdout, format!("{}\n", numbers(n)));
+}
