@@ -26,7 +26,7 @@ use std::sync::Arc;
 use crate::backend::cluster::{
     CallError, ClusterBackend, Scheduler, Submission, SubmittedJob, TaskState,
 };
-use crate::backend::{Launch, StageSpec, sge::Sge, slurm::Slurm};
+use crate::backend::{Launch, StageSpec, packing, sge::Sge, slurm::Slurm};
 use crate::error::{Error, Result};
 use crate::graph::StageGraph;
 use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure, ResultMode, WallTime};
@@ -443,6 +443,18 @@ pub fn write(
                 }
                 let throttled = settings_plan_spec.settings.max_parallel.is_some();
                 let bundle = settings_plan_spec.settings.bundle.max(1) as usize;
+                // `bundle = "auto"`: packed by the durations earlier runs recorded (a bundle
+                // cannot measure a first wave; without any, one job per task).
+                let auto = settings_plan_spec
+                    .settings
+                    .auto_bundle
+                    .filter(|_| kind != BackendKind::Local);
+                let min_tasks = settings_plan_spec
+                    .settings
+                    .max_parallel
+                    .map_or(packing::AUTO_MIN_TASKS, |p| {
+                        packing::AUTO_MIN_TASKS.min(p as usize)
+                    });
                 let mut sched = scheduler(kind);
                 let max_tasks = match limits.get(&kind) {
                     Some(&n) => n,
@@ -463,15 +475,32 @@ pub fn write(
                     ids_var.insert(i, (var, kind));
                     continue;
                 }
+                let all_tasks: Vec<Vec<Launch>> = match auto {
+                    Some(target) => {
+                        let known =
+                            packing::recorded_durations(&store::read_ledger(&layout.ledger(name))?);
+                        match packing::estimate(launches.iter().map(|l| l.job.id.as_str()), &known)
+                        {
+                            Some(d) => {
+                                let (bins, _) =
+                                    packing::pack(&d, 0, target.as_secs_f64(), min_tasks);
+                                bins.into_iter()
+                                    .map(|b| b.into_iter().map(|i| launches[i].clone()).collect())
+                                    .collect()
+                            }
+                            None => launches.iter().map(|l| vec![l.clone()]).collect(),
+                        }
+                    }
+                    None => launches.chunks(bundle).map(<[Launch]>::to_vec).collect(),
+                };
                 let per_array = if kind == BackendKind::Local {
-                    launches.len()
+                    all_tasks.len()
                 } else {
-                    max_tasks.saturating_mul(bundle)
+                    max_tasks
                 };
                 let mut arrays = 0;
-                for (k, chunk) in launches.chunks(per_array.max(1)).enumerate() {
-                    let tasks: Vec<Vec<Launch>> =
-                        chunk.chunks(bundle).map(<[Launch]>::to_vec).collect();
+                for (k, tasks) in all_tasks.chunks(per_array.max(1)).enumerate() {
+                    let tasks: Vec<Vec<Launch>> = tasks.to_vec();
                     let label = if kind == BackendKind::Local {
                         "run-local".to_owned()
                     } else {
