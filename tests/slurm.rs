@@ -969,3 +969,54 @@ fn auto_bundling_packs_jobs_after_a_first_wave() {
     assert_eq!(second.iter().sum::<usize>(), 40, "{all:?}");
     assert_eq!(t.run(&["results"]).stdout, format!("{}\n", numbers(n)));
 }
+
+/// Issue #14, many chunks and few status calls: 30 jobs with MaxArraySize 11 are 3 arrays,
+/// all submitted before the first status call (one `sbatch` each, one `scontrol` per run).
+/// Outcomes are harvested from files at every poll, while `squeue` follows its own cadence:
+/// 1 s after the submissions, then doubling up to `status_interval` (8 s here).
+#[test]
+fn chunks_go_in_at_once_and_status_calls_keep_their_own_cadence() {
+    let _c = cluster("slcadence");
+    let n = 30;
+    let t = Test::new().manifest(&format!(
+        "{}[stages.a]\njobs = {}\nresult = \"none\"\nrun = \"sleep 2\"\n",
+        header("slcadence", "status_interval = \"8s\""),
+        numbers(n)
+    ));
+    let (path, log) = call_logger(&t);
+    let t = t.env("PATH", &path);
+    let started = Instant::now();
+    t.run(&["run"]).code(0).stderr_has("every job succeeded");
+    let wall = started.elapsed().as_secs_f64();
+    assert_each_succeeded_once(&t, "slcadence", "a", n);
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let of = |cmd: &str| -> Vec<f64> {
+        calls
+            .lines()
+            .filter(|l| l.split(' ').nth(1) == Some(cmd))
+            .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let (sbatch, squeue) = (of("sbatch"), of("squeue"));
+    let arrays = submissions(&t, "slcadence", "a").len();
+    assert_eq!(arrays, 3, "{calls}");
+    assert_eq!(sbatch.len(), arrays, "{calls}");
+    assert_eq!(of("scontrol").len(), 1, "{calls}");
+    assert!(
+        squeue.first().is_none_or(|q| sbatch.iter().all(|s| s < q)),
+        "a status call before every array was submitted\n{calls}"
+    );
+    // 1, 2, 4, 8, 8, .. s apart: a few early calls, then one per 8 s.
+    assert!(
+        squeue.len() as f64 <= 4.0 + wall / 8.0 + 1.0,
+        "{} squeue calls in {wall:.1} s\n{calls}",
+        squeue.len()
+    );
+    for w in squeue.windows(2) {
+        assert!(
+            w[1] - w[0] >= 0.9,
+            "squeue calls {:.2} s apart\n{calls}",
+            w[1] - w[0]
+        );
+    }
+}
