@@ -34,6 +34,13 @@ for c in sbatch squeue scancel scontrol; do
 done
 
 now() { date +%s.%N; }
+
+# The cluster is shared: test runs (re)start it with MaxArraySize 11. Each measurement starts
+# with MaxArraySize MAX back in place, and a row measured while it changed is marked.
+size_now() { scontrol show config 2>/dev/null | awk '$1 == "MaxArraySize" {print $3}'; }
+ensure() {
+  [ "$(size_now)" = "$max" ] || SLURM_MAX_ARRAY_SIZE=$max bash "$root/tests/clusters/slurm-up.sh" >/dev/null
+}
 floor() {
   printf '#!/bin/sh\ntrue\n' > "$work/noop.sh"
   local t0 ids="" left=$n k
@@ -61,8 +68,8 @@ echo "N=$n no-op jobs, MaxArraySize $max: $(( (n + max - 1) / max )) arrays; $(n
 echo "| round | floor (s) | poolparty (s) | sbatch | squeue | scontrol | squeue per 20 s |"
 echo "|---|---|---|---|---|---|---|"
 for r in $(seq 1 "$rounds"); do
-  f=$(floor)
-  p=$(pprun)
+  ensure; f=$(floor); [ "$(size_now)" = "$max" ] || f="$f (reconfigured)"
+  ensure; p=$(pprun); [ "$(size_now)" = "$max" ] || p="$p (reconfigured)"
   c() { grep -c "^$1\$" "$work/calls" || true; }
   sq=$(c squeue)
   echo "| $r | $f | $p | $(c sbatch) | $sq | $(c scontrol) | $(echo "scale=2; $sq * 20 / $p" | bc) |"
