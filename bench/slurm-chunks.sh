@@ -69,8 +69,8 @@ echo "| round | floor (s) | poolparty (s) | sbatch | squeue | scontrol | squeue 
 echo "|---|---|---|---|---|---|---|"
 for r in $(seq 1 "$rounds"); do
   ensure; f=$(floor); [ "$(size_now)" = "$max" ] || f="$f (reconfigured)"
-  ensure; p=$(pprun); [ "$(size_now)" = "$max" ] || p="$p (reconfigured)"
+  ensure; p=$(pprun); secs=$p; [ "$(size_now)" = "$max" ] || p="$p (reconfigured)"
   c() { grep -c "^$1\$" "$work/calls" || true; }
   sq=$(c squeue)
-  echo "| $r | $f | $p | $(c sbatch) | $sq | $(c scontrol) | $(echo "scale=2; $sq * 20 / $p" | bc) |"
+  echo "| $r | $f | $p | $(c sbatch) | $sq | $(c scontrol) | $(echo "scale=2; $sq * 20 / $secs" | bc) |"
 done
