@@ -132,6 +132,8 @@ pub struct StageSpec {
     pub workers: usize,
     /// With `bundle = "auto"`: durations (seconds) recorded by earlier runs, by job id.
     pub durations: Arc<HashMap<String, f64>>,
+    /// Where the local backend records each job's process group as it starts.
+    pub live: Option<Arc<crate::store::LiveGroups>>,
 }
 
 impl StageSpec {
@@ -159,6 +161,7 @@ impl StageSpec {
             workers,
             name,
             durations: Arc::default(),
+            live: None,
         }
     }
 }
