@@ -908,7 +908,14 @@ impl Backend for ClusterBackend {
         if !self.cancelled {
             self.flush()?;
         }
-        self.interval = if progress {
+        // A first wave holds the rest of the stage back: look for its outcomes at the
+        // shortest interval.
+        let waiting_on_wave = !self.pending.is_empty()
+            && self
+                .wave
+                .as_ref()
+                .is_some_and(|(keys, _)| keys.iter().any(|k| self.tracked.contains_key(k)));
+        self.interval = if progress || waiting_on_wave {
             self.spec.settings.poll_interval
         } else {
             (self.interval.mul_f64(1.5)).min(self.spec.settings.poll_max)
