@@ -530,6 +530,12 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                 *a = (*a).max(j.attempt);
             }
         }
+        // Automatic bundling packs by the durations earlier runs recorded.
+        let durations = plan
+            .settings
+            .auto_bundle
+            .map(|_| backend::packing::recorded_durations(&records))
+            .unwrap_or_default();
         let prior = if self.opts.force {
             HashMap::new()
         } else {
@@ -542,6 +548,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             jobs.len(),
         );
         let mut spec = StageSpec::new(&plan, &self.layout, &manifest.name, &self.run_id, workers);
+        spec.durations = std::sync::Arc::new(durations);
         if kind == BackendKind::Local {
             spec.live.clone_from(&self.live);
         }
