@@ -428,7 +428,7 @@ pub fn write(
         match static_plan {
             Some((jobs, plan)) => {
                 store::write_jobs(&dir.join("jobs.jsonl"), jobs)?;
-                let launches = launches(layout, name, &plan.jobs)?;
+                let launches = launches(layout, name, &plan.all_jobs(jobs)?)?;
                 let workers = opts
                     .max_parallel
                     .or(plan.settings.max_parallel)

@@ -121,6 +121,22 @@ impl Origin<'_> {
 /// # Errors
 /// A bad job, duplicate id, or unreadable / unparsable jobs file.
 pub fn expand_static(manifest: &Manifest, stage: &Stage) -> Option<Result<Vec<Job>>> {
+    expand_static_with(manifest, stage, &mut |_, _| Ok(()))
+}
+
+/// Sees each job once, with its parsed value, while the jobs are expanded; the value is
+/// dropped afterwards, so the values of a large stage never all exist at once.
+pub type Visit<'a> = dyn FnMut(&Job, Value) -> Result<()> + 'a;
+
+/// [`expand_static`], calling `visit` with each job and its parsed value as it is read.
+///
+/// # Errors
+/// As [`expand_static`], or the first error `visit` returns.
+pub fn expand_static_with(
+    manifest: &Manifest,
+    stage: &Stage,
+    visit: &mut Visit<'_>,
+) -> Option<Result<Vec<Job>>> {
     match &stage.source {
         JobSource::Inline(values) => {
             let spans = if stage.job_spans.len() == values.len() {
@@ -137,6 +153,7 @@ pub fn expand_static(manifest: &Manifest, stage: &Stage) -> Option<Result<Vec<Jo
                 values.iter().cloned().map(Ok),
                 values.len(),
                 &origin,
+                visit,
             ))
         }
         JobSource::Matrix(m) => {
@@ -146,9 +163,15 @@ pub fn expand_static(manifest: &Manifest, stage: &Stage) -> Option<Result<Vec<Jo
             };
             let values = cartesian(m);
             let n = values.len();
-            Some(assign_ids(stage, values.into_iter().map(Ok), n, &origin))
+            Some(assign_ids(
+                stage,
+                values.into_iter().map(Ok),
+                n,
+                &origin,
+                visit,
+            ))
         }
-        JobSource::File(path) => Some(read_jobs_file(manifest, stage, path)),
+        JobSource::File(path) => Some(read_jobs_file(manifest, stage, path, visit)),
         JobSource::Generate(_) | JobSource::ForEach(_) => None,
     }
 }
@@ -169,7 +192,12 @@ fn cartesian(m: &indexmap::IndexMap<String, Vec<Value>>) -> Vec<Value> {
     out.into_iter().map(Value::Object).collect()
 }
 
-fn read_jobs_file(manifest: &Manifest, stage: &Stage, path: &Path) -> Result<Vec<Job>> {
+fn read_jobs_file(
+    manifest: &Manifest,
+    stage: &Stage,
+    path: &Path,
+    visit: &mut Visit<'_>,
+) -> Result<Vec<Job>> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::JobsFile {
         stage: stage.name.to_string(),
         path: path.to_path_buf(),
@@ -179,7 +207,7 @@ fn read_jobs_file(manifest: &Manifest, stage: &Stage, path: &Path) -> Result<Vec
     })?;
     let what = format!("jobs file `{}`", path.display());
     let src = NamedSource::new(path.display().to_string(), text);
-    parse_jobs(stage, &src, &what)
+    parse_jobs(stage, &src, &what, visit)
 }
 
 /// Runs a generator command (already rendered) in `cwd` and parses its stdout.
@@ -191,6 +219,20 @@ pub fn run_generator(
     stage: &Stage,
     command: &str,
     env: &[(String, String)],
+) -> Result<Vec<Job>> {
+    run_generator_with(manifest, stage, command, env, &mut |_, _| Ok(()))
+}
+
+/// [`run_generator`], calling `visit` with each job and its parsed value as it is read.
+///
+/// # Errors
+/// As [`run_generator`], or the first error `visit` returns.
+pub fn run_generator_with(
+    manifest: &Manifest,
+    stage: &Stage,
+    command: &str,
+    env: &[(String, String)],
+    visit: &mut Visit<'_>,
 ) -> Result<Vec<Job>> {
     let failed = |status: String, stderr: Option<String>| Error::GeneratorFailed {
         stage: stage.name.to_string(),
@@ -242,7 +284,7 @@ pub fn run_generator(
         )
     })?;
     let src = NamedSource::new(format!("output of `{command}`"), text);
-    parse_jobs(stage, &src, "the generator's output")
+    parse_jobs(stage, &src, "the generator's output", visit)
 }
 
 /// The last `n` lines of some bytes, lossily decoded; `None` when empty.
@@ -266,7 +308,7 @@ fn describe_status(status: std::process::ExitStatus) -> String {
 }
 
 /// Parses jobs from JSON (one array) or JSON Lines, keeping each job's span.
-fn parse_jobs(stage: &Stage, src: &Source, what: &str) -> Result<Vec<Job>> {
+fn parse_jobs(stage: &Stage, src: &Source, what: &str, visit: &mut Visit<'_>) -> Result<Vec<Job>> {
     let text = src.inner().as_str();
     let trimmed = text.trim_start();
     let parse_err = |message: String, at: usize, len: usize| Error::JobsParse {
@@ -330,6 +372,7 @@ fn parse_jobs(stage: &Stage, src: &Source, what: &str) -> Result<Vec<Job>> {
             src,
             spans: spans.clone(),
         },
+        visit,
     )
 }
 
@@ -355,10 +398,15 @@ fn assign_ids(
     values: impl IntoIterator<Item = Result<Value>>,
     count: usize,
     origin: &Origin<'_>,
+    visit: &mut Visit<'_>,
 ) -> Result<Vec<Job>> {
     let mut jobs = Vec::with_capacity(count);
-    let mut seen: std::collections::HashMap<JobId, usize> =
+    // A small record per job: the hash of its id and its index. Ids whose hash collides with
+    // another id's go to `collided`, so equal hashes never hide or invent a duplicate.
+    let mut seen: std::collections::HashMap<u64, usize> =
         std::collections::HashMap::with_capacity(count);
+    let mut collided: std::collections::HashMap<JobId, usize> = std::collections::HashMap::new();
+    let hasher = std::collections::hash_map::RandomState::new();
     for (index, value) in values.into_iter().enumerate() {
         let value = value?;
         let json = serde_json::to_string(&value).expect("a JSON value serializes");
@@ -378,7 +426,22 @@ fn assign_ids(
             span: origin.span(index),
             help: None,
         })?;
-        if let Some(&first) = seen.get(&id) {
+        let hash = std::hash::BuildHasher::hash_one(&hasher, &id);
+        let duplicate = match seen.get(&hash) {
+            None => {
+                seen.insert(hash, index);
+                None
+            }
+            Some(&first) if jobs.get(first).is_some_and(|j: &Job| j.id == id) => Some(first),
+            Some(_) => {
+                let first = collided.get(&id).copied();
+                if first.is_none() {
+                    collided.insert(id.clone(), index);
+                }
+                first
+            }
+        };
+        if let Some(first) = duplicate {
             let mut spans = Vec::new();
             if let Some(s) = origin.span(first) {
                 spans.push(LabeledSpan::new_with_span(Some(format!("job {first}")), s));
@@ -397,16 +460,16 @@ fn assign_ids(
                 spans,
             });
         }
-        seen.insert(id.clone(), index);
         // Only the canonical JSON is kept: a parsed value costs ~1 KiB per object, which is
         // most of the memory of a large stage; `Job::value` parses it again when needed.
-        drop(value);
-        jobs.push(Job {
+        let job = Job {
             index,
             id,
             value: Value::Null,
             json,
-        });
+        };
+        visit(&job, value)?;
+        jobs.push(job);
     }
     Ok(jobs)
 }
@@ -472,7 +535,7 @@ mod tests {
     fn json_lines_error_points_at_line() {
         let m = manifest("generate='x'");
         let src = NamedSource::new("out", "1\n2\n{bad\n4\n".to_owned());
-        match parse_jobs(&m.stages[0], &src, "output").unwrap_err() {
+        match parse_jobs(&m.stages[0], &src, "output", &mut |_, _| Ok(())).unwrap_err() {
             Error::JobsParse { span, message, .. } => {
                 assert_eq!(span.offset(), 4);
                 // The line of the whole output, not of the line on its own.
@@ -486,7 +549,7 @@ mod tests {
     fn json_array_keeps_exact_numbers() {
         let m = manifest("generate='x'");
         let src = NamedSource::new("out", "[0.1, 12345678901234567890, 1e400]".to_owned());
-        let jobs = parse_jobs(&m.stages[0], &src, "output").unwrap();
+        let jobs = parse_jobs(&m.stages[0], &src, "output", &mut |_, _| Ok(())).unwrap();
         let texts: Vec<&str> = jobs.iter().map(|j| j.json.as_str()).collect();
         // serde_json writes exponents with an explicit sign; the value is the same number.
         assert_eq!(texts, ["0.1", "12345678901234567890", "1e+400"]);

@@ -559,24 +559,25 @@ fn prepare(
         }
         let stage = &m.stages[i];
         let upstream = upstream_paths(m, graph, layout, i);
-        let jobs: Option<Vec<Job>> = match &stage.source {
+        match &stage.source {
             JobSource::Generate(cmd) if stage.needs.is_empty() => {
                 let base = plan::base_context(m, stage, layout, &upstream);
                 let rendered = plan::render_generator(m, stage, cmd, &base)?;
                 let env = plan::stage_env(m, stage, layout, &upstream);
-                Some(jobs::run_generator(m, stage, &rendered, &env)?)
+                prepared[i] = Some(plan::expand_and_plan(m, i, layout, &upstream, |visit| {
+                    jobs::run_generator_with(m, stage, &rendered, &env, visit)
+                })?);
             }
             JobSource::Generate(cmd) => {
                 // Its jobs come later, but an undefined variable in the command is known now.
                 let base = plan::base_context(m, stage, layout, &upstream);
                 plan::render_generator(m, stage, cmd, &base)?;
-                None
             }
             JobSource::ForEach(_) => {
                 let up = graph.needs(i)[0];
                 if let Some((up_jobs, _)) = &prepared[up] {
                     let base = plan::base_context(m, stage, layout, &upstream);
-                    let mut renderer = plan::Renderer::new(m, stage, base)?;
+                    let renderer = plan::Renderer::new(m, stage, base)?;
                     for j in up_jobs {
                         let value = serde_json::json!({
                             "id": j.id.as_str(), "index": j.index, "upstream": j.value(),
@@ -600,14 +601,12 @@ fn prepare(
                         }
                     }
                 }
-                None
             }
-            _ => Some(jobs::expand_static(m, stage).expect("static source")?),
-        };
-        if let Some(jobs) = jobs {
-            let mut jobs = jobs;
-            let p = plan::plan_stage(m, i, &mut jobs, layout, &upstream)?;
-            prepared[i] = Some((jobs, p));
+            _ => {
+                prepared[i] = Some(plan::expand_and_plan(m, i, layout, &upstream, |visit| {
+                    jobs::expand_static_with(m, stage, visit).expect("static source")
+                })?);
+            }
         }
     }
     Ok(prepared)
@@ -616,12 +615,13 @@ fn prepare(
 fn resume_counts(
     layout: &Layout,
     name: &str,
+    jobs: &[Job],
     p: &plan::StagePlan,
 ) -> Result<(usize, usize, usize, usize)> {
     let latest = store::latest(store::read_ledger(&layout.ledger(name))?);
     let staged = bundle::staged_outcomes(layout, name)?;
     let (mut new, mut changed, mut failed, mut done) = (0, 0, 0, 0);
-    for j in &p.jobs {
+    for (j, fp) in jobs.iter().zip(&p.fps) {
         let rec = latest.get(j.id.as_str());
         // An outcome waiting in the staging folder (from a bundle, or a killed runner) is
         // newer than the ledger: `run` collects it instead of running the job.
@@ -630,8 +630,8 @@ fn resume_counts(
             .filter(|s| rec.is_none_or(|r| s.attempt > r.attempt));
         // (succeeded, with the job's current fingerprint)
         let state = match (staged, rec) {
-            (Some(s), _) => Some((s.success, s.fp.as_deref().is_none_or(|fp| fp == j.fp))),
-            (None, Some(r)) => Some((r.outcome.is_success(), r.fp == j.fp)),
+            (Some(s), _) => Some((s.success, s.fp.as_deref().is_none_or(|f| fp == f))),
+            (None, Some(r)) => Some((r.outcome.is_success(), fp == r.fp.as_str())),
             (None, None) => None,
         };
         match state {
@@ -668,12 +668,12 @@ fn plan_text(
         }
         out.push_str(")\n");
         match &prepared[i] {
-            Some((_, p)) => {
-                let (new, changed, failed, done) = resume_counts(layout, s.name.as_str(), p)?;
+            Some((jobs, p)) => {
+                let (new, changed, failed, done) = resume_counts(layout, s.name.as_str(), jobs, p)?;
                 let _ = writeln!(
                     out,
                     "  {}: {} would run ({new} new, {changed} changed, {failed} failed before), {done} done and reused",
-                    error::count(p.jobs.len(), "job"),
+                    error::count(jobs.len(), "job"),
                     new + changed + failed
                 );
                 let limit = if verbosity == Verbosity::Verbose {
@@ -681,15 +681,12 @@ fn plan_text(
                 } else {
                     10
                 };
-                for j in p.jobs.iter().take(limit) {
+                for job in jobs.iter().take(limit) {
+                    let j = p.job(job)?;
                     let _ = writeln!(out, "  [{}] {}: {}", j.index, j.id, j.command.display());
                 }
-                if p.jobs.len() > limit {
-                    let _ = writeln!(
-                        out,
-                        "  … {} more (use -v to list all)",
-                        p.jobs.len() - limit
-                    );
+                if jobs.len() > limit {
+                    let _ = writeln!(out, "  … {} more (use -v to list all)", jobs.len() - limit);
                 }
             }
             None => {
@@ -725,15 +722,16 @@ fn plan_json(
             "backend": g.backend.unwrap_or(s.settings.backend),
             "needs": s.needs.iter().map(|n| n.stage.as_str()).collect::<Vec<_>>(),
         });
-        if let Some((_, p)) = &prepared[i] {
-            let (new, changed, failed, done) = resume_counts(layout, s.name.as_str(), p)?;
+        if let Some((jobs, p)) = &prepared[i] {
+            let (new, changed, failed, done) = resume_counts(layout, s.name.as_str(), jobs, p)?;
             v["counts"] =
                 serde_json::json!({"new": new, "changed": changed, "failed": failed, "done": done});
-            v["jobs"] = p
-                .jobs
+            v["jobs"] = jobs
                 .iter()
-                .map(|j| serde_json::json!({"index": j.index, "id": j.id.as_str(), "command": j.command.display(), "fingerprint": j.fp}))
-                .collect();
+                .map(|job| {
+                    p.job(job).map(|j| serde_json::json!({"index": j.index, "id": j.id.as_str(), "command": j.command.display(), "fingerprint": j.fp}))
+                })
+                .collect::<Result<_>>()?;
         }
         stages.push(v);
     }

@@ -379,18 +379,20 @@ impl<'a> Runner<'a> {
                 (jobs, plan)
             }
             (_, source) => {
-                let jobs = match source {
+                let layout = &self.layout;
+                match source {
                     JobSource::Generate(cmd) => {
-                        let base = plan::base_context(manifest, stage, &self.layout, &upstream);
+                        let base = plan::base_context(manifest, stage, layout, &upstream);
                         let rendered = plan::render_generator(manifest, stage, cmd, &base)?;
-                        let env = plan::stage_env(manifest, stage, &self.layout, &upstream);
-                        jobs::run_generator(manifest, stage, &rendered, &env)?
+                        let env = plan::stage_env(manifest, stage, layout, &upstream);
+                        plan::expand_and_plan(manifest, i, layout, &upstream, |visit| {
+                            jobs::run_generator_with(manifest, stage, &rendered, &env, visit)
+                        })?
                     }
-                    _ => jobs::expand_static(manifest, stage).expect("static source")?,
-                };
-                let mut jobs = jobs;
-                let plan = plan::plan_stage(manifest, i, &mut jobs, &self.layout, &upstream)?;
-                (jobs, plan)
+                    _ => plan::expand_and_plan(manifest, i, layout, &upstream, |visit| {
+                        jobs::expand_static_with(manifest, stage, visit).expect("static source")
+                    })?,
+                }
             }
         };
         self.layout.create_stage_dirs(&name)?;
@@ -435,11 +437,8 @@ impl<'a> Runner<'a> {
         }));
         let n = jobs.len();
         let st = &mut self.states[i];
-        st.planned = if matches!(stage.source, JobSource::ForEach(_)) {
-            vec![None; n]
-        } else {
-            plan.jobs.iter().cloned().map(Some).collect()
-        };
+        // Commands are rendered again when a job is launched (`planned_job`), not kept.
+        st.planned = vec![None; n];
         st.jobs = jobs;
         st.plan = Some(plan);
         st.finals = vec![None; n];
@@ -561,22 +560,30 @@ impl<'a> Runner<'a> {
         for s in submissions {
             for (position, task) in s.tasks.iter().enumerate() {
                 for j in task {
-                    let Some(Some(job)) = st.planned.get(j.index) else {
+                    let Some((job, fp)) = st.jobs.get(j.index).zip(
+                        st.plan
+                            .as_ref()
+                            .and_then(|p| p.fps.get(j.index))
+                            .map(plan::Fp::as_str),
+                    ) else {
                         continue;
                     };
                     // A task submitted for another version of the job is not this job.
-                    let same_job = job.id.as_str() == j.id && (j.fp.is_empty() || j.fp == job.fp);
+                    let same_job = job.id.as_str() == j.id && (j.fp.is_empty() || j.fp == fp);
                     if !same_job || recorded.contains(&(j.id.clone(), j.attempt)) {
                         continue;
                     }
                     let reusable = st
                         .prior
                         .get(&j.id)
-                        .is_some_and(|p| p.outcome.is_success() && p.fp == job.fp);
+                        .is_some_and(|p| p.outcome.is_success() && p.fp == fp);
                     if !reusable {
+                        let Some(job) = Self::planned_job(st, j.index) else {
+                            continue;
+                        };
                         open.push(Adopt {
                             launch: Launch {
-                                job: Arc::clone(job),
+                                job,
                                 attempt: j.attempt,
                             },
                             job_id: s.job_id.clone(),
@@ -612,18 +619,39 @@ impl<'a> Runner<'a> {
     /// fingerprint is reused (and the job is finalized here).
     fn launch_or_reuse(&mut self, i: usize, idx: usize) -> Option<Launch> {
         let st = &mut self.states[i];
-        let job = st.planned[idx].clone().expect("planned");
-        if let Some(prev) = st.prior.get(job.id.as_str()) {
-            if prev.outcome.is_success() && (prev.fp == job.fp || self.opts.retry_failed) {
-                let result = prev.result.clone();
-                st.done_before += 1;
-                self.finalize(i, idx, Outcome::Succeeded, result, None);
-                return None;
-            }
+        let fp = match (&st.planned[idx], &st.plan) {
+            (Some(p), _) => p.fp.as_str(),
+            (None, Some(plan)) => plan.fps[idx].as_str(),
+            (None, None) => "",
+        };
+        let reused = st
+            .prior
+            .get(st.jobs[idx].id.as_str())
+            .filter(|prev| prev.outcome.is_success() && (prev.fp == fp || self.opts.retry_failed))
+            .map(|prev| prev.result.clone());
+        if let Some(result) = reused {
+            st.done_before += 1;
+            self.finalize(i, idx, Outcome::Succeeded, result, None);
+            return None;
         }
-        let attempt = self.states[i].base_attempt[idx] + 1;
-        self.states[i].attempts[idx] = attempt;
+        let job = Self::planned_job(st, idx)?;
+        let attempt = st.base_attempt[idx] + 1;
+        st.attempts[idx] = attempt;
         Some(Launch { job, attempt })
+    }
+
+    /// A job ready to launch: planned already (element-wise jobs, retries), or its command
+    /// rendered again from the stage's plan, which keeps only fingerprints.
+    fn planned_job(st: &mut StageState, idx: usize) -> Option<Arc<PlannedJob>> {
+        if st.planned[idx].is_none() {
+            let plan = st.plan.as_ref()?;
+            // The same renderer rendered this job when the stage was planned.
+            let job = plan
+                .job(&st.jobs[idx])
+                .expect("a job's command rendered when its stage was planned");
+            st.planned[idx] = Some(job);
+        }
+        st.planned[idx].clone()
     }
 
     /// Submits the retries and element-wise jobs that handling a batch of events produced:
