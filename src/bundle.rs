@@ -429,13 +429,10 @@ pub fn write(
             Some((jobs, plan)) => {
                 store::write_jobs(&dir.join("jobs.jsonl"), jobs)?;
                 let launches = launches(layout, name, &plan.all_jobs(jobs)?)?;
-                let workers = opts
-                    .max_parallel
-                    .or(plan.settings.max_parallel)
-                    .map_or_else(
-                        || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-                        |n| n as usize,
-                    );
+                let workers = crate::backend::local_workers(
+                    opts.max_parallel.or(plan.settings.max_parallel),
+                    jobs.len(),
+                );
                 let mut settings_plan_spec =
                     StageSpec::new(plan, layout, &m.name, BUNDLE_RUN, workers);
                 if let Some(mp) = opts.max_parallel {

@@ -27,7 +27,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "NAME")]
     pub backend: Option<BackendKind>,
     /// Override every stage's `max_parallel`.
-    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, value_name = "N", allow_hyphen_values = true, value_parser = parse_max_parallel)]
     pub max_parallel: Option<u32>,
     /// Print every job as it ends.
     #[arg(short, long, global = true, conflicts_with = "quiet")]
@@ -41,6 +41,18 @@ pub struct GlobalArgs {
     /// Colour: `auto` (a terminal, unless NO_COLOR is set), `always`, `never`.
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
+}
+
+/// `--max-parallel`: a whole number from 1 to `u32::MAX`. Negative values reach this parser
+/// (`allow_hyphen_values`) so they get this message, not clap's hint to write `-- -1`.
+fn parse_max_parallel(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "`{text}` is not a number of jobs: write a whole number from 1 to {}",
+            u32::MAX
+        )),
+    }
 }
 
 /// When to use colour.

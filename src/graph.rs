@@ -173,16 +173,17 @@ impl StageGraph {
                 out.push_str("}\n");
             }
             GraphFormat::Mermaid => {
+                let ids = mermaid_ids(manifest);
                 out.push_str("flowchart LR\n");
                 for &i in &self.order {
-                    let _ = writeln!(out, "  {}[\"{}\"]", manifest.stages[i].name, label(i));
+                    let _ = writeln!(out, "  {}[\"{}\"]", ids[i], label(i));
                 }
                 for e in self.graph.edge_references() {
                     let _ = writeln!(
                         out,
                         "  {} --> {}",
-                        manifest.stages[e.source().index()].name,
-                        manifest.stages[e.target().index()].name
+                        ids[e.source().index()],
+                        ids[e.target().index()]
                     );
                 }
             }
@@ -214,6 +215,59 @@ pub enum GraphFormat {
     Dot,
     /// Mermaid flowchart.
     Mermaid,
+}
+
+/// Words Mermaid's flowchart grammar reads as keywords (compared in lower case).
+const MERMAID_KEYWORDS: &[&str] = &[
+    "end",
+    "graph",
+    "flowchart",
+    "subgraph",
+    "style",
+    "classdef",
+    "class",
+    "click",
+    "linkstyle",
+    "direction",
+    "default",
+    "call",
+    "href",
+    "callback",
+    "interpolate",
+    "acctitle",
+    "accdescr",
+    "tb",
+    "td",
+    "bt",
+    "rl",
+    "lr",
+];
+
+/// A Mermaid node id per stage: the stage's name when Mermaid reads it as a plain id, else
+/// `stage_<name>` (with `-` as `_`, and more `_` in front until no other id has it). The
+/// label always shows the real name.
+fn mermaid_ids(manifest: &Manifest) -> Vec<String> {
+    let plain = |n: &str| {
+        n.starts_with(|c: char| c.is_ascii_alphabetic())
+            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !MERMAID_KEYWORDS.contains(&n.to_ascii_lowercase().as_str())
+    };
+    let mut ids: Vec<String> = manifest
+        .stages
+        .iter()
+        .map(|s| s.name.as_str().to_owned())
+        .collect();
+    for i in 0..ids.len() {
+        if plain(&ids[i]) {
+            continue;
+        }
+        let mut id = format!("stage_{}", ids[i].replace('-', "_"));
+        while ids.contains(&id) {
+            id.insert(0, '_');
+        }
+        ids[i] = id;
+    }
+    ids
 }
 
 /// A cycle as node weights, first node repeated at the end, following edge direction.

@@ -40,8 +40,18 @@ impl JobId {
         if ok {
             Ok(Self(id.to_owned()))
         } else {
+            // An id can be megabytes long; the message quotes its start.
+            let mut end = id.len().min(60);
+            while !id.is_char_boundary(end) {
+                end -= 1;
+            }
+            let shown = if end < id.len() {
+                format!("{:?}… ({} bytes)", &id[..end], id.len())
+            } else {
+                format!("{id:?}")
+            };
             Err(format!(
-                "`id` {id:?} is not valid: use 1 to 128 letters, digits, `.`, `_`, `-`, starting with a letter or digit"
+                "`id` {shown} is not valid: use 1 to 128 letters, digits, `.`, `_`, `-`, starting with a letter or digit"
             ))
         }
     }
@@ -83,11 +93,143 @@ impl Job {
     #[must_use]
     pub fn value(&self) -> Value {
         if self.value.is_null() && self.json != "null" {
-            serde_json::from_str(&self.json).unwrap_or(Value::Null)
+            parse_value(&self.json).unwrap_or(Value::Null)
         } else {
             self.value.clone()
         }
     }
+}
+
+/// Parses JSON text into a value whose numbers keep the text they were written with.
+///
+/// serde_json (even with `arbitrary_precision`) rewrites exponents while parsing: `1E2`
+/// becomes `1e+2`, `1e400` becomes `1e+400`. Those are the same numbers, but a job's value
+/// must reach its command, its environment and `results` as written, so the text is parsed
+/// once by serde_json (which validates it and reports errors with positions) and, only when
+/// it has an exponent, walked again to put each number's own text back.
+///
+/// # Errors
+/// serde_json's error for text that is not one JSON value.
+pub fn parse_value(text: &str) -> serde_json::Result<Value> {
+    let value: Value = serde_json::from_str(text)?;
+    if !text.contains(['e', 'E']) {
+        return Ok(value);
+    }
+    let mut exact = Exact {
+        text: text.as_bytes(),
+        at: 0,
+    };
+    Ok(exact.value())
+}
+
+/// A second pass over JSON text serde_json already accepted (see [`parse_value`]).
+struct Exact<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl Exact<'_> {
+    fn skip_space(&mut self) {
+        while self.text.get(self.at).is_some_and(u8::is_ascii_whitespace) {
+            self.at += 1;
+        }
+    }
+
+    fn value(&mut self) -> Value {
+        self.skip_space();
+        match self.text.get(self.at) {
+            Some(b'{') => {
+                self.at += 1;
+                let mut map = serde_json::Map::new();
+                loop {
+                    self.skip_space();
+                    if self.text.get(self.at) == Some(&b'}') {
+                        self.at += 1;
+                        break Value::Object(map);
+                    }
+                    if self.text.get(self.at) == Some(&b',') {
+                        self.at += 1;
+                        continue;
+                    }
+                    let key = match self.value() {
+                        Value::String(k) => k,
+                        _ => unreachable!("serde_json accepted the text: keys are strings"),
+                    };
+                    self.skip_space();
+                    self.at += 1; // the `:`
+                    let v = self.value();
+                    map.insert(key, v);
+                }
+            }
+            Some(b'[') => {
+                self.at += 1;
+                let mut items = Vec::new();
+                loop {
+                    self.skip_space();
+                    match self.text.get(self.at) {
+                        Some(b']') | None => {
+                            self.at += 1;
+                            break Value::Array(items);
+                        }
+                        Some(b',') => self.at += 1,
+                        Some(_) => items.push(self.value()),
+                    }
+                }
+            }
+            Some(b'"') => {
+                let start = self.at;
+                self.at += 1;
+                while let Some(&b) = self.text.get(self.at) {
+                    self.at += if b == b'\\' { 2 } else { 1 };
+                    if b == b'"' {
+                        break;
+                    }
+                }
+                let raw = std::str::from_utf8(&self.text[start..self.at]).unwrap_or("\"\"");
+                serde_json::from_str(raw).map_or(Value::Null, Value::String)
+            }
+            Some(b't') => {
+                self.at += 4;
+                Value::Bool(true)
+            }
+            Some(b'f') => {
+                self.at += 5;
+                Value::Bool(false)
+            }
+            Some(b'n') | None => {
+                self.at += 4;
+                Value::Null
+            }
+            Some(_) => {
+                let start = self.at;
+                while self
+                    .text
+                    .get(self.at)
+                    .is_some_and(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                {
+                    self.at += 1;
+                }
+                let written = String::from_utf8_lossy(&self.text[start..self.at]).into_owned();
+                // The only way to build a `Number` from its text without serde_json's
+                // rewriting; the text was validated as a JSON number by the first pass.
+                Value::Number(serde_json::Number::from_string_unchecked(written))
+            }
+        }
+    }
+}
+
+/// serde_json's form of canonical JSON (exponents as `e+N`): what hash ids are computed
+/// from, so an id does not depend on how a number's exponent was written and stays what
+/// earlier versions computed.
+fn id_json(json: &str) -> std::borrow::Cow<'_, str> {
+    if json.contains(['e', 'E']) {
+        if let Ok(v) = serde_json::from_str::<Value>(json) {
+            return std::borrow::Cow::Owned(
+                serde_json::to_string(&v).expect("a JSON value serializes"),
+            );
+        }
+    }
+    std::borrow::Cow::Borrowed(json)
 }
 
 /// Hex SHA-256 of some bytes.
@@ -161,11 +303,10 @@ pub fn expand_static_with(
                 src: &manifest.src,
                 spans: vec![stage.source_span],
             };
-            let values = cartesian(m);
-            let n = values.len();
+            let n = m.values().map(Vec::len).product();
             Some(assign_ids(
                 stage,
-                values.into_iter().map(Ok),
+                cartesian(m, n).map(Ok),
                 n,
                 &origin,
                 visit,
@@ -176,20 +317,25 @@ pub fn expand_static_with(
     }
 }
 
-fn cartesian(m: &indexmap::IndexMap<String, Vec<Value>>) -> Vec<Value> {
-    let mut out = vec![serde_json::Map::new()];
-    for (key, values) in m {
-        let mut next = Vec::with_capacity(out.len() * values.len());
-        for partial in &out {
-            for v in values {
-                let mut p = partial.clone();
-                p.insert(key.clone(), v.clone());
-                next.push(p);
-            }
+/// The `n` combinations of a matrix, the first key varying slowest, made one at a time so
+/// only the canonical JSON of each is ever kept.
+fn cartesian(
+    m: &indexmap::IndexMap<String, Vec<Value>>,
+    n: usize,
+) -> impl Iterator<Item = Value> + '_ {
+    (0..n).map(move |mut k| {
+        let mut digits = vec![0; m.len()];
+        for (d, values) in digits.iter_mut().zip(m.values()).rev() {
+            *d = k % values.len();
+            k /= values.len();
         }
-        out = next;
-    }
-    out.into_iter().map(Value::Object).collect()
+        Value::Object(
+            m.iter()
+                .zip(digits)
+                .map(|((key, values), d)| (key.clone(), values[d].clone()))
+                .collect(),
+        )
+    })
 }
 
 fn read_jobs_file(
@@ -198,7 +344,7 @@ fn read_jobs_file(
     path: &Path,
     visit: &mut Visit<'_>,
 ) -> Result<Vec<Job>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::JobsFile {
+    let text = crate::manifest::read_text(path).map_err(|source| Error::JobsFile {
         stage: stage.name.to_string(),
         path: path.to_path_buf(),
         source,
@@ -355,12 +501,18 @@ fn parse_jobs(stage: &Stage, src: &Source, what: &str, visit: &mut Visit<'_>) ->
         }
     }
     let values = items.iter().zip(&spans).map(|(&(body, line), span)| {
-        serde_json::from_str::<Value>(body).map_err(|e| {
+        parse_value(body).map_err(|e| {
             // serde_json counts lines within `body`; report the line of the whole text.
             let message = match line {
                 Some(n) => format!("{} at line {n} column {}", json_message(&e), e.column()),
                 None => e.to_string(),
             };
+            // A long line is shown as a window (see `summary::render_diagnostic`): point at the
+            // error in it, so the window shows the error rather than the line's start.
+            if body.len() > crate::summary::MAX_SOURCE_LINE && e.line() == 1 {
+                let at = span.offset() + e.column().saturating_sub(1).min(body.len());
+                return parse_err(message, at, 1);
+            }
             parse_err(message, span.offset(), body.len())
         })
     });
@@ -416,7 +568,7 @@ fn assign_ids(
             Some(other) => Err(format!(
                 "`id` must be a string or a non-negative integer, not `{other}`"
             )),
-            None => Ok(JobId::from_canonical(&json)),
+            None => Ok(JobId::from_canonical(&id_json(&json))),
         }
         .map_err(|message| Error::InvalidJob {
             stage: stage.name.to_string(),
@@ -551,7 +703,88 @@ mod tests {
         let src = NamedSource::new("out", "[0.1, 12345678901234567890, 1e400]".to_owned());
         let jobs = parse_jobs(&m.stages[0], &src, "output", &mut |_, _| Ok(())).unwrap();
         let texts: Vec<&str> = jobs.iter().map(|j| j.json.as_str()).collect();
-        // serde_json writes exponents with an explicit sign; the value is the same number.
-        assert_eq!(texts, ["0.1", "12345678901234567890", "1e+400"]);
+        assert_eq!(texts, ["0.1", "12345678901234567890", "1e400"]);
+    }
+
+    #[test]
+    fn numbers_keep_their_text_and_ids_do_not_depend_on_it() {
+        let v = parse_value(r#"{"b": [1E2, -2.5e-3, 1e400], "a": "e", "c": {"x": 0.1}}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"a":"e","b":[1E2,-2.5e-3,1e400],"c":{"x":0.1}}"#
+        );
+        assert_eq!(v["b"][0].to_string(), "1E2");
+        let m = manifest("generate='x'");
+        let src = NamedSource::new("out", "{\"x\": 1E2}\n".to_owned());
+        let a = parse_jobs(&m.stages[0], &src, "output").unwrap();
+        let src = NamedSource::new("out", "{\"x\": 1e+2}\n".to_owned());
+        let b = parse_jobs(&m.stages[0], &src, "output").unwrap();
+        assert_eq!(a[0].json, r#"{"x":1E2}"#);
+        assert_eq!(b[0].json, r#"{"x":1e+2}"#);
+        // Same number, same id; and the id earlier versions computed (from `1e+2`).
+        assert_eq!(a[0].id, b[0].id);
+        assert_eq!(a[0].id, JobId::from_canonical(r#"{"x":1e+2}"#));
+        assert_eq!(a[0].value().to_string(), r#"{"x":1E2}"#);
+    }
+
+    /// JSON text with written numbers: (the text with random spacing, its compact form).
+    fn json_text() -> impl proptest::strategy::Strategy<Value = (String, String)> {
+        use proptest::prelude::*;
+        let number = "-?(0|[1-9][0-9]{0,3})(\\.[0-9]{1,3})?([eE][+-]?[0-9]{1,3})?";
+        let leaf = prop_oneof![
+            number.prop_map(|n| (n.clone(), n)),
+            any::<String>().prop_map(|s| {
+                let j = serde_json::to_string(&s).unwrap();
+                (j.clone(), j)
+            }),
+            Just(("true".to_owned(), "true".to_owned())),
+            Just(("null".to_owned(), "null".to_owned())),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(|items| {
+                    let spaced: Vec<String> = items.iter().map(|i| i.0.clone()).collect();
+                    let compact: Vec<String> = items.iter().map(|i| i.1.clone()).collect();
+                    (
+                        format!("[ {} ]", spaced.join(" ,\n")),
+                        format!("[{}]", compact.join(",")),
+                    )
+                }),
+                proptest::collection::btree_map("[a-z]{1,3}", inner, 0..4).prop_map(|m| {
+                    let key = |k: &String| serde_json::to_string(k).unwrap();
+                    let spaced: Vec<String> = m
+                        .iter()
+                        .map(|(k, v)| format!("{} : {}", key(k), v.0))
+                        .collect();
+                    let compact: Vec<String> = m
+                        .iter()
+                        .map(|(k, v)| format!("{}:{}", key(k), v.1))
+                        .collect();
+                    (
+                        format!("{{ {} }}", spaced.join(", ")),
+                        format!("{{{}}}", compact.join(",")),
+                    )
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_value_keeps_every_number_as_written((text, compact) in json_text()) {
+            let v = parse_value(&text).unwrap();
+            proptest::prop_assert_eq!(serde_json::to_string(&v).unwrap(), compact.clone());
+            // The id form is serde_json's own.
+            let plain: Value = serde_json::from_str(&text).unwrap();
+            proptest::prop_assert_eq!(
+                id_json(&compact).into_owned(),
+                serde_json::to_string(&plain).unwrap()
+            );
+        }
+
+        #[test]
+        fn parse_value_never_panics(text in "[\\[\\]{}\",:0-9eE+.\\-a-z \\\\]{0,40}") {
+            let _ = parse_value(&text);
+        }
     }
 }

@@ -382,6 +382,9 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// The most jobs a `matrix` may expand to (the product of its lists' lengths).
+pub const MAX_MATRIX_JOBS: usize = 1_000_000;
+
 /// A duration written as `"90s"`, `"30m"`, `"2h"`, `"1d12h"` or `"H:MM:SS"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WallTime(pub Duration);
@@ -399,6 +402,11 @@ impl WallTime {
         };
         // At most 100 years, so adding it to a clock never overflows.
         let too_long = || format!("`{text}` is too long: the longest duration is 100 years");
+        let zero = || {
+            format!(
+                "`{text}` is not a duration longer than zero: zero is not allowed, write at least `1s`"
+            )
+        };
         let limit = |secs: u64| {
             if secs > 100 * 365 * 86_400 {
                 Err(too_long())
@@ -411,6 +419,16 @@ impl WallTime {
             let parts: Vec<&str> = t.split(':').collect();
             if parts.len() > 3 {
                 return Err(bad());
+            }
+            // Minutes and seconds after the first field are below 60: `1:99:00` is a typo,
+            // not 2:39:00.
+            if parts[1..]
+                .iter()
+                .any(|p| p.parse::<u64>().is_ok_and(|n| n >= 60))
+            {
+                return Err(format!(
+                    "`{text}` is not a duration: minutes and seconds after a `:` must be below 60"
+                ));
             }
             let mut secs = 0u64;
             for p in parts {
@@ -425,11 +443,13 @@ impl WallTime {
                         }
                     })?;
             }
-            return if secs == 0 { Err(bad()) } else { limit(secs) };
+            return if secs == 0 { Err(zero()) } else { limit(secs) };
         }
         let mut total = 0u64;
         let mut num = String::new();
         let mut seen_unit = false;
+        // The last unit written: each comes at most once, largest first (`1d12h`, not `1h1h`).
+        let mut last_unit = u64::MAX;
         for c in t.chars() {
             if c.is_ascii_digit() {
                 num.push(c);
@@ -442,6 +462,12 @@ impl WallTime {
                 'd' => 86400,
                 _ => return Err(bad()),
             };
+            if unit >= last_unit {
+                return Err(format!(
+                    "`{text}` is not a duration: write each unit at most once, largest first (`d`, `h`, `m`, `s`), e.g. `1d12h`"
+                ));
+            }
+            last_unit = unit;
             let n: u64 = num.parse().map_err(|_| bad())?;
             total = n
                 .checked_mul(unit)
@@ -450,8 +476,11 @@ impl WallTime {
             num.clear();
             seen_unit = true;
         }
-        if !num.is_empty() || !seen_unit || total == 0 {
+        if !num.is_empty() || !seen_unit {
             return Err(bad());
+        }
+        if total == 0 {
+            return Err(zero());
         }
         limit(total)
     }
@@ -642,11 +671,59 @@ impl Manifest {
 #[must_use]
 pub fn resolve_path(arg: Option<&Path>) -> PathBuf {
     let p = arg.map_or_else(|| PathBuf::from(DEFAULT_MANIFEST), Path::to_path_buf);
-    if p.is_dir() {
+    // A folder itself named `poolparty.toml` (with no manifest inside) is kept, so reading it
+    // says it is a folder rather than that `poolparty.toml/poolparty.toml` does not exist.
+    let named_like_a_manifest =
+        p.file_name().is_some_and(|n| n == DEFAULT_MANIFEST) && !p.join(DEFAULT_MANIFEST).exists();
+    if p.is_dir() && !named_like_a_manifest {
         p.join(DEFAULT_MANIFEST)
     } else {
         p
     }
+}
+
+/// Reads a text file given by the user (the manifest, a jobs file): only a regular file (a
+/// FIFO or device could block forever or never end), without a UTF-8 byte order mark, and
+/// with the position of the first byte that is not UTF-8 when there is one.
+///
+/// # Errors
+/// The I/O error, or one saying the path is a folder or not a regular file, or where the text
+/// stops being UTF-8.
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind};
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "it is a folder, not a file",
+        ));
+    }
+    if !meta.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "it is not a regular file (a FIFO, socket or device): poolparty reads only files",
+        ));
+    }
+    let mut bytes = std::fs::read(path)?;
+    let bom = if bytes.starts_with(b"\xEF\xBB\xBF") {
+        3
+    } else {
+        0
+    };
+    bytes.drain(..bom);
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&valid[line_start..]).chars().count() + 1;
+        Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "it is not UTF-8 text: invalid byte at line {line}, column {column} (byte offset {})",
+                valid.len() + bom
+            ),
+        )
+    })
 }
 
 /// Reads, parses and validates a manifest file.
@@ -654,7 +731,7 @@ pub fn resolve_path(arg: Option<&Path>) -> PathBuf {
 /// # Errors
 /// Any read, syntax or validation error, as a diagnostic pointing into the file.
 pub fn load(path: &Path) -> Result<Manifest> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadManifest {
+    let text = read_text(path).map_err(|source| Error::ReadManifest {
         path: path.to_path_buf(),
         source,
     })?;
@@ -758,6 +835,7 @@ fn validate(path: &Path, raw: RawManifest, src: Source, text: &str) -> Result<Ma
             .map_err(|m| err(span, m.clone(), "invalid stage name", None))?;
         let stage = validate_stage(name, span, rs, &raw.defaults, &dir, &err)?;
         check_templates(&stage, &src)?;
+        check_script_template(&stage, &src)?;
         // `POOLPARTY_NEEDS_<STAGE>_*` upper-cases names and turns `-` into `_`.
         let env_key = |n: &StageName| n.as_str().to_uppercase().replace('-', "_");
         if let Some(other) = stages
@@ -815,6 +893,41 @@ fn check_templates(stage: &Stage, src: &Source) -> Result<()> {
             .map_err(|f| template_error(src, stage.source_span, g, f, &what))?;
     }
     Ok(())
+}
+
+/// Reads and compiles a stage's custom scheduler script `template`, whatever its backend (a
+/// local stage may be sent to a cluster with `--backend`), so a missing or broken template
+/// fails `validate` instead of the first submission.
+fn check_script_template(stage: &Stage, src: &Source) -> Result<()> {
+    use crate::template::{Quoting, Templates};
+    let Some((path, span)) = &stage.settings.template else {
+        return Ok(());
+    };
+    let text = read_text(path).map_err(|e| Error::InvalidManifest {
+        message: format!(
+            "cannot read the `template` of stage `{}`, `{}`: {e}",
+            stage.name,
+            path.display()
+        ),
+        src: src.clone(),
+        span: *span,
+        label: "this file".to_owned(),
+        help: Some("the path is relative to the manifest's folder".to_owned()),
+    })?;
+    Templates::new()
+        .add("script", &text, Quoting::Shell)
+        .map_err(|f| Error::InvalidManifest {
+            message: format!(
+                "the `template` of stage `{}`, `{}`, does not compile: {}",
+                stage.name,
+                path.display(),
+                f.message
+            ),
+            src: src.clone(),
+            span: *span,
+            label: "this template".to_owned(),
+            help: None,
+        })
 }
 
 type ErrFn<'a> = dyn Fn(SourceSpan, String, &str, Option<String>) -> Error + 'a;
@@ -900,15 +1013,48 @@ fn validate_stage(
     } else if let Some(j) = rs.jobs {
         let jobs = j.into_inner();
         job_spans = jobs.iter().map(span_of).collect();
-        JobSource::Inline(jobs.into_iter().map(Spanned::into_inner).collect())
+        let mut values = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let span = span_of(&job);
+            let mut v = job.into_inner();
+            from_toml(&mut v).map_err(|e| toml_value_error(err, span, &name, &e))?;
+            values.push(v);
+        }
+        JobSource::Inline(values)
     } else if let Some(m) = rs.matrix {
-        let m = m.into_inner();
+        let mut m = m.into_inner();
+        for list in m.values_mut() {
+            let span = span_of(list);
+            for v in list.get_mut() {
+                from_toml(v).map_err(|e| toml_value_error(err, span, &name, &e))?;
+            }
+        }
         if let Some((k, v)) = m.iter().find(|(_, v)| v.get_ref().is_empty()) {
             return Err(err(
                 span_of(v),
                 format!("matrix key `{k}` of stage `{name}` has no values"),
                 "empty list",
                 Some("every matrix key needs at least one value".to_owned()),
+            ));
+        }
+        // Checked before anything is expanded: the product of a few long lists can exceed
+        // any memory, or even `usize`.
+        let size = m
+            .values()
+            .try_fold(1usize, |n, v| n.checked_mul(v.get_ref().len()));
+        if size.is_none_or(|n| n > MAX_MATRIX_JOBS) {
+            let sizes: Vec<String> = m.values().map(|v| v.get_ref().len().to_string()).collect();
+            return Err(err(
+                source_span,
+                format!(
+                    "the matrix of stage `{name}` expands to {} jobs, more than the limit of {MAX_MATRIX_JOBS}",
+                    size.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string())
+                ),
+                "too many combinations",
+                Some(format!(
+                    "the matrix is the product of its lists' lengths ({}); split the stage, or use `generate` or `jobs_file` for a list this long",
+                    sizes.join(" × ")
+                )),
             ));
         }
         JobSource::Matrix(m.into_iter().map(|(k, v)| (k, v.into_inner())).collect())
@@ -967,6 +1113,40 @@ fn validate_stage(
         on_failure: rs.on_failure.unwrap_or_default(),
         settings,
     })
+}
+
+/// Turns a TOML value read as JSON into the value a job gets: a datetime becomes its RFC 3339
+/// text (toml hands it over as `{"$__toml_private_datetime": text}`), and `nan` / `inf`,
+/// which JSON cannot write (serde_json reads them as `null`, a value TOML itself never has),
+/// are refused.
+fn from_toml(v: &mut serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    match v {
+        Value::Null => Err("`nan` and `inf` have no JSON form".to_owned()),
+        Value::Array(items) => items.iter_mut().try_for_each(from_toml),
+        Value::Object(map) => {
+            if map.len() == 1 {
+                if let Some(Value::String(text)) = map.get("$__toml_private_datetime") {
+                    *v = Value::String(text.clone());
+                    return Ok(());
+                }
+            }
+            map.values_mut().try_for_each(from_toml)
+        }
+        Value::Bool(_) | Value::Number(_) | Value::String(_) => Ok(()),
+    }
+}
+
+fn toml_value_error(err: &ErrFn<'_>, span: SourceSpan, stage: &StageName, message: &str) -> Error {
+    err(
+        span,
+        format!("a job of stage `{stage}` holds a value that cannot be passed on: {message}"),
+        "`nan` or `inf` in here",
+        Some(
+            "a job's value reaches its command as JSON; write the number as a string (`\"inf\"`), or leave it out"
+                .to_owned(),
+        ),
+    )
 }
 
 macro_rules! pick {
@@ -1124,9 +1304,32 @@ mod tests {
             "999999999999999999d",
             "99999999999999999:0:0",
             "36501d",
+            "1h1h",
+            "30m1h",
+            "1:99:00",
+            "1:00:60",
+            "0:0:0",
         ] {
             assert!(WallTime::parse(bad).is_err(), "{bad}");
         }
+        assert!(
+            WallTime::parse("0s")
+                .unwrap_err()
+                .contains("zero is not allowed")
+        );
+        assert!(
+            WallTime::parse("0:00")
+                .unwrap_err()
+                .contains("zero is not allowed")
+        );
+        assert!(
+            WallTime::parse("1h1h")
+                .unwrap_err()
+                .contains("at most once")
+        );
+        assert!(WallTime::parse("1:99:00").unwrap_err().contains("below 60"));
+        assert_eq!(WallTime::parse("100:59:59").unwrap().0.as_secs(), 363_599);
+        assert_eq!(WallTime::parse("1d1h1m1s").unwrap().0.as_secs(), 90_061);
     }
 
     #[test]

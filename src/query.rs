@@ -66,10 +66,8 @@ fn stage_name<'a>(manifest: &'a Manifest, wanted: Option<&'a str>) -> Result<&'a
 /// A stage's jobs and the latest record of each.
 type Recorded = (Vec<JobLine>, HashMap<String, JobRecord>);
 
-fn load_stage(layout: &Layout, name: &str) -> Result<Option<Recorded>> {
-    let Some(jobs) = store::read_jobs(&layout.jobs_file(name))? else {
-        return Ok(None);
-    };
+fn load_stage(layout: &Layout, name: &str, result_max_bytes: u64) -> Result<Option<Recorded>> {
+    let jobs = store::read_jobs(&layout.jobs_file(name))?;
     let mut latest = store::latest(store::read_ledger(&layout.ledger(name))?);
     // Outcome files no runner has collected yet (a detached or hand-submitted bundle, or a
     // killed runner) count too; a later attempt wins.
@@ -92,9 +90,9 @@ fn load_stage(layout: &Layout, name: &str) -> Result<Option<Recorded>> {
             if latest.get(id).is_some_and(|r| r.attempt >= attempt) {
                 continue;
             }
-            let result = std::fs::read(layout.result_path(name, id))
-                .ok()
-                .map(crate::outcome::ResultValue::from_bytes);
+            // A large result stays a file: only its size is read.
+            let result =
+                crate::backend::read_result_file(&layout.result_path(name, id), result_max_bytes);
             latest.insert(
                 id.to_owned(),
                 JobRecord {
@@ -115,6 +113,25 @@ fn load_stage(layout: &Layout, name: &str) -> Result<Option<Recorded>> {
             );
         }
     }
+    let jobs = match jobs {
+        Some(jobs) => jobs,
+        None if latest.is_empty() => return Ok(None),
+        // `jobs.jsonl` is gone but outcomes were recorded: the recorded jobs are still known
+        // (without their values), so their outcomes are shown rather than "not started".
+        None => {
+            let mut known: Vec<JobLine> = latest
+                .values()
+                .map(|r| JobLine {
+                    index: r.index,
+                    id: r.id.clone(),
+                    job: serde_json::value::RawValue::from_string("null".to_owned())
+                        .expect("`null` is JSON"),
+                })
+                .collect();
+            known.sort_by_key(|j| j.index);
+            known
+        }
+    };
     Ok(Some((jobs, latest)))
 }
 
@@ -128,7 +145,10 @@ pub fn results(
     opts: &ResultsOptions,
 ) -> Result<ResultsOutput> {
     let name = stage_name(manifest, opts.stage.as_deref())?;
-    let (jobs, latest) = load_stage(layout, name)?.ok_or_else(|| Error::Usage {
+    let max = manifest
+        .stage(name)
+        .map_or(1 << 20, |s| s.settings.result_max_bytes);
+    let (jobs, latest) = load_stage(layout, name, max)?.ok_or_else(|| Error::Usage {
         message: format!("stage `{name}` has not run yet: there are no results"),
         help: Some("run it first with `poolparty run`".to_owned()),
     })?;
@@ -237,7 +257,7 @@ fn table(
     let tsv = opts.format == ResultsFormat::Tsv;
     let parsed: Vec<Option<Value>> = rows
         .iter()
-        .map(|(_, _, r)| r.as_deref().and_then(|t| serde_json::from_str(t).ok()))
+        .map(|(_, _, r)| r.as_deref().and_then(|t| crate::jobs::parse_value(t).ok()))
         .collect();
     let mut keys: Vec<String> = Vec::new();
     let mut scalar = false;
@@ -319,7 +339,8 @@ pub fn status(manifest: &Manifest, layout: &Layout) -> Result<RunReport> {
     let mut all = Vec::new();
     for stage in &manifest.stages {
         let name = stage.name.as_str();
-        let Some((jobs, latest)) = load_stage(layout, name)? else {
+        let Some((jobs, latest)) = load_stage(layout, name, stage.settings.result_max_bytes)?
+        else {
             stages.push(StageReport {
                 name: name.to_owned(),
                 backend: stage.settings.backend,

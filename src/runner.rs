@@ -421,14 +421,10 @@ impl<'a> Runner<'a> {
         };
         let ledger = Ledger::open(self.layout.ledger(&name))?;
         let kind = self.opts.backend.unwrap_or(plan.settings.backend);
-        let workers = self
-            .opts
-            .max_parallel
-            .or(plan.settings.max_parallel)
-            .map_or_else(
-                || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-                |n| n as usize,
-            );
+        let workers = backend::local_workers(
+            self.opts.max_parallel.or(plan.settings.max_parallel),
+            jobs.len(),
+        );
         let spec = StageSpec::new(&plan, &self.layout, &manifest.name, &self.run_id, workers);
         let mut backend = backend::create(kind, spec, self.tx.clone())?;
         let record_to = self.layout.submissions(&name);
@@ -722,7 +718,7 @@ impl<'a> Runner<'a> {
             "upstream": up_job.value(),
             "exit_code": upstream.exit_code(),
             "outcome": upstream.describe(),
-            "result": self.states[up].results[idx].as_ref().map(|r| serde_json::from_str::<Value>(&r.to_json()).unwrap_or(Value::Null)),
+            "result": self.states[up].results[idx].as_ref().map(|r| jobs::parse_value(&r.to_json()).unwrap_or(Value::Null)),
             "stdout": self.layout.log_out(&up_name, up_job.id.as_str()),
             "stderr": self.layout.log_err(&up_name, up_job.id.as_str()),
         });

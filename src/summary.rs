@@ -340,8 +340,17 @@ pub fn job_label(json: &str) -> Option<String> {
 }
 
 /// Renders a diagnostic the way `main` prints errors.
+///
+/// A diagnostic stays readable whatever it quotes: source lines longer than
+/// [`MAX_SOURCE_LINE`] bytes are cut to a window around their label (a generator may print one
+/// 200 MB line), and any rendered line is cut at [`MAX_RENDERED_LINE`] characters.
 #[must_use]
 pub fn render_diagnostic(e: &dyn miette::Diagnostic, color: bool) -> String {
+    let clipped = Clipped::new(e);
+    let e: &dyn miette::Diagnostic = match &clipped {
+        Some(c) => c,
+        None => e,
+    };
     let handler = if color {
         miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode())
     } else {
@@ -350,7 +359,188 @@ pub fn render_diagnostic(e: &dyn miette::Diagnostic, color: bool) -> String {
     .with_width(100);
     let mut out = String::new();
     let _ = handler.render_report(&mut out, e);
-    out
+    if out.lines().all(|l| l.len() <= MAX_RENDERED_LINE) {
+        return out;
+    }
+    let mut short = String::with_capacity(out.len().min(1 << 20));
+    for line in out.split_inclusive('\n') {
+        let body = line.trim_end_matches('\n');
+        if body.chars().count() > MAX_RENDERED_LINE {
+            short.extend(body.chars().take(MAX_RENDERED_LINE));
+            short.push('…');
+            short.push_str(&line[body.len()..]);
+        } else {
+            short.push_str(line);
+        }
+    }
+    short
+}
+
+/// Source lines longer than this (bytes) are shown as a window around their label.
+pub const MAX_SOURCE_LINE: usize = 240;
+/// Rendered diagnostic lines longer than this (characters) are cut.
+pub const MAX_RENDERED_LINE: usize = 1000;
+/// How much of a long source line is shown before its label starts.
+const WINDOW_BEFORE: usize = 80;
+
+/// A diagnostic whose source has its long lines cut: the same message, help and causes, with
+/// the source and labels mapped to the shortened text. Lines are never removed, so line
+/// numbers stay right; a column in a cut line counts from the window's start.
+struct Clipped<'a> {
+    inner: &'a dyn miette::Diagnostic,
+    src: miette::NamedSource<String>,
+    labels: Vec<miette::LabeledSpan>,
+}
+
+impl<'a> Clipped<'a> {
+    /// `None` when the diagnostic has no source or no line that needs cutting.
+    fn new(inner: &'a dyn miette::Diagnostic) -> Option<Self> {
+        let code = inner.source_code()?;
+        let all = code
+            .read_span(&miette::SourceSpan::from(0..0), 0, usize::MAX)
+            .ok()?;
+        let text = String::from_utf8_lossy(all.data());
+        if text.split(['\n', '\r']).all(|l| l.len() <= MAX_SOURCE_LINE) {
+            return None;
+        }
+        let labels: Vec<miette::LabeledSpan> =
+            inner.labels().map(Iterator::collect).unwrap_or_default();
+        let mut focus: Vec<usize> = labels.iter().map(miette::LabeledSpan::offset).collect();
+        focus.sort_unstable();
+        let (short, map) = clip_lines(&text, &focus);
+        let labels = labels
+            .iter()
+            .map(|l| {
+                let start = map.map(l.offset(), false);
+                let end = map.map(l.offset() + l.len(), true).max(start);
+                let span = miette::SourceSpan::from(start..end);
+                let label = l.label().map(str::to_owned);
+                if l.primary() {
+                    miette::LabeledSpan::new_primary_with_span(label, span)
+                } else {
+                    miette::LabeledSpan::new_with_span(label, span)
+                }
+            })
+            .collect();
+        let mut src = miette::NamedSource::new(all.name().unwrap_or_default(), short);
+        if let Some(lang) = all.language() {
+            src = src.with_language(lang);
+        }
+        Some(Self { inner, src, labels })
+    }
+}
+
+impl std::fmt::Debug for Clipped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.inner, f)
+    }
+}
+
+impl std::fmt::Display for Clipped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self.inner, f)
+    }
+}
+
+impl std::error::Error for Clipped<'_> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner.source()
+    }
+}
+
+impl miette::Diagnostic for Clipped<'_> {
+    fn code<'b>(&'b self) -> Option<Box<dyn std::fmt::Display + 'b>> {
+        self.inner.code()
+    }
+    fn severity(&self) -> Option<miette::Severity> {
+        self.inner.severity()
+    }
+    fn help<'b>(&'b self) -> Option<Box<dyn std::fmt::Display + 'b>> {
+        self.inner.help()
+    }
+    fn url<'b>(&'b self) -> Option<Box<dyn std::fmt::Display + 'b>> {
+        self.inner.url()
+    }
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        Some(&self.src)
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        Some(Box::new(self.labels.iter().cloned()))
+    }
+    fn related<'b>(&'b self) -> Option<Box<dyn Iterator<Item = &'b dyn miette::Diagnostic> + 'b>> {
+        self.inner.related()
+    }
+    fn diagnostic_source(&self) -> Option<&dyn miette::Diagnostic> {
+        self.inner.diagnostic_source()
+    }
+}
+
+/// Where the kept pieces of a clipped text came from: `(start, end, new_start)` in order.
+struct OffsetMap(Vec<(usize, usize, usize)>);
+
+impl OffsetMap {
+    /// An offset of the original text in the clipped one; an offset in a cut piece goes to
+    /// the `…` that replaced it (its start for a span start, its end for a span end).
+    fn map(&self, offset: usize, is_end: bool) -> usize {
+        let i = self.0.partition_point(|p| p.0 <= offset);
+        if i == 0 {
+            return 0;
+        }
+        let (start, end, new) = self.0[i - 1];
+        if offset <= end {
+            new + (offset - start)
+        } else if is_end {
+            self.0.get(i).map_or(new + (end - start), |p| p.2)
+        } else {
+            new + (end - start)
+        }
+    }
+}
+
+/// Cuts each line longer than [`MAX_SOURCE_LINE`] to a window starting a little before the
+/// first `focus` offset in it (or at its start), marking cuts with `…`.
+fn clip_lines(text: &str, focus: &[usize]) -> (String, OffsetMap) {
+    let floor = |mut i: usize| {
+        while !text.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let mut out = String::new();
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    while at < text.len() {
+        let end = text[at..].find(['\n', '\r']).map_or(text.len(), |n| at + n);
+        let next = if text[end..].starts_with("\r\n") {
+            end + 2
+        } else {
+            (end + 1).min(text.len())
+        };
+        if end - at <= MAX_SOURCE_LINE {
+            pieces.push((at, next, out.len()));
+            out.push_str(&text[at..next]);
+        } else {
+            let f = focus
+                .iter()
+                .copied()
+                .find(|&f| f >= at && f <= end)
+                .unwrap_or(at);
+            let a = floor(f.saturating_sub(WINDOW_BEFORE).max(at));
+            let b = floor((a + MAX_SOURCE_LINE).min(end));
+            if a > at {
+                out.push('…');
+            }
+            pieces.push((a, b, out.len()));
+            out.push_str(&text[a..b]);
+            if b < end {
+                out.push('…');
+            }
+            pieces.push((end, next, out.len()));
+            out.push_str(&text[end..next]);
+        }
+        at = next;
+    }
+    (out, OffsetMap(pieces))
 }
 
 /// The human summary of a report.
@@ -453,6 +643,17 @@ pub fn format_report(report: &RunReport, color: bool, verbosity: Verbosity) -> S
                 }
             }
         }
+    }
+    // Nothing recorded and nothing expanded: `status` before the first run.
+    if report.run == "none" && report.stages.iter().all(|s| s.jobs.is_none()) {
+        let _ = writeln!(
+            out,
+            "\n{} for workflow `{}`: nothing is recorded yet (`poolparty run` starts one; exit code {})",
+            paint("33;1", "no run yet"),
+            report.workflow,
+            report.verdict.exit_code()
+        );
+        return out;
     }
     let verdict = match report.verdict {
         Verdict::Succeeded => paint("32;1", "every job succeeded"),

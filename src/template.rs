@@ -368,13 +368,14 @@ fn rewrite(elements: &mut [TemplateElement], quoting: Quoting) {
     }
 }
 
-/// The text a JSON value is inserted as: strings as they are, null as nothing, numbers and
+/// The text a JSON value is inserted as: strings as they are, null as `null` (as `jq -r`
+/// prints it, so it never looks like an empty string), numbers and
 /// booleans as written, arrays and objects as compact JSON.
 #[must_use]
 pub fn value_text(v: &Value) -> Cow<'_, str> {
     match v {
         Value::String(s) => Cow::Borrowed(s),
-        Value::Null => Cow::Borrowed(""),
+        Value::Null => Cow::Borrowed("null"),
         Value::Bool(b) => Cow::Owned(b.to_string()),
         Value::Number(n) => Cow::Owned(n.to_string()),
         Value::Array(_) | Value::Object(_) => {

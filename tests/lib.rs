@@ -16,3 +16,4 @@ mod results;
 mod schema;
 mod sge;
 mod slurm;
+mod values;

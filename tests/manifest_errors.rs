@@ -1015,3 +1015,158 @@ fn validate_accepts_jobs_file() {
         "validate wrote state"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue #11 (§4, §6, §7): limits, values that have no JSON form, and messages that point at
+// the right thing. <https://github.com/poolparty/poolparty/issues/11>
+
+#[test]
+fn matrix_too_large_names_its_size() {
+    let keys: String = (0..10)
+        .map(|k| format!("k{k} = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n"))
+        .collect();
+    reject(
+        "matrix_too_large_names_its_size",
+        &format!(
+            "[workflow]\nname = \"w\"\n[stages.a]\nrun = \"touch ran\"\n[stages.a.matrix]\n{keys}"
+        ),
+        &[],
+        &["expands to 10000000000 jobs", "limit of 1000000"],
+    );
+}
+
+#[test]
+fn toml_nan_and_inf_are_refused_for_what_they_are() {
+    reject(
+        "toml_nan_and_inf_are_refused_for_what_they_are",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [nan, inf, -inf]\nrun = \"touch ran\"\n",
+        &[],
+        &["`nan` and `inf` have no JSON form"],
+    );
+    reject(
+        "toml_inf_in_a_matrix_is_refused",
+        "[workflow]\nname = \"w\"\n[stages.a]\nmatrix = { x = [1.5, { deep = [inf] }] }\nrun = \"touch ran\"\n",
+        &[],
+        &["`nan` and `inf` have no JSON form"],
+    );
+}
+
+#[test]
+fn generator_huge_line_is_shown_as_a_window() {
+    // A 20,000-byte line with the error at its end: the diagnostic shows a window around it.
+    reject(
+        "generator_huge_line_is_shown_as_a_window",
+        "[workflow]\nname = \"w\"\n[stages.a]\ngenerate = \"sh gen.sh\"\nrun = \"touch ran\"\n",
+        &[(
+            "gen.sh",
+            "echo '{\"x\": 1}'\nprintf '{\"a\": \"'\nhead -c 20000 /dev/zero | tr '\\0' x\nprintf '\", bad}\\n'\necho '{\"x\": 3}'\n",
+        )],
+        &["at line 2 column 20011", "…"],
+    );
+}
+
+#[test]
+fn manifest_invalid_utf8_names_its_position() {
+    let t = Test::new();
+    std::fs::write(
+        t.path().join("poolparty.toml"),
+        b"[workflow]\nname = \"w\"\n[stages.a]\njobs = [\"ab\xffc\"]\nrun = \"touch ran\"\n",
+    )
+    .unwrap();
+    reject_with(
+        "manifest_invalid_utf8_names_its_position",
+        &t,
+        &[],
+        &["not UTF-8", "line 4, column 12 (byte offset 44)"],
+        &[],
+    );
+}
+
+#[test]
+fn jobs_file_invalid_utf8_names_its_position() {
+    let t = Test::new().manifest(
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs_file = \"jobs.jsonl\"\nrun = \"touch ran\"\n",
+    );
+    std::fs::write(
+        t.path().join("jobs.jsonl"),
+        b"\xEF\xBB\xBF1\n2\n\"\xc3\x28\"\n",
+    )
+    .unwrap();
+    reject_with(
+        "jobs_file_invalid_utf8_names_its_position",
+        &t,
+        &[],
+        &["not UTF-8", "line 3, column 2 (byte offset 8)"],
+        &[],
+    );
+}
+
+#[test]
+fn manifest_that_is_a_folder() {
+    let t = Test::new();
+    std::fs::create_dir(t.path().join("poolparty.toml")).unwrap();
+    reject_with(
+        "manifest_that_is_a_folder",
+        &t,
+        &[],
+        &["`poolparty.toml`", "it is a folder, not a file"],
+        &[],
+    );
+}
+
+#[test]
+fn jobs_file_that_is_a_fifo_is_refused() {
+    let t = Test::new().manifest(
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs_file = \"jobs.jsonl\"\nrun = \"touch ran\"\n",
+    );
+    nix::unistd::mkfifo(
+        &t.path().join("jobs.jsonl"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    reject_with(
+        "jobs_file_that_is_a_fifo_is_refused",
+        &t,
+        &[],
+        &["not a regular file"],
+        &[],
+    );
+}
+
+#[test]
+fn duration_zero_and_malformed_durations_say_why() {
+    reject(
+        "duration_zero_says_zero_is_not_allowed",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [1]\ntime = \"0:00:00\"\nrun = \"touch ran\"\n",
+        &[],
+        &["zero is not allowed", "poolparty.toml:5:8"],
+    );
+    reject(
+        "duration_unit_twice_is_refused",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [1]\ntime = \"1h1h\"\nrun = \"touch ran\"\n",
+        &[],
+        &["`1h1h` is not a duration", "at most once"],
+    );
+    reject(
+        "duration_minutes_over_59_are_refused",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [1]\ntime = \"1:99:00\"\nrun = \"touch ran\"\n",
+        &[],
+        &["`1:99:00` is not a duration", "below 60"],
+    );
+}
+
+#[test]
+fn missing_template_of_a_local_stage_is_refused() {
+    reject(
+        "missing_template_of_a_local_stage_is_refused",
+        "[workflow]\nname = \"w\"\n[stages.a]\njobs = [1]\ntemplate = \"nowhere.sbatch.hbs\"\nrun = \"touch ran\"\n",
+        &[],
+        &["cannot read the `template` of stage `a`", "No such file"],
+    );
+    reject(
+        "broken_template_is_refused",
+        "[workflow]\nname = \"w\"\n[defaults]\ntemplate = \"my.hbs\"\n[stages.a]\njobs = [1]\nrun = \"touch ran\"\n",
+        &[("my.hbs", "#!/bin/sh\n{{#if x}}\n")],
+        &["the `template` of stage `a`", "does not compile"],
+    );
+}

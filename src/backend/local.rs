@@ -63,10 +63,13 @@ pub struct LocalBackend {
 }
 
 impl LocalBackend {
-    /// Starts the workers.
-    #[must_use]
-    pub fn new(spec: StageSpec, events: Sender<Event>) -> Self {
-        let n = spec.workers.max(1);
+    /// Starts the workers (`spec.workers`, at most [`super::MAX_LOCAL_WORKERS`]). When the
+    /// system refuses a thread, the stage runs with the workers it got.
+    ///
+    /// # Errors
+    /// When not even one worker thread can be started.
+    pub fn new(spec: StageSpec, events: Sender<Event>) -> Result<Self> {
+        let n = spec.workers.clamp(1, super::MAX_LOCAL_WORKERS);
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
@@ -77,13 +80,22 @@ impl LocalBackend {
             spec,
             events,
         });
-        let workers = (0..n)
-            .map(|_| {
-                let s = Arc::clone(&shared);
-                std::thread::spawn(move || worker(&s))
-            })
-            .collect();
-        Self { shared, workers }
+        let mut workers = Vec::new();
+        for k in 0..n {
+            let s = Arc::clone(&shared);
+            match std::thread::Builder::new().spawn(move || worker(&s)) {
+                Ok(w) => workers.push(w),
+                Err(e) if k == 0 => {
+                    return Err(crate::error::Error::Backend {
+                        backend: "local",
+                        message: format!("could not start a worker thread: {e}"),
+                        detail: None,
+                    });
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(Self { shared, workers })
     }
 }
 
@@ -275,7 +287,10 @@ fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
         }
     };
     let deadline = spec.settings.time.map(|t| Instant::now() + t.0);
-    let capture_stdout = spec.settings.result == ResultMode::Stdout;
+    // At most `result_max_bytes + 1` bytes of stdout are kept in memory: a larger result
+    // stays in the stdout log, whatever the job prints.
+    let capture_stdout = (spec.settings.result == ResultMode::Stdout)
+        .then(|| Capture::new(spec.settings.result_max_bytes));
     let mut out = LazyLog::new(spec.logs_dir.join(format!("{id}.out")));
     let mut err = LazyLog::new(spec.logs_dir.join(format!("{id}.err")));
     let (status, stopped, stdout_buf) =
@@ -303,19 +318,43 @@ fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
     };
     let result = match spec.settings.result {
         ResultMode::None => None,
-        ResultMode::Stdout => stdout_buf.map(|b| {
-            if b.len() as u64 > spec.settings.result_max_bytes {
+        ResultMode::Stdout => stdout_buf.map(|c| {
+            if c.total > spec.settings.result_max_bytes {
                 ResultValue::File {
                     path: out.path.display().to_string(),
-                    bytes: b.len() as u64,
+                    bytes: c.total,
                 }
             } else {
-                ResultValue::from_bytes(b)
+                ResultValue::from_bytes(c.kept)
             }
         }),
         ResultMode::File => take_result_file(&result_path, spec.settings.result_max_bytes),
     };
     record(outcome, result)
+}
+
+/// A job's stdout as its result: the first bytes, up to one more than the result size limit
+/// (enough to know it is over), and how many bytes there were in all.
+struct Capture {
+    kept: Vec<u8>,
+    keep: usize,
+    total: u64,
+}
+
+impl Capture {
+    fn new(max: u64) -> Self {
+        Self {
+            kept: Vec::new(),
+            keep: usize::try_from(max.saturating_add(1)).unwrap_or(usize::MAX),
+            total: 0,
+        }
+    }
+
+    fn add(&mut self, bytes: &[u8]) {
+        self.total += bytes.len() as u64;
+        let room = self.keep.saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -327,7 +366,7 @@ enum Stop {
 type Supervised = (
     std::io::Result<std::process::ExitStatus>,
     Option<Stop>,
-    Option<Vec<u8>>,
+    Option<Capture>,
 );
 
 /// Copies the child's output to its logs until both pipes close, stopping it on cancel or
@@ -338,12 +377,12 @@ fn supervise(
     deadline: Option<Instant>,
     out: &mut LazyLog,
     err: &mut LazyLog,
-    capture_stdout: bool,
+    capture_stdout: Option<Capture>,
 ) -> Supervised {
     let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
-    let mut captured = capture_stdout.then(Vec::new);
+    let mut captured = capture_stdout;
     let mut stopped: Option<Stop> = None;
     let mut term_sent: Option<Instant> = None;
     let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
@@ -441,7 +480,7 @@ fn pump<R: Read>(
     pipe: &mut Option<R>,
     buf: &mut [u8],
     log: &mut LazyLog,
-    captured: Option<&mut Vec<u8>>,
+    captured: Option<&mut Capture>,
 ) -> bool {
     let Some(p) = pipe.as_mut() else { return false };
     match p.read(buf) {
@@ -449,7 +488,7 @@ fn pump<R: Read>(
         Ok(n) => {
             log.write(&buf[..n]);
             if let Some(c) = captured {
-                c.extend_from_slice(&buf[..n]);
+                c.add(&buf[..n]);
             }
             true
         }

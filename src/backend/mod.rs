@@ -72,6 +72,22 @@ pub enum CancelMode {
     Kill,
 }
 
+/// The most worker threads the local backend starts for one stage, whatever `max_parallel`
+/// says: more would only make the runner fail to create threads, never run jobs faster.
+pub const MAX_LOCAL_WORKERS: usize = 1024;
+
+/// How many jobs of a stage may run at once on the local backend: `max_parallel` (or the
+/// number of CPUs), but never more than the stage has jobs nor [`MAX_LOCAL_WORKERS`], so
+/// nothing is ever sized by `max_parallel` alone.
+#[must_use]
+pub fn local_workers(max_parallel: Option<u32>, jobs: usize) -> usize {
+    let wanted = max_parallel.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        |n| usize::try_from(n).unwrap_or(usize::MAX),
+    );
+    wanted.min(jobs).clamp(1, MAX_LOCAL_WORKERS)
+}
+
 /// Everything a backend needs to know about a stage, without the manifest.
 #[derive(Clone, Debug)]
 pub struct StageSpec {
@@ -190,7 +206,7 @@ pub fn create(
     events: Sender<Event>,
 ) -> Result<Box<dyn Backend>> {
     match kind {
-        BackendKind::Local => Ok(Box::new(local::LocalBackend::new(spec, events))),
+        BackendKind::Local => Ok(Box::new(local::LocalBackend::new(spec, events)?)),
         BackendKind::Slurm => {
             let dir = spec.scripts_dir.clone();
             Ok(Box::new(cluster::ClusterBackend::new(
@@ -262,4 +278,18 @@ pub(crate) fn read_result_file(path: &std::path::Path, max: u64) -> Option<Resul
     let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     f.read_to_end(&mut buf).ok()?;
     Some(ResultValue::from_bytes(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_workers_are_bounded_by_jobs_and_the_cap() {
+        assert_eq!(local_workers(Some(u32::MAX), 3), 3);
+        assert_eq!(local_workers(Some(u32::MAX), 1 << 20), MAX_LOCAL_WORKERS);
+        assert_eq!(local_workers(Some(4), 100), 4);
+        assert_eq!(local_workers(Some(4), 0), 1);
+        assert!(local_workers(None, 1) == 1);
+    }
 }
