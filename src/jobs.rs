@@ -112,7 +112,13 @@ impl Job {
 /// serde_json's error for text that is not one JSON value.
 pub fn parse_value(text: &str) -> serde_json::Result<Value> {
     let value: Value = serde_json::from_str(text)?;
-    if !text.contains(['e', 'E']) {
+    // Only a digit right before `e`/`E` can start an exponent (most job values have an `e`
+    // in some string, and the second walk would double the parse of every job).
+    let exponent = text
+        .as_bytes()
+        .windows(2)
+        .any(|w| w[0].is_ascii_digit() && matches!(w[1], b'e' | b'E'));
+    if !exponent {
         return Ok(value);
     }
     let mut exact = Exact {
