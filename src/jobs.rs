@@ -350,6 +350,19 @@ fn read_jobs_file(
     path: &Path,
     visit: &mut Visit<'_>,
 ) -> Result<Vec<Job>> {
+    let mut visit_failed = false;
+    let mut guarded = |job: &Job, value: Value| {
+        let r = visit(job, value);
+        visit_failed |= r.is_err();
+        r
+    };
+    match stream_json_lines(stage, path, &mut guarded) {
+        Some(Ok(jobs)) => return Ok(jobs),
+        Some(Err(e)) if visit_failed => return Err(e),
+        // A bad job, or not JSON Lines: the whole-text path below finds the same error and
+        // reports it with its span in the file.
+        Some(Err(_)) | None => {}
+    }
     let text = crate::manifest::read_text(path).map_err(|source| Error::JobsFile {
         stage: stage.name.to_string(),
         path: path.to_path_buf(),
@@ -360,6 +373,86 @@ fn read_jobs_file(
     let what = format!("jobs file `{}`", path.display());
     let src = NamedSource::new(path.display().to_string(), text);
     parse_jobs(stage, &src, &what, visit)
+}
+
+/// Reads a JSON Lines jobs file line by line, so neither its text nor a span per job is held
+/// (a million-job file is ~100 MB). `None` when the file is not plain JSON Lines (a JSON
+/// array, not UTF-8, not a regular file) or a line cannot be read; `Some(Err)` for a bad job,
+/// which the caller reports again from the whole text, with spans.
+fn stream_json_lines(
+    stage: &Stage,
+    path: &Path,
+    visit: &mut Visit<'_>,
+) -> Option<Result<Vec<Job>>> {
+    use std::io::BufRead;
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let mut file = std::fs::File::open(path).ok()?;
+    // Counting lines first (a fast pass over bytes) sizes the job list once: growing it by
+    // doubling would hold both copies at the moment it grows.
+    let lines = count_lines(&mut file).ok()?;
+    std::io::Seek::rewind(&mut file).ok()?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut line = String::new();
+    let mut first = true;
+    let mut unreadable = false;
+    let mut array = false;
+    let values = std::iter::from_fn(|| {
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(_) => {
+                    unreadable = true;
+                    return None;
+                }
+            }
+            let mut body = line.trim_end_matches(['\n', '\r']);
+            if first {
+                body = body.strip_prefix('\u{feff}').unwrap_or(body);
+            }
+            if body.trim().is_empty() {
+                continue;
+            }
+            if first && body.trim_start().starts_with('[') {
+                array = true;
+                return None;
+            }
+            first = false;
+            // Errors are reported again, with spans, from the whole text.
+            return Some(parse_value(body).map_err(|e| Error::Usage {
+                message: e.to_string(),
+                help: None,
+            }));
+        }
+    });
+    let origin_src = NamedSource::new(String::new(), String::new());
+    let origin = Origin {
+        src: &origin_src,
+        spans: Vec::new(),
+    };
+    let jobs = assign_ids(stage, values, lines, &origin, visit);
+    if unreadable || array {
+        return None;
+    }
+    Some(jobs)
+}
+
+/// The number of lines of a file (a last line without a newline counts).
+fn count_lines(file: &mut std::fs::File) -> std::io::Result<usize> {
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut lines, mut last) = (0, b'\n');
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+        last = buf[n - 1];
+    }
+    Ok(lines + usize::from(last != b'\n'))
 }
 
 /// Runs a generator command (already rendered) in `cwd` and parses its stdout.
@@ -567,7 +660,9 @@ fn assign_ids(
     let hasher = std::collections::hash_map::RandomState::new();
     for (index, value) in values.into_iter().enumerate() {
         let value = value?;
-        let json = serde_json::to_string(&value).expect("a JSON value serializes");
+        let mut json = serde_json::to_string(&value).expect("a JSON value serializes");
+        // Kept for every job: drop the spare capacity serde_json's buffer grew by.
+        json.shrink_to_fit();
         let id = match value.get("id") {
             Some(Value::String(s)) => JobId::new(s),
             Some(Value::Number(n)) if n.as_u64().is_some() => JobId::new(&n.to_string()),

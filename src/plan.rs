@@ -505,6 +505,8 @@ pub fn expand_and_plan(
     let mut fps = Vec::new();
     let jobs = expand(&mut |job: &Job, value: Value| {
         let (_, fp) = renderer.render_job(job, value)?;
+        // A jobs file read again after a bad line visits its jobs again from the first.
+        fps.truncate(job.index);
         fps.push(fp);
         Ok(())
     })?;
