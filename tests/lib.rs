@@ -13,6 +13,7 @@ mod readme;
 mod report;
 mod reruns;
 mod results;
+mod scale;
 mod schema;
 mod sge;
 mod slurm;
