@@ -424,7 +424,12 @@ pub fn write(
         );
         sh.push_str(&waits);
         let element_wise = matches!(stage.source, JobSource::ForEach(_));
-        let static_plan = prepared[i].as_ref().filter(|_| !element_wise);
+        // A stage that needs another runs in a driver job, as an attached run would run it: it
+        // reads its needs' results and outcomes files, which only a runner writes, and the
+        // runner applies `on_failure`.
+        let static_plan = prepared[i]
+            .as_ref()
+            .filter(|_| !element_wise && needs.is_empty());
         match static_plan {
             Some((jobs, plan)) => {
                 store::write_jobs(&dir.join("jobs.jsonl"), jobs)?;
@@ -541,7 +546,7 @@ pub fn write(
             }
             None => {
                 let mut cmd = format!(
-                    "{} run {} --stage {} --wait -q",
+                    "{} run {} --stage {} --wait --recorded-needs -q",
                     q(&opts.exe),
                     q(&m.path),
                     shell_quote(name)

@@ -93,6 +93,10 @@ pub enum Cmd {
         /// At the end, write the run's HTML report (as `poolparty report -o FILE`) here.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Take the stages that the `--stage` stages need as recorded: wait for their
+        /// submitted jobs, launch or retry none (what a detached run's driver job uses).
+        #[arg(long, hide = true, requires = "stages")]
+        recorded_needs: bool,
     },
     /// Stop a run: a live runner is asked to stop (it cancels its jobs); arrays left on a
     /// cluster by a killed runner are cancelled with one call per scheduler.

@@ -283,6 +283,9 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong.
         message: String,
+        /// How to recover.
+        #[help]
+        help: String,
     },
 
     /// A backend failed in a way that stops the run (e.g. `sbatch` refused the script).

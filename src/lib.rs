@@ -145,6 +145,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             detach,
             wait,
             report: report_path,
+            recorded_needs,
         } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
             let selected = select(&m, &graph, stages)?;
@@ -173,6 +174,9 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 }
                 return Ok(EXIT_SUCCESS);
             }
+            if *force {
+                set_aside_corrupt(&m, &layout, &selected)?;
+            }
             // Outcomes of jobs a local bundle ran go to the ledger first, to be reused.
             bundle::collect_local(&m, &layout)?;
             let prepared = prepare(&m, &graph, &layout, &selected)?;
@@ -182,6 +186,15 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 force: *force,
                 retry_failed: *retry_failed,
                 stages: Vec::new(),
+                recorded: if *recorded_needs {
+                    (0..m.stages.len())
+                        .filter(|&i| {
+                            selected[i] && !stages.iter().any(|n| n == m.stages[i].name.as_str())
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             };
             let mut reporter = Reporter::new(verbosity, color);
             let report = Runner::new(
@@ -497,6 +510,24 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
         );
     }
     Ok(EXIT_SUCCESS)
+}
+
+/// `run --force` reruns every job of the selected stages, so a ledger (or submissions
+/// record) that cannot be read is moved aside rather than refusing the run.
+fn set_aside_corrupt(m: &Manifest, layout: &Layout, selected: &[bool]) -> Result<()> {
+    for (stage, _) in m.stages.iter().zip(selected).filter(|(_, s)| **s) {
+        let name = stage.name.as_str();
+        for path in [layout.ledger(name), layout.submissions(name)] {
+            if let Some(to) = store::set_aside_if_corrupt(&path)? {
+                eprintln!(
+                    "poolparty: `{}` could not be read; moved it to `{}` and running stage `{name}` afresh",
+                    path.display(),
+                    to.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The stages to run: those named with `--stage` plus everything they need (resume makes a

@@ -41,6 +41,14 @@ pub enum Outcome {
         /// Why.
         reason: String,
     },
+    /// It ran (`ran` says how it ended) but poolparty could not store its output or result
+    /// (a full disk); the run stops.
+    OutputLost {
+        /// How the job itself ended, as [`Outcome::describe`] puts it.
+        ran: String,
+        /// The storage error.
+        error: String,
+    },
 }
 
 impl Outcome {
@@ -82,6 +90,9 @@ impl Outcome {
             Self::Lost => "lost (vanished without an outcome)".to_owned(),
             Self::Interrupted => "interrupted".to_owned(),
             Self::NotRun { reason } => format!("not run: {reason}"),
+            Self::OutputLost { ran, error } => {
+                format!("{ran}, but its output could not be stored: {error}")
+            }
         }
     }
 }
@@ -255,6 +266,7 @@ impl Stats {
                 Outcome::Failed { .. }
                 | Outcome::Signaled { .. }
                 | Outcome::ExecFailed { .. }
+                | Outcome::OutputLost { .. }
                 | Outcome::TimedOut
                 | Outcome::Lost,
             ) => self.failed += 1,

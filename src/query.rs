@@ -246,6 +246,7 @@ fn outcome_kind(o: &Outcome) -> &'static str {
         Outcome::Lost => "lost",
         Outcome::Interrupted => "interrupted",
         Outcome::NotRun { .. } => "not_run",
+        Outcome::OutputLost { .. } => "output_lost",
     }
 }
 

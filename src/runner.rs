@@ -37,6 +37,11 @@ pub struct RunOptions {
     pub retry_failed: bool,
     /// Stages to run (indices); their needs are included unless complete. Empty: all.
     pub stages: Vec<usize>,
+    /// Stages taken as recorded (indices): their submitted tasks are adopted and waited for
+    /// and their recorded outcomes count, but none of their jobs is launched or retried. A
+    /// detached run's driver job runs its stage this way, so the stage sees its needs as an
+    /// attached run would have left them.
+    pub recorded: Vec<usize>,
 }
 
 /// A stage's jobs, expanded before the run started (for validation), if they could be.
@@ -138,6 +143,8 @@ pub struct Runner<'a> {
     last_sync: Instant,
     started: f64,
     staged: Vec<PathBuf>,
+    /// Arrays an interrupt could not cancel (their jobs may still run), per stage.
+    uncancelled: Vec<(usize, backend::Uncancelled)>,
 }
 
 impl<'a> Runner<'a> {
@@ -169,6 +176,7 @@ impl<'a> Runner<'a> {
             last_sync: Instant::now(),
             started: store::now(),
             staged: Vec::new(),
+            uncancelled: Vec::new(),
         }
     }
 
@@ -183,11 +191,20 @@ impl<'a> Runner<'a> {
         if let Some(h) = signals {
             h.close();
         }
-        // Stop whatever still runs if we leave on an error.
+        // Stop whatever still runs if we leave on an error, and say so: those jobs get no
+        // record (the state cannot be trusted to take one) and run again next time.
         if result.is_err() {
-            for st in &mut self.states {
+            for (i, st) in self.states.iter_mut().enumerate() {
                 if let Some(b) = st.backend.as_mut() {
                     b.cancel(CancelMode::Kill);
+                    if st.in_flight > 0 {
+                        self.reporter.message(&format!(
+                            "stage `{}`: stopped {} that had not ended; not recorded, {} again next time",
+                            self.manifest.stages[i].name,
+                            crate::error::count(st.in_flight, "job"),
+                            if st.in_flight == 1 { "it runs" } else { "they run" }
+                        ));
+                    }
                 }
             }
         }
@@ -198,7 +215,51 @@ impl<'a> Runner<'a> {
             st.backend = None;
         }
         result?;
+        if !self.uncancelled.is_empty() {
+            return Err(self.uncancelled_error());
+        }
         Ok(self.report())
+    }
+
+    /// The error for arrays that an interrupt could not cancel: which, why, and how to
+    /// cancel them later.
+    fn uncancelled_error(&self) -> crate::error::Error {
+        let mut ids = Vec::new();
+        let mut lines = Vec::new();
+        let mut backend = "cluster";
+        for (i, u) in &self.uncancelled {
+            backend = u.scheduler;
+            lines.push(format!(
+                "stage `{}`: {} {} ({}): {}",
+                self.manifest.stages[*i].name,
+                u.scheduler,
+                if u.job_ids.len() == 1 {
+                    "array"
+                } else {
+                    "arrays"
+                },
+                u.job_ids.join(", "),
+                u.error
+            ));
+            ids.extend(u.job_ids.iter().cloned());
+        }
+        let jobs: usize = self.uncancelled.iter().map(|(_, u)| u.launches.len()).sum();
+        let command = if backend == "sge" { "qdel" } else { "scancel" };
+        crate::error::Error::Backend {
+            backend,
+            message: format!(
+                "the run was interrupted but cancelling failed: {} may still be running on the cluster and {} no recorded outcome",
+                crate::error::count(ids.len(), "array"),
+                if jobs == 1 { "its job has".to_owned() } else { format!("their {jobs} jobs have") }
+            ),
+            detail: Some(format!(
+                "{}
+cancel them with `poolparty cancel {}` once the scheduler answers (or `{command} {}`); until then `poolparty run` adopts them",
+                lines.join("\n"),
+                self.manifest.path.display(),
+                ids.join(" ")
+            )),
+        }
     }
 
     fn drive(&mut self, prepared: &mut Prepared) -> Result<()> {
@@ -208,7 +269,11 @@ impl<'a> Runner<'a> {
                 self.start_ready(prepared)?;
                 self.submit_queued()?;
             }
-            self.finish_done_stages()?;
+            // A stage that just ended may let others start: go round again at once rather
+            // than waiting for the next event or poll.
+            if self.finish_done_stages()? && !self.interrupted {
+                continue;
+            }
             if self
                 .states
                 .iter()
@@ -614,6 +679,10 @@ impl<'a> Runner<'a> {
     /// The first launch of a job, or `None` when a recorded success with the same
     /// fingerprint is reused (and the job is finalized here).
     fn launch_or_reuse(&mut self, i: usize, idx: usize) -> Option<Launch> {
+        if self.opts.recorded.contains(&i) {
+            self.take_recorded(i, idx);
+            return None;
+        }
         let st = &mut self.states[i];
         let fp = match (&st.planned[idx], &st.plan) {
             (Some(p), _) => p.fp.as_str(),
@@ -648,6 +717,29 @@ impl<'a> Runner<'a> {
             st.planned[idx] = Some(job);
         }
         st.planned[idx].clone()
+    }
+
+    /// Finalizes job `idx` of a stage taken as recorded with its latest recorded outcome
+    /// (whatever its fingerprint), or as not run when it has none.
+    fn take_recorded(&mut self, i: usize, idx: usize) {
+        let st = &mut self.states[i];
+        let id = st.jobs[idx].id.to_string();
+        match st.prior.get(&id).cloned() {
+            Some(prev) if prev.outcome.is_success() => {
+                st.done_before += 1;
+                self.finalize(i, idx, Outcome::Succeeded, prev.result, None);
+            }
+            Some(prev) => {
+                let (outcome, result) = (prev.outcome.clone(), prev.result.clone());
+                self.finalize(i, idx, outcome, result, Some(&prev));
+            }
+            None => {
+                let reason = "it has no recorded outcome".to_owned();
+                if let Err(e) = self.record_not_run(i, idx, reason) {
+                    self.reporter.diagnostic(&e);
+                }
+            }
+        }
     }
 
     /// Submits the retries and element-wise jobs that handling a batch of events produced:
@@ -818,6 +910,18 @@ impl<'a> Runner<'a> {
                     for (l, outcome) in dropped {
                         self.record_outcome(i, l.job.index, l.attempt, outcome)?;
                     }
+                    let uncancelled = self.states[i]
+                        .backend
+                        .as_mut()
+                        .expect("running")
+                        .uncancelled();
+                    if let Some(u) = uncancelled {
+                        // No outcome for these: they may still run.
+                        let st = &mut self.states[i];
+                        st.in_flight -= u.launches.len();
+                        st.remaining -= u.launches.len();
+                        self.uncancelled.push((i, u));
+                    }
                     // Element-wise jobs not yet fed will never be.
                     let missing: Vec<usize> = (0..self.states[i].finals.len())
                         .filter(|&idx| {
@@ -853,7 +957,7 @@ impl<'a> Runner<'a> {
         } else {
             false
         };
-        if again && !self.interrupted {
+        if again && !self.interrupted && !self.opts.recorded.contains(&i) {
             let label = st.planned[idx]
                 .as_ref()
                 .and_then(|p| crate::summary::job_label(&p.json));
@@ -867,6 +971,21 @@ impl<'a> Runner<'a> {
         let outcome = record.outcome.clone();
         let result = record.result.clone();
         self.finalize(i, idx, outcome, result, Some(&record));
+        if let Outcome::OutputLost { .. } = &record.outcome {
+            // A full disk: every further job would lose its output too.
+            let dir = self.layout.logs_dir(self.manifest.stages[i].name.as_str());
+            let what = format!(
+                "job {} `{}` {} (recorded so); the run stops",
+                record.index,
+                record.id,
+                record.outcome.describe()
+            );
+            return Err(crate::error::Error::store(
+                "store job output in",
+                dir,
+                std::io::Error::other(what),
+            ));
+        }
         Ok(())
     }
 
@@ -927,7 +1046,9 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn finish_done_stages(&mut self) -> Result<()> {
+    /// Finalizes every running stage whose jobs have all ended; true when one did.
+    fn finish_done_stages(&mut self) -> Result<bool> {
+        let mut any = false;
         for i in 0..self.states.len() {
             let st = &self.states[i];
             if !matches!(st.phase, Phase::Running) || st.remaining > 0 || st.in_flight > 0 {
@@ -977,8 +1098,9 @@ impl<'a> Runner<'a> {
             st.phase = Phase::Done;
             let report = self.stage_report(i);
             self.reporter.stage_finished(i, &report);
+            any = true;
         }
-        Ok(())
+        Ok(any)
     }
 
     fn stage_report(&self, i: usize) -> StageReport {

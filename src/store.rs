@@ -165,7 +165,11 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         f.sync_data()?;
         std::fs::rename(&tmp, path)
     };
-    write().map_err(|e| Error::store("write", path, e))
+    write().map_err(|e| {
+        // A full disk must not also leave the half-written temporary file behind.
+        let _ = std::fs::remove_file(&tmp);
+        Error::store("write", path, e)
+    })
 }
 
 /// Who holds the lock.
@@ -314,6 +318,10 @@ pub struct Ledger {
     file: File,
     path: PathBuf,
     unsynced: bool,
+    /// Length after the last whole record this handle appended (or found).
+    len: u64,
+    /// Device and inode of the open file, to notice the path being deleted or replaced.
+    identity: (u64, u64),
 }
 
 impl Ledger {
@@ -327,10 +335,15 @@ impl Ledger {
             .append(true)
             .open(&path)
             .map_err(|e| Error::store("open", &path, e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::store("open", &path, e))?;
         Ok(Self {
             file,
             path,
             unsynced: false,
+            len: meta.len(),
+            identity: identity(&meta),
         })
     }
 
@@ -341,9 +354,22 @@ impl Ledger {
     pub fn append(&mut self, record: &JobRecord) -> Result<()> {
         let mut line = serde_json::to_vec(record).expect("a record serializes");
         line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .map_err(|e| Error::store("append to", &self.path, e))?;
+        if let Err(e) = self.file.write_all(&line) {
+            // A partial record (a full disk) is cut off again, so the ledger stays readable;
+            // the error says which outcome is not recorded.
+            let _ = self.file.set_len(self.len);
+            let what = std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{e}; job {} `{}` ({}) is not recorded and will run again",
+                    record.index,
+                    record.id,
+                    record.outcome.describe()
+                ),
+            );
+            return Err(Error::store("append to", &self.path, what));
+        }
+        self.len += line.len() as u64;
         self.unsynced = true;
         Ok(())
     }
@@ -352,7 +378,20 @@ impl Ledger {
     ///
     /// # Errors
     /// When fsync fails.
+    /// Also checks that the ledger is still where it was opened: records appended to a file
+    /// that was deleted (a job that removed the state folder) would be lost.
     pub fn sync(&mut self) -> Result<()> {
+        let here = std::fs::metadata(&self.path);
+        if here.as_ref().map(identity).ok() != Some(self.identity) {
+            let why = match here {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => e,
+                _ => std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "it was deleted or replaced during the run (did a job remove the state folder?); its records are lost, the run stops",
+                ),
+            };
+            return Err(Error::store("keep", &self.path, why));
+        }
         if self.unsynced {
             self.file
                 .sync_data()
@@ -361,6 +400,11 @@ impl Ledger {
         }
         Ok(())
     }
+}
+
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
 }
 
 /// Appends lines to a file and syncs it (small durable logs such as `submissions.jsonl`).
@@ -375,8 +419,13 @@ pub fn append_lines(path: &Path, lines: &[String]) -> Result<()> {
     }
     let write = || -> std::io::Result<()> {
         let mut f = OpenOptions::new().create(true).append(true).open(path)?;
-        f.write_all(buf.as_bytes())?;
-        f.sync_data()
+        let len = f.metadata()?.len();
+        // A partial line (a full disk) is cut off again, so the file stays readable.
+        f.write_all(buf.as_bytes())
+            .and_then(|()| f.sync_data())
+            .inspect_err(|_| {
+                let _ = f.set_len(len);
+            })
     };
     write().map_err(|e| Error::store("append to", path, e))
 }
@@ -384,60 +433,106 @@ pub fn append_lines(path: &Path, lines: &[String]) -> Result<()> {
 /// Reads a JSON Lines file of `T` (empty when missing; a torn last line is skipped).
 ///
 /// # Errors
-/// On I/O failure or a corrupt line before the last.
+/// On I/O failure or a corrupt line (see [`read_ledger`]).
 pub fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::store("read", path, e)),
-    };
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let mut out = Vec::with_capacity(lines.len());
-    for (n, l) in lines.iter().enumerate() {
-        match serde_json::from_str(l) {
-            Ok(v) => out.push(v),
-            Err(_) if n + 1 == lines.len() => {}
-            Err(e) => {
-                return Err(Error::CorruptState {
-                    path: path.to_path_buf(),
-                    message: format!("line {}: {e}", n + 1),
-                });
-            }
-        }
-    }
-    Ok(out)
+    read_records(path)
 }
 
-/// Reads every record of a ledger (none if it does not exist). A torn last line, left by a
-/// machine crash mid-write, is skipped.
+/// Reads every record of a ledger (none if it does not exist).
+///
+/// Only a torn last line is skipped: the start of a record, cut off by a crash mid-append
+/// (no newline after it, no NUL byte in it). Anything else that is not a record (garbage, a
+/// line of NUL bytes left by a crashed file system, a complete line that does not parse) is
+/// refused with its line number and how to recover, never read as "no record": that would
+/// silently run every recorded success again.
 ///
 /// # Errors
-/// When the file cannot be read, or a line other than the last is not a record.
+/// When the file cannot be read, or holds a line that is not a record.
 pub fn read_ledger(path: &Path) -> Result<Vec<JobRecord>> {
+    read_records(path)
+}
+
+fn read_records<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::store("read", path, e)),
     };
+    let mut reader = BufReader::new(file);
     let mut out = Vec::new();
-    let mut lines = BufReader::new(file).lines().enumerate().peekable();
-    while let Some((n, line)) = lines.next() {
-        let line = line.map_err(|e| Error::store("read", path, e))?;
-        if line.trim().is_empty() {
+    let mut buf = Vec::new();
+    let mut n = 0;
+    loop {
+        buf.clear();
+        let read = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::store("read", path, e))?;
+        if read == 0 {
+            break;
+        }
+        n += 1;
+        let complete = buf.last() == Some(&b'\n');
+        let nul = buf.contains(&0);
+        if !nul && buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_str::<JobRecord>(&line) {
+        if nul {
+            return Err(corrupt(path, n, "NUL bytes instead of a record".to_owned()));
+        }
+        match serde_json::from_slice::<T>(&buf) {
             Ok(r) => out.push(r),
-            Err(_) if lines.peek().is_none() => {}
-            Err(e) => {
-                return Err(Error::CorruptState {
-                    path: path.to_path_buf(),
-                    message: format!("line {}: {e}", n + 1),
-                });
-            }
+            Err(_) if !complete => {}
+            Err(e) => return Err(corrupt(path, n, e.to_string())),
         }
     }
     Ok(out)
+}
+
+/// The error for line `n` of a state file that is not a record, with how to recover.
+fn corrupt(path: &Path, n: usize, what: String) -> Error {
+    let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+    let help = match file {
+        "ledger.jsonl" | "submissions.jsonl" => format!(
+            "`poolparty run --force` moves this file aside (to `{file}{CORRUPT_SUFFIX}<time>`) and runs the stage afresh; or repair line {n} by hand"
+        ),
+        _ => format!(
+            "move the file aside (e.g. `mv {0} {0}{CORRUPT_SUFFIX}$(date +%s)`) or repair line {n}; `poolparty run` writes it again",
+            path.display()
+        ),
+    };
+    Error::CorruptState {
+        path: path.to_path_buf(),
+        message: format!("line {n} is not a record: {what}"),
+        help,
+    }
+}
+
+/// What a corrupt state file moved aside by `run --force` is renamed with (plus a time).
+pub const CORRUPT_SUFFIX: &str = ".corrupt-";
+
+/// Moves a ledger or `submissions.jsonl` that cannot be read aside (to
+/// `<name>.corrupt-<YYYYMMDDTHHMMSS>`), so a forced run starts that stage afresh. Returns where
+/// it went, or `None` when the file reads well (or does not exist).
+///
+/// # Errors
+/// When the file cannot be read or renamed.
+pub fn set_aside_if_corrupt(path: &Path) -> Result<Option<PathBuf>> {
+    match read_records::<serde::de::IgnoredAny>(path) {
+        Err(Error::CorruptState { .. }) => {}
+        other => return other.map(|_| None),
+    }
+    let stamp: String = format_time(now())
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let name = path.file_name().and_then(|f| f.to_str()).unwrap_or("state");
+    let to = path.with_file_name(format!(
+        "{name}{CORRUPT_SUFFIX}{}T{}",
+        &stamp[..8],
+        &stamp[8..14]
+    ));
+    std::fs::rename(path, &to).map_err(|e| Error::store("move aside", path, e))?;
+    Ok(Some(to))
 }
 
 /// The last record of each job id.
@@ -496,12 +591,7 @@ pub fn read_jobs(path: &Path) -> Result<Option<Vec<JobLine>>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.is_empty())
-        .map(|(n, l)| {
-            serde_json::from_str(l).map_err(|e| Error::CorruptState {
-                path: path.to_path_buf(),
-                message: format!("line {}: {e}", n + 1),
-            })
-        })
+        .map(|(n, l)| serde_json::from_str(l).map_err(|e| corrupt(path, n + 1, e.to_string())))
         .collect::<Result<Vec<_>>>()
         .map(Some)
 }
@@ -556,6 +646,71 @@ mod tests {
         assert_eq!(recs.len(), 2);
         let last = latest(recs);
         assert_eq!(last["a"].attempt, 2);
+    }
+
+    #[test]
+    fn only_a_torn_last_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let mut l = Ledger::open(path.clone()).unwrap();
+        l.append(&rec("a", 1, Outcome::Succeeded)).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let refused = |bytes: &[u8], line: &str| {
+            std::fs::write(&path, bytes).unwrap();
+            match read_ledger(&path).unwrap_err() {
+                Error::CorruptState { message, help, .. } => {
+                    assert!(message.contains(line), "{message}");
+                    assert!(help.contains("run --force"), "{help}");
+                }
+                e => panic!("{e:?}"),
+            }
+        };
+        // NUL bytes (a crashed file system), with or without a newline.
+        refused(&vec![0; good.len()], "line 1");
+        refused(&[&good[..], &[0, 0, b'\n']].concat(), "line 2");
+        // A complete line that is not a record, even the last one.
+        refused(&[&good[..], b"garbage\n"].concat(), "line 2");
+        refused(&[b"garbage\n", &good[..]].concat(), "line 1");
+        // The start of a record without its newline is a torn append.
+        std::fs::write(&path, [&good[..], b"{\"index\":1,\"id"].concat()).unwrap();
+        assert_eq!(read_ledger(&path).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn corrupt_file_is_set_aside_and_a_good_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        assert!(set_aside_if_corrupt(&path).unwrap().is_none());
+        let mut l = Ledger::open(path.clone()).unwrap();
+        l.append(&rec("a", 1, Outcome::Succeeded)).unwrap();
+        assert!(set_aside_if_corrupt(&path).unwrap().is_none());
+        assert!(path.exists());
+        std::fs::write(&path, b"\0\0\0").unwrap();
+        let to = set_aside_if_corrupt(&path).unwrap().unwrap();
+        assert!(!path.exists());
+        assert_eq!(std::fs::read(&to).unwrap(), b"\0\0\0");
+        assert!(
+            to.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("ledger.jsonl.corrupt-")
+        );
+    }
+
+    #[test]
+    fn ledger_deleted_under_the_runner_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let mut l = Ledger::open(path.clone()).unwrap();
+        l.append(&rec("a", 1, Outcome::Succeeded)).unwrap();
+        l.sync().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        l.append(&rec("b", 1, Outcome::Succeeded)).unwrap();
+        let e = l.sync().unwrap_err();
+        assert!(e.to_string().contains("ledger.jsonl"), "{e}");
+        // Replaced by another file: noticed too.
+        std::fs::write(&path, b"").unwrap();
+        assert!(l.sync().is_err());
     }
 
     #[test]

@@ -30,5 +30,5 @@ pp_run() {
   [ -s "$err" ] || rm -f "$err"
   tmp="$pp_staging/.$id.$attempt.$$.tmp"
   printf '{"index":%s,"id":"%s","attempt":%s,"rc":%s,"start":%s,"end":%s,"host":"%s"}\n' \
-    "$index" "$id" "$attempt" "$rc" "$start" "$end" "$(hostname)" >"$tmp" && mv -f "$tmp" "$pp_staging/$id.$attempt.json"
+    "$index" "$id" "$attempt" "$rc" "$start" "$end" "$(hostname)" >"$tmp" && mv -f "$tmp" "$pp_staging/$id.$attempt.json" || rm -f "$tmp"
 }

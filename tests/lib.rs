@@ -5,6 +5,7 @@ mod harness;
 
 mod commands;
 mod examples;
+mod faults;
 mod graph;
 mod local;
 mod manifest_errors;

@@ -242,3 +242,43 @@ fn cancel_stops_a_live_runner() {
     t.run(&["status"]).code(130).stdout_has("interrupted");
     t.run(&["cancel"]).code(0).stderr_has("nothing to cancel");
 }
+
+/// A stage starts as soon as its needs are done, not at the runner's next tick (it used to
+/// wait up to 1 s). The gaps between a chain of stages are taken from the ledgers' recorded
+/// start and end times; the smallest of three must be far below the old 1 s tick, a bound loose
+/// enough for a loaded machine (`bench/transition.sh` measures the gap itself).
+#[test]
+fn dependent_stage_starts_without_waiting_for_a_tick() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[stages.a]
+jobs = [1]
+run = "true"
+[stages.b]
+needs = ["a"]
+jobs = [1]
+run = "true"
+[stages.c]
+needs = ["b"]
+jobs = [1]
+run = "true"
+[stages.d]
+needs = ["c"]
+jobs = [1]
+run = "true"
+"#,
+    );
+    t.run(&["run"]).code(0);
+    let times = |stage: &str| {
+        let r = &crate::harness::read_lines(&t.state("w").join(stage).join("ledger.jsonl"))[0];
+        (r["start"].as_f64().unwrap(), r["end"].as_f64().unwrap())
+    };
+    let gaps: Vec<f64> = [("a", "b"), ("b", "c"), ("c", "d")]
+        .iter()
+        .map(|(up, down)| times(down).0 - times(up).1)
+        .collect();
+    let best = gaps.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(best < 0.5, "gaps between stages (s): {gaps:?}");
+}

@@ -1035,3 +1035,159 @@ fn bundles_differ_only_in_the_changed_job() {
     r.code(0);
     assert_eq!(r.stdout, "[0, 1, 22, 3]\n");
 }
+
+// ---------------------------------------------------------------------------------------
+// 8. Every example, detached, gives the results of an attached local run: stages that read
+// their needs' results (map-reduce's `reduce`, telescope's generated `analyse`) see them.
+
+/// A copy of `examples/<name>/` in a fresh test folder, its workflow renamed to `wf` (cluster
+/// jobs are named after it).
+fn example_copy(name: &str, wf: &str) -> Test {
+    let t = Test::new();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name);
+    harness::copy_tree(&src, t.path());
+    let path = t.path().join("poolparty.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    let old = table["workflow"]["name"].as_str().unwrap().to_owned();
+    let renamed = text.replacen(&format!("name = \"{old}\""), &format!("name = \"{wf}\""), 1);
+    assert_ne!(renamed, text, "examples/{name}: workflow name not found");
+    std::fs::write(&path, renamed).unwrap();
+    t
+}
+
+/// Every stage's `results`, in manifest order.
+fn all_results(t: &Test) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(t.path().join("poolparty.toml")).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    let names: Vec<String> = table["stages"]
+        .as_table()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    names
+        .into_iter()
+        .map(|s| {
+            let r = pp(t, &["results", "--stage", &s]);
+            r.code(0);
+            (s, r.stdout)
+        })
+        .collect()
+}
+
+fn detached_examples(backend: Backend) {
+    let examples = ["map-reduce", "std-dev", "telescope"];
+    let on_disk: Vec<String> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().join("poolparty.toml").is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+    assert_eq!(
+        sorted(on_disk),
+        examples,
+        "a new example: add it to this test's list"
+    );
+    for name in examples {
+        let wf = workflow(&format!("ex-{name}"), backend);
+        let _g = guard(backend, &wf);
+        let attached = example_copy(name, &wf);
+        pp(&attached, &["run", "--backend", "local"]).code(0);
+        let expected = all_results(&attached);
+
+        let t = example_copy(name, &wf);
+        pp(&t, &["run", "--backend", backend.name(), "--detach"]).code(0);
+        let report = wait_status(&t, backend, &wf, DETACHED_LIMIT, |r| {
+            r["verdict"] == "succeeded"
+        });
+        if backend != Backend::Local {
+            wait_queue_empty(&t, backend, &wf, Duration::from_secs(120));
+        }
+        assert_eq!(
+            all_results(&t),
+            expected,
+            "examples/{name} detached on {}: {report:#}",
+            backend.name()
+        );
+        // The same by hand: `plan --out` and `bash submit.sh`.
+        let by_hand = example_copy(name, &wf);
+        pp(
+            &by_hand,
+            &["plan", "--backend", backend.name(), "--out", "bundle"],
+        )
+        .code(0);
+        bash_bounded(&by_hand, &by_hand.path().join("bundle/submit.sh")).code(0);
+        wait_status(&by_hand, backend, &wf, DETACHED_LIMIT, |r| {
+            r["verdict"] == "succeeded"
+        });
+        if backend != Backend::Local {
+            wait_queue_empty(&by_hand, backend, &wf, Duration::from_secs(120));
+        }
+        assert_eq!(
+            all_results(&by_hand),
+            expected,
+            "examples/{name} bundled on {}",
+            backend.name()
+        );
+        if name == "map-reduce" {
+            assert_eq!(
+                expected,
+                [
+                    (
+                        "map".to_owned(),
+                        pp(&t, &["results", "--stage", "map"]).stdout
+                    ),
+                    ("reduce".to_owned(), "[2870]\n".to_owned())
+                ]
+            );
+        }
+    }
+}
+
+backends!(detached_examples: local => Local, slurm => Slurm, sge => Sge);
+
+/// A detached run where a job of `a` fails and `b` (static jobs, `on_failure = "continue"`)
+/// reads its needs: b's driver runs b once with a's failed ids and a's outcomes file, and does
+/// not run a's failed job again, exactly as an attached run would.
+fn detached_run_continues_with_failed_ids(backend: Backend) {
+    let wf = workflow("detachcont", backend);
+    let _g = guard(backend, &wf);
+    let t = Test::new().manifest(&manifest(
+        backend,
+        &wf,
+        r#"[stages.a]
+jobs = [{id = "x"}, {id = "bad"}, {id = "z"}]
+run = '''echo "a {{job.id}}" >> {{workflow.dir}}/ran.txt; [ {{job.id}} != bad ]'''
+
+[stages.b]
+needs = ["a"]
+on_failure = "continue"
+jobs = [{id = "only"}]
+run = '''echo b {{needs.a.failed}} >> {{workflow.dir}}/ran.txt; grep -c '"succeeded":true' "$POOLPARTY_NEEDS_A_OUTCOMES" > "$POOLPARTY_RESULT"'''
+"#,
+    ));
+    pp(&t, &["run", "--detach"]).code(0);
+    let report = wait_status(&t, backend, &wf, DETACHED_LIMIT, |r| {
+        stage(r, "b")["stats"]["succeeded"] == 1
+    });
+    if backend != Backend::Local {
+        wait_queue_empty(&t, backend, &wf, Duration::from_secs(120));
+    }
+    let a = stage(&report, "a");
+    assert_eq!(a["stats"]["failed"], 1, "{report:#}");
+    assert_eq!(a["failed"][0]["attempts"], 1, "{report:#}");
+    assert_eq!(
+        sorted(lines(&t, "ran.txt")),
+        ["a bad", "a x", "a z", "b [\"bad\"]"],
+        "each job of a runs once, b once with a's failed ids"
+    );
+    let r = pp(&t, &["results", "--stage", "b"]);
+    r.code(0);
+    assert_eq!(r.stdout, "[2]\n");
+}
+
+backends!(detached_run_continues_with_failed_ids: local => Local, slurm => Slurm, sge => Sge);

@@ -13,7 +13,12 @@ use crate::harness::Test;
 fn workflow(n: usize) -> Test {
     let mut jobs = Vec::with_capacity(n * 100);
     for i in 0..n {
-        writeln!(jobs, r#"{{"i": {i}, "name": "item-{i:07}-{}"}}"#, "x".repeat(68)).unwrap();
+        writeln!(
+            jobs,
+            r#"{{"i": {i}, "name": "item-{i:07}-{}"}}"#,
+            "x".repeat(68)
+        )
+        .unwrap();
     }
     Test::new()
         .manifest(
@@ -62,7 +67,9 @@ fn issue_14_plan_memory_per_job_is_small() {
     let small_peak = validate_peak_kib(&workflow(small));
     let large_peak = validate_peak_kib(&workflow(large));
     let per_job = large_peak.saturating_sub(small_peak) * 1024 / (large - small) as u64;
-    eprintln!("validate: {small_peak} KiB for {small} jobs, {large_peak} KiB for {large}: {per_job} B/job");
+    eprintln!(
+        "validate: {small_peak} KiB for {small} jobs, {large_peak} KiB for {large}: {per_job} B/job"
+    );
     assert!(
         per_job < 400,
         "{per_job} bytes per job (peak {small_peak} KiB for {small} jobs, {large_peak} KiB for {large})"

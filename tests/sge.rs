@@ -1180,3 +1180,74 @@ fn logs_of_a_job_while_it_runs_and_after() {
     let _c = cluster("sglogs");
     crate::commands::logs_during_and_after_a_run(&header("sglogs", ""), "sglogs");
 }
+
+/// A `qdel` that fails (an error on stderr, not "does not exist") when a run is interrupted
+/// is tried again; when it keeps failing, the run exits 3 naming the array and how to cancel
+/// it, and records no outcome for its jobs; `poolparty cancel` then deletes them.
+#[test]
+fn qdel_that_keeps_failing_names_the_array_left_running() {
+    let wf = "sgeqdelfail";
+    let _c = cluster(wf);
+    let bin_dir = tempfile::tempdir().unwrap();
+    let counter = bin_dir.path().join("qdel-calls");
+    let qdel = bin_dir.path().join("qdel");
+    std::fs::write(
+        &qdel,
+        format!(
+            "#!/bin/sh\nc='{}'\necho $(( $(cat \"$c\" 2>/dev/null || echo 0) + 1 )) > \"$c\"\n\
+             echo 'error: fake failure' >&2\nexit 1\n",
+            counter.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&qdel, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let real_path = std::env::var("PATH").unwrap_or_default();
+    let t = Test::new()
+        .manifest(&format!(
+            "{}[stages.a]\njobs = [1, 2]\nrun = \"touch {{{{workflow.dir}}}}/ready/{{{{job}}}}; sleep 300\"\n",
+            header(wf, "")
+        ))
+        .file("ready/.keep", "")
+        .env("PATH", &format!("{}:{real_path}", bin_dir.path().display()));
+    let mut run = Running::start(&t, &["run"], "run");
+    let ready = t.path().join("ready");
+    run.wait_until("a running job", 180, || {
+        std::fs::read_dir(&ready).is_ok_and(|d| d.count() > 1) && has_submission(&t, wf, "a")
+    });
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &run.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let r = run.wait(60);
+    r.code(3);
+    let flat: Vec<&str> = r.stderr.split_whitespace().filter(|w| *w != "│").collect();
+    let flat = flat.join(" ");
+    let ids: BTreeSet<String> = submissions(&t, wf, "a")
+        .iter()
+        .map(|s| s["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    let id = ids.iter().next().unwrap().clone();
+    for needle in [
+        "cancelling failed",
+        "fake failure (tried 4 times)",
+        "poolparty cancel",
+        &format!("sge array ({id})"),
+    ] {
+        assert!(
+            flat.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            r.stderr
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "4");
+    assert!(attempts(&t, wf, "a").is_empty());
+    // With the real qdel, `poolparty cancel` deletes the array.
+    let t = t.env("PATH", &real_path);
+    t.run(&["cancel"]).code(0).stderr_has("cancelled");
+    assert_leaves_queue(&format!("pp-{wf}-"), &ids);
+    for (i, a) in &attempts(&t, wf, "a") {
+        assert_eq!(a, &[(1, "interrupted".to_owned())], "job {i}");
+    }
+}

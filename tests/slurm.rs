@@ -881,3 +881,138 @@ fn report_tells_queue_wait_from_run_time() {
         .stdout_has("queue wait (submit to start): min ")
         .stdout_has("queued over time");
 }
+
+/// A `scancel` first on PATH that fails its first `failures` calls (all of them with
+/// `u32::MAX`) like an unreachable controller, then runs the real one; counts its calls in
+/// `scancel-calls`. Returns the PATH to use.
+fn failing_scancel(t: &Test, failures: u32) -> String {
+    let bin = t.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let counter = t.path().join("scancel-calls");
+    let script = bin.join("scancel");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nc='{}'\nn=$(( $(cat \"$c\" 2>/dev/null || echo 0) + 1 ))\necho $n > \"$c\"\n\
+             if [ $n -le {failures} ]; then\n  echo 'scancel: error: Kill job error: fake failure' >&2\n  exit 1\nfi\n\
+             exec /usr/bin/scancel \"$@\"\n",
+            counter.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// Three jobs of 300 s on stage `a`; each touches `ready/<job>` when it starts.
+fn sleepers(wf: &str) -> Test {
+    Test::new()
+        .manifest(&format!(
+            "{}[stages.a]\njobs = [1, 2, 3]\nrun = \"touch {{{{workflow.dir}}}}/ready/{{{{job}}}}; sleep 300\"\n",
+            header(wf, "")
+        ))
+        .file("ready/.keep", "")
+}
+
+fn interrupt(run: &Running) {
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &run.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// States of the tasks of `ids` (`squeue -t all`).
+fn task_states(ids: &[String]) -> String {
+    let out = std::process::Command::new("squeue")
+        .args(["-h", "-t", "all", "-o", "%i|%T", "-j", &ids.join(",")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `scancel` that fails twice is tried again: the third try cancels every task, and the
+/// jobs are recorded as interrupted (exit 130).
+#[test]
+fn failed_scancel_is_retried_on_interrupt() {
+    let wf = "slscretry";
+    let _c = cluster(wf);
+    let t = sleepers(wf);
+    let path = failing_scancel(&t, 2);
+    let t = t.env("PATH", &path);
+    let mut run = Running::start(&t, &["run"], "run");
+    run_until_a_job_started(&mut run, &t, &t.path().join("ready"), wf);
+    interrupt(&run);
+    let r = run.wait(60);
+    r.code(130);
+    assert_eq!(t.read("scancel-calls").trim(), "3");
+    for (i, a) in &attempts(&t, wf, "a") {
+        assert_eq!(a, &[(1, "interrupted".to_owned())], "job {i}");
+    }
+}
+
+/// A `scancel` that keeps failing: the run does not pretend the jobs were interrupted. It
+/// exits 3 naming the arrays that may still run and how to cancel them, records no outcome
+/// for their jobs, and `poolparty cancel` later cancels them.
+#[test]
+fn scancel_that_keeps_failing_names_the_arrays_left_running() {
+    let wf = "slscfail";
+    let _c = cluster(wf);
+    let t = sleepers(wf);
+    let path = failing_scancel(&t, u32::MAX);
+    let t = t.env("PATH", &path);
+    let mut run = Running::start(&t, &["run"], "run");
+    run_until_a_job_started(&mut run, &t, &t.path().join("ready"), wf);
+    interrupt(&run);
+    let r = run.wait(60);
+    let ids: Vec<String> = submissions(&t, wf, "a")
+        .iter()
+        .map(|s| s["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    r.code(3);
+    // The diagnostic, without miette's line wrapping.
+    let flat: Vec<&str> = r.stderr.split_whitespace().filter(|w| *w != "│").collect();
+    let flat = flat.join(" ");
+    for needle in [
+        "cancelling failed",
+        "1 array may still be running on the cluster",
+        "fake failure (tried 4 times)",
+        "cancel them with `poolparty cancel",
+        &format!("slurm array ({})", ids[0]),
+    ] {
+        assert!(
+            flat.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            r.stderr
+        );
+    }
+    assert_eq!(t.read("scancel-calls").trim(), "4");
+    // No job is recorded as interrupted: they still run.
+    assert!(
+        attempts(&t, wf, "a").is_empty(),
+        "{:?}",
+        attempts(&t, wf, "a")
+    );
+    assert!(
+        task_states(&ids).contains("|RUNNING"),
+        "{}",
+        task_states(&ids)
+    );
+
+    // Once scancel works again, `poolparty cancel` finds and cancels them.
+    let t = t.env("PATH", &std::env::var("PATH").unwrap_or_default());
+    t.run(&["cancel"]).code(0).stderr_has("cancelled");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while task_states(&ids).contains("|RUNNING") {
+        assert!(Instant::now() < deadline, "{}", task_states(&ids));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (i, a) in &attempts(&t, wf, "a") {
+        assert_eq!(a, &[(1, "interrupted".to_owned())], "job {i}");
+    }
+}

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Backend, CancelMode, Event, Launch, StageSpec, read_result_file, take_result_file};
+use super::{
+    Backend, CancelMode, Event, Launch, StageSpec, Uncancelled, read_result_file, take_result_file,
+};
 use crate::error::{Error, Result};
 use crate::outcome::StagedOutcome;
 use crate::outcome::{JobRecord, Outcome};
@@ -227,7 +229,16 @@ pub struct ClusterBackend {
     /// Since when submissions fail with errors worth retrying (an unreachable controller).
     submit_failing: Option<Instant>,
     recorder: Option<super::Recorder>,
+    uncancelled: Option<Uncancelled>,
 }
+
+/// Pauses between the tries of a cancel call (`scancel`/`qdel`): four tries in about 3.5 s,
+/// so a signal still ends the run within seconds.
+const CANCEL_BACKOFF: [Duration; 3] = [
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
 
 /// How long submissions may keep failing with errors worth retrying (the controller is
 /// unreachable: restarted, failing over) before the run gives up. Meanwhile the jobs stay
@@ -286,8 +297,33 @@ impl ClusterBackend {
             arrays: 0,
             recorder: None,
             submit_failing: None,
+            uncancelled: None,
             spec,
         })
+    }
+
+    /// Cancels every active array, trying again (with [`CANCEL_BACKOFF`]) when the call fails.
+    fn cancel_with_retries(&mut self) -> std::result::Result<(), CallError> {
+        let mut pauses = CANCEL_BACKOFF.iter();
+        loop {
+            self.calls += 1;
+            match self.sched.cancel(&self.active_jobs) {
+                Ok(()) => return Ok(()),
+                Err(e) => match pauses.next() {
+                    Some(p) => std::thread::sleep(*p),
+                    None => {
+                        return Err(CallError {
+                            message: format!(
+                                "{} (tried {} times)",
+                                e.message,
+                                CANCEL_BACKOFF.len() + 1
+                            ),
+                            ..e
+                        });
+                    }
+                },
+            }
+        }
     }
 
     /// The template text in use (for `plan --out`).
@@ -719,6 +755,10 @@ impl Backend for ClusterBackend {
         std::mem::take(&mut self.submissions)
     }
 
+    fn uncancelled(&mut self) -> Option<Uncancelled> {
+        self.uncancelled.take()
+    }
+
     fn cancel(&mut self, _mode: CancelMode) -> Vec<(Launch, Outcome)> {
         self.cancelled = true;
         let mut out: Vec<(Launch, Outcome)> = self
@@ -733,12 +773,25 @@ impl Backend for ClusterBackend {
                 )
             })
             .collect();
-        if !self.active_jobs.is_empty() {
-            self.calls += 1;
-            let _ = self.sched.cancel(&self.active_jobs);
-        }
+        let failed = if self.active_jobs.is_empty() {
+            None
+        } else {
+            self.cancel_with_retries().err()
+        };
         // Collect what finished before the cancel took effect; the rest was interrupted.
         self.harvest();
+        if let Some(e) = failed {
+            // The scheduler did not take the cancel: the tasks may still run, so they are
+            // not "interrupted"; they keep no outcome, and a later `poolparty cancel` or
+            // `run` finds them in submissions.jsonl.
+            self.uncancelled = Some(Uncancelled {
+                scheduler: self.sched.name(),
+                job_ids: std::mem::take(&mut self.active_jobs),
+                launches: self.tracked.drain().map(|(_, t)| t.launch).collect(),
+                error: e.message,
+            });
+            return out;
+        }
         out.extend(
             self.tracked
                 .drain()

@@ -310,13 +310,18 @@ fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
             },
         },
     };
-    let outcome = match (&outcome, out.error.or(err.error)) {
-        (Outcome::Succeeded, Some(e)) => Outcome::ExecFailed {
+    // The job ran: a log that could not be written (a full disk) does not make it "could
+    // not start", and what it printed is not a result.
+    let lost = out.error.or(err.error);
+    let outcome = match (&outcome, &lost) {
+        (Outcome::Interrupted | Outcome::TimedOut, _) | (_, None) => outcome,
+        (_, Some(e)) => Outcome::OutputLost {
+            ran: outcome.describe(),
             error: format!("writing its log failed: {e}"),
         },
-        _ => outcome,
     };
     let result = match spec.settings.result {
+        _ if lost.is_some() => None,
         ResultMode::None => None,
         ResultMode::Stdout => stdout_buf.map(|c| {
             if c.total > spec.settings.result_max_bytes {

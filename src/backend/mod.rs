@@ -63,6 +63,19 @@ pub struct Adopt {
     pub position: usize,
 }
 
+/// Arrays a cancel could not stop (see [`Backend::uncancelled`]).
+#[derive(Debug)]
+pub struct Uncancelled {
+    /// `slurm` or `sge`.
+    pub scheduler: &'static str,
+    /// The arrays' job ids.
+    pub job_ids: Vec<String>,
+    /// The launches in them that have no outcome.
+    pub launches: Vec<Launch>,
+    /// The last error of the cancel call.
+    pub error: String,
+}
+
 /// How hard to cancel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CancelMode {
@@ -185,6 +198,13 @@ pub trait Backend: Send {
     /// right after each submission returns, before anything else happens.
     fn set_recorder(&mut self, recorder: Recorder) {
         let _ = recorder;
+    }
+
+    /// What the last [`Backend::cancel`] could not stop: the scheduler's cancel call kept
+    /// failing, so these launches (not among those `cancel` returned) may still run and get no
+    /// outcome. `None` when everything was cancelled.
+    fn uncancelled(&mut self) -> Option<Uncancelled> {
+        None
     }
 
     /// Arrays submitted since the last call, for the runner to record durably.

@@ -106,9 +106,15 @@ impl Scheduler for Sge {
     }
     fn cancel(&mut self, job_ids: &[String]) -> std::result::Result<(), CallError> {
         let args: Vec<&str> = job_ids.iter().map(String::as_str).collect();
-        // qdel exits 1 when a job already left the queue: that is not a failure here.
+        // qdel exits 1 when a job already left the queue, saying so on stdout (`denied: job
+        // "N" does not exist`): that is not a failure here. Anything on stderr is.
         match call("qdel", &args, TRANSIENT) {
-            Err(e) if !e.transient => Ok(()),
+            Err(e)
+                if !e.transient
+                    && (e.message.ends_with("): ") || e.message.contains("does not exist")) =>
+            {
+                Ok(())
+            }
             other => other.map(|_| ()),
         }
     }

@@ -294,7 +294,7 @@ pub struct FailedRow {
 }
 
 /// Outcome names by [`outcome_code`].
-pub const OUTCOME_NAMES: [&str; 8] = [
+pub const OUTCOME_NAMES: [&str; 9] = [
     "succeeded",
     "failed",
     "signaled",
@@ -303,6 +303,7 @@ pub const OUTCOME_NAMES: [&str; 8] = [
     "lost",
     "interrupted",
     "not_run",
+    "output_lost",
 ];
 
 /// A small number per outcome kind, for compact columns.
@@ -317,8 +318,13 @@ pub fn outcome_code(o: &Outcome) -> u8 {
         Outcome::Lost => 5,
         Outcome::Interrupted => 6,
         Outcome::NotRun { .. } => 7,
+        Outcome::OutputLost { .. } => 8,
     }
 }
+
+/// How to get past a damaged run record.
+const RUN_RECORD_HELP: &str =
+    "move the file aside (or choose another run with `--run ID`); the ledgers are not affected";
 
 /// Every recorded run id, oldest first (`.runs/*.json`).
 fn recorded_runs(layout: &Layout) -> Vec<String> {
@@ -395,6 +401,7 @@ pub fn load_run(manifest: &Manifest, layout: &Layout, run: Option<&str>) -> Resu
             serde_json::from_str(&text).map_err(|e| Error::CorruptState {
                 path: path.clone(),
                 message: e.to_string(),
+                help: RUN_RECORD_HELP.to_owned(),
             })?,
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -404,6 +411,7 @@ pub fn load_run(manifest: &Manifest, layout: &Layout, run: Option<&str>) -> Resu
         let report = serde_json::from_value(v.clone()).map_err(|e| Error::CorruptState {
             path: path.clone(),
             message: e.to_string(),
+            help: RUN_RECORD_HELP.to_owned(),
         })?;
         return Ok(ChosenRun {
             report,
@@ -632,7 +640,9 @@ fn stage_data(
                     counts.reused += 1;
                 }
             }
-            Outcome::Failed { .. } => counts.failed += 1,
+            // Ran, but its output was lost: not a success, counted with the failures (its
+            // outcome names what happened).
+            Outcome::Failed { .. } | Outcome::OutputLost { .. } => counts.failed += 1,
             Outcome::Signaled { .. } => counts.signaled += 1,
             Outcome::ExecFailed { .. } => counts.exec_failed += 1,
             Outcome::TimedOut => counts.timed_out += 1,

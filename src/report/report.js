@@ -10,8 +10,8 @@
     body.setAttribute('data-error', String(msg) + ' at ' + line + ':' + col);
   };
   var D = JSON.parse(document.getElementById('poolparty-data').textContent);
-  var NAMES = ['succeeded', 'failed', 'signaled', 'could not start', 'timed out', 'lost', 'interrupted', 'not run'];
-  var COLORS = ['#2f8f5b', '#d1495b', '#a4237a', '#7a4e9c', '#e07a1f', '#5b6573', '#e0a21f', '#adb5bd'];
+  var NAMES = ['succeeded', 'failed', 'signaled', 'could not start', 'timed out', 'lost', 'interrupted', 'not run', 'output lost'];
+  var COLORS = ['#2f8f5b', '#d1495b', '#a4237a', '#7a4e9c', '#e07a1f', '#5b6573', '#e0a21f', '#adb5bd', '#8c2d19'];
   var SVGNS = 'http://www.w3.org/2000/svg';
   var app = document.getElementById('app');
   var drawn = { bars: 0, binned: 0, failures: 0, stages: 0, tails: 0 };
