@@ -649,7 +649,7 @@ fn resume_counts(
     jobs: &[Job],
     p: &plan::StagePlan,
 ) -> Result<(usize, usize, usize, usize)> {
-    let latest = store::latest(store::read_ledger(&layout.ledger(name))?);
+    let latest = store::read_latest(&layout.ledger(name))?;
     let staged = bundle::staged_outcomes(layout, name)?;
     let (mut new, mut changed, mut failed, mut done) = (0, 0, 0, 0);
     for (j, fp) in jobs.iter().zip(&p.fps) {

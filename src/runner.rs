@@ -463,26 +463,48 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         self.layout.create_stage_dirs(&name)?;
         store::write_jobs(&self.layout.jobs_file(&name), &jobs)?;
         let submissions: Vec<Submission> = store::read_lines(&self.layout.submissions(&name))?;
-        let mut records = store::read_ledger(&self.layout.ledger(&name))?;
-        records.extend(self.collect_staged(&name, &plan.settings, &submissions, &records)?);
+        let staged_waiting =
+            std::fs::read_dir(self.layout.staging_dir(&name)).is_ok_and(|mut d| d.next().is_some());
         // Attempts are numbered per job across runs, so outcome files never collide.
-        let mut last_attempt: HashMap<String, u32> = HashMap::new();
-        let mut recorded: HashSet<(String, u32)> = HashSet::new();
-        for r in &records {
-            let a = last_attempt.entry(r.id.clone()).or_default();
-            *a = (*a).max(r.attempt);
-            recorded.insert((r.id.clone(), r.attempt));
-        }
-        for s in &submissions {
-            for j in s.tasks.iter().flatten() {
-                let a = last_attempt.entry(j.id.clone()).or_default();
-                *a = (*a).max(j.attempt);
+        let (latest, base_attempt, recorded) = if submissions.is_empty() && !staged_waiting {
+            // Nothing submitted or staged to reconcile (a local stage, or a first run): the
+            // ledger is read one record at a time, keeping only each job's latest record.
+            let (latest, higher) = store::read_latest_with_max_attempt(&self.layout.ledger(&name))?;
+            let base: Vec<u32> = jobs
+                .iter()
+                .map(|j| {
+                    let id = j.id.as_str();
+                    let last = latest.get(id).map_or(0, |r| r.attempt);
+                    last.max(higher.get(id).copied().unwrap_or(0))
+                })
+                .collect();
+            (latest, base, HashSet::new())
+        } else {
+            let mut records = store::read_ledger(&self.layout.ledger(&name))?;
+            records.extend(self.collect_staged(&name, &plan.settings, &submissions, &records)?);
+            let mut last_attempt: HashMap<String, u32> = HashMap::new();
+            let mut recorded: HashSet<(String, u32)> = HashSet::new();
+            for r in &records {
+                let a = last_attempt.entry(r.id.clone()).or_default();
+                *a = (*a).max(r.attempt);
+                recorded.insert((r.id.clone(), r.attempt));
             }
-        }
+            for s in &submissions {
+                for j in s.tasks.iter().flatten() {
+                    let a = last_attempt.entry(j.id.clone()).or_default();
+                    *a = (*a).max(j.attempt);
+                }
+            }
+            let base: Vec<u32> = jobs
+                .iter()
+                .map(|j| last_attempt.get(j.id.as_str()).copied().unwrap_or(0))
+                .collect();
+            (store::latest(records), base, recorded)
+        };
         let prior = if self.opts.force {
             HashMap::new()
         } else {
-            store::latest(records)
+            latest
         };
         let ledger = Ledger::open(self.layout.ledger(&name))?;
         let kind = self.opts.backend.unwrap_or(plan.settings.backend);
@@ -506,11 +528,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         st.results = vec![None; n];
         st.attempts = vec![0; n];
         st.failures = vec![0; n];
-        st.base_attempt = st
-            .jobs
-            .iter()
-            .map(|j| last_attempt.get(j.id.as_str()).copied().unwrap_or(0))
-            .collect();
+        st.base_attempt = base_attempt;
         st.losses = vec![0; n];
         st.remaining = n;
         st.prior = prior;
