@@ -372,7 +372,7 @@ fn read_jobs_file(
     })?;
     let what = format!("jobs file `{}`", path.display());
     let src = NamedSource::new(path.display().to_string(), text);
-    parse_jobs(stage, &src, &what, visit)
+    parse_jobs_with(stage, &src, &what, visit)
 }
 
 /// Reads a JSON Lines jobs file line by line, so neither its text nor a span per job is held
@@ -529,7 +529,7 @@ pub fn run_generator_with(
         )
     })?;
     let src = NamedSource::new(format!("output of `{command}`"), text);
-    parse_jobs(stage, &src, "the generator's output", visit)
+    parse_jobs_with(stage, &src, "the generator's output", visit)
 }
 
 /// The last `n` lines of some bytes, lossily decoded; `None` when empty.
@@ -552,8 +552,20 @@ fn describe_status(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// Parses jobs from JSON (one array) or JSON Lines, keeping each job's span.
-fn parse_jobs(stage: &Stage, src: &Source, what: &str, visit: &mut Visit<'_>) -> Result<Vec<Job>> {
+/// [`parse_jobs_with`] without a visitor.
+#[cfg(test)]
+fn parse_jobs(stage: &Stage, src: &Source, what: &str) -> Result<Vec<Job>> {
+    parse_jobs_with(stage, src, what, &mut |_, _| Ok(()))
+}
+
+/// Parses jobs from JSON (one array) or JSON Lines, keeping each job's span; calls `visit`
+/// with each job and its value.
+fn parse_jobs_with(
+    stage: &Stage,
+    src: &Source,
+    what: &str,
+    visit: &mut Visit<'_>,
+) -> Result<Vec<Job>> {
     let text = src.inner().as_str();
     let trimmed = text.trim_start();
     let parse_err = |message: String, at: usize, len: usize| Error::JobsParse {
@@ -788,7 +800,7 @@ mod tests {
     fn json_lines_error_points_at_line() {
         let m = manifest("generate='x'");
         let src = NamedSource::new("out", "1\n2\n{bad\n4\n".to_owned());
-        match parse_jobs(&m.stages[0], &src, "output", &mut |_, _| Ok(())).unwrap_err() {
+        match parse_jobs(&m.stages[0], &src, "output").unwrap_err() {
             Error::JobsParse { span, message, .. } => {
                 assert_eq!(span.offset(), 4);
                 // The line of the whole output, not of the line on its own.
@@ -802,7 +814,7 @@ mod tests {
     fn json_array_keeps_exact_numbers() {
         let m = manifest("generate='x'");
         let src = NamedSource::new("out", "[0.1, 12345678901234567890, 1e400]".to_owned());
-        let jobs = parse_jobs(&m.stages[0], &src, "output", &mut |_, _| Ok(())).unwrap();
+        let jobs = parse_jobs(&m.stages[0], &src, "output").unwrap();
         let texts: Vec<&str> = jobs.iter().map(|j| j.json.as_str()).collect();
         assert_eq!(texts, ["0.1", "12345678901234567890", "1e400"]);
     }
