@@ -185,6 +185,12 @@ pub enum Cmd {
     /// Write a run's report: one self-contained HTML page (timelines, histograms,
     /// concurrency, retries, failures with log tails), or the same facts as text.
     Report(ReportArgs),
+    /// Internal: started by each runner to stop its local jobs if it is killed.
+    #[command(name = "__watchdog", hide = true)]
+    Watchdog {
+        /// The run's `.live.jsonl`.
+        live: PathBuf,
+    },
 }
 
 /// Arguments of `poolparty report`.

@@ -300,6 +300,17 @@ pub enum Error {
         #[help]
         detail: Option<String>,
     },
+
+    /// SIGINT or SIGTERM arrived before the run started (e.g. while a generator ran); what
+    /// was running was stopped.
+    #[error("interrupted by signal {signal} {during}")]
+    #[diagnostic(code(poolparty::interrupted))]
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+        /// What was happening, e.g. "while the job generator of stage `a` ran; it was stopped".
+        during: String,
+    },
 }
 
 impl Error {
@@ -323,6 +334,7 @@ impl Error {
             Self::Store { .. } | Self::CorruptState { .. } | Self::Backend { .. } => {
                 EXIT_BACKEND_ERROR
             }
+            Self::Interrupted { .. } => EXIT_INTERRUPTED,
         }
     }
 

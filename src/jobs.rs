@@ -2,13 +2,13 @@
 //! output) becomes an ordered list of [`Job`]s with validated, unique [`JobId`]s.
 //!
 //! Reads a [`Stage`](crate::manifest::Stage); runs the generator command it is given (already
-//! rendered by the caller) with its stdout read whole and its stderr drained on a thread, so
-//! neither pipe can fill up and deadlock. Produces `Vec<Job>`; touches no state.
+//! rendered by the caller) in its own process group, with both pipes read through `poll(2)` so
+//! neither can fill up and deadlock, within `generate_time`, stopped on a signal. Produces
+//! `Vec<Job>`; touches no state.
 
 use std::fmt;
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use miette::{LabeledSpan, NamedSource, SourceSpan};
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result, Source};
 use crate::manifest::{JobSource, Manifest, Stage};
+use crate::process;
+use crate::signals::Signals;
 
 /// A job's identity within its stage: its `id` field, or a hash of its canonical JSON.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -445,7 +447,7 @@ fn count_lines(file: &mut std::fs::File) -> std::io::Result<usize> {
     let mut buf = vec![0u8; 1 << 16];
     let (mut lines, mut last) = (0, b'\n');
     loop {
-        let n = file.read(&mut buf)?;
+        let n = std::io::Read::read(file, &mut buf)?;
         if n == 0 {
             break;
         }
@@ -455,17 +457,21 @@ fn count_lines(file: &mut std::fs::File) -> std::io::Result<usize> {
     Ok(lines + usize::from(last != b'\n'))
 }
 
-/// Runs a generator command (already rendered) in `cwd` and parses its stdout.
+/// Runs a generator command (already rendered) in `cwd` and parses its stdout. The generator
+/// runs in its own process group, within the stage's `generate_time`, and is stopped when
+/// poolparty receives SIGINT/SIGTERM (see [`crate::process::run_captured`]).
 ///
 /// # Errors
-/// `GeneratorFailed` with the tail of its stderr; parse errors pointing at the output line.
+/// `GeneratorFailed` with the tail of its stderr (also when it ran out of time);
+/// `Interrupted` after a signal; parse errors pointing at the output line.
 pub fn run_generator(
     manifest: &Manifest,
     stage: &Stage,
     command: &str,
     env: &[(String, String)],
+    signals: &Signals,
 ) -> Result<Vec<Job>> {
-    run_generator_with(manifest, stage, command, env, &mut |_, _| Ok(()))
+    run_generator_with(manifest, stage, command, env, signals, &mut |_, _| Ok(()))
 }
 
 /// [`run_generator`], calling `visit` with each job and its parsed value as it is read.
@@ -477,6 +483,7 @@ pub fn run_generator_with(
     stage: &Stage,
     command: &str,
     env: &[(String, String)],
+    signals: &Signals,
     visit: &mut Visit<'_>,
 ) -> Result<Vec<Job>> {
     let failed = |status: String, stderr: Option<String>| Error::GeneratorFailed {
@@ -486,40 +493,55 @@ pub fn run_generator_with(
         span: stage.source_span,
         stderr,
     };
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
         .arg(command)
         .current_dir(&manifest.dir)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| failed(format!("could not start `/bin/sh`: {e}"), None))?;
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let drain = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        buf
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let limit = stage.settings.generate_time;
+    let ran = process::run_captured(&mut cmd, Some(limit), signals)
+        .map_err(|e| failed(format!("could not run `/bin/sh`: {e}"), None))?;
+    // Shown in a diagnostic on the terminal: escape sequences as `^[`, line by line.
+    let tail = stderr_tail(&ran.stderr, 20).map(|t| {
+        t.lines()
+            .map(crate::report::text::clean)
+            .collect::<Vec<_>>()
+            .join("\n")
     });
-    let mut out = Vec::new();
-    let read = child
-        .stdout
-        .take()
-        .expect("stdout is piped")
-        .read_to_end(&mut out);
-    let status = child.wait();
-    let err_bytes = drain.join().unwrap_or_default();
-    let tail = stderr_tail(&err_bytes, 20);
-    let status = status.map_err(|e| failed(e.to_string(), tail.clone()))?;
-    read.map_err(|e| failed(format!("reading its output failed: {e}"), tail.clone()))?;
-    if !status.success() {
+    match ran.stopped {
+        Some(process::Stop::Interrupted) => {
+            return Err(Error::Interrupted {
+                signal: signals.last().unwrap_or(2),
+                during: format!(
+                    "while the job generator of stage `{}` ran; it was stopped",
+                    stage.name
+                ),
+            });
+        }
+        Some(process::Stop::TimedOut) => {
+            let mut help = format!(
+                "a generator may run for `generate_time` = {} (default 10m): make it faster or \
+                 raise `generate_time` in the stage or in `[defaults]`",
+                human(limit)
+            );
+            if let Some(t) = tail {
+                help.push_str("\nits stderr ended with:\n");
+                help.push_str(&t);
+            }
+            return Err(failed(
+                format!("it was stopped after running for {}", human(limit)),
+                Some(help),
+            ));
+        }
+        None => {}
+    }
+    if !ran.status.success() {
         return Err(failed(
-            describe_status(status),
+            describe_status(ran.status),
             tail.map(|t| format!("its stderr ended with:\n{t}")),
         ));
     }
-    let text = String::from_utf8(out).map_err(|e| {
+    let text = String::from_utf8(ran.stdout).map_err(|e| {
         failed(
             format!(
                 "its output is not UTF-8 (byte {})",
@@ -530,6 +552,17 @@ pub fn run_generator_with(
     })?;
     let src = NamedSource::new(format!("output of `{command}`"), text);
     parse_jobs_with(stage, &src, "the generator's output", visit)
+}
+
+/// A duration as the manifest writes it: `10m`, `90s`, `2h`.
+fn human(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// The last `n` lines of some bytes, lossily decoded; `None` when empty.

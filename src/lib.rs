@@ -18,9 +18,12 @@ pub mod jobs;
 pub mod manifest;
 pub mod outcome;
 pub mod plan;
+pub mod process;
 pub mod query;
+pub mod quoting;
 pub mod report;
 pub mod runner;
+pub mod signals;
 pub mod store;
 pub mod summary;
 pub mod template;
@@ -37,6 +40,7 @@ use crate::jobs::Job;
 use crate::manifest::{JobSource, Manifest};
 use crate::plan::{Upstream, UpstreamStage};
 use crate::runner::{Prepared, RunOptions, Runner};
+use crate::signals::Signals;
 use crate::store::Layout;
 use crate::summary::{Reporter, Verbosity};
 
@@ -91,6 +95,11 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
     } else {
         Verbosity::Normal
     };
+    // Commands that start child processes answer SIGINT/SIGTERM in every phase (exit 130).
+    let signals = match &cli.command {
+        Cmd::Validate { .. } | Cmd::Plan { .. } | Cmd::Run { .. } => Signals::install(),
+        _ => Signals::none(),
+    };
     let mut stdout = std::io::stdout().lock();
     match &cli.command {
         Cmd::Schema => {
@@ -99,8 +108,9 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
         }
         Cmd::Validate { manifest } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
+            manifest::check_template_backends(&m, g.backend, false)?;
             let selected = vec![true; m.stages.len()];
-            let prepared = prepare(&m, &graph, &layout, &selected)?;
+            let prepared = prepare(&m, &graph, &layout, &selected, &signals)?;
             let jobs: usize = prepared.iter().flatten().map(|(j, _)| j.len()).sum();
             let _ = writeln!(
                 stdout,
@@ -117,8 +127,9 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             out,
         } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
+            manifest::check_template_backends(&m, g.backend, out.is_some())?;
             let selected = select(&m, &graph, stages)?;
-            let prepared = prepare(&m, &graph, &layout, &selected)?;
+            let prepared = prepare(&m, &graph, &layout, &selected, &signals)?;
             if let Some(out) = out {
                 let out = std::path::absolute(out).map_err(|e| Error::store("resolve", out, e))?;
                 let s = write_bundle(&m, &graph, &layout, &prepared, &selected, g, &out)?;
@@ -131,6 +142,10 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 plan_text(&m, &graph, &layout, &prepared, &selected, g, verbosity)?
             };
             let _ = stdout.write_all(text.as_bytes());
+            Ok(EXIT_SUCCESS)
+        }
+        Cmd::Watchdog { live } => {
+            runner::watchdog(live);
             Ok(EXIT_SUCCESS)
         }
         Cmd::Cancel { manifest } => {
@@ -148,6 +163,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             recorded_needs,
         } => {
             let (m, graph, layout) = load(manifest.as_deref())?;
+            manifest::check_template_backends(&m, g.backend, *detach)?;
             let selected = select(&m, &graph, stages)?;
             let run_id = runner::new_run_id();
             let _lock = if *wait {
@@ -155,8 +171,12 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             } else {
                 store::lock(&layout, &run_id)?
             };
+            // Nothing of a run whose runner died may still run when this one starts jobs.
+            if let Some(r) = runner::recover(&layout)? {
+                eprintln!("poolparty: {}", r.message());
+            }
             if *detach {
-                let prepared = prepare(&m, &graph, &layout, &selected)?;
+                let prepared = prepare(&m, &graph, &layout, &selected, &signals)?;
                 let out = layout.root().join(".detached").join(&run_id);
                 let s = write_bundle(&m, &graph, &layout, &prepared, &selected, g, &out)?;
                 let _ = stdout.write_all(s.as_bytes());
@@ -179,7 +199,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             }
             // Outcomes of jobs a local bundle ran go to the ledger first, to be reused.
             bundle::collect_local(&m, &layout)?;
-            let prepared = prepare(&m, &graph, &layout, &selected)?;
+            let prepared = prepare(&m, &graph, &layout, &selected, &signals)?;
             let opts = RunOptions {
                 backend: g.backend,
                 max_parallel: g.max_parallel,
@@ -197,16 +217,40 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 },
             };
             let mut reporter = Reporter::new(verbosity, color);
-            let report = Runner::new(
+            let ran = Runner::new(
                 &m,
                 &graph,
                 layout.clone(),
-                run_id,
+                run_id.clone(),
                 opts,
                 &selected,
                 &mut reporter,
+                &signals,
             )
-            .run(prepared)?;
+            .run(prepared);
+            let report = match ran {
+                Ok(report) => report,
+                Err(e) => {
+                    // A run stopped by an error (a state fault: exit 3) still gets the
+                    // `--report` it asked for, from the outcomes recorded before it stopped.
+                    if let Some(out) = report_path {
+                        let written = report::load_run(&m, &layout, Some(&run_id))
+                            .and_then(|mut chosen| {
+                                // Not "in progress": this process still holds the lock.
+                                chosen.note = Some(format!(
+                                    "run {run_id} was stopped by an error (exit code {}) before it ended: outcomes recorded before it stopped",
+                                    e.exit_code()
+                                ));
+                                report::collect(&m, &graph, &layout, &chosen)
+                            })
+                            .and_then(|data| report::write(&data, out, report::Format::Html));
+                        if let Err(re) = written {
+                            eprintln!("poolparty: the report could not be written either: {re}");
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             runner::write_report(&layout, &report)?;
             reporter.finish(&report);
             if let Some(out) = report_path {
@@ -223,6 +267,14 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
         }
         Cmd::Status { manifest } => {
             let (m, _, layout) = load(manifest.as_deref())?;
+            // A runner that died left jobs without an outcome: say what became of them.
+            if layout.live_file().exists() {
+                if let Ok(_lock) = store::lock(&layout, "status") {
+                    if let Some(r) = runner::recover(&layout)? {
+                        eprintln!("poolparty: {}", r.message());
+                    }
+                }
+            }
             let report = query::status(&m, &layout)?;
             if g.json {
                 let _ = writeln!(
@@ -234,7 +286,9 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
                 // A live runner on this host: say so, since jobs without an outcome are
                 // then still to come rather than not run.
                 if let Some(h) = store::read_holder(&layout).filter(|h| {
-                    h.host == store::hostname()
+                    // (Not this process: it may have held the lock to recover a dead run.)
+                    h.pid != std::process::id()
+                        && h.host == store::hostname()
                         && std::path::Path::new(&format!("/proc/{}", h.pid)).exists()
                 }) {
                     let _ = writeln!(
@@ -393,7 +447,12 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
                 "poolparty: asked run {} (pid {}) to stop; waiting for it to cancel its jobs",
                 h.run, h.pid
             );
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            // A runner stops within its jobs' grace period; if it has not after ESCALATE, a
+            // second signal makes it kill its jobs at once; after GIVE_UP, say so and return.
+            const ESCALATE: std::time::Duration = std::time::Duration::from_secs(20);
+            const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
+            let asked = std::time::Instant::now();
+            let mut escalated = false;
             loop {
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 if let Ok(lock) = store::lock(layout, "cancel") {
@@ -402,16 +461,37 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
                     // Driver jobs of a detached run may still be queued behind it.
                     break lock;
                 }
-                if std::time::Instant::now() > deadline {
+                if !escalated && asked.elapsed() > ESCALATE {
+                    escalated = true;
+                    eprintln!(
+                        "poolparty: run {} has not stopped after {} s; asking again, so that it kills its jobs at once",
+                        h.run,
+                        ESCALATE.as_secs()
+                    );
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                }
+                if asked.elapsed() > GIVE_UP {
                     return Err(Error::Usage {
-                        message: format!("run {} (pid {}) did not stop within 120 s", h.run, h.pid),
-                        help: Some("send SIGTERM again to kill its jobs at once".to_owned()),
+                        message: format!(
+                            "run {} (pid {}) did not stop within {} s of being asked twice",
+                            h.run,
+                            h.pid,
+                            GIVE_UP.as_secs()
+                        ),
+                        help: Some(format!(
+                            "it may be stuck; `kill -KILL {}` ends it, and the next `poolparty run`, `status` or `cancel` stops the jobs it leaves and records them as interrupted",
+                            h.pid
+                        )),
                     });
                 }
             }
         }
         Err(e) => return Err(e),
     };
+    let recovered = runner::recover(layout)?;
+    if let Some(r) = &recovered {
+        eprintln!("poolparty: {}", r.message());
+    }
     let run = runner::new_run_id();
     let mut by_scheduler: BTreeMap<String, Vec<String>> = BTreeMap::new();
     // Driver jobs first: cancelling the arrays they wait for would let them start.
@@ -498,7 +578,7 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
     }
     drop(lock);
     if by_scheduler.is_empty() {
-        if !stopped_runner {
+        if !stopped_runner && recovered.is_none() {
             eprintln!(
                 "poolparty: nothing to cancel: no runner is active and no submitted job lacks an outcome"
             );
@@ -582,6 +662,7 @@ fn prepare(
     graph: &StageGraph,
     layout: &Layout,
     selected: &[bool],
+    signals: &Signals,
 ) -> Result<Prepared> {
     let mut prepared: Prepared = (0..m.stages.len()).map(|_| None).collect();
     for &i in graph.order() {
@@ -596,7 +677,7 @@ fn prepare(
                 let rendered = plan::render_generator(m, stage, cmd, &base)?;
                 let env = plan::stage_env(m, stage, layout, &upstream);
                 prepared[i] = Some(plan::expand_and_plan(m, i, layout, &upstream, |visit| {
-                    jobs::run_generator_with(m, stage, &rendered, &env, visit)
+                    jobs::run_generator_with(m, stage, &rendered, &env, signals, visit)
                 })?);
             }
             JobSource::Generate(cmd) => {
@@ -610,12 +691,16 @@ fn prepare(
                     let base = plan::base_context(m, stage, layout, &upstream);
                     let renderer = plan::Renderer::new(m, stage, base)?;
                     for j in up_jobs {
-                        let value = serde_json::json!({
-                            "id": j.id.as_str(), "index": j.index, "upstream": j.value(),
+                        let mut value = serde_json::json!({
+                            "id": j.id.as_str(), "index": j.index,
                             "exit_code": 0, "outcome": "succeeded", "result": null,
                             "stdout": layout.log_out(m.stages[up].name.as_str(), j.id.as_str()),
                             "stderr": layout.log_err(m.stages[up].name.as_str(), j.id.as_str()),
                         });
+                        // Not through `json!`, which would rewrite its numbers (`1E2`).
+                        if let serde_json::Value::Object(map) = &mut value {
+                            map.insert("upstream".to_owned(), j.value());
+                        }
                         let probe = Job {
                             index: j.index,
                             id: j.id.clone(),
@@ -714,7 +799,13 @@ fn plan_text(
                 };
                 for job in jobs.iter().take(limit) {
                     let j = p.job(job)?;
-                    let _ = writeln!(out, "  [{}] {}: {}", j.index, j.id, j.command.display());
+                    let _ = writeln!(
+                        out,
+                        "  [{}] {}: {}",
+                        j.index,
+                        j.id,
+                        report::text::clean(&j.command.display().to_string())
+                    );
                 }
                 if jobs.len() > limit {
                     let _ = writeln!(out, "  … {} more (use -v to list all)", jobs.len() - limit);

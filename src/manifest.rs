@@ -26,6 +26,8 @@ pub const DEFAULT_MANIFEST: &str = "poolparty.toml";
 /// lost, unless `lost_grace` says otherwise: outcome files may lag on shared file systems, and a
 /// restarted controller shows stale states for a few seconds.
 pub const LOST_GRACE: Duration = Duration::from_secs(20);
+/// Default time limit of a job generator (`generate_time`).
+pub const GENERATE_TIME: Duration = Duration::from_secs(600);
 
 /// Where jobs run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
@@ -203,6 +205,11 @@ macro_rules! with_settings {
             #[serde(default)]
             #[schemars(with = "Option<String>")]
             pub time: Option<Spanned<String>>,
+            /// Time limit of the stage's job generator (`generate`), in the format of `time`
+            /// (default `"10m"`). A generator still running then is stopped and its stage fails.
+            #[serde(default)]
+            #[schemars(with = "Option<String>")]
+            pub generate_time: Option<Spanned<String>>,
             /// Where a job's result comes from: `file` ($POOLPARTY_RESULT, default), `stdout`, `none`.
             #[serde(default)]
             pub result: Option<ResultMode>,
@@ -542,6 +549,8 @@ pub struct Settings {
     pub env: BTreeMap<String, String>,
     /// Per-job wall-time limit.
     pub time: Option<WallTime>,
+    /// Time limit of the job generator.
+    pub generate_time: Duration,
     /// Where results come from.
     pub result: ResultMode,
     /// Results above this stay files.
@@ -930,6 +939,57 @@ fn check_script_template(stage: &Stage, src: &Source) -> Result<()> {
         })
 }
 
+/// Refuses a stage's custom `template` written for another scheduler than the backend the
+/// stage runs on (`over` is `--backend`): a Slurm script submitted to Grid Engine (or run as a
+/// local bundle) fails every job of the stage on the cluster instead of at `validate`. A
+/// template is taken to be written for a scheduler when it reads that scheduler's array task
+/// variable (`SLURM_ARRAY_TASK_ID`, `SGE_TASK_ID`), as the ejected templates do. Local stages
+/// use their template only in a bundle (`bundle`: `plan --out`, `run --detach`), so a cluster
+/// template in `[defaults]` does not stop a local test run.
+///
+/// # Errors
+/// A template that reads another scheduler's task variable; an unreadable template.
+pub fn check_template_backends(
+    m: &Manifest,
+    over: Option<BackendKind>,
+    bundle: bool,
+) -> Result<()> {
+    const MARKS: [(BackendKind, &str); 2] = [
+        (BackendKind::Slurm, "SLURM_ARRAY_TASK_ID"),
+        (BackendKind::Sge, "SGE_TASK_ID"),
+    ];
+    for stage in &m.stages {
+        let Some((path, span)) = &stage.settings.template else {
+            continue;
+        };
+        let kind = over.unwrap_or(stage.settings.backend);
+        if kind == BackendKind::Local && !bundle {
+            continue;
+        }
+        let text = read_text(path).map_err(|e| Error::store("read", path, e))?;
+        let Some((other, mark)) = MARKS
+            .iter()
+            .find(|(k, mark)| *k != kind && text.contains(mark))
+        else {
+            continue;
+        };
+        return Err(Error::InvalidManifest {
+            message: format!(
+                "the `template` of stage `{}`, `{}`, is written for `{other}` (it reads `{mark}`), but the stage runs on the `{kind}` backend",
+                stage.name,
+                path.display(),
+            ),
+            src: m.src.clone(),
+            span: *span,
+            label: "this template".to_owned(),
+            help: Some(format!(
+                "eject the `{kind}` template with `poolparty templates eject {kind}` and set it as `template` of the stages that run there"
+            )),
+        });
+    }
+    Ok(())
+}
+
 type ErrFn<'a> = dyn Fn(SourceSpan, String, &str, Option<String>) -> Error + 'a;
 
 fn validate_stage(
@@ -1204,6 +1264,7 @@ fn resolve_settings(
         retries: s.retries.or(d.retries).unwrap_or(0),
         env,
         time: duration(pick!(s, d, time))?,
+        generate_time: duration(pick!(s, d, generate_time))?.map_or(GENERATE_TIME, |w| w.0),
         result: s.result.or(d.result).unwrap_or_default(),
         result_max_bytes: s.result_max_bytes.or(d.result_max_bytes).unwrap_or(1 << 20),
         resources: Resources {

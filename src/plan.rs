@@ -188,6 +188,8 @@ pub struct Renderer {
     /// The `run` template texts (one for a shell string, one per argv element).
     texts: Vec<String>,
     settings_fp: String,
+    /// Bytes of argument space the environment takes before the job's own variables.
+    env_bytes: usize,
     src: crate::error::Source,
     span: SourceSpan,
     stage: String,
@@ -353,6 +355,7 @@ impl Renderer {
         };
         let s = &stage.settings;
         let settings_fp = format!("{:?}|{:?}|{:?}", s.env, s.time, s.result);
+        let env_bytes = env_bytes(&base);
         Ok(Self {
             templates,
             ctx: std::cell::RefCell::new(
@@ -365,6 +368,7 @@ impl Renderer {
             run,
             texts,
             settings_fp,
+            env_bytes,
             src: manifest.src.clone(),
             span: stage.run_span,
             stage: stage.name.to_string(),
@@ -417,6 +421,21 @@ impl Renderer {
                 ),
             )
         })?;
+        if let Some(why) = unstartable(&command, job, self.env_bytes) {
+            return Err(Error::Template {
+                message: format!(
+                    "job {} (id `{}`) of stage `{}` can never start: {why}",
+                    job.index, job.id, self.stage
+                ),
+                src: self.src.clone(),
+                span: self.span,
+                label: "this command".to_owned(),
+                help: Some(match &why {
+                    Unstartable::Nul(_) => "remove the NUL byte from the job's value; no program can receive one in its arguments".to_owned(),
+                    _ => "pass large values through a file, or read them from `$POOLPARTY_JOB` in the job, instead of putting them on the command line".to_owned(),
+                }),
+            });
+        }
         let fp = Fp::of(&job.json, &command, &self.settings_fp);
         Ok((command, fp))
     }
@@ -441,6 +460,128 @@ impl Renderer {
     }
 }
 
+/// Linux's limit on one argument or environment string, its NUL included (`MAX_ARG_STRLEN`,
+/// 32 pages of 4 KiB).
+pub const MAX_ARG_STRLEN: usize = 128 * 1024;
+
+/// `$POOLPARTY_JOB` above this size is passed in a file (as the local backend does).
+const JOB_ENV_MAX: usize = 64 * 1024;
+
+/// Why a rendered command can never be started.
+#[derive(Debug)]
+pub enum Unstartable {
+    /// A NUL byte in the command (the field it came from, when found).
+    Nul(Option<String>),
+    /// One argument over [`MAX_ARG_STRLEN`].
+    ArgTooLong(usize),
+    /// Arguments and environment together over `ARG_MAX`.
+    TooLarge(usize, usize),
+}
+
+impl std::fmt::Display for Unstartable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Nul(Some(field)) => write!(f, "its command contains a NUL byte (from `{field}`)"),
+            Self::Nul(None) => write!(f, "its command contains a NUL byte"),
+            Self::ArgTooLong(n) => write!(
+                f,
+                "its command is {n} bytes, over the system's limit of {} bytes for one argument",
+                MAX_ARG_STRLEN - 1
+            ),
+            Self::TooLarge(n, max) => write!(
+                f,
+                "its arguments and environment take {n} bytes, over the system's limit (`ARG_MAX`) of {max}"
+            ),
+        }
+    }
+}
+
+/// The system's `ARG_MAX`: the space for arguments and environment of a new program.
+fn arg_max() -> usize {
+    static ARG_MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ARG_MAX.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::ARG_MAX)
+            .ok()
+            .flatten()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(2 * 1024 * 1024)
+    })
+}
+
+/// Argument space taken by `s` as one argument or environment string: its bytes, its NUL and
+/// its pointer.
+fn arg_cost(len: usize) -> usize {
+    len + 1 + std::mem::size_of::<usize>()
+}
+
+/// Argument space of the environment a stage's jobs get besides their own variables: the
+/// runner's, the stage's `env`, and the `POOLPARTY_*` paths (estimated from the context).
+fn env_bytes(base: &Map<String, Value>) -> usize {
+    let inherited: usize = std::env::vars_os()
+        .map(|(k, v)| arg_cost(k.len() + 1 + v.len()))
+        .sum();
+    let mut paths = 0;
+    let mut walk = vec![base.get("stage"), base.get("workflow"), base.get("needs")];
+    while let Some(v) = walk.pop() {
+        match v {
+            Some(Value::String(s)) => paths += arg_cost(s.len() + 40),
+            Some(Value::Object(m)) => walk.extend(m.values().map(Some)),
+            Some(Value::Array(a)) => walk.extend(a.iter().map(Some)),
+            _ => {}
+        }
+    }
+    // `env` in the context holds the runner's variables and the stage's: count the stage's.
+    let stage_env: usize = base.get("env").and_then(Value::as_object).map_or(0, |m| {
+        m.iter()
+            .filter(|(k, v)| std::env::var(k).ok().as_deref() != v.as_str())
+            .map(|(k, v)| arg_cost(k.len() + 1 + crate::template::value_text(v).len()))
+            .sum()
+    });
+    inherited + paths + stage_env
+}
+
+/// Why `command` of `job` can never start, if it cannot: a NUL byte, an argument over
+/// `MAX_ARG_STRLEN`, or arguments and environment over `ARG_MAX`.
+#[must_use]
+pub fn unstartable(command: &Command, job: &Job, env_bytes: usize) -> Option<Unstartable> {
+    let args: Vec<&str> = match command {
+        Command::Shell(s) => vec!["/bin/sh", "-c", s],
+        Command::Argv(a) => a.iter().map(String::as_str).collect(),
+    };
+    if args.iter().any(|a| a.contains('\0')) {
+        return Some(Unstartable::Nul(nul_field(&job.value(), "job")));
+    }
+    if let Some(a) = args.iter().find(|a| a.len() + 1 > MAX_ARG_STRLEN) {
+        return Some(Unstartable::ArgTooLong(a.len()));
+    }
+    let job_env = if job.json.len() <= JOB_ENV_MAX {
+        job.json.len()
+    } else {
+        256
+    };
+    let total = args.iter().map(|a| arg_cost(a.len())).sum::<usize>()
+        + env_bytes
+        + arg_cost("POOLPARTY_JOB=".len() + job_env)
+        + 4 * arg_cost(40 + job.id.as_str().len());
+    let max = arg_max();
+    (total > max).then_some(Unstartable::TooLarge(total, max))
+}
+
+/// The path of the first string in `v` holding a NUL byte.
+fn nul_field(v: &Value, at: &str) -> Option<String> {
+    match v {
+        Value::String(s) => s.contains('\0').then(|| at.to_owned()),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| nul_field(x, &format!("{at}.{i}"))),
+        Value::Object(m) => m
+            .iter()
+            .find_map(|(k, x)| nul_field(x, &format!("{at}.{k}"))),
+        _ => None,
+    }
+}
+
 /// Renders a stage's `generate` command.
 ///
 /// # Errors
@@ -452,7 +593,7 @@ pub fn render_generator(
     base: &Map<String, Value>,
 ) -> Result<String> {
     let ctx = Value::Object(base.clone());
-    crate::template::render_once(text, Quoting::Shell, &ctx).map_err(|f| {
+    let rendered = crate::template::render_once(text, Quoting::Shell, &ctx).map_err(|f| {
         template_error(
             &manifest.src,
             stage.source_span,
@@ -460,7 +601,27 @@ pub fn render_generator(
             f,
             &format!("cannot render `generate` of stage `{}`", stage.name),
         )
-    })
+    })?;
+    let why = if rendered.contains('\0') {
+        Some(Unstartable::Nul(None))
+    } else if rendered.len() + 1 > MAX_ARG_STRLEN {
+        Some(Unstartable::ArgTooLong(rendered.len()))
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Err(Error::Template {
+            message: format!(
+                "the generator of stage `{}` can never start: {why}",
+                stage.name
+            ),
+            src: manifest.src.clone(),
+            span: stage.source_span,
+            label: "this command".to_owned(),
+            help: Some("keep the generator's command short and free of NUL bytes; pass large inputs in files".to_owned()),
+        });
+    }
+    Ok(rendered)
 }
 
 /// Plans a stage whose jobs are known.

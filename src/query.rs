@@ -331,6 +331,38 @@ fn table(
     }
 }
 
+/// The newest run that started in this state folder, with its start time: the newest
+/// `.runs/<run>.json` (written when a run starts) or the run holding the workflow lock. Run ids
+/// start with their UTC start time, so they sort by time; `cancel` and the like take the lock
+/// under ids that do not and are skipped.
+fn latest_run(layout: &Layout) -> Option<(String, f64)> {
+    let recorded = std::fs::read_dir(layout.runs_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".json").map(str::to_owned)
+        })
+        .filter(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+        .max();
+    let holder =
+        store::read_holder(layout).filter(|h| h.run.starts_with(|c: char| c.is_ascii_digit()));
+    match (recorded, holder) {
+        (Some(r), Some(h)) if h.run > r => Some((h.run, h.started)),
+        (Some(r), _) => {
+            let started = std::fs::read_to_string(layout.runs_dir().join(format!("{r}.json")))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v["started"].as_f64())
+                .unwrap_or(0.0);
+            Some((r, started))
+        }
+        (None, Some(h)) => Some((h.run, h.started)),
+        (None, None) => None,
+    }
+}
+
 /// Every stage's recorded state, as a report.
 ///
 /// # Errors
@@ -408,17 +440,23 @@ pub fn status(manifest: &Manifest, layout: &Layout) -> Result<RunReport> {
     let summary: Option<RunReport> = std::fs::read_to_string(layout.summary())
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
+    // A run killed before writing its summary (or still running) is newer than `summary.json`:
+    // the outcomes above are its outcomes, so name it, not the run before it.
+    let (run, started, ended) = match (summary, latest_run(layout)) {
+        (Some(s), Some((id, at))) if id > s.run => (id, at, None),
+        (Some(s), _) => (s.run, s.started, s.ended),
+        (None, Some((id, at))) => (id, at, None),
+        (None, None) => ("none".to_owned(), 0.0, None),
+    };
     Ok(RunReport {
         format_version: store::FORMAT_VERSION,
         workflow: manifest.name.clone(),
-        run: summary
-            .as_ref()
-            .map_or_else(|| "none".to_owned(), |s| s.run.clone()),
+        run,
         manifest: manifest.path.clone(),
         manifest_sha256: manifest.hash.clone(),
         poolparty_version: env!("CARGO_PKG_VERSION").to_owned(),
-        started: summary.as_ref().map_or(0.0, |s| s.started),
-        ended: summary.as_ref().and_then(|s| s.ended),
+        started,
+        ended,
         verdict: Verdict::of(&all, false),
         state_dir: layout.root().to_path_buf(),
         stages,

@@ -7,8 +7,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -21,6 +21,7 @@ use crate::jobs::{self, Job};
 use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure};
 use crate::outcome::{JobRecord, Outcome, ResultValue, Stats, Verdict};
 use crate::plan::{self, PlannedJob, StagePlan, Upstream, UpstreamStage};
+use crate::signals::Signals;
 use crate::store::{self, Layout, Ledger};
 use crate::summary::{FailedJob, Reporter, RunReport, StageReport};
 
@@ -138,18 +139,23 @@ pub struct Runner<'a> {
     tx: Sender<Event>,
     rx: Receiver<Event>,
     reporter: &'a mut Reporter,
+    signals: &'a Signals,
     interrupted: bool,
-    signals: usize,
     last_sync: Instant,
     started: f64,
     staged: Vec<PathBuf>,
     /// Arrays an interrupt could not cancel (their jobs may still run), per stage.
     uncancelled: Vec<(usize, backend::Uncancelled)>,
+    live: Option<Arc<store::LiveGroups>>,
 }
 
 impl<'a> Runner<'a> {
     /// Prepares a run of the `selected` stages (all when `opts.stages` is empty).
     #[must_use]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the run's inputs, each borrowed for the run's lifetime"
+    )]
     pub fn new(
         manifest: &'a Manifest,
         graph: &'a StageGraph,
@@ -158,6 +164,7 @@ impl<'a> Runner<'a> {
         opts: RunOptions,
         selected: &[bool],
         reporter: &'a mut Reporter,
+        signals: &'a Signals,
     ) -> Self {
         let (tx, rx) = channel();
         let states = selected.iter().map(|&s| StageState::new(s)).collect();
@@ -171,12 +178,13 @@ impl<'a> Runner<'a> {
             tx,
             rx,
             reporter,
+            signals,
             interrupted: false,
-            signals: 0,
             last_sync: Instant::now(),
             started: store::now(),
             staged: Vec::new(),
             uncancelled: Vec::new(),
+            live: None,
         }
     }
 
@@ -186,11 +194,32 @@ impl<'a> Runner<'a> {
     /// Only errors that make the state untrustworthy (the ledger cannot be written) or a
     /// backend failure; job failures are outcomes, not errors.
     pub fn run(mut self, mut prepared: Prepared) -> Result<RunReport> {
-        let signals = install_signals(self.tx.clone());
-        let result = self.drive(&mut prepared);
-        if let Some(h) = signals {
-            h.close();
+        let tx = Mutex::new(self.tx.clone());
+        let subscription = self.signals.subscribe(move |signal, count| {
+            let _ = tx
+                .lock()
+                .expect("signal sender")
+                .send(Event::Signal { signal, count });
+        });
+        // A signal that arrived while the run was being prepared counts too.
+        if self.signals.count() > 0 {
+            let (signal, count) = (self.signals.last().unwrap_or(2), self.signals.count());
+            self.tx
+                .send(Event::Signal { signal, count })
+                .expect("the runner holds the receiver");
         }
+        let header = store::LiveLine::Runner {
+            run: self.run_id.clone(),
+            host: store::hostname(),
+            boot: crate::process::boot_id(),
+        };
+        self.live = Some(Arc::new(store::LiveGroups::create(
+            self.layout.live_file(),
+            &header,
+        )?));
+        // A runner killed outright takes its jobs along through this process.
+        let watchdog = start_watchdog(&self.layout.live_file());
+        let result = self.drive(&mut prepared);
         // Stop whatever still runs if we leave on an error, and say so: those jobs get no
         // record (the state cannot be trusted to take one) and run again next time.
         if result.is_err() {
@@ -208,13 +237,28 @@ impl<'a> Runner<'a> {
                 }
             }
         }
+        let mut synced = Ok(());
         for st in &mut self.states {
             if let Some(l) = st.ledger.as_mut() {
-                l.sync()?;
+                if let Err(e) = l.sync() {
+                    synced = synced.and(Err(e));
+                }
             }
             st.backend = None;
         }
+        // Dropping a backend reaps every job it started (on an error they were killed just
+        // above), so nothing is left for the watchdog or a later command to stop, even when
+        // the run ends in an error.
+        if let Some(live) = self.live.take() {
+            let _ = std::fs::remove_file(live.path());
+        }
+        if let Some((mut child, write)) = watchdog {
+            drop(write);
+            let _ = child.wait();
+        }
+        drop(subscription);
         result?;
+        synced?;
         if !self.uncancelled.is_empty() {
             return Err(self.uncancelled_error());
         }
@@ -383,6 +427,17 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             }
             if ready {
                 if let Err(e) = self.start_stage(i, prepared[i].take()) {
+                    if let crate::error::Error::Interrupted { signal, .. } = e {
+                        // The generator was stopped: stop the rest as the signal's event
+                        // would (it skips this stage, still waiting, too).
+                        if self.interrupted {
+                            self.skip(i, "run interrupted".to_owned());
+                        } else {
+                            let count = self.signals.count().max(1);
+                            self.handle(Event::Signal { signal, count })?;
+                        }
+                        return Ok(());
+                    }
                     if e.exit_code() == crate::error::EXIT_INVALID_INPUT {
                         // A generator or template failing at run time fails its stage only.
                         self.reporter.diagnostic(&e);
@@ -451,7 +506,14 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                         let rendered = plan::render_generator(manifest, stage, cmd, &base)?;
                         let env = plan::stage_env(manifest, stage, layout, &upstream);
                         plan::expand_and_plan(manifest, i, layout, &upstream, |visit| {
-                            jobs::run_generator_with(manifest, stage, &rendered, &env, visit)
+                            jobs::run_generator_with(
+                                manifest,
+                                stage,
+                                &rendered,
+                                &env,
+                                self.signals,
+                                visit,
+                            )
                         })?
                     }
                     _ => plan::expand_and_plan(manifest, i, layout, &upstream, |visit| {
@@ -512,7 +574,10 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             self.opts.max_parallel.or(plan.settings.max_parallel),
             jobs.len(),
         );
-        let spec = StageSpec::new(&plan, &self.layout, &manifest.name, &self.run_id, workers);
+        let mut spec = StageSpec::new(&plan, &self.layout, &manifest.name, &self.run_id, workers);
+        if kind == BackendKind::Local {
+            spec.live.clone_from(&self.live);
+        }
         let mut backend = backend::create(kind, spec, self.tx.clone())?;
         let record_to = self.layout.submissions(&name);
         backend.set_recorder(Box::new(move |s| {
@@ -822,16 +887,25 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         }
         let up_name = self.manifest.stages[up].name.to_string();
         let up_job = &self.states[up].jobs[idx];
-        let value = json!({
+        let mut value = json!({
             "id": up_job.id.as_str(),
             "index": idx,
-            "upstream": up_job.value(),
             "exit_code": upstream.exit_code(),
             "outcome": upstream.describe(),
-            "result": self.states[up].results[idx].as_ref().map(|r| jobs::parse_value(&r.to_json()).unwrap_or(Value::Null)),
             "stdout": self.layout.log_out(&up_name, up_job.id.as_str()),
             "stderr": self.layout.log_err(&up_name, up_job.id.as_str()),
         });
+        // Inserted as values, not through `json!`: its `to_value` would rewrite numbers
+        // (`1E2` to `1e+2`), and numbers reach the command as written.
+        let result = self.states[up].results[idx]
+            .as_ref()
+            .map_or(Value::Null, |r| {
+                jobs::parse_value(&r.to_json()).unwrap_or(Value::Null)
+            });
+        if let Value::Object(map) = &mut value {
+            map.insert("upstream".to_owned(), up_job.value());
+            map.insert("result".to_owned(), result);
+        }
         let element = Job {
             index: idx,
             id: up_job.id.clone(),
@@ -888,7 +962,6 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
     fn handle(&mut self, ev: Event) -> Result<()> {
         match ev {
             Event::Signal { signal, count } => {
-                self.signals = count;
                 let mode = if count >= 2 {
                     CancelMode::Kill
                 } else {
@@ -961,6 +1034,19 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         let st = &mut self.states[i];
         st.in_flight -= 1;
         st.ledger.as_mut().expect("running stage").append(&record)?;
+        let kind = st
+            .plan
+            .as_ref()
+            .map(|p| self.opts.backend.unwrap_or(p.settings.backend));
+        if let (Some(live), Some(BackendKind::Local)) = (&self.live, kind) {
+            // Only now may recovery forget the job's group.
+            live.append(&store::LiveLine::Recorded {
+                stage: self.manifest.stages[i].name.to_string(),
+                id: record.id.clone(),
+                attempt: record.attempt,
+            })
+            .map_err(|e| crate::error::Error::store("append to", live.path(), e))?;
+        }
         let idx = record.index;
         let settings = &st.plan.as_ref().expect("running").settings;
         let (retries, resubmit_lost) = (settings.retries, settings.resubmit_lost);
@@ -1213,19 +1299,211 @@ pub fn write_report(layout: &Layout, report: &RunReport) -> Result<()> {
     store::atomic_write(&layout.summary(), text.as_bytes())
 }
 
-fn install_signals(tx: Sender<Event>) -> Option<signal_hook::iterator::Handle> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).ok()?;
-    let handle = signals.handle();
-    std::thread::spawn(move || {
-        for (n, signal) in signals.forever().enumerate() {
-            let count = n + 1;
-            if tx.send(Event::Signal { signal, count }).is_err() {
-                break;
-            }
+/// What [`recover`] found: a run whose runner died while local jobs ran.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The dead runner's run id.
+    pub run: String,
+    /// Jobs whose outcome it never recorded, now recorded as interrupted.
+    pub jobs: usize,
+    /// Of their process groups, those that still had live processes (stopped now).
+    pub stopped: usize,
+}
+
+impl Recovered {
+    /// A line for the user.
+    #[must_use]
+    pub fn message(&self) -> String {
+        let left = match self.stopped {
+            0 => "none of them still ran".to_owned(),
+            n if n == self.jobs => "stopped what was left of them".to_owned(),
+            n => format!("stopped what was left of {n} of them"),
+        };
+        format!(
+            "run {} ended without recording the outcome of {} (its runner was killed): {left}, \
+             and recorded them as interrupted",
+            self.run,
+            crate::error::count(self.jobs, "local job")
+        )
+    }
+}
+
+/// Cleans up after a runner that died (SIGKILL, out of memory, a crash) while local jobs ran,
+/// from its record of their process groups (`.live.jsonl`): stops what is left of them
+/// (SIGTERM, a grace period, SIGKILL), waits until it is gone, records those jobs as
+/// interrupted, and removes the record. Nothing of that run is left running afterwards, so no
+/// job can run twice at once. Call it holding the workflow lock.
+///
+/// # Errors
+/// When the record or a ledger cannot be read or written, the dead runner ran on another host,
+/// or a process survives SIGKILL.
+pub fn recover(layout: &Layout) -> Result<Option<Recovered>> {
+    use crate::error::Error;
+    use crate::process;
+    use crate::store::LiveLine;
+    let path = layout.live_file();
+    let Some((header, open)) = store::read_live(&path)? else {
+        return Ok(None);
+    };
+    let (run, host, boot) = match header {
+        Some(LiveLine::Runner { run, host, boot }) => (run, host, boot),
+        _ => (
+            "(unknown)".to_owned(),
+            store::hostname(),
+            process::boot_id(),
+        ),
+    };
+    if open.is_empty() {
+        let _ = std::fs::remove_file(&path);
+        return Ok(None);
+    }
+    if host != store::hostname() {
+        return Err(Error::Usage {
+            message: format!(
+                "run {run} died on host `{host}` while {} ran there; only that host can check \
+                 whether they still run",
+                crate::error::count(open.len(), "local job")
+            ),
+            help: Some(format!("run `poolparty status` on `{host}`")),
+        });
+    }
+    let groups = live_groups(&open);
+    // After a reboot, nothing of it runs.
+    let (stopped, left) = if boot == process::boot_id() {
+        process::stop_groups(&groups, process::GRACE)
+    } else {
+        (0, Vec::new())
+    };
+    if !left.is_empty() {
+        return Err(Error::Backend {
+            backend: "local",
+            message: format!(
+                "processes of jobs of run {run} did not stop after SIGKILL: pids {left:?}"
+            ),
+            detail: Some(
+                "they may be stuck in the kernel (state D); their jobs are not started again \
+                 while they live"
+                    .to_owned(),
+            ),
+        });
+    }
+    let mut by_stage: HashMap<&str, Vec<&LiveLine>> = HashMap::new();
+    for l in &open {
+        if let LiveLine::Started { stage, .. } | LiveLine::Starting { stage, .. } = l {
+            by_stage.entry(stage.as_str()).or_default().push(l);
         }
-    });
-    Some(handle)
+    }
+    let mut jobs = 0;
+    for (stage, lines) in by_stage {
+        let dir = layout.stage_dir(stage);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::store("create", dir, e))?;
+        let recorded: HashSet<(String, u32)> = store::read_ledger(&layout.ledger(stage))?
+            .into_iter()
+            .map(|r| (r.id, r.attempt))
+            .collect();
+        let mut ledger = Ledger::open(layout.ledger(stage))?;
+        for l in lines {
+            let (LiveLine::Started {
+                index,
+                id,
+                attempt,
+                at,
+                ..
+            }
+            | LiveLine::Starting {
+                index,
+                id,
+                attempt,
+                at,
+                ..
+            }) = l
+            else {
+                continue;
+            };
+            if recorded.contains(&(id.clone(), *attempt)) {
+                continue;
+            }
+            ledger.append(&JobRecord {
+                index: *index,
+                id: id.clone(),
+                attempt: *attempt,
+                outcome: Outcome::Interrupted,
+                start: Some(*at),
+                end: Some(store::now()),
+                run: run.clone(),
+                fp: String::new(),
+                result: None,
+            })?;
+            jobs += 1;
+        }
+        ledger.sync()?;
+    }
+    std::fs::remove_file(&path).map_err(|e| Error::store("remove", &path, e))?;
+    Ok(Some(Recovered { run, jobs, stopped }))
+}
+
+/// The process groups of a dead runner's unrecorded jobs: those it recorded, and those of
+/// jobs it was starting, found by their `$POOLPARTY_RESULT`.
+fn live_groups(open: &[store::LiveLine]) -> Vec<crate::process::Group> {
+    use crate::process::{self, Group};
+    use crate::store::LiveLine;
+    let mut groups = Vec::new();
+    let mut starting = Vec::new();
+    for l in open {
+        match l {
+            LiveLine::Started { pgid, start, .. } => groups.push(Group {
+                pgid: *pgid,
+                start: *start,
+            }),
+            // The attempt too: a later attempt of the same job has the same result path.
+            LiveLine::Starting {
+                result, attempt, ..
+            } => starting.push(vec![
+                format!("POOLPARTY_RESULT={result}"),
+                format!("POOLPARTY_ATTEMPT={attempt}"),
+            ]),
+            _ => {}
+        }
+    }
+    groups.extend(process::groups_by_env(&starting));
+    groups
+}
+
+/// Started by each runner (`poolparty __watchdog`): waits until the runner's end of `stdin`
+/// closes (the runner ended, or was killed), then stops the groups of the jobs `.live.jsonl`
+/// names without an outcome, so that a killed runner's jobs die with it. It records nothing
+/// (the next `run`, `status` or `cancel` does, holding the lock).
+pub fn watchdog(live: &std::path::Path) {
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    let mut stdin = std::io::stdin();
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Err(e) if e.kind() != std::io::ErrorKind::Interrupted => break,
+            _ => {}
+        }
+    }
+    if let Ok(Some((_, open))) = store::read_live(live) {
+        let _ = crate::process::stop_groups(&live_groups(&open), crate::process::GRACE);
+    }
+}
+
+/// Starts the watchdog of this run; the runner keeps the write end of its `stdin`.
+fn start_watchdog(live: &std::path::Path) -> Option<(std::process::Child, std::os::fd::OwnedFd)> {
+    use std::os::unix::process::CommandExt;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+    let exe = std::env::current_exe().ok()?;
+    let child = std::process::Command::new(exe)
+        .arg("__watchdog")
+        .arg(live)
+        .stdin(std::process::Stdio::from(read))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .ok()?;
+    Some((child, write))
 }
 
 /// A fresh run id: UTC time plus the process id.

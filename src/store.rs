@@ -4,6 +4,7 @@
 //! Layout (see DESIGN.md):
 //! ```text
 //! <state>/.lock                  flock'ed while a runner is active; names its holder
+//! <state>/.live.jsonl            process groups of local jobs started and not yet recorded
 //! <state>/.runs/<run>.json       provenance of each run
 //! <state>/summary.json           the last run's summary
 //! <state>/<stage>/jobs.jsonl     the expanded jobs, in order: {"index","id","job"}
@@ -128,6 +129,11 @@ impl Layout {
     #[must_use]
     pub fn lock_file(&self) -> PathBuf {
         self.root.join(".lock")
+    }
+    /// The record of the local jobs' process groups that may be running ([`LiveGroups`]).
+    #[must_use]
+    pub fn live_file(&self) -> PathBuf {
+        self.root.join(".live.jsonl")
     }
 
     /// Creates a stage's folders.
@@ -669,6 +675,173 @@ pub fn tail(path: &Path, n: usize) -> Option<String> {
     crate::jobs::stderr_tail(&buf, n)
 }
 
+/// One line of `.live.jsonl`, the record of the local jobs' process groups: a runner writes
+/// a header, a `starting` line before it starts a job, a `started` line with its process group
+/// right after, and a `recorded` line once its outcome is in the ledger. Groups started and not recorded
+/// when no runner holds the lock were left by a runner that died: the next runner, `status`
+/// or `cancel` stops what is left of them and records them as interrupted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiveLine {
+    /// The runner that writes the lines after it.
+    Runner {
+        /// Its run id.
+        run: String,
+        /// Its host.
+        host: String,
+        /// The boot it ran in (`/proc/sys/kernel/random/boot_id`).
+        boot: String,
+    },
+    /// A job is about to start (written before the spawn: if the runner dies before the
+    /// `started` line, the job's processes are found by its `$POOLPARTY_RESULT`).
+    Starting {
+        /// The stage.
+        stage: String,
+        /// The job's index.
+        index: usize,
+        /// The job id.
+        id: String,
+        /// The attempt.
+        attempt: u32,
+        /// Its `$POOLPARTY_RESULT`, unique to the job in its environment.
+        result: String,
+        /// When, seconds since the epoch.
+        at: f64,
+    },
+    /// A job's process group started.
+    Started {
+        /// The stage.
+        stage: String,
+        /// The job's index.
+        index: usize,
+        /// The job id.
+        id: String,
+        /// The attempt.
+        attempt: u32,
+        /// The group id (the leader's pid).
+        pgid: u32,
+        /// The leader's start time in clock ticks since boot (tells a recycled pid apart).
+        start: u64,
+        /// When, seconds since the epoch.
+        at: f64,
+    },
+    /// The attempt's outcome is in the ledger.
+    Recorded {
+        /// The stage.
+        stage: String,
+        /// The job id.
+        id: String,
+        /// The attempt.
+        attempt: u32,
+    },
+}
+
+/// The open `.live.jsonl` of a running runner, shared by the local backends' workers. Lines
+/// are appended with one `write` each (`O_APPEND`) and not synced: they only need to outlive the runner's
+/// process, not the machine (a reboot ends every job anyway).
+#[derive(Debug)]
+pub struct LiveGroups {
+    file: std::sync::Mutex<File>,
+    path: PathBuf,
+}
+
+impl LiveGroups {
+    /// Starts a new record (replacing an old one, which must have been recovered).
+    ///
+    /// # Errors
+    /// When it cannot be written.
+    pub fn create(path: PathBuf, header: &LiveLine) -> Result<Self> {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::store("remove", &path, e));
+            }
+            _ => {}
+        }
+        // O_APPEND: each line is one write, never interleaved with the jobs' own lines.
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::store("create", &path, e))?;
+        let live = Self {
+            file: std::sync::Mutex::new(file),
+            path,
+        };
+        live.append(header)
+            .map_err(|e| Error::store("write", &live.path, e))?;
+        Ok(live)
+    }
+
+    /// Appends one line.
+    ///
+    /// # Errors
+    /// When the write fails.
+    pub fn append(&self, line: &LiveLine) -> std::io::Result<()> {
+        let mut bytes = serde_json::to_vec(line).expect("a live line serializes");
+        bytes.push(b'\n');
+        self.file.lock().expect("live file").write_all(&bytes)
+    }
+
+    /// The file's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// What `.live.jsonl` says: the runner that wrote it and the groups it started whose outcome
+/// is not recorded, in start order (`None` when there is no record).
+///
+/// # Errors
+/// When it cannot be read, or a line other than the last is garbage.
+pub fn read_live(path: &Path) -> Result<Option<(Option<LiveLine>, Vec<LiveLine>)>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let lines: Vec<LiveLine> = read_lines(path)?;
+    type Key = (String, String, u32);
+    let key = |stage: &str, id: &str, attempt: u32| -> Key { (stage.into(), id.into(), attempt) };
+    let mut recorded: std::collections::HashSet<Key> = std::collections::HashSet::new();
+    let mut started: std::collections::HashSet<Key> = std::collections::HashSet::new();
+    for l in &lines {
+        match l {
+            LiveLine::Recorded { stage, id, attempt } => {
+                recorded.insert(key(stage, id, *attempt));
+            }
+            LiveLine::Started {
+                stage, id, attempt, ..
+            } => {
+                started.insert(key(stage, id, *attempt));
+            }
+            _ => {}
+        }
+    }
+    let mut header = None;
+    let mut open: Vec<LiveLine> = Vec::new();
+    for l in lines {
+        match &l {
+            LiveLine::Runner { .. } => header = Some(l),
+            LiveLine::Started {
+                stage, id, attempt, ..
+            } => {
+                if !recorded.contains(&key(stage, id, *attempt)) {
+                    open.push(l);
+                }
+            }
+            LiveLine::Starting {
+                stage, id, attempt, ..
+            } => {
+                let k = key(stage, id, *attempt);
+                if !recorded.contains(&k) && !started.contains(&k) {
+                    open.push(l);
+                }
+            }
+            LiveLine::Recorded { .. } => {}
+        }
+    }
+    Ok(Some((header, open)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -785,6 +958,86 @@ mod tests {
         }
         drop(held);
         lock(&layout, "run3").unwrap();
+    }
+
+    #[test]
+    fn live_record_keeps_groups_whose_outcome_is_not_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".live.jsonl");
+        let header = LiveLine::Runner {
+            run: "r".into(),
+            host: "h".into(),
+            boot: "b".into(),
+        };
+        let live = LiveGroups::create(path.clone(), &header).unwrap();
+        let started = |id: &str, pgid: u32| {
+            for l in [
+                LiveLine::Starting {
+                    stage: "a\"b".into(),
+                    index: 3,
+                    id: id.into(),
+                    attempt: 2,
+                    result: format!("/r/{id}"),
+                    at: 1.5,
+                },
+                LiveLine::Started {
+                    stage: "a\"b".into(),
+                    index: 3,
+                    id: id.into(),
+                    attempt: 2,
+                    pgid,
+                    start: 77,
+                    at: 1.5,
+                },
+            ] {
+                live.append(&l).unwrap();
+            }
+        };
+        started("x", 10);
+        started("y", 11);
+        live.append(&LiveLine::Starting {
+            stage: "a\"b".into(),
+            index: 4,
+            id: "z".into(),
+            attempt: 1,
+            result: "/r/z".into(),
+            at: 2.0,
+        })
+        .unwrap();
+        live.append(&LiveLine::Recorded {
+            stage: "a\"b".into(),
+            id: "x".into(),
+            attempt: 2,
+        })
+        .unwrap();
+        let (h, open) = read_live(&path).unwrap().unwrap();
+        assert!(matches!(h, Some(LiveLine::Runner { run, .. }) if run == "r"));
+        assert_eq!(open.len(), 2, "{open:?}");
+        assert!(matches!(&open[1], LiveLine::Starting { id, .. } if id == "z"));
+        match &open[0] {
+            LiveLine::Started {
+                stage,
+                index,
+                id,
+                attempt,
+                pgid,
+                start,
+                at,
+            } => assert_eq!(
+                (
+                    stage.as_str(),
+                    *index,
+                    id.as_str(),
+                    *attempt,
+                    *pgid,
+                    *start,
+                    *at
+                ),
+                ("a\"b", 3, "y", 2, 11, 77, 1.5)
+            ),
+            l => panic!("{l:?}"),
+        }
+        assert!(read_live(&dir.path().join("none")).unwrap().is_none());
     }
 
     #[test]

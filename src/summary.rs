@@ -632,13 +632,16 @@ pub fn format_report(report: &RunReport, color: bool, verbosity: Verbosity) -> S
                     (None, Some(o)) => {
                         let _ = writeln!(out, "    log: {} (stderr was empty)", o.display());
                     }
+                    (None, None) if matches!(f.outcome, Outcome::OutputLost { .. }) => {
+                        let _ = writeln!(out, "    log: none (what it printed was not stored)");
+                    }
                     (None, None) => {
                         let _ = writeln!(out, "    log: none (the job printed nothing)");
                     }
                 }
                 if let Some(t) = &f.stderr_tail {
                     for l in t.lines() {
-                        let _ = writeln!(out, "    │ {l}");
+                        let _ = writeln!(out, "    │ {}", crate::report::text::clean(l));
                     }
                 }
             }

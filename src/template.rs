@@ -2,16 +2,20 @@
 //!
 //! Every `{{path}}` is rewritten, when the template is compiled, into a call of a typed
 //! helper that sees the JSON value itself: strings are inserted as they are, numbers as
-//! written, objects and arrays as compact JSON, and in shell templates the result is then
-//! single-quoted so no job value can inject shell syntax. `{{{path}}}` inserts the same text
-//! unquoted. argv templates (`run = [..]`) are never quoted: each element is one argument.
+//! written, objects and arrays as compact JSON. In shell templates the compiler first reads
+//! the template's literal text with [`crate::quoting::Lexer`] to learn the shell quoting state
+//! at each placeholder (bare word, `"…"`, `'…'`, backquotes, comment, here-document), and the
+//! helper writes the value so it is inert and byte-exact in that state; placeholders in states
+//! that cannot be made safe are refused when the template is compiled. `{{{path}}}` inserts
+//! the same text unquoted. argv templates (`run = [..]`) are never quoted: each element is
+//! one argument.
 //!
 //! Pure: compiles and renders strings, does no I/O.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use handlebars::template::{Parameter, Template, TemplateElement};
+use handlebars::template::{Parameter, Subexpression, Template, TemplateElement};
 use handlebars::{
     Context, Handlebars, Helper, HelperResult, Output, Path as HbPath, RenderContext, RenderError,
     RenderErrorReason, TemplateErrorReason,
@@ -19,6 +23,9 @@ use handlebars::{
 use serde_json::Value;
 
 use crate::error::did_you_mean;
+use crate::quoting::{Context as ShellContext, Lexer, Refusal, Site};
+
+pub use crate::quoting::shell_quote;
 
 /// How interpolated values are inserted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,7 +128,11 @@ impl Templates {
                 help: None,
             }
         })?;
-        rewrite(&mut tpl.elements, quoting);
+        let sites = match quoting {
+            Quoting::Shell => Some(shell_sites(&tpl, text)?),
+            Quoting::Raw => None,
+        };
+        rewrite(&mut tpl.elements, quoting, &mut sites.into_iter().flatten());
         self.texts.insert(name.to_owned(), text.to_owned());
         match quoting {
             Quoting::Shell => self.shell.register_template(name, tpl),
@@ -196,12 +207,23 @@ fn render_failure(e: &RenderError, ctx: &Value) -> TemplateFailure {
             help: suggest_path(ctx, path),
         };
     }
+    let message = e.reason().to_string();
+    if let Some((message, help)) = message.split_once(HELP_MARK) {
+        return TemplateFailure {
+            message: message.to_owned(),
+            offset: None,
+            help: Some(help.to_owned()),
+        };
+    }
     TemplateFailure {
-        message: e.reason().to_string(),
+        message,
         offset: None,
         help: None,
     }
 }
+
+/// Separates a helper's message from its help in a render error (which has one string).
+const HELP_MARK: &str = "\u{0}help: ";
 
 /// Names a nearby variable, or lists what exists at that level.
 fn suggest_path(ctx: &Value, path: &str) -> Option<String> {
@@ -325,46 +347,211 @@ fn offset_of(text: &str, line: usize, col: usize) -> usize {
     (start + within).min(text.len())
 }
 
+/// Reads a shell template's literal text and returns the [`Site`] of each escaped placeholder,
+/// in the order [`rewrite`] visits them, or the first placeholder (or block) refused.
+fn shell_sites(tpl: &Template, text: &str) -> Result<Vec<Site>, TemplateFailure> {
+    let mut lexer = Lexer::new();
+    let mut offsets = Vec::new();
+    let mut refused: Vec<(usize, Refusal)> = Vec::new();
+    lex_elements(tpl, text, &mut lexer, &mut offsets, &mut refused);
+    let sites = lexer.finish();
+    let mut ok = Vec::with_capacity(sites.len());
+    for (site, at) in sites.into_iter().zip(offsets) {
+        match site {
+            Ok(s) => ok.push(s),
+            Err(r) => refused.push((at, r)),
+        }
+    }
+    match refused.into_iter().min_by_key(|(at, _)| *at) {
+        None => Ok(ok),
+        Some((at, r)) => Err(TemplateFailure {
+            message: format!("unsafe placeholder in a shell command: {}", r.message),
+            offset: Some(at),
+            help: Some(r.help),
+        }),
+    }
+}
+
+fn lex_elements(
+    tpl: &Template,
+    text: &str,
+    lexer: &mut Lexer,
+    offsets: &mut Vec<usize>,
+    refused: &mut Vec<(usize, Refusal)>,
+) {
+    for (i, el) in tpl.elements.iter().enumerate() {
+        let at = tpl.mapping.get(i).map_or(0, |m| offset_of(text, m.0, m.1));
+        match el {
+            TemplateElement::RawString(s) => lexer.text(s),
+            TemplateElement::Comment(_) => {}
+            TemplateElement::Expression(_) => {
+                lexer.placeholder();
+                offsets.push(at);
+            }
+            TemplateElement::HtmlExpression(_) => lexer.raw_piece(),
+            TemplateElement::HelperBlock(ht) => {
+                let before = lexer.begin_body();
+                for body in [&ht.template, &ht.inverse].into_iter().flatten() {
+                    lex_elements(body, text, lexer, offsets, refused);
+                    if let Err(r) = lexer.end_body(&before) {
+                        refused.push((at, r));
+                    }
+                }
+            }
+            // Partials, decorators, and whatever a later handlebars adds.
+            _ => refused.push((
+                at,
+                Refusal {
+                    message: "partials and decorators are not supported in shell commands"
+                        .to_owned(),
+                    help: "write the text in the command itself".to_owned(),
+                },
+            )),
+        }
+    }
+}
+
+/// The hash arguments that tell the quoting helper a placeholder's site.
+fn site_hash(site: &Site) -> HashMap<String, Parameter> {
+    let mut h = HashMap::new();
+    let lit = |v: Value| Parameter::Literal(v);
+    let q = match &site.context {
+        ShellContext::Bare => "bare",
+        ShellContext::ParamWord => "pw",
+        ShellContext::DoubleQuoted => "dq",
+        ShellContext::SingleQuoted => "sq",
+        ShellContext::Comment => "comment",
+        ShellContext::Arithmetic => "arith",
+        ShellContext::Heredoc {
+            delim,
+            strip_tabs,
+            in_subst,
+            line,
+        } => {
+            h.insert("delim".to_owned(), lit(Value::from(delim.as_str())));
+            h.insert("strip".to_owned(), lit(Value::Bool(*strip_tabs)));
+            h.insert("sub".to_owned(), lit(Value::Bool(*in_subst)));
+            if let Some((pre, post)) = line {
+                h.insert("pre".to_owned(), lit(Value::from(pre.as_str())));
+                h.insert("post".to_owned(), lit(Value::from(post.as_str())));
+            }
+            "heredoc"
+        }
+    };
+    h.insert("q".to_owned(), lit(Value::from(q)));
+    if !site.backquotes.is_empty() {
+        let levels: String = site
+            .backquotes
+            .iter()
+            .map(|&in_dq| if in_dq { 'd' } else { 'b' })
+            .collect();
+        h.insert("bq".to_owned(), lit(Value::from(levels)));
+    }
+    h
+}
+
+/// The site a quoting helper call was compiled for (a plain bare word without hash).
+fn site_of(h: &Helper<'_>) -> Site {
+    let s = |k: &str| {
+        h.hash_get(k)
+            .and_then(|v| v.value().as_str().map(str::to_owned))
+    };
+    let context = match s("q").as_deref() {
+        Some("dq") => ShellContext::DoubleQuoted,
+        Some("pw") => ShellContext::ParamWord,
+        Some("sq") => ShellContext::SingleQuoted,
+        Some("comment") => ShellContext::Comment,
+        Some("arith") => ShellContext::Arithmetic,
+        Some("heredoc") => ShellContext::Heredoc {
+            delim: s("delim").unwrap_or_default(),
+            strip_tabs: h
+                .hash_get("strip")
+                .and_then(|v| v.value().as_bool())
+                .unwrap_or(false),
+            in_subst: h
+                .hash_get("sub")
+                .and_then(|v| v.value().as_bool())
+                .unwrap_or(false),
+            line: s("pre").zip(s("post")),
+        },
+        _ => ShellContext::Bare,
+    };
+    let backquotes = s("bq")
+        .map(|l| l.chars().map(|c| c == 'd').collect())
+        .unwrap_or_default();
+    Site {
+        context,
+        backquotes,
+    }
+}
+
 /// Turns `{{path}}` into `{{pp_quote path}}` (or `pp_raw`), and `{{{path}}}` into
-/// `{{pp_raw path}}`, recursively through blocks, so the helper sees the typed value.
-fn rewrite(elements: &mut [TemplateElement], quoting: Quoting) {
+/// `{{pp_raw path}}`, recursively through blocks, so the helper sees the typed value. In shell
+/// templates each escaped placeholder takes the next of `sites` as hash arguments (none for a
+/// plain bare word, whose output is unchanged), and a helper call outside a bare word is
+/// wrapped as `{{pp_quote (helper …) …}}`.
+fn rewrite(
+    elements: &mut [TemplateElement],
+    quoting: Quoting,
+    sites: &mut dyn Iterator<Item = Site>,
+) {
     for el in elements {
         match el {
+            TemplateElement::Expression(ht) if quoting == Quoting::Shell => {
+                let site = sites.next().unwrap_or(Site {
+                    context: ShellContext::Bare,
+                    backquotes: Vec::new(),
+                });
+                let simple = ht.params.is_empty() && ht.hash.is_empty() && !ht.block;
+                if simple {
+                    let Some(param) = path_param(&ht.name) else {
+                        continue;
+                    };
+                    ht.name = Parameter::Name(QUOTE.to_owned());
+                    ht.params.push(param);
+                } else if site.is_plain() {
+                    // Rendered through the escape function, as a bare word.
+                    continue;
+                } else {
+                    let call = Subexpression::new(
+                        ht.name.clone(),
+                        std::mem::take(&mut ht.params),
+                        std::mem::take(&mut ht.hash),
+                    );
+                    ht.name = Parameter::Name(QUOTE.to_owned());
+                    ht.params = vec![Parameter::Subexpression(call)];
+                }
+                if !site.is_plain() {
+                    ht.hash = site_hash(&site);
+                }
+            }
             TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht)
                 if ht.params.is_empty() && ht.hash.is_empty() && !ht.block =>
             {
-                let helper =
-                    if matches!(el, TemplateElement::Expression(_)) && quoting == Quoting::Shell {
-                        QUOTE
-                    } else {
-                        RAW
-                    };
-                // Re-borrow after the `matches!` above.
-                let (TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht)) = el
-                else {
+                let Some(param) = path_param(&ht.name) else {
                     continue;
                 };
-                let param = match &ht.name {
-                    Parameter::Name(n) => match HbPath::parse(n) {
-                        Ok(p) => Parameter::Path(p),
-                        Err(_) => continue,
-                    },
-                    Parameter::Path(p) => Parameter::Path(p.clone()),
-                    _ => continue,
-                };
-                ht.name = Parameter::Name(helper.to_owned());
+                ht.name = Parameter::Name(RAW.to_owned());
                 ht.params.push(param);
             }
             TemplateElement::HelperBlock(ht) => {
                 if let Some(t) = ht.template.as_mut() {
-                    rewrite(&mut t.elements, quoting);
+                    rewrite(&mut t.elements, quoting, sites);
                 }
                 if let Some(t) = ht.inverse.as_mut() {
-                    rewrite(&mut t.elements, quoting);
+                    rewrite(&mut t.elements, quoting, sites);
                 }
             }
             _ => {}
         }
+    }
+}
+
+fn path_param(name: &Parameter) -> Option<Parameter> {
+    match name {
+        Parameter::Name(n) => HbPath::parse(n).ok().map(Parameter::Path),
+        Parameter::Path(p) => Some(Parameter::Path(p.clone())),
+        _ => None,
     }
 }
 
@@ -402,7 +589,29 @@ fn quote_helper(
     out: &mut dyn Output,
 ) -> HelperResult {
     let v = helper_value(h)?;
-    out.write(&shell_quote(&value_text(v)))?;
+    let site = site_of(h);
+    let value = value_text(v);
+    let text = crate::quoting::emit(&site, &value).map_err(|why| {
+        let name = h
+            .param(0)
+            .and_then(|p| p.relative_path().cloned())
+            .unwrap_or_else(|| "value".to_owned());
+        let help = match site.context {
+            ShellContext::Comment => {
+                "take the placeholder out of the comment, or the line break out of the value"
+            }
+            ShellContext::Arithmetic => {
+                "give the job an integer here, or use the value outside arithmetic"
+            }
+            _ => {
+                "pass the value as an argument instead of in the here-document, e.g. `printf '%s\\n' {{…}} | command`"
+            }
+        };
+        RenderErrorReason::Other(format!(
+            "the value of `{name}` cannot be inserted here: {why}{HELP_MARK}{help}"
+        ))
+    })?;
+    out.write(&text)?;
     Ok(())
 }
 
@@ -416,36 +625,6 @@ fn raw_helper(
     let v = helper_value(h)?;
     out.write(&value_text(v))?;
     Ok(())
-}
-
-/// Quotes `s` as one POSIX shell word: left bare when it has only safe characters,
-/// otherwise in single quotes with each `'` written as `'\''`.
-#[must_use]
-pub fn shell_quote(s: &str) -> Cow<'_, str> {
-    let safe = !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'_' | b'-' | b'.' | b'/' | b',' | b':' | b'@' | b'%' | b'+' | b'='
-                )
-        })
-        && !s.starts_with('=')
-        && !s.starts_with('-');
-    if safe {
-        return Cow::Borrowed(s);
-    }
-    let mut q = String::with_capacity(s.len() + 2);
-    q.push('\'');
-    for c in s.chars() {
-        if c == '\'' {
-            q.push_str("'\\''");
-        } else {
-            q.push(c);
-        }
-    }
-    q.push('\'');
-    Cow::Owned(q)
 }
 
 #[cfg(test)]
@@ -522,5 +701,95 @@ mod tests {
         assert_eq!(shell_quote(""), "''");
         assert_eq!(shell_quote("-rf"), "'-rf'");
         assert_eq!(shell_quote("$(id)"), "'$(id)'");
+    }
+}
+
+#[cfg(test)]
+mod shell_context_tests {
+    use super::*;
+    use serde_json::json;
+
+    const V: &str = "a'b\"c$(x)`y`\\z";
+
+    fn r(t: &str) -> Result<String, TemplateFailure> {
+        render_once(
+            t,
+            Quoting::Shell,
+            &json!({"v": V, "s": "ok.txt", "l": ["x y", "z"]}),
+        )
+    }
+
+    #[test]
+    fn each_context_gets_its_own_spelling() {
+        let cases = [
+            ("echo {{v}}", r#"echo 'a'\''b"c$(x)`y`\z'"#),
+            (
+                "echo {{s}} \"{{s}}\" '{{s}}'",
+                r#"echo ok.txt "ok.txt" 'ok.txt'"#,
+            ),
+            ("echo \"<{{v}}>\"", r#"echo "<"'a'\''b"c$(x)`y`\z'">""#),
+            ("echo '<{{v}}>'", r#"echo '<a'\''b"c$(x)`y`\z>'"#),
+            (
+                "echo `echo {{v}}`",
+                r#"echo `echo 'a'\\''b"c\$(x)\`y\`\\z'`"#,
+            ),
+            (
+                "echo \"`echo {{v}}`\"",
+                r#"echo "`echo 'a'\\''b\"c\$(x)\`y\`\\z'`""#,
+            ),
+            ("echo ${u:-{{s}}}", "echo ${u:-'ok.txt'}"),
+            ("cat <<'E'\n{{v}}\nE\n", "cat <<'E'\na'b\"c$(x)`y`\\z\nE\n"),
+            ("true # {{v}}", r#"true # 'a'\''b"c$(x)`y`\z'"#),
+            (
+                "echo {{#each l}}\"{{this}}\" {{/each}}",
+                r#"echo ""'x y'"" "z" "#,
+            ),
+            ("echo {{{s}}}", "echo ok.txt"),
+        ];
+        for (t, want) in cases {
+            assert_eq!(r(t).unwrap(), want, "{t}");
+        }
+    }
+
+    #[test]
+    fn unsafe_states_are_refused_at_the_placeholder() {
+        for (t, at) in [
+            ("echo \"${x:-{{v}}}\"", 11),
+            ("echo $(( $(echo \"{{v}}\") ))", 17),
+            ("cat <<EOF\n{{v}}\nEOF\n", 10),
+            ("echo ${{v}}", 6),
+            ("echo $'{{v}}'", 7),
+            ("echo \"\\\\{{v}}\"", 8),
+            ("cat <<{{v}}\nx\n", 6),
+            ("x=$(case a in a) echo {{v}};; esac)", 22),
+            ("{{#each l}}\"{{/each}}", 0),
+            ("{{> p}}", 0),
+        ] {
+            let e = r(t).expect_err(t);
+            assert!(e.message.starts_with("unsafe placeholder"), "{t}: {e:?}");
+            assert_eq!(e.offset, Some(at), "{t}: {e:?}");
+            assert!(e.help.is_some(), "{t}");
+        }
+    }
+
+    #[test]
+    fn whitespace_control_is_applied_before_the_state_is_read() {
+        // `{{~` removes the line break, so the placeholder stands in the comment.
+        let e = render_once("# c\n {{~v}}", Quoting::Shell, &json!({"v": "a\nb"})).unwrap_err();
+        assert!(e.message.contains("would end the comment"), "{e:?}");
+    }
+
+    #[test]
+    fn values_that_would_escape_their_state_are_refused_when_rendered() {
+        let ctx = json!({"v": "a\nrm -rf /", "e": "EOF"});
+        for t in [
+            "# {{v}}",
+            "cat <<'EOF'\n{{v}}\nEOF\n",
+            "cat <<'EOF'\n{{e}}\nEOF\n",
+        ] {
+            let e = render_once(t, Quoting::Shell, &ctx).expect_err(t);
+            assert!(e.message.contains("cannot be inserted here"), "{t}: {e:?}");
+            assert!(e.help.is_some(), "{t}");
+        }
     }
 }

@@ -5,7 +5,7 @@ pp_results={{results_dir}}
 pp_staging={{staging_dir}}
 pp_failed=0
 {{#each env}}
-export {{{name}}}={{value}}
+export {{name}}={{value}}
 {{/each}}
 
 # pp_run INDEX ID ATTEMPT JOB_JSON PROGRAM [ARGS...]

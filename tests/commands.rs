@@ -111,7 +111,7 @@ fn logs_of_an_unknown_or_ambiguous_job_suggests() {
     // Nothing expanded yet.
     t.run(&["logs", "loud"])
         .code(2)
-        .stderr_has("no stage has not expanded")
+        .stderr_has("no stage has expanded its jobs yet")
         .stderr_has("poolparty run");
     t.run(&["run"]).code(0);
     t.run(&["logs", "lodu"])
@@ -318,6 +318,44 @@ fn init_writes_a_workflow_that_validates_and_runs() {
     );
 }
 
+/// The `next:` line of `init` can be pasted into a shell for a folder with a space in its name.
+#[test]
+fn init_next_line_is_shell_quoted() {
+    let t = Test::new();
+    let r = t.run(&["init", "my proj"]);
+    r.code(0)
+        .stdout_has("next: poolparty validate 'my proj' && poolparty run 'my proj'");
+    let next = r
+        .stdout
+        .lines()
+        .last()
+        .unwrap()
+        .strip_prefix("next: ")
+        .unwrap();
+    let ran = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(next)
+        .current_dir(t.path())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                Path::new(env!("CARGO_BIN_EXE_poolparty"))
+                    .parent()
+                    .unwrap()
+                    .display(),
+                std::env::var("PATH").unwrap()
+            ),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+}
+
 #[test]
 fn init_into_the_current_folder_refuses_to_overwrite_without_force() {
     let t = Test::new().file("job.sh", "# mine\n");
@@ -388,6 +426,44 @@ run = "echo {{job}}"
     t.run(&["templates", "eject", "local", "tpl", "--force"])
         .code(0);
     assert!(t.read("tpl/local.sh.hbs").contains("xargs -P"));
+}
+
+/// An ejected Slurm template used where the stage runs on Grid Engine (or in a local bundle)
+/// is refused before anything is written or submitted; a local test run that does not use the
+/// template is not refused.
+#[test]
+fn a_template_for_another_scheduler_is_refused() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[defaults]
+backend = "slurm"
+template = "tpl/slurm.sbatch.hbs"
+[stages.a]
+jobs = [1, 2]
+run = "echo {{job}}"
+"#,
+    );
+    t.run(&["templates", "eject", "slurm", "tpl"]).code(0);
+    t.run(&["validate"]).code(0);
+    t.run(&["plan", "--out", "bundle"]).code(0);
+    for args in [
+        &["validate", "--backend", "sge"][..],
+        &["plan", "--out", "b2", "--backend", "sge"],
+        &["run", "--backend", "sge"],
+        &["plan", "--out", "b3", "--backend", "local"],
+        &["run", "--detach", "--backend", "local"],
+    ] {
+        t.run(args)
+            .code(2)
+            .stderr_has("is written for `slurm`")
+            .stderr_has("SLURM_ARRAY_TASK_ID")
+            .stderr_has("poolparty templates eject");
+    }
+    assert!(!t.path().join("b2").exists() && !t.path().join("b3").exists());
+    // An attached local run does not use the template.
+    t.run(&["run", "--backend", "local"]).code(0);
 }
 
 #[test]

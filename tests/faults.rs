@@ -207,3 +207,30 @@ fn full_disk_stops_the_run_with_exit_3_and_a_readable_record() {
         assert!(tmp.is_empty(), "{result}: temporary files left: {tmp:?}");
     }
 }
+
+/// A job whose log cannot be stored (here it replaces its stage's `logs` folder with a file)
+/// is recorded as `output_lost`, the run stops with exit 3, and `status` does not claim the job
+/// printed nothing.
+#[test]
+fn output_lost_is_not_called_silent() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[stages.a]
+jobs = [{ id = "x" }]
+run = '''rm -rf "$POOLPARTY_STAGE_DIR/logs"; touch "$POOLPARTY_STAGE_DIR/logs"; echo hi; echo err >&2'''
+"#,
+    );
+    t.run(&["run"])
+        .code(3)
+        .stderr_has("its output could not be stored");
+    let s = t.run(&["status"]);
+    s.code(1)
+        .stdout_has("a job 0 `x`: succeeded, but its output could not be stored")
+        .stdout_has("log: none (what it printed was not stored)");
+    assert!(!s.stdout.contains("printed nothing"), "{}", s.stdout);
+    t.run(&["report", "--format", "text"])
+        .code(0)
+        .stdout_has("(output_lost)");
+}

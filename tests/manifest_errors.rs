@@ -120,7 +120,7 @@ fn reject_with(name: &str, t: &Test, args: &[&str], needles: &[&str], extra: &[(
 
 /// A manifest (and other files) rejected by `validate` and `run` with these words in stderr.
 #[track_caller]
-fn reject(name: &str, manifest: &str, files: &[(&str, &str)], needles: &[&str]) {
+pub(crate) fn reject(name: &str, manifest: &str, files: &[(&str, &str)], needles: &[&str]) {
     let mut t = Test::new().manifest(manifest);
     for (path, text) in files {
         t = t.file(path, text);
@@ -822,6 +822,20 @@ fn generator_exits_non_zero_shows_stderr() {
             "data/: permission denied",
         ],
     );
+}
+
+/// A failing generator's stderr is quoted in the diagnostic with escape sequences shown as
+/// `^[`, not sent raw to the terminal.
+#[test]
+fn generator_stderr_escape_sequences_stay_off_the_terminal() {
+    let t = Test::new().manifest(
+        "[workflow]\nname = \"w\"\n[stages.a]\ngenerate = \"printf 'bad \\\\033[2J\\\\033]0;T\\\\007\\\\n' >&2; exit 1\"\nrun = \"true\"\n",
+    );
+    for args in [&["validate"][..], &["run"]] {
+        let r = t.run(args);
+        r.code(2).stderr_has("bad ^[[2J^[]0;T^G");
+        assert!(!r.stderr.contains('\x1b'), "{}", r.stderr);
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::harness::Test;
+use crate::harness::{Test, summary};
 
 /// A workflow with a job that always fails (hostile log text), one that fails once and then
 /// succeeds (`retries = 1`), and jobs that succeed.
@@ -183,6 +183,146 @@ fn text_report_has_the_same_facts() {
     let row = r.stdout.lines().find(|l| l.starts_with("work ")).unwrap();
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&cells[..6], ["work", "local", "5", "4", "4", "1"], "{row}");
+}
+
+/// Escape sequences in a job's log tail or value reach no terminal-bound text poolparty writes
+/// itself: the run's summary, `status`, `report --format text` and `plan` show them as `^[`.
+#[test]
+fn escape_sequences_in_log_tails_and_values_stay_off_the_terminal() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "esc"
+[stages.a]
+jobs = ["\u001b[2Jx\u001b]0;T\u0007", "ok"]
+run = '''printf 'err \033[2J\033]0;TITLE\007\n' >&2; test {{job}} = ok'''
+"#,
+    );
+    let runs = [
+        t.run(&["plan"]),
+        t.run(&["run"]),
+        t.run(&["status"]),
+        t.run(&["report", "--format", "text"]),
+    ];
+    for r in &runs {
+        for text in [&r.stdout, &r.stderr] {
+            assert!(
+                !text.contains('\x1b') && !text.contains('\x07'),
+                "raw escape in:\n{text}"
+            );
+        }
+    }
+    runs[1].code(1).stderr_has("│ err ^[[2J^[]0;TITLE^G");
+    runs[2].stdout_has("│ err ^[[2J");
+    runs[0].stdout_has("test '^[[2Jx^[]0;T^G' = ok");
+}
+
+/// `status` names the run whose outcomes it shows: while a second run is in progress, and after
+/// it was killed before writing its summary, that is the second run, not the one whose
+/// `summary.json` is still there.
+#[test]
+fn status_names_the_latest_run_when_it_was_killed() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[stages.a]
+jobs = [{ id = "quick" }, { id = "slow" }]
+run = "if [ {{job.id}} = slow ]; then for i in $(seq 600); do [ -e go ] && break; sleep 0.1; done; fi"
+result = "none"
+"#,
+    );
+    std::fs::write(t.path().join("go"), "").unwrap();
+    t.run(&["run"]).code(0);
+    let first = summary(&t, "w")["run"].as_str().unwrap().to_owned();
+    std::fs::remove_file(t.path().join("go")).unwrap();
+    let mut child = t
+        .command(&["run", "--force"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ledger = t.state("w").join("a/ledger.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_to_string(&ledger).map_or(0, |l| l.lines().count()) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the quick job of the second run never ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let during = t.run(&["status", "--json"]);
+    let during: Value = serde_json::from_str(&during.stdout).unwrap();
+    let second = during["run"].as_str().unwrap().to_owned();
+    assert_ne!(
+        second, first,
+        "status names the earlier run during a new one"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::write(t.path().join("go"), "").unwrap();
+    let after: Value = serde_json::from_str(&t.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(after["run"], second.as_str());
+    assert!(after["ended"].is_null(), "{after}");
+    t.run(&["status"]).stdout_has(&format!("run {second}"));
+}
+
+/// Jobs a stopped run never started are `not run`, not attempts: the report counts only the
+/// attempts that started.
+#[test]
+fn jobs_never_started_are_not_counted_as_attempts() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[defaults]
+max_parallel = 1
+[stages.a]
+jobs = [{ id = "j0" }, { id = "stop" }, { id = "j2" }, { id = "j3" }]
+run = "if [ {{job.id}} = stop ]; then kill -INT $PPID; sleep 5; fi"
+result = "none"
+"#,
+    );
+    t.run(&["run"]).code(130);
+    let j: Value = serde_json::from_str(&t.run(&["report", "--json"]).stdout).unwrap();
+    let c = &j["stages"][0]["counts"];
+    assert_eq!(
+        (
+            &c["succeeded"],
+            &c["interrupted"],
+            &c["not_run"],
+            &c["attempts"]
+        ),
+        (&1.into(), &1.into(), &2.into(), &2.into()),
+        "{c}"
+    );
+    t.run(&["report", "--format", "text"])
+        .code(0)
+        .stdout_has("stage `a` (local backend): 4 jobs, 2 attempts in this run");
+}
+
+/// A run stopped by a state fault (exit 3) still writes the `--report` it was asked for, with
+/// the outcomes recorded before it stopped.
+#[test]
+fn run_report_is_written_when_a_state_fault_stops_the_run() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[stages.a]
+jobs = [{ id = "x" }]
+run = '''rm -rf "$POOLPARTY_STAGE_DIR/logs"; touch "$POOLPARTY_STAGE_DIR/logs"; echo hi'''
+"#,
+    );
+    t.run(&["run", "--report", "r.html"])
+        .code(3)
+        .stderr_has("its output could not be stored");
+    let d = embedded(&t.read("r.html"));
+    assert_eq!(d["stages"][0]["counts"]["failed"], 1, "{d}");
+    let describe = d["stages"][0]["failed"][0]["describe"].as_str().unwrap();
+    assert!(describe.contains("could not be stored"), "{d}");
+    let note = d["note"].as_str().unwrap();
+    assert!(note.contains("was stopped by an error"), "{note}");
 }
 
 #[test]

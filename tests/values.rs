@@ -244,3 +244,28 @@ fn status_without_jobs_file_still_shows_recorded_outcomes() {
     assert!(a["not_started"].is_null(), "{a}");
     assert_eq!(report["verdict"], "succeeded");
 }
+
+/// A `for_each` stage sees its upstream job's value and result with numbers as written.
+#[test]
+fn for_each_jobs_see_upstream_numbers_as_written() {
+    let t = Test::new()
+        .manifest(
+            r#"
+[workflow]
+name = "w"
+[stages.a]
+jobs_file = "jobs.jsonl"
+run = '''printf '%s' {{job.r}} > "$POOLPARTY_RESULT"'''
+[stages.c]
+for_each = "a"
+run = '''echo "{{job.upstream.v}} {{job.result}}" > out-{{job.id}}'''
+"#,
+        )
+        .file(
+            "jobs.jsonl",
+            "{\"id\": \"a\", \"v\": 1e400, \"r\": \"1E2\"}\n{\"id\": \"b\", \"v\": -2.50e-3, \"r\": \"[1e400]\"}\n",
+        );
+    t.run(&["run"]).code(0);
+    assert_eq!(t.read("out-a").trim(), "1e400 1E2");
+    assert_eq!(t.read("out-b").trim(), "-2.50e-3 [1e400]");
+}

@@ -338,6 +338,18 @@ impl ClusterBackend {
     /// A render failure of a custom template.
     pub fn render(&self, tasks: &[Vec<Launch>], submission: &str) -> Result<String> {
         let s = &self.spec.settings;
+        // Both are written into the script as they are: a name that is not a shell identifier
+        // cannot be exported, and a line break in a directive would start a command.
+        if let Some((k, _)) = self.spec.env.iter().find(|(k, _)| !is_identifier(k)) {
+            return Err(self.render_error(&format!(
+                "environment variable `{k}` is not a shell identifier, so the job script cannot export it (use letters, digits and `_`)"
+            )));
+        }
+        if let Some(x) = s.resources.extra.iter().find(|x| x.contains(['\n', '\r'])) {
+            return Err(self.render_error(&format!(
+                "the `extra` directive {x:?} contains a line break; give each directive as its own list entry"
+            )));
+        }
         let env: Vec<Value> = self
             .spec
             .env
@@ -799,5 +811,28 @@ impl Backend for ClusterBackend {
         );
         self.active_jobs.clear();
         out
+    }
+}
+
+/// A POSIX shell variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_identifier(s: &str) -> bool {
+    s.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_identifier;
+
+    #[test]
+    fn only_shell_identifiers_are_exported_by_the_wrapper() {
+        for ok in ["A", "_x", "POOLPARTY_NEEDS_MAP_DIR", "a1"] {
+            assert!(is_identifier(ok), "{ok}");
+        }
+        for bad in ["", "1a", "A B", "A;touch x", "A-B", "é"] {
+            assert!(!is_identifier(bad), "{bad}");
+        }
     }
 }

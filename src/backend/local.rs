@@ -28,7 +28,7 @@ use crate::error::Result;
 use crate::manifest::ResultMode;
 use crate::outcome::{JobRecord, Outcome, ResultValue};
 use crate::plan::Command;
-use crate::store::now;
+use crate::store::{LiveLine, now};
 
 /// How long a job may take to exit after SIGTERM before it is killed.
 pub const GRACE: Duration = Duration::from_secs(5);
@@ -275,6 +275,24 @@ fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
         }
         cmd.env("POOLPARTY_JOB_FILE", &path);
     }
+    // What a killed runner leaves is found from these lines (see `store::LiveGroups`).
+    let live = |line: &LiveLine| spec.live.as_ref().map_or(Ok(()), |l| l.append(line));
+    let starting = LiveLine::Starting {
+        stage: spec.name.clone(),
+        index: job.index,
+        id: id.to_owned(),
+        attempt: launch.attempt,
+        result: result_path.display().to_string(),
+        at: start,
+    };
+    if let Err(e) = live(&starting) {
+        return record(
+            Outcome::ExecFailed {
+                error: format!("cannot record that it starts: {e}"),
+            },
+            None,
+        );
+    }
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -286,6 +304,31 @@ fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
             );
         }
     };
+    let pgid = child.id();
+    let started = LiveLine::Started {
+        stage: spec.name.clone(),
+        index: job.index,
+        id: id.to_owned(),
+        attempt: launch.attempt,
+        pgid,
+        start: crate::process::start_time(pgid).unwrap_or(0),
+        at: start,
+    };
+    if let Err(e) = live(&started) {
+        // A group the record does not name must not run on: stop it at once.
+        let _ = killpg(
+            Pid::from_raw(i32::try_from(pgid).unwrap_or(i32::MAX)),
+            Signal::SIGKILL,
+        );
+        let mut child = child;
+        let _ = child.wait();
+        return record(
+            Outcome::ExecFailed {
+                error: format!("cannot record its process group: {e}"),
+            },
+            None,
+        );
+    }
     let deadline = spec.settings.time.map(|t| Instant::now() + t.0);
     // At most `result_max_bytes + 1` bytes of stdout are kept in memory: a larger result
     // stays in the stdout log, whatever the job prints.

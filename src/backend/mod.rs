@@ -128,6 +128,8 @@ pub struct StageSpec {
     pub run: String,
     /// Workers for the local backend (resolved `max_parallel`).
     pub workers: usize,
+    /// Where the local backend records each job's process group as it starts.
+    pub live: Option<Arc<crate::store::LiveGroups>>,
 }
 
 impl StageSpec {
@@ -154,6 +156,7 @@ impl StageSpec {
             run: run.to_owned(),
             workers,
             name,
+            live: None,
         }
     }
 }

@@ -112,10 +112,12 @@ pub(crate) fn run(dir: Option<&Path>, force: bool, out: &mut dyn Write) -> Resul
         write_new(&dir.join(file), text, true)?;
         let _ = writeln!(out, "wrote {}", dir.join(file).display());
     }
+    // Quoted, so the line can be pasted into a shell whatever the folder is called.
+    let shown = dir.display().to_string();
     let _ = writeln!(
         out,
         "next: poolparty validate {0} && poolparty run {0}",
-        dir.display()
+        crate::quoting::shell_quote(&shown)
     );
     Ok(EXIT_SUCCESS)
 }

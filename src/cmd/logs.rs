@@ -134,12 +134,12 @@ fn find(m: &Manifest, layout: &Layout, stage: Option<&str>, job: &str) -> Result
     }
     if expanded.is_empty() {
         let which = match stage {
-            Some(s) => format!("stage `{s}` has"),
-            None if stages.len() == 1 => format!("stage `{}` has", stages[0]),
+            Some(s) => format!("stage `{s}` has not"),
+            None if stages.len() == 1 => format!("stage `{}` has not", stages[0]),
             None => "no stage has".to_owned(),
         };
         return Err(Error::Usage {
-            message: format!("{which} not expanded its jobs yet: there are no logs"),
+            message: format!("{which} expanded its jobs yet: there are no logs"),
             help: Some("run it first with `poolparty run`".to_owned()),
         });
     }

@@ -616,7 +616,12 @@ fn stage_data(
         .rposition(|r| r.run == run)
         .map_or(records.len(), |p| p + 1);
     let upto = &records[..cut];
-    let mine: Vec<&JobRecord> = upto.iter().filter(|r| r.run == run).collect();
+    // This run's attempts: a `not_run` record (the run stopped, or a need failed) is the
+    // outcome of a job that never started, not an attempt.
+    let mine: Vec<&JobRecord> = upto
+        .iter()
+        .filter(|r| r.run == run && !matches!(r.outcome, Outcome::NotRun { .. }))
+        .collect();
     let mut latest: HashMap<&str, &JobRecord> = HashMap::with_capacity(upto.len());
     for r in upto {
         latest.insert(r.id.as_str(), r);
@@ -688,7 +693,8 @@ fn stage_data(
         .filter(|r| matches!(r.outcome, Outcome::Lost))
         .count();
 
-    // Retries: jobs with several attempts in this run, in order of first appearance.
+    // Retries: jobs with several attempts in this run, in job order (the ledger's order is
+    // the order attempts ended, which parallel jobs make vary from run to run).
     let mut by_job: HashMap<&str, Vec<&JobRecord>> = HashMap::new();
     let mut order = Vec::new();
     for r in &mine {
@@ -698,6 +704,7 @@ fn stage_data(
         }
         e.push(r);
     }
+    order.sort_by_key(|id| by_job[id][0].index);
     let mut retried = Vec::new();
     for id in &order {
         let a = &by_job[id];

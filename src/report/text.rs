@@ -24,8 +24,9 @@ fn dur(s: f64) -> String {
 }
 
 /// Recorded text made safe for a terminal: control characters (escape sequences included)
-/// are shown as `^X` / `\u{..}` instead of being sent to it.
-fn clean(s: &str) -> String {
+/// are shown as `^X` / `\u{..}` instead of being sent to it. Everything poolparty prints
+/// from a job (its value, its log tails) goes through this on a terminal-bound text output.
+pub(crate) fn clean(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
