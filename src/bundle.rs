@@ -26,7 +26,7 @@ use std::sync::Arc;
 use crate::backend::cluster::{
     CallError, ClusterBackend, Scheduler, Submission, SubmittedJob, TaskState,
 };
-use crate::backend::{Launch, StageSpec, sge::Sge, slurm::Slurm};
+use crate::backend::{Launch, StageSpec, packing, sge::Sge, slurm::Slurm};
 use crate::error::{Error, Result};
 use crate::graph::StageGraph;
 use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure, ResultMode, WallTime};
@@ -445,6 +445,18 @@ pub fn write(
                 }
                 let throttled = settings_plan_spec.settings.max_parallel.is_some();
                 let bundle = settings_plan_spec.settings.bundle.max(1) as usize;
+                // `bundle = "auto"`: packed by the durations earlier runs recorded (a bundle
+                // cannot measure a first wave; without any, one job per task).
+                let auto = settings_plan_spec
+                    .settings
+                    .auto_bundle
+                    .filter(|_| kind != BackendKind::Local);
+                let min_tasks = settings_plan_spec
+                    .settings
+                    .max_parallel
+                    .map_or(packing::AUTO_MIN_TASKS, |p| {
+                        packing::AUTO_MIN_TASKS.min(p as usize)
+                    });
                 let mut sched = scheduler(kind);
                 let max_tasks = match limits.get(&kind) {
                     Some(&n) => n,
@@ -465,23 +477,46 @@ pub fn write(
                     ids_var.insert(i, (var, kind));
                     continue;
                 }
+                let all_tasks: Vec<Vec<Launch>> = match auto {
+                    Some(target) => {
+                        let known =
+                            packing::recorded_durations(&store::read_ledger(&layout.ledger(name))?);
+                        match packing::estimate(launches.iter().map(|l| l.job.id.as_str()), &known)
+                        {
+                            Some(d) => {
+                                let (bins, _) =
+                                    packing::pack(&d, 0, target.as_secs_f64(), min_tasks);
+                                bins.into_iter()
+                                    .map(|b| b.into_iter().map(|i| launches[i].clone()).collect())
+                                    .collect()
+                            }
+                            None => launches.iter().map(|l| vec![l.clone()]).collect(),
+                        }
+                    }
+                    None => launches.chunks(bundle).map(<[Launch]>::to_vec).collect(),
+                };
                 let per_array = if kind == BackendKind::Local {
-                    launches.len()
+                    all_tasks.len()
                 } else {
-                    max_tasks.saturating_mul(bundle)
+                    max_tasks
                 };
                 let mut arrays = 0;
-                for (k, chunk) in launches.chunks(per_array.max(1)).enumerate() {
-                    let tasks: Vec<Vec<Launch>> =
-                        chunk.chunks(bundle).map(<[Launch]>::to_vec).collect();
+                for (k, tasks) in all_tasks.chunks(per_array.max(1)).enumerate() {
+                    let tasks: Vec<Vec<Launch>> = tasks.to_vec();
                     let label = if kind == BackendKind::Local {
                         "run-local".to_owned()
                     } else {
                         format!("array-{}", k + 1)
                     };
-                    let script = backend.render(&tasks, &format!("{BUNDLE_RUN}-{}", k + 1))?;
+                    // The task file is named relative to the script: `submit.sh` passes its
+                    // place to cluster scripts, the local script finds it next to itself.
+                    let data_name = format!("{label}.jobs");
+                    let rendered =
+                        backend.render(&tasks, &format!("{BUNDLE_RUN}-{}", k + 1), &data_name)?;
                     let path = dir.join(format!("{label}.sh"));
-                    std::fs::write(&path, script).map_err(io(&path))?;
+                    std::fs::write(&path, rendered.script).map_err(io(&path))?;
+                    let data_path = dir.join(&data_name);
+                    std::fs::write(&data_path, rendered.task_file).map_err(io(&data_path))?;
                     // One task per line, so bundles diff line by line. Local scripts record
                     // each job's fingerprint: nothing else will.
                     let lines: Vec<String> = tasks
@@ -525,10 +560,11 @@ pub fn write(
                             let after_prev = if throttled && k > 0 { "$prev" } else { "" };
                             let _ = writeln!(
                                 sh,
-                                "prev=$(pp_submit_{} {dep_kind} \"{}\" \"{after_prev}\" {})\npp_record {} \"$prev\" {} {} {}\n{var}=\"${{{var}}}${{{var}:+ }}$prev\"",
+                                "prev=$(pp_submit_{} {dep_kind} \"{}\" \"{after_prev}\" {} {})\npp_record {} \"$prev\" {} {} {}\n{var}=\"${{{var}}}${{{var}:+ }}$prev\"",
                                 kind.as_str(),
                                 dep_ids.join(" "),
                                 q(&rel_path),
+                                q(&rel.join(&data_name)),
                                 q(&state_dir),
                                 q(&rel_path),
                                 kind.as_str(),
@@ -645,21 +681,22 @@ pp_prepare() {
   mkdir -p "$1/logs" "$1/results" "$1/staging"
   if [ -f "$2" ]; then cp "$2" "$1/jobs.jsonl"; fi
 }
-# pp_submit_slurm KIND "IDS" "ANY_IDS" SCRIPT: submits after IDS ended as KIND (afterok or
-# afterany) and ANY_IDS ended in any way; prints the job id.
+# pp_submit_slurm KIND "IDS" "ANY_IDS" SCRIPT [TASK_FILE]: submits after IDS ended as KIND
+# (afterok or afterany) and ANY_IDS ended in any way, telling an array script where its task
+# file is (drivers have none); prints the job id.
 pp_submit_slurm() {
   local dep=""
   if [ -n "$2" ]; then dep="$1:$(echo $2 | tr ' ' ':')"; fi
   if [ -n "$3" ]; then dep="${dep:+$dep,}afterany:$(echo $3 | tr ' ' ':')"; fi
-  sbatch --parsable ${dep:+--dependency=$dep} "$4" | cut -d';' -f1
+  sbatch --parsable ${dep:+--dependency=$dep} "$4" ${5:+"$pp_bundle/$5"} | cut -d';' -f1
 }
-# pp_submit_sge KIND "IDS" "ANY_IDS" SCRIPT: Grid Engine's -hold_jid waits for the end of
-# IDS and ANY_IDS whatever their outcome; prints the job id.
+# pp_submit_sge KIND "IDS" "ANY_IDS" SCRIPT [TASK_FILE]: Grid Engine's -hold_jid waits for the
+# end of IDS and ANY_IDS whatever their outcome; prints the job id.
 pp_submit_sge() {
   local ids hold=""
   ids=$(echo $2 $3 | tr ' ' ',')
   if [ -n "$ids" ]; then hold="-hold_jid $ids"; fi
-  qsub -terse $hold "$4" | cut -d. -f1
+  qsub -terse $hold "$4" ${5:+"$pp_bundle/$5"} | cut -d. -f1
 }
 # pp_record STATE_DIR ID SCRIPT SCHEDULER TASKS: appends to submissions.jsonl (SCRIPT and
 # TASKS relative to this folder).

@@ -760,6 +760,89 @@ fn resume_counts(
     Ok((new, changed, failed, done))
 }
 
+/// How `bundle = "auto"` would pack a cluster stage's jobs that would run: by the durations
+/// earlier runs recorded, or after a measured first wave when none is recorded. `None` when
+/// the stage does not bundle automatically or nothing would run.
+fn auto_bundling(
+    layout: &Layout,
+    name: &str,
+    jobs: &[Job],
+    p: &plan::StagePlan,
+    kind: manifest::BackendKind,
+) -> Result<Option<serde_json::Value>> {
+    use backend::packing;
+    let Some(target) = p.settings.auto_bundle else {
+        return Ok(None);
+    };
+    if kind == manifest::BackendKind::Local {
+        return Ok(None);
+    }
+    let records = store::read_ledger(&layout.ledger(name))?;
+    let known = packing::recorded_durations(&records);
+    let latest = store::latest(records);
+    let ids: Vec<&str> = jobs
+        .iter()
+        .zip(&p.fps)
+        .filter(|(j, fp)| {
+            latest
+                .get(j.id.as_str())
+                .is_none_or(|r| !r.outcome.is_success() || **fp != *r.fp.as_str())
+        })
+        .map(|(j, _)| j.id.as_str())
+        .collect();
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let task_time = target.as_secs_f64();
+    let v = match packing::estimate(ids.iter().copied(), &known) {
+        Some(d) => {
+            let recorded = ids.iter().filter(|id| known.contains_key(**id)).count();
+            let min_tasks = p
+                .settings
+                .max_parallel
+                .map_or(packing::AUTO_MIN_TASKS, |m| {
+                    packing::AUTO_MIN_TASKS.min(m as usize)
+                });
+            let (_, packing) = packing::pack(&d, recorded, task_time, min_tasks);
+            serde_json::json!({"mode": "auto", "task_time": task_time, "packing": packing})
+        }
+        None => serde_json::json!({
+            "mode": "auto",
+            "task_time": task_time,
+            "first_wave": packing::FIRST_WAVE.min(ids.len()),
+            "jobs": ids.len(),
+        }),
+    };
+    Ok(Some(v))
+}
+
+/// The `plan` line of an automatic bundling (see [`auto_bundling`]).
+fn auto_bundling_line(v: &serde_json::Value) -> String {
+    let time = manifest::WallTime(std::time::Duration::from_secs_f64(
+        v["task_time"].as_f64().unwrap_or(0.0),
+    ))
+    .hms();
+    let n = |v: &serde_json::Value| usize::try_from(v.as_u64().unwrap_or(0)).unwrap_or(0);
+    if let Some(p) = v.get("packing") {
+        format!(
+            "  bundle auto (task_time {time}): {} in {} of at most {}, the longest about {:.1} s (durations recorded for {} of them)",
+            error::count(n(&p["jobs"]), "job"),
+            error::count(n(&p["tasks"]), "task"),
+            error::count(n(&p["max_jobs_per_task"]), "job"),
+            p["longest_task"].as_f64().unwrap_or(0.0),
+            n(&p["recorded"]),
+        )
+    } else {
+        let jobs = n(&v["jobs"]);
+        let wave = n(&v["first_wave"]);
+        format!(
+            "  bundle auto (task_time {time}): no durations recorded yet: a first wave of {} runs one per task, then the other {} are packed by its measured durations",
+            error::count(wave, "job"),
+            jobs - wave
+        )
+    }
+}
+
 fn plan_text(
     m: &Manifest,
     graph: &StageGraph,
@@ -792,6 +875,9 @@ fn plan_text(
                     error::count(jobs.len(), "job"),
                     new + changed + failed
                 );
+                if let Some(v) = auto_bundling(layout, s.name.as_str(), jobs, p, backend)? {
+                    let _ = writeln!(out, "{}", auto_bundling_line(&v));
+                }
                 let limit = if verbosity == Verbosity::Verbose {
                     usize::MAX
                 } else {
@@ -848,6 +934,10 @@ fn plan_json(
             let (new, changed, failed, done) = resume_counts(layout, s.name.as_str(), jobs, p)?;
             v["counts"] =
                 serde_json::json!({"new": new, "changed": changed, "failed": failed, "done": done});
+            let kind = g.backend.unwrap_or(s.settings.backend);
+            if let Some(b) = auto_bundling(layout, s.name.as_str(), jobs, p, kind)? {
+                v["bundling"] = b;
+            }
             v["jobs"] = jobs
                 .iter()
                 .map(|job| {

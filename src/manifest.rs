@@ -29,6 +29,67 @@ pub const LOST_GRACE: Duration = Duration::from_secs(20);
 /// Default time limit of a job generator (`generate_time`).
 pub const GENERATE_TIME: Duration = Duration::from_secs(600);
 
+/// The longest interval between scheduler status calls unless `status_interval` says
+/// otherwise: outcomes arrive as files, so the scheduler is asked only to notice lost or stuck
+/// tasks.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The task length `bundle = "auto"` aims at unless `task_time` says otherwise.
+pub const TASK_TIME: Duration = Duration::from_secs(600);
+
+/// The `bundle` setting: jobs per array task, or `"auto"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BundleSize {
+    /// This many jobs per task.
+    Jobs(u64),
+    /// Packed by duration into tasks near `task_time`.
+    Auto,
+}
+
+impl<'de> Deserialize<'de> for BundleSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = BundleSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of jobs per task or \"auto\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<BundleSize, E> {
+                Ok(BundleSize::Jobs(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<BundleSize, E> {
+                u64::try_from(v)
+                    .map(BundleSize::Jobs)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<BundleSize, E> {
+                if v == "auto" {
+                    Ok(BundleSize::Auto)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(v), &self))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for BundleSize {
+    fn schema_name() -> String {
+        "BundleSize".to_owned()
+    }
+    fn json_schema(_: &mut schemars::r#gen::SchemaGenerator) -> schemars::schema::Schema {
+        serde_json::from_value(serde_json::json!({
+            "description": "Jobs per array task (at least 1), or \"auto\" to pack jobs by duration.",
+            "anyOf": [
+                {"type": "integer", "format": "uint32", "minimum": 1},
+                {"type": "string", "enum": ["auto"]}
+            ]
+        }))
+        .expect("a valid schema")
+    }
+}
+
 /// Where jobs run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -247,10 +308,16 @@ macro_rules! with_settings {
             #[serde(default)]
             #[schemars(with = "Option<String>")]
             pub template: Option<Spanned<String>>,
-            /// Cluster: jobs packed into one array task, run one after another (default 1).
+            /// Cluster: jobs packed into one array task, run one after another (default 1), or
+            /// `"auto"`: packed by duration into tasks near `task_time`, longest first.
             #[serde(default)]
-            #[schemars(with = "Option<u32>", range(min = 1))]
-            pub bundle: Option<Spanned<u32>>,
+            #[schemars(with = "Option<BundleSize>")]
+            pub bundle: Option<Spanned<BundleSize>>,
+            /// Cluster, with `bundle = "auto"`: the length an array task aims at (default
+            /// `"10m"`).
+            #[serde(default)]
+            #[schemars(with = "Option<String>")]
+            pub task_time: Option<Spanned<String>>,
             /// Cluster: resubmissions of a job that vanished without an outcome (default 3).
             #[serde(default)]
             pub resubmit_lost: Option<u32>,
@@ -262,6 +329,13 @@ macro_rules! with_settings {
             #[serde(default)]
             #[schemars(with = "Option<String>")]
             pub poll_max: Option<Spanned<String>>,
+            /// Cluster: longest interval between scheduler status calls (`squeue`/`qstat`,
+            /// default `"30s"`). Outcomes arrive as files, harvested every poll; the scheduler
+            /// is asked one `poll_interval` after a submission, then at doubling intervals up to
+            /// this, only to notice lost or stuck tasks.
+            #[serde(default)]
+            #[schemars(with = "Option<String>")]
+            pub status_interval: Option<Spanned<String>>,
             /// Cluster: how long a task may be gone from the queue without an outcome file
             /// before it counts as lost (default `"20s"`; raise it on slow shared file systems).
             #[serde(default)]
@@ -559,8 +633,10 @@ pub struct Settings {
     pub resources: Resources,
     /// A custom scheduler script template, resolved against the manifest folder.
     pub template: Option<(PathBuf, SourceSpan)>,
-    /// Jobs per array task.
+    /// Jobs per array task (1 with `bundle = "auto"`, for jobs packed one per task).
     pub bundle: u32,
+    /// With `bundle = "auto"`: the task length to pack jobs for (`task_time`).
+    pub auto_bundle: Option<Duration>,
     /// Resubmissions of lost jobs.
     pub resubmit_lost: u32,
     /// First poll interval.
@@ -569,6 +645,8 @@ pub struct Settings {
     pub poll_max: Duration,
     /// Grace period before a vanished task counts as lost.
     pub lost_grace: Duration,
+    /// Longest interval between scheduler status calls.
+    pub status_interval: Duration,
 }
 
 /// Where a stage's jobs come from.
@@ -1279,11 +1357,29 @@ fn resolve_settings(
             extra: pick!(s, d, extra).cloned().unwrap_or_default(),
         },
         template: pick!(s, d, template).map(|t| (dir.join(t.get_ref()), span_of(t))),
-        bundle: positive(pick!(s, d, bundle), "bundle")?.unwrap_or(1),
+        bundle: match pick!(s, d, bundle) {
+            Some(b) => match *b.get_ref() {
+                BundleSize::Auto => 1,
+                BundleSize::Jobs(n) => {
+                    let n = u32::try_from(n).unwrap_or(u32::MAX);
+                    positive(Some(&Spanned::new(b.span(), n)), "bundle")?.unwrap_or(1)
+                }
+            },
+            None => 1,
+        },
+        auto_bundle: match pick!(s, d, bundle).map(Spanned::get_ref) {
+            Some(BundleSize::Auto) => {
+                Some(duration(pick!(s, d, task_time))?.map_or(TASK_TIME, |w| w.0))
+            }
+            _ => None,
+        },
         resubmit_lost: s.resubmit_lost.or(d.resubmit_lost).unwrap_or(3),
         poll_interval,
         poll_max: poll_max.max(poll_interval),
         lost_grace: duration(pick!(s, d, lost_grace))?.map_or(LOST_GRACE, |w| w.0),
+        status_interval: duration(pick!(s, d, status_interval))?
+            .map_or(STATUS_INTERVAL, |w| w.0)
+            .max(poll_interval),
     })
 }
 

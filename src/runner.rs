@@ -528,7 +528,9 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         let staged_waiting =
             std::fs::read_dir(self.layout.staging_dir(&name)).is_ok_and(|mut d| d.next().is_some());
         // Attempts are numbered per job across runs, so outcome files never collide.
-        let (latest, base_attempt, recorded) = if submissions.is_empty() && !staged_waiting {
+        let quiet =
+            submissions.is_empty() && !staged_waiting && plan.settings.auto_bundle.is_none();
+        let (latest, base_attempt, recorded, durations) = if quiet {
             // Nothing submitted or staged to reconcile (a local stage, or a first run): the
             // ledger is read one record at a time, keeping only each job's latest record.
             let (latest, higher) = store::read_latest_with_max_attempt(&self.layout.ledger(&name))?;
@@ -540,7 +542,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                     last.max(higher.get(id).copied().unwrap_or(0))
                 })
                 .collect();
-            (latest, base, HashSet::new())
+            (latest, base, HashSet::new(), HashMap::new())
         } else {
             let mut records = store::read_ledger(&self.layout.ledger(&name))?;
             records.extend(self.collect_staged(&name, &plan.settings, &submissions, &records)?);
@@ -561,7 +563,13 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                 .iter()
                 .map(|j| last_attempt.get(j.id.as_str()).copied().unwrap_or(0))
                 .collect();
-            (store::latest(records), base, recorded)
+            // Automatic bundling packs by the durations earlier runs recorded.
+            let durations = plan
+                .settings
+                .auto_bundle
+                .map(|_| backend::packing::recorded_durations(&records))
+                .unwrap_or_default();
+            (store::latest(records), base, recorded, durations)
         };
         let prior = if self.opts.force {
             HashMap::new()
@@ -575,6 +583,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             jobs.len(),
         );
         let mut spec = StageSpec::new(&plan, &self.layout, &manifest.name, &self.run_id, workers);
+        spec.durations = std::sync::Arc::new(durations);
         if kind == BackendKind::Local {
             spec.live.clone_from(&self.live);
         }

@@ -32,3 +32,29 @@ pp_run() {
   printf '{"index":%s,"id":"%s","attempt":%s,"rc":%s,"start":%s,"end":%s,"host":"%s"}\n' \
     "$index" "$id" "$attempt" "$rc" "$start" "$end" "$(hostname)" >"$tmp" && mv -f "$tmp" "$pp_staging/$id.$attempt.json" || rm -f "$tmp"
 }
+
+# pp_task TASK TASKS: runs the jobs of array task TASK (counted from 0, of TASKS), read from
+# the task file "$pp_data": a header of one 40-byte line per task ("OFFSET LENGTH", each
+# 19 zero-padded digits), then per job the NUL-terminated fields
+# ARGC INDEX ID ATTEMPT JOB_JSON ARGV... (`tr '\0' '\n' < FILE` shows them). The fields are
+# read with `read -d ''` and passed to pp_run as words: the shell never parses them.
+pp_task() {
+  local head off len x i=0 argc
+  local -a f=()
+  if [ "$1" -lt 0 ] || [ "$1" -ge "$2" ]; then
+    echo "poolparty: no array task $1 in this array of $2" >&2
+    exit 2
+  fi
+  head=$(tail -c "+$(($1 * 40 + 1))" "$pp_data" | head -c 39)
+  off=${head%% *}
+  len=${head##* }
+  case "$off$len" in
+    '' | *[!0-9]*) echo "poolparty: cannot read task $1 from $pp_data" >&2; exit 2 ;;
+  esac
+  while IFS= read -r -d '' x; do f+=("$x"); done < <(tail -c "+$((10#$off + 1))" "$pp_data" | head -c "$((10#$len))")
+  while [ "$i" -lt "${#f[@]}" ]; do
+    argc=${f[i]}
+    pp_run "${f[@]:i+1:argc+4}"
+    i=$((i + argc + 5))
+  done
+}

@@ -253,3 +253,56 @@ pub fn flock_bounded(path: &str, limit: Duration) -> nix::fcntl::Flock<std::fs::
         }
     }
 }
+
+/// The jobs of each task in an array's task file (`<script>.jobs`, see
+/// `poolparty::backend::cluster::encode_tasks`): per task, per job, the fields
+/// `[index, id, attempt, job json, argv...]`.
+pub fn task_file(path: &Path) -> Vec<Vec<Vec<String>>> {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let number = |b: &[u8]| -> usize { std::str::from_utf8(b).unwrap().parse().unwrap() };
+    // The first task's record starts right after the header: one 40-byte line per task.
+    let tasks = number(&data[..19]) / 40;
+    (0..tasks)
+        .map(|t| {
+            let line = &data[t * 40..t * 40 + 39];
+            let (off, len) = (number(&line[..19]), number(&line[20..]));
+            let mut fields = data[off..off + len]
+                .split(|&b| b == 0)
+                .map(|f| String::from_utf8(f.to_vec()).unwrap());
+            let mut jobs = Vec::new();
+            while let Some(argc) = fields.next().filter(|a| !a.is_empty()) {
+                let argc: usize = argc.parse().unwrap();
+                jobs.push(fields.by_ref().take(argc + 4).collect());
+            }
+            jobs
+        })
+        .collect()
+}
+
+/// `n` jobs (JSON Lines) whose values `v` are `size` bytes each of text the shell would
+/// mangle if it ever parsed it (quotes, `$(..)`, backticks, backslashes, newlines, non-ASCII),
+/// and the values themselves.
+pub fn large_values(n: usize, size: usize) -> (String, Vec<String>) {
+    const PIECE: &str = "'\"$(echo no)`echo no`\\n\\\\ %s\n\t* ~ ; | & é 😀 ";
+    let mut lines = String::new();
+    let mut values = Vec::new();
+    for i in 0..n {
+        let mut v = format!("{i}:");
+        while v.len() < size {
+            v.push_str(PIECE);
+        }
+        lines.push_str(&serde_json::json!({"id": format!("j{i}"), "v": v}).to_string());
+        lines.push('\n');
+        values.push(v);
+    }
+    (lines, values)
+}
+
+/// The size of the largest array script of a stage (`<state>/<stage>/scripts/*.sh`).
+pub fn largest_script(state: &Path, stage: &str) -> u64 {
+    std::fs::read_dir(state.join(stage).join("scripts"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .max()
+        .expect("a script")
+}

@@ -14,7 +14,8 @@ use serde_json::Value;
 use crate::harness::{Ran, Test};
 use crate::harness::{
     assert_each_ran_once, assert_each_succeeded_once, attempts, clusters_dir, copy_tree,
-    has_submission, numbers, read_json, read_lines, summary,
+    has_submission, large_values, largest_script, numbers, read_json, read_lines, summary,
+    task_file,
 };
 
 /// `MaxArraySize` of the test cluster: arrays have at most 11 tasks.
@@ -461,16 +462,18 @@ fn bundles_put_several_jobs_in_one_task() {
     let script = std::fs::read_to_string(&scripts[0]).unwrap();
     assert!(script.contains("#SBATCH --array=0-2\n"), "{script}");
     assert!(script.contains("#SBATCH --time=0-00:04:00\n"), "{script}");
-    let runs_per_task: Vec<usize> = script
-        .split("\n0)\n")
-        .nth(1)
-        .expect("task 0")
-        .split(";;")
-        .take(3)
-        .map(|case| case.matches("pp_run ").count())
-        .collect();
+    let runs_per_task: Vec<usize> = task_file(
+        &scripts[0]
+            .parent()
+            .unwrap()
+            .with_file_name("tasks")
+            .join(scripts[0].file_name().unwrap())
+            .with_extension("jobs"),
+    )
+    .iter()
+    .map(Vec::len)
+    .collect();
     assert_eq!(runs_per_task, [4, 4, 2], "{script}");
-    assert!(!script.contains("\n3)\n"), "{script}");
     let subs = submissions(&t, "slbundle", "a");
     assert_eq!(subs.len(), 1);
     let sizes: Vec<usize> = subs[0]["tasks"]
@@ -1014,5 +1017,141 @@ fn scancel_that_keeps_failing_names_the_arrays_left_running() {
     }
     for (i, a) in &attempts(&t, wf, "a") {
         assert_eq!(a, &[(1, "interrupted".to_owned())], "job {i}");
+    }
+}
+
+/// Issue #14: 45 jobs of 100 KB values each, 5 per task, in one array (4.5 MB of jobs, more
+/// than Slurm's default `max_script_size` of 4 MB if the script held them). The script stays
+/// small (its size does not depend on the jobs), and every value reaches its job's command
+/// byte for byte, shell metacharacters included.
+#[test]
+fn large_values_run_from_a_script_of_bounded_size() {
+    let _c = cluster("sllarge");
+    let (jobs, values) = large_values(45, 100_000);
+    let t = Test::new()
+        .manifest(&format!(
+            "{}[stages.a]\njobs_file = \"jobs.jsonl\"\nrun = \"printf '%s' {{{{job.v}}}} > $POOLPARTY_RESULT\"\n",
+            header("sllarge", "bundle = 5")
+        ))
+        .file("jobs.jsonl", &jobs);
+    t.run(&["run"]).code(0).stderr_has("every job succeeded");
+    let state = t.state("sllarge");
+    let script = largest_script(&state, "a");
+    assert!(script < 8 * 1024, "an array script of {script} bytes");
+    let got: Vec<String> = serde_json::from_str(&t.run(&["results"]).stdout).unwrap();
+    assert_eq!(got.len(), values.len());
+    for (i, (g, v)) in got.iter().zip(&values).enumerate() {
+        assert!(g == v, "job {i}: the value did not arrive byte for byte");
+    }
+}
+
+/// Issue #14: `bundle = "auto"`. With nothing recorded, `plan` says a first wave is measured;
+/// the run submits 5 jobs one per task, then packs the other 35 into 10 tasks. Once durations
+/// are recorded, `plan` (text and JSON) shows the packing, and a changed command runs in
+/// packed tasks at once, with no wave.
+#[test]
+fn auto_bundling_packs_jobs_after_a_first_wave() {
+    let _c = cluster("slauto");
+    let n = 40;
+    let stage = |cmd: &str| {
+        format!(
+            "{}[stages.a]\njobs = {}\nrun = \"{cmd} {{{{job}}}} > $POOLPARTY_RESULT\"\n",
+            header("slauto", "bundle = \"auto\"\ntask_time = \"5m\""),
+            numbers(n)
+        )
+    };
+    let t = Test::new().manifest(&stage("echo"));
+    t.run(&["plan"]).code(0).stdout_has(
+        "bundle auto (task_time 0:05:00): no durations recorded yet: a first wave of 5 jobs runs one per task, then the other 35 are packed",
+    );
+    t.run(&["run"]).code(0).stderr_has("every job succeeded");
+    assert_each_succeeded_once(&t, "slauto", "a", n);
+    assert_eq!(t.run(&["results"]).stdout, format!("{}\n", numbers(n)));
+    let sizes = |subs: &[Value]| -> Vec<Vec<usize>> {
+        subs.iter()
+            .map(|s| {
+                s["tasks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_array().unwrap().len())
+                    .collect()
+            })
+            .collect()
+    };
+    let first = sizes(&submissions(&t, "slauto", "a"));
+    assert_eq!(first[0], [1, 1, 1, 1, 1], "{first:?}");
+    let packed: Vec<usize> = first[1..].iter().flatten().copied().collect();
+    assert_eq!(packed.len(), 10, "{first:?}");
+    assert_eq!(packed.iter().sum::<usize>(), 35, "{first:?}");
+
+    // The command changes: every job runs again, packed by the recorded durations.
+    let t = t.manifest(&stage("echo  "));
+    let plan = t.run(&["plan"]);
+    plan.code(0)
+        .stdout_has("bundle auto (task_time 0:05:00): 40 jobs in 10 tasks of at most ");
+    plan.stdout_has("(durations recorded for 40 of them)");
+    let json: Value = serde_json::from_str(&t.run(&["plan", "--json"]).stdout).unwrap();
+    let b = &json["stages"][0]["bundling"];
+    assert_eq!(b["mode"], "auto", "{json}");
+    assert_eq!(b["packing"]["tasks"], 10, "{json}");
+    assert_eq!(b["packing"]["recorded"], 40, "{json}");
+    t.run(&["run"]).code(0).stderr_has("every job succeeded");
+    let all = sizes(&submissions(&t, "slauto", "a"));
+    let second: Vec<usize> = all[first.len()..].iter().flatten().copied().collect();
+    // Measured durations differ a little, so the tasks may too.
+    assert_eq!(second.len(), 10, "{all:?}");
+    assert_eq!(second.iter().sum::<usize>(), 40, "{all:?}");
+    assert_eq!(t.run(&["results"]).stdout, format!("{}\n", numbers(n)));
+}
+
+/// Issue #14, many chunks and few status calls: 30 jobs with MaxArraySize 11 are 3 arrays,
+/// all submitted before the first status call (one `sbatch` each, one `scontrol` per run).
+/// Outcomes are harvested from files at every poll, while `squeue` follows its own cadence:
+/// 1 s after the submissions, then doubling up to `status_interval` (8 s here).
+#[test]
+fn chunks_go_in_at_once_and_status_calls_keep_their_own_cadence() {
+    let _c = cluster("slcadence");
+    let n = 30;
+    let t = Test::new().manifest(&format!(
+        "{}[stages.a]\njobs = {}\nresult = \"none\"\nrun = \"sleep 2\"\n",
+        header("slcadence", "status_interval = \"8s\""),
+        numbers(n)
+    ));
+    let (path, log) = call_logger(&t);
+    let t = t.env("PATH", &path);
+    let started = Instant::now();
+    t.run(&["run"]).code(0).stderr_has("every job succeeded");
+    let wall = started.elapsed().as_secs_f64();
+    assert_each_succeeded_once(&t, "slcadence", "a", n);
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let of = |cmd: &str| -> Vec<f64> {
+        calls
+            .lines()
+            .filter(|l| l.split(' ').nth(1) == Some(cmd))
+            .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let (sbatch, squeue) = (of("sbatch"), of("squeue"));
+    let arrays = submissions(&t, "slcadence", "a").len();
+    assert_eq!(arrays, 3, "{calls}");
+    assert_eq!(sbatch.len(), arrays, "{calls}");
+    assert_eq!(of("scontrol").len(), 1, "{calls}");
+    assert!(
+        squeue.first().is_none_or(|q| sbatch.iter().all(|s| s < q)),
+        "a status call before every array was submitted\n{calls}"
+    );
+    // 1, 2, 4, 8, 8, .. s apart: a few early calls, then one per 8 s.
+    assert!(
+        squeue.len() as f64 <= 4.0 + wall / 8.0 + 1.0,
+        "{} squeue calls in {wall:.1} s\n{calls}",
+        squeue.len()
+    );
+    for w in squeue.windows(2) {
+        assert!(
+            w[1] - w[0] >= 0.9,
+            "squeue calls {:.2} s apart\n{calls}",
+            w[1] - w[0]
+        );
     }
 }

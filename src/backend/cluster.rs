@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{
-    Backend, CancelMode, Event, Launch, StageSpec, Uncancelled, read_result_file, take_result_file,
+    Backend, CancelMode, Event, Launch, StageSpec, Uncancelled, packing, read_result_file,
+    take_result_file,
 };
 use crate::error::{Error, Result};
 use crate::outcome::StagedOutcome;
@@ -197,11 +198,82 @@ pub struct SubmittedJob {
     pub fp: String,
 }
 
+/// An array script and the task file its tasks read their jobs from.
+#[derive(Debug)]
+pub struct Rendered {
+    /// The script (its size does not depend on the jobs).
+    pub script: String,
+    /// The task file (see [`encode_tasks`]).
+    pub task_file: Vec<u8>,
+}
+
+/// Length of one line of a task file's header: `OFFSET LENGTH\n`, each number 19 digits.
+pub const TASK_HEADER_LINE: usize = 40;
+
+/// The task file of an array: what each of its tasks runs, read by `pp_task` in
+/// `templates/wrapper.sh`.
+///
+/// A header of one [`TASK_HEADER_LINE`]-byte line per task (`OFFSET LENGTH`, zero-padded
+/// decimal, the byte range of the task's record in the file), then the records: per job, the
+/// NUL-terminated fields `ARGC INDEX ID ATTEMPT JOB_JSON ARGV[0] .. ARGV[ARGC-1]`, where a
+/// shell command is the argv `/bin/sh -c COMMAND`. A task seeks to its record (`tail -c`) and
+/// reads the fields with `read -d ''`: the text reaches `exec` byte for byte, never parsed by
+/// the shell. `tr '\0' '\n' < FILE` shows it.
+///
+/// # Errors
+/// A field holding a NUL byte (no program argument can).
+pub fn encode_tasks(tasks: &[Vec<Launch>]) -> std::result::Result<Vec<u8>, String> {
+    fn field(out: &mut Vec<u8>, text: &str, id: &str) -> std::result::Result<(), String> {
+        if text.contains('\0') {
+            return Err(format!(
+                "the command of job `{id}` holds a NUL byte, which no program argument can"
+            ));
+        }
+        out.extend_from_slice(text.as_bytes());
+        out.push(0);
+        Ok(())
+    }
+    let header = tasks.len() * TASK_HEADER_LINE;
+    let mut records: Vec<u8> = Vec::new();
+    let mut ranges = Vec::with_capacity(tasks.len());
+    for launches in tasks {
+        let start = records.len();
+        for l in launches {
+            let id = l.job.id.as_str();
+            let shell;
+            let argv: &[String] = match &l.job.command {
+                Command::Shell(c) => {
+                    shell = ["/bin/sh".to_owned(), "-c".to_owned(), c.clone()];
+                    &shell
+                }
+                Command::Argv(a) => a,
+            };
+            field(&mut records, &argv.len().to_string(), id)?;
+            field(&mut records, &l.job.index.to_string(), id)?;
+            field(&mut records, id, id)?;
+            field(&mut records, &l.attempt.to_string(), id)?;
+            field(&mut records, &l.job.json, id)?;
+            for a in argv {
+                field(&mut records, a, id)?;
+            }
+        }
+        ranges.push((header + start, records.len() - start));
+    }
+    let mut out = Vec::with_capacity(header + records.len());
+    for (offset, len) in ranges {
+        out.extend_from_slice(format!("{offset:019} {len:019}\n").as_bytes());
+    }
+    out.extend_from_slice(&records);
+    Ok(out)
+}
+
 struct Tracked {
     launch: Launch,
     job_id: String,
     task: usize,
-    gone_since: Option<Instant>,
+    /// Since when the scheduler no longer lists the task (seen at a status call), and
+    /// whether it said the task ran out of time.
+    gone_since: Option<(Instant, bool)>,
 }
 
 /// A cluster backend for one stage.
@@ -214,6 +286,13 @@ pub struct ClusterBackend {
     scripts_dir: PathBuf,
     job_name: String,
     pending: VecDeque<Launch>,
+    /// Tasks packed and waiting for submission, in order.
+    packed: VecDeque<Vec<Launch>>,
+    /// `bundle = "auto"` with no recorded durations: the first wave's (index, attempt) keys
+    /// and when it was packed.
+    wave: Option<(Vec<(usize, u32)>, Instant)>,
+    /// Durations measured in this run (`bundle = "auto"`), by job id.
+    measured: HashMap<String, f64>,
     /// Keyed by (job index, attempt).
     tracked: HashMap<(usize, u32), Tracked>,
     active_jobs: Vec<String>,
@@ -221,6 +300,12 @@ pub struct ClusterBackend {
     max_tasks: Option<usize>,
     interval: Duration,
     next: Instant,
+    /// The current interval between status calls (doubling up to `status_interval`).
+    status_step: Duration,
+    /// When the scheduler is asked next.
+    next_status: Instant,
+    /// When the grace period of the first task seen gone from the queue ends.
+    next_lost: Option<Instant>,
     grace: Duration,
     polls: usize,
     calls: usize,
@@ -284,12 +369,18 @@ impl ClusterBackend {
             scripts_dir,
             job_name,
             pending: VecDeque::new(),
+            packed: VecDeque::new(),
+            wave: None,
+            measured: HashMap::new(),
             tracked: HashMap::new(),
             active_jobs: Vec::new(),
             submissions: Vec::new(),
             max_tasks: None,
             interval,
             next: Instant::now() + interval,
+            status_step: interval,
+            next_status: Instant::now() + interval,
+            next_lost: None,
             grace: spec.settings.lost_grace,
             polls: 0,
             calls: 0,
@@ -332,11 +423,16 @@ impl ClusterBackend {
         &self.template_text
     }
 
-    /// Renders the array script for `tasks` (each a list of launches).
+    /// Renders the array script for `tasks` (each a list of launches) and its task file.
+    ///
+    /// The script does not hold the jobs: each array task reads its own jobs from the task
+    /// file (see [`encode_tasks`]) at `data` (or at the script's first argument, when given),
+    /// so the script's size depends only on the stage's settings, never on the number or
+    /// size of its jobs.
     ///
     /// # Errors
-    /// A render failure of a custom template.
-    pub fn render(&self, tasks: &[Vec<Launch>], submission: &str) -> Result<String> {
+    /// A render failure of a custom template, or a job argument holding a NUL byte.
+    pub fn render(&self, tasks: &[Vec<Launch>], submission: &str, data: &str) -> Result<Rendered> {
         let s = &self.spec.settings;
         // Both are written into the script as they are: a name that is not a shell identifier
         // cannot be exported, and a line break in a directive would start a command.
@@ -368,19 +464,15 @@ impl ClusterBackend {
             .render("wrapper", Quoting::Shell, &base)
             .map_err(|f| self.render_error(&f.message))?;
         let first = self.sched.first_index();
+        let task_file = encode_tasks(tasks).map_err(|m| self.render_error(&m))?;
+        // Which jobs each task runs, for custom templates (the stock ones do not list them).
         let cases: Vec<Value> = tasks
             .iter()
             .enumerate()
             .map(|(t, launches)| {
                 let jobs: Vec<Value> = launches
                     .iter()
-                    .map(|l| {
-                        let argv: Vec<String> = match &l.job.command {
-                            Command::Shell(c) => vec!["/bin/sh".into(), "-c".into(), c.clone()],
-                            Command::Argv(a) => a.clone(),
-                        };
-                        json!({"index": l.job.index, "id": l.job.id.as_str(), "attempt": l.attempt, "json": l.job.json, "argv": argv})
-                    })
+                    .map(|l| json!({"index": l.job.index, "id": l.job.id.as_str(), "attempt": l.attempt}))
                     .collect();
                 json!({"task": t + first, "jobs": jobs})
             })
@@ -415,12 +507,14 @@ impl ClusterBackend {
             "pe": s.resources.pe,
             "extra": s.resources.extra,
             "wrapper": wrapper,
+            "data": data,
             "cases": cases,
             "first": first,
             "last": first + tasks.len().saturating_sub(1),
             "parallel": throttle.map_or(self.spec.workers, |t| t as usize),
         });
-        self.templates
+        let script = self
+            .templates
             .render("script", Quoting::Shell, &ctx)
             .map_err(|f| {
                 self.render_error(&format!(
@@ -428,7 +522,8 @@ impl ClusterBackend {
                     f.message,
                     f.help.map(|h| format!(" ({h})")).unwrap_or_default()
                 ))
-            })
+            })?;
+        Ok(Rendered { script, task_file })
     }
 
     fn render_error(&self, message: &str) -> Error {
@@ -445,7 +540,7 @@ impl ClusterBackend {
     /// Submits as much of the pending queue as the throttle allows: everything at once when
     /// unthrottled, otherwise one array at a time (so `max_parallel` bounds the whole stage).
     fn flush(&mut self) -> Result<()> {
-        while !self.pending.is_empty() {
+        while !self.pending.is_empty() || !self.packed.is_empty() {
             if self.spec.settings.max_parallel.is_some() && !self.active_jobs.is_empty() {
                 return Ok(());
             }
@@ -458,17 +553,37 @@ impl ClusterBackend {
                     m
                 }
             };
-            let bundle = self.spec.settings.bundle.max(1) as usize;
-            let take = max_tasks.saturating_mul(bundle).min(self.pending.len());
-            let launches: Vec<Launch> = self.pending.drain(..take).collect();
-            let tasks: Vec<Vec<Launch>> = launches.chunks(bundle).map(<[Launch]>::to_vec).collect();
+            if self.packed.is_empty() {
+                match self.spec.settings.auto_bundle {
+                    Some(target) => {
+                        if !self.pack_auto(target) {
+                            return Ok(());
+                        }
+                    }
+                    None => {
+                        let bundle = self.spec.settings.bundle.max(1) as usize;
+                        let take = max_tasks.saturating_mul(bundle).min(self.pending.len());
+                        let launches: Vec<Launch> = self.pending.drain(..take).collect();
+                        self.packed
+                            .extend(launches.chunks(bundle).map(<[Launch]>::to_vec));
+                    }
+                }
+            }
+            let take = max_tasks.min(self.packed.len());
+            let tasks: Vec<Vec<Launch>> = self.packed.drain(..take).collect();
             self.arrays += 1;
             let name = format!("{}-{}", self.spec.run, self.arrays);
-            let script = self.render(&tasks, &name)?;
             std::fs::create_dir_all(&self.scripts_dir)
                 .map_err(|e| Error::store("create", &self.scripts_dir, e))?;
             let path = self.scripts_dir.join(format!("{name}.sh"));
-            crate::store::atomic_write(&path, script.as_bytes())?;
+            // Task files live beside the scripts folder, one per array.
+            let tasks_dir = self.scripts_dir.with_file_name("tasks");
+            std::fs::create_dir_all(&tasks_dir)
+                .map_err(|e| Error::store("create", &tasks_dir, e))?;
+            let data = tasks_dir.join(format!("{name}.jobs"));
+            let rendered = self.render(&tasks, &name, &data.display().to_string())?;
+            crate::store::atomic_write(&data, &rendered.task_file)?;
+            crate::store::atomic_write(&path, rendered.script.as_bytes())?;
             self.calls += 1;
             let submitted = crate::store::now();
             let job_id = match self.sched.submit(&path) {
@@ -476,9 +591,10 @@ impl ClusterBackend {
                 Err(e) if e.transient => {
                     // Keep the jobs queued (in order) and try again at the next poll.
                     let _ = std::fs::remove_file(&path);
+                    let _ = std::fs::remove_file(&data);
                     self.arrays -= 1;
-                    for l in launches.into_iter().rev() {
-                        self.pending.push_front(l);
+                    for t in tasks.into_iter().rev() {
+                        self.packed.push_front(t);
                     }
                     let since = *self.submit_failing.get_or_insert_with(Instant::now);
                     if since.elapsed() >= SUBMIT_PATIENCE {
@@ -506,6 +622,11 @@ impl ClusterBackend {
                 }
             };
             self.submit_failing = None;
+            // A new array: ask the scheduler about it soon, then less and less often.
+            self.status_step = self.spec.settings.poll_interval;
+            self.next_status = self
+                .next_status
+                .min(Instant::now() + self.spec.settings.poll_interval);
             let first = self.sched.first_index();
             let mut record = Vec::with_capacity(tasks.len());
             for (t, launches) in tasks.into_iter().enumerate() {
@@ -532,6 +653,16 @@ impl ClusterBackend {
                     );
                 }
             }
+            if let Some((wave, _)) = &mut self.wave
+                && wave.is_empty()
+            {
+                wave.extend(
+                    record
+                        .iter()
+                        .flatten()
+                        .map(|j: &SubmittedJob| (j.index, j.attempt)),
+                );
+            }
             self.active_jobs.push(job_id.clone());
             let submission = Submission {
                 job_id,
@@ -548,6 +679,57 @@ impl ClusterBackend {
             }
         }
         Ok(())
+    }
+
+    /// `bundle = "auto"`: packs the pending jobs into tasks near `target` (longest first) by
+    /// their recorded or measured durations. With none known, submits a first wave of
+    /// [`packing::FIRST_WAVE`] jobs, one per task, and holds the rest until the wave is
+    /// measured (or has run for `target`). Returns whether tasks are ready to submit.
+    fn pack_auto(&mut self, target: Duration) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        if let Some((wave, started)) = &self.wave {
+            let running = wave.iter().any(|k| self.tracked.contains_key(k));
+            if running && started.elapsed() < target {
+                return false;
+            }
+        }
+        let mut known: HashMap<String, f64> = (*self.spec.durations).clone();
+        known.extend(self.measured.iter().map(|(k, v)| (k.clone(), *v)));
+        let estimate = packing::estimate(self.pending.iter().map(|l| l.job.id.as_str()), &known);
+        let durations = match (estimate, &self.wave) {
+            (Some(d), _) => d,
+            // The wave ran for `target` without an outcome: its jobs are long, one per task.
+            (None, Some((_, started))) => vec![started.elapsed().as_secs_f64(); self.pending.len()],
+            (None, None) => {
+                let n = packing::FIRST_WAVE.min(self.pending.len());
+                let wave: Vec<Vec<Launch>> = self.pending.drain(..n).map(|l| vec![l]).collect();
+                // Keys are filled in as the wave is submitted (see `flush`).
+                self.wave = Some((Vec::new(), Instant::now()));
+                self.packed.extend(wave);
+                return true;
+            }
+        };
+        let min_tasks = self
+            .spec
+            .settings
+            .max_parallel
+            .map_or(packing::AUTO_MIN_TASKS, |p| {
+                packing::AUTO_MIN_TASKS.min(p as usize)
+            });
+        let launches: Vec<Launch> = self.pending.drain(..).collect();
+        let recorded = launches
+            .iter()
+            .filter(|l| known.contains_key(l.job.id.as_str()))
+            .count();
+        let (bins, _) = packing::pack(&durations, recorded, target.as_secs_f64(), min_tasks);
+        let mut slots: Vec<Option<Launch>> = launches.into_iter().map(Some).collect();
+        for bin in bins {
+            self.packed
+                .push_back(bin.into_iter().filter_map(|i| slots[i].take()).collect());
+        }
+        true
     }
 
     /// Reads every outcome file in the staging folder (one `read_dir`) and reports them.
@@ -572,6 +754,10 @@ impl ClusterBackend {
             let Some(t) = self.tracked.remove(&(staged.index, staged.attempt)) else {
                 continue;
             };
+            if self.spec.settings.auto_bundle.is_some() {
+                self.measured
+                    .insert(staged.id.clone(), (staged.end - staged.start).max(0.0));
+            }
             let result = match self.spec.settings.result {
                 crate::manifest::ResultMode::None => None,
                 crate::manifest::ResultMode::File => take_result_file(
@@ -630,35 +816,49 @@ impl Backend for ClusterBackend {
         self.flush()?;
         self.interval = self.spec.settings.poll_interval;
         self.next = Instant::now() + self.interval;
+        // Ask the scheduler soon after a submission (a task stuck in an error state shows at
+        // once), then less and less often.
+        self.status_step = self.interval;
+        self.next_status = self.next;
         Ok(())
     }
 
+    /// Harvests outcome files at every poll (one `read_dir`); asks the scheduler only when
+    /// its own, slower cadence is due (one call for every array of the stage), to notice
+    /// tasks that left the queue without an outcome (lost after the grace period), ran out of
+    /// time, or are stuck in an error state. An array is over when every task's outcome file
+    /// arrived, whatever the scheduler was last seen to say.
     fn poll(&mut self) -> Result<()> {
         self.polls += 1;
-        let ids = self.active_jobs.clone();
-        self.calls += 1;
-        let queue = self.sched.query(&ids);
+        let now = Instant::now();
+        let ask = !self.active_jobs.is_empty() && now >= self.next_status;
+        // Asked before harvesting: a task the scheduler no longer lists has written its
+        // outcome file by then, so it is harvested below rather than suspected lost.
+        let queue = ask.then(|| {
+            self.calls += 1;
+            let ids = self.active_jobs.clone();
+            self.sched.query(&ids)
+        });
+        if ask {
+            self.next_status = now + self.status_step;
+            self.status_step = (self.status_step * 2).min(self.spec.settings.status_interval);
+        }
         let harvested = self.harvest();
         let mut progress = harvested > 0;
-        if let Ok(states) = &queue {
-            let now = Instant::now();
-            let mut finished = Vec::new();
+        let now = Instant::now();
+        let mut finished = Vec::new();
+        if let Some(Ok(states)) = &queue {
             let mut errors = Vec::new();
             for (key, t) in &mut self.tracked {
                 match states.get(&(t.job_id.clone(), t.task)) {
                     Some(TaskState::Active) => t.gone_since = None,
                     Some(TaskState::Error(reason)) => {
-                        errors.push((*key, t.job_id.clone(), t.task, reason.clone()))
+                        errors.push((*key, t.job_id.clone(), t.task, reason.clone()));
                     }
                     state => {
-                        let since = *t.gone_since.get_or_insert(now);
-                        if now.duration_since(since) >= self.grace {
-                            let outcome = match state {
-                                Some(TaskState::TimedOut) => Outcome::TimedOut,
-                                _ => Outcome::Lost,
-                            };
-                            finished.push((*key, outcome));
-                        }
+                        let timed_out = matches!(state, Some(TaskState::TimedOut));
+                        let since = t.gone_since.get_or_insert((now, timed_out));
+                        since.1 |= timed_out;
                     }
                 }
             }
@@ -677,19 +877,45 @@ impl Backend for ClusterBackend {
             for (key, _, _, _) in errors {
                 finished.push((key, Outcome::Lost));
             }
-            progress |= !finished.is_empty();
-            for (key, outcome) in finished {
-                self.finish_lost(key, outcome);
-            }
-            // Arrays with no tracked task left are over.
-            let tracked = &self.tracked;
-            self.active_jobs
-                .retain(|j| tracked.values().any(|t| &t.job_id == j));
         }
+        // Gone from the queue (at the last status call) and still no outcome file after the
+        // grace period: checked at every poll, so the grace does not wait for a status call.
+        for (key, t) in &self.tracked {
+            if let Some((since, timed_out)) = t.gone_since
+                && now.duration_since(since) >= self.grace
+                && !finished.iter().any(|(k, _)| k == key)
+            {
+                let outcome = if timed_out {
+                    Outcome::TimedOut
+                } else {
+                    Outcome::Lost
+                };
+                finished.push((*key, outcome));
+            }
+        }
+        progress |= !finished.is_empty();
+        for (key, outcome) in finished {
+            self.finish_lost(key, outcome);
+        }
+        // Arrays with no tracked task left are over.
+        let tracked = &self.tracked;
+        self.active_jobs
+            .retain(|j| tracked.values().any(|t| &t.job_id == j));
+        self.next_lost = tracked
+            .values()
+            .filter_map(|t| t.gone_since.map(|(since, _)| since + self.grace))
+            .min();
         if !self.cancelled {
             self.flush()?;
         }
-        self.interval = if progress {
+        // A first wave holds the rest of the stage back: look for its outcomes at the
+        // shortest interval.
+        let waiting_on_wave = !self.pending.is_empty()
+            && self
+                .wave
+                .as_ref()
+                .is_some_and(|(keys, _)| keys.iter().any(|k| self.tracked.contains_key(k)));
+        self.interval = if progress || waiting_on_wave {
             self.spec.settings.poll_interval
         } else {
             (self.interval.mul_f64(1.5)).min(self.spec.settings.poll_max)
@@ -699,7 +925,14 @@ impl Backend for ClusterBackend {
     }
 
     fn next_poll(&self) -> Option<Duration> {
-        Some(self.next.saturating_duration_since(Instant::now()))
+        let mut at = self.next;
+        if !self.active_jobs.is_empty() {
+            at = at.min(self.next_status);
+        }
+        if let Some(lost) = self.next_lost {
+            at = at.min(lost);
+        }
+        Some(at.saturating_duration_since(Instant::now()))
     }
 
     fn adopt(&mut self, adopted: Vec<super::Adopt>) -> Vec<usize> {
@@ -773,9 +1006,10 @@ impl Backend for ClusterBackend {
 
     fn cancel(&mut self, _mode: CancelMode) -> Vec<(Launch, Outcome)> {
         self.cancelled = true;
-        let mut out: Vec<(Launch, Outcome)> = self
-            .pending
-            .drain(..)
+        let packed: Vec<Launch> = self.packed.drain(..).flatten().collect();
+        let mut out: Vec<(Launch, Outcome)> = packed
+            .into_iter()
+            .chain(self.pending.drain(..))
             .map(|l| {
                 (
                     l,
@@ -824,7 +1058,300 @@ fn is_identifier(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_identifier;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::jobs::JobId;
+    use crate::plan::PlannedJob;
+
+    /// A scheduler that logs its calls and lists every task of array `1` while `listed`.
+    struct Fake {
+        log: Arc<Mutex<Vec<&'static str>>>,
+        listed: Arc<Mutex<bool>>,
+    }
+
+    impl Scheduler for Fake {
+        fn name(&self) -> &'static str {
+            "slurm"
+        }
+        fn default_template(&self) -> &'static str {
+            include_str!("../../templates/slurm.sbatch.hbs")
+        }
+        fn first_index(&self) -> usize {
+            0
+        }
+        fn max_array_tasks(&mut self) -> Result<usize> {
+            Ok(1000)
+        }
+        fn array_spec(&self, tasks: usize, _: Option<u32>) -> String {
+            format!("0-{}", tasks - 1)
+        }
+        fn format_time(&self, t: crate::manifest::WallTime) -> String {
+            t.hms()
+        }
+        fn submit(&mut self, _: &Path) -> std::result::Result<String, CallError> {
+            self.log.lock().unwrap().push("submit");
+            Ok("1".into())
+        }
+        fn query(
+            &mut self,
+            _: &[String],
+        ) -> std::result::Result<HashMap<(String, usize), TaskState>, CallError> {
+            self.log.lock().unwrap().push("query");
+            let listed = *self.listed.lock().unwrap();
+            Ok((0..100)
+                .filter(|_| listed)
+                .map(|t| (("1".to_owned(), t), TaskState::Active))
+                .collect())
+        }
+        fn cancel(&mut self, _: &[String]) -> std::result::Result<(), CallError> {
+            Ok(())
+        }
+        fn cancel_tasks(&mut self, _: &str, _: &[usize]) -> std::result::Result<(), CallError> {
+            Ok(())
+        }
+    }
+
+    fn backend(
+        dir: &Path,
+        settings: impl FnOnce(&mut crate::manifest::Settings),
+        listed: bool,
+    ) -> (
+        ClusterBackend,
+        std::sync::mpsc::Receiver<Event>,
+        Arc<Mutex<Vec<&'static str>>>,
+    ) {
+        let text =
+            "[workflow]\nname = \"w\"\n[stages.a]\nbackend = \"slurm\"\njobs = [1]\nrun = \"true\"\n"
+                .to_owned();
+        let m = crate::manifest::parse(&dir.join("poolparty.toml"), text).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sched = Fake {
+            log: log.clone(),
+            listed: Arc::new(Mutex::new(listed)),
+        };
+        let mut spec = StageSpec {
+            stage: 0,
+            name: "a".into(),
+            workflow: "w".into(),
+            scripts_dir: dir.join("scripts"),
+            settings: m.stages[0].settings.clone(),
+            cwd: dir.to_path_buf(),
+            env: Vec::new(),
+            logs_dir: dir.join("logs"),
+            results_dir: dir.join("results"),
+            staging_dir: dir.join("staging"),
+            run: "r".into(),
+            workers: 1,
+            durations: Arc::default(),
+            live: None,
+        };
+        settings(&mut spec.settings);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let b = ClusterBackend::new(Box::new(sched), spec, tx, dir.join("scripts")).unwrap();
+        (b, rx, log)
+    }
+
+    fn launches(n: usize) -> Vec<Launch> {
+        (0..n)
+            .map(|i| Launch {
+                job: Arc::new(PlannedJob {
+                    index: i,
+                    id: JobId::new(&format!("j{i}")).unwrap(),
+                    json: i.to_string(),
+                    command: Command::Argv(vec!["echo".into(), format!("{i}")]),
+                    fp: String::new(),
+                }),
+                attempt: 1,
+            })
+            .collect()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn polls_until(b: &mut ClusterBackend, polls: usize) {
+        for _ in 0..polls {
+            std::thread::sleep(b.next_poll().unwrap());
+            b.poll().unwrap();
+        }
+    }
+
+    /// The scheduler is asked at doubling intervals up to `status_interval` while outcome
+    /// files are harvested at every poll: far fewer status calls than polls.
+    #[test]
+    fn status_calls_back_off_while_polls_harvest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, _rx, log) = backend(
+            dir.path(),
+            |s| {
+                s.poll_interval = ms(10);
+                s.poll_max = ms(10);
+                s.status_interval = ms(80);
+            },
+            true,
+        );
+        b.submit(launches(3)).unwrap();
+        polls_until(&mut b, 60);
+        let queries = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| **c == "query")
+            .count();
+        // 10, 20, 40, 80, 80 .. ms after the submission, at most one per 8 polls from then.
+        assert!(
+            (3..=14).contains(&queries),
+            "{queries} status calls in 60 polls"
+        );
+    }
+
+    /// A task the scheduler no longer lists and whose outcome file never comes is lost once
+    /// the grace period has passed, without waiting for another status call.
+    #[test]
+    fn tasks_gone_from_the_queue_are_lost_after_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, rx, log) = backend(
+            dir.path(),
+            |s| {
+                s.poll_interval = ms(10);
+                s.poll_max = ms(10);
+                s.status_interval = ms(3_600_000);
+                s.lost_grace = ms(50);
+            },
+            false,
+        );
+        b.submit(launches(2)).unwrap();
+        let mut lost = 0;
+        for _ in 0..200 {
+            std::thread::sleep(b.next_poll().unwrap());
+            b.poll().unwrap();
+            while let Ok(Event::Finished { record, .. }) = rx.try_recv() {
+                assert_eq!(record.outcome, Outcome::Lost);
+                lost += 1;
+            }
+            if lost == 2 {
+                break;
+            }
+        }
+        assert_eq!(lost, 2);
+        let queries = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| **c == "query")
+            .count();
+        assert!(queries <= 4, "{queries} status calls");
+    }
+
+    /// An array script's size does not depend on the number or the size of its jobs: they
+    /// are in the task file, which holds every argument byte for byte.
+    #[test]
+    fn script_size_does_not_grow_with_the_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, _rx, _) = backend(dir.path(), |_| {}, true);
+        let big = "'\"$(x)`y`\\\n é".repeat(10_000);
+        let many: Vec<Vec<Launch>> = launches(1000)
+            .into_iter()
+            .map(|mut l| {
+                Arc::make_mut(&mut l.job).command = Command::Shell(format!("printf %s {big}"));
+                vec![l]
+            })
+            .collect();
+        let one = vec![launches(1)];
+        let small = b.render(&one, "s", "/data/x.jobs").unwrap();
+        let large = b.render(&many, "s", "/data/x.jobs").unwrap();
+        assert!(small.script.len() < 8 * 1024, "{}", small.script);
+        // Only the digits of the task and job counts differ.
+        assert!(
+            large.script.len() <= small.script.len() + 32,
+            "{} -> {}",
+            small.script.len(),
+            large.script.len()
+        );
+        assert!(large.task_file.len() > 1000 * big.len());
+        let text = &large.task_file[1000 * TASK_HEADER_LINE..];
+        let fields: Vec<&[u8]> = text.split(|&b| b == 0).collect();
+        assert_eq!(fields[0], b"3");
+        assert_eq!(
+            fields[5..8],
+            [
+                &b"/bin/sh"[..],
+                b"-c",
+                format!("printf %s {big}").as_bytes()
+            ]
+        );
+    }
+
+    /// `bundle = "auto"` with nothing recorded: a first wave of single-job tasks, then, once
+    /// its outcomes are in, the rest packed into a few tasks by the measured durations.
+    #[test]
+    fn auto_bundling_measures_a_first_wave_then_packs_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, _rx, _) = backend(
+            dir.path(),
+            |s| {
+                s.auto_bundle = Some(Duration::from_secs(600));
+                s.poll_interval = ms(10);
+                s.poll_max = ms(10);
+            },
+            true,
+        );
+        std::fs::create_dir_all(dir.path().join("staging")).unwrap();
+        b.submit(launches(300)).unwrap();
+        let subs = b.take_submissions();
+        assert_eq!(subs.len(), 1);
+        let wave: Vec<usize> = subs[0].tasks.iter().map(Vec::len).collect();
+        assert_eq!(wave, [1; packing::FIRST_WAVE]);
+        // Nothing more until the wave is measured.
+        b.poll().unwrap();
+        assert!(b.take_submissions().is_empty());
+        for j in subs[0].tasks.iter().flatten() {
+            std::fs::write(
+                dir.path().join(format!("staging/{}.{}.json", j.id, j.attempt)),
+                format!(
+                    "{{\"index\":{},\"id\":\"{}\",\"attempt\":{},\"rc\":0,\"start\":100.0,\"end\":100.5}}",
+                    j.index, j.id, j.attempt
+                ),
+            )
+            .unwrap();
+        }
+        b.poll().unwrap();
+        let subs = b.take_submissions();
+        assert_eq!(subs.len(), 1);
+        let sizes: Vec<usize> = subs[0].tasks.iter().map(Vec::len).collect();
+        // 295 jobs of about 0.5 s: far below 10 min, spread over the minimum of 10 tasks.
+        assert_eq!(sizes.len(), packing::AUTO_MIN_TASKS, "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 295);
+        assert!(sizes.iter().all(|&n| (29..=30).contains(&n)), "{sizes:?}");
+    }
+
+    /// With durations recorded by earlier runs, every job is packed at once (no wave), and
+    /// the long jobs get tasks of their own.
+    #[test]
+    fn auto_bundling_packs_recorded_durations_longest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, _rx, _) = backend(
+            dir.path(),
+            |s| s.auto_bundle = Some(Duration::from_secs(60)),
+            true,
+        );
+        let mut d: HashMap<String, f64> = (0..100).map(|i| (format!("j{i}"), 1.0)).collect();
+        d.insert("j7".into(), 55.0);
+        b.spec.durations = Arc::new(d);
+        b.submit(launches(100)).unwrap();
+        let subs = b.take_submissions();
+        assert_eq!(subs.len(), 1);
+        let tasks = &subs[0].tasks;
+        // 154 s of work for tasks of 60 s: 3 by time, raised to the minimum of 10.
+        assert_eq!(tasks.len(), packing::AUTO_MIN_TASKS);
+        let alone = tasks
+            .iter()
+            .find(|t| t.iter().any(|j| j.id == "j7"))
+            .unwrap();
+        assert_eq!(alone.len(), 1, "{alone:?}");
+    }
 
     #[test]
     fn only_shell_identifiers_are_exported_by_the_wrapper() {

@@ -6,9 +6,11 @@
 
 pub mod cluster;
 pub mod local;
+pub mod packing;
 pub mod sge;
 pub mod slurm;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
@@ -128,6 +130,8 @@ pub struct StageSpec {
     pub run: String,
     /// Workers for the local backend (resolved `max_parallel`).
     pub workers: usize,
+    /// With `bundle = "auto"`: durations (seconds) recorded by earlier runs, by job id.
+    pub durations: Arc<HashMap<String, f64>>,
     /// Where the local backend records each job's process group as it starts.
     pub live: Option<Arc<crate::store::LiveGroups>>,
 }
@@ -156,6 +160,7 @@ impl StageSpec {
             run: run.to_owned(),
             workers,
             name,
+            durations: Arc::default(),
             live: None,
         }
     }
