@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Local backend throughput: the same 2,000 no-op jobs with 2 workers through poolparty (shell
-# and argv `run`), xargs -P2, GNU parallel -j2 and Python multiprocessing.Pool(2).
+# Local backend throughput: the same 2,000 no-op jobs with 2 workers through a Rust spawn floor
+# (Command("true") on 2 threads, nothing recorded), poolparty (shell and argv `run`), xargs -P2,
+# GNU parallel -j2 and Python multiprocessing.Pool(2); each median is also shown as × the floor.
 #
 # Rounds are interleaved (round 1 of every tool, then round 2, ...) so that load from other
 # processes on a shared machine drifts over all tools alike; one warm-up round is not counted.
@@ -47,6 +48,31 @@ $run
 max_parallel = $WORKERS
 TOML
 done
+# The spawn floor (/work/shared/clusters.md): Rust `Command::new("true")` on WORKERS threads,
+# output to /dev/null, nothing recorded.
+cat >"$WORK/floor.rs" <<RS
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+fn main() {
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..$WORKERS {
+            s.spawn(|| {
+                while next.fetch_add(1, Ordering::Relaxed) < $JOBS {
+                    let st = Command::new("true")
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .expect("spawns");
+                    assert!(st.success());
+                }
+            });
+        }
+    });
+}
+RS
+rustc -O -o "$WORK/floor" "$WORK/floor.rs"
 cat >"$WORK/pool.py" <<PY
 import multiprocessing, subprocess, sys
 
@@ -60,6 +86,7 @@ if __name__ == "__main__":
 PY
 
 NAMES=(
+    "Rust spawn floor: Command(\"true\") on $WORKERS threads, nothing recorded"
     "poolparty, run = \"true\" (/bin/sh -c true)"
     "poolparty, run = [\"true\"] (argv)"
     "xargs -P$WORKERS -n1 sh -c true"
@@ -68,6 +95,7 @@ NAMES=(
     "Python multiprocessing.Pool($WORKERS) + subprocess.run"
 )
 CMDS=(
+    "$WORK/floor"
     "$BIN -q run $WORK/shell/poolparty.toml"
     "$BIN -q run $WORK/argv/poolparty.toml"
     "seq $JOBS | xargs -P$WORKERS -n1 sh -c true"
@@ -77,6 +105,7 @@ CMDS=(
 )
 # run before each round, not timed: poolparty starts from fresh state
 PREPS=(
+    true
     "rm -rf $WORK/shell/.poolparty"
     "rm -rf $WORK/argv/.poolparty"
     true true true true
@@ -114,18 +143,19 @@ echo "### $JOBS no-op jobs, $WORKERS workers, $ROUNDS interleaved rounds ($(comm
 echo
 echo "Load average before: $load0; after: $load1."
 echo
-echo "| tool | min s | median s | jobs/s (median) | CPU s (median) |"
-echo "| --- | ---: | ---: | ---: | ---: |"
+echo "| tool | min s | median s | × floor (median) | jobs/s (median) | CPU s (median) |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 for i in "${!CMDS[@]}"; do
-    python3 - "$WORK/t.$i" "${NAMES[$i]}" "$JOBS" <<'PY'
+    python3 - "$WORK/t.$i" "${NAMES[$i]}" "$JOBS" "$WORK/t.0" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
+floor = statistics.median(float(l.split()[0]) for l in open(sys.argv[4]))
 wall = [float(r[0]) for r in rows]
 cpu = [float(r[1]) for r in rows]
 med = statistics.median(wall)
 c = statistics.median(cpu)
 cpu_s = "n/a" if c != c else "%.2f" % c
-print("| %s | %.3f | %.3f | %d | %s |" % (sys.argv[2], min(wall), med, round(int(sys.argv[3]) / med), cpu_s))
+print("| %s | %.3f | %.3f | %.2f | %d | %s |" % (sys.argv[2], min(wall), med, med / floor, round(int(sys.argv[3]) / med), cpu_s))
 PY
 done
 echo

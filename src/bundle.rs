@@ -433,10 +433,10 @@ pub fn write(
         match static_plan {
             Some((jobs, plan)) => {
                 store::write_jobs(&dir.join("jobs.jsonl"), jobs)?;
-                let launches = launches(layout, name, &plan.jobs)?;
+                let launches = launches(layout, name, &plan.all_jobs(jobs)?)?;
                 let workers = crate::backend::local_workers(
                     opts.max_parallel.or(plan.settings.max_parallel),
-                    plan.jobs.len(),
+                    jobs.len(),
                 );
                 let mut settings_plan_spec =
                     StageSpec::new(plan, layout, &m.name, BUNDLE_RUN, workers);

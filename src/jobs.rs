@@ -114,7 +114,13 @@ impl Job {
 /// serde_json's error for text that is not one JSON value.
 pub fn parse_value(text: &str) -> serde_json::Result<Value> {
     let value: Value = serde_json::from_str(text)?;
-    if !text.contains(['e', 'E']) {
+    // Only a digit right before `e`/`E` can start an exponent (most job values have an `e`
+    // in some string, and the second walk would double the parse of every job).
+    let exponent = text
+        .as_bytes()
+        .windows(2)
+        .any(|w| w[0].is_ascii_digit() && matches!(w[1], b'e' | b'E'));
+    if !exponent {
         return Ok(value);
     }
     let mut exact = Exact {
@@ -265,6 +271,22 @@ impl Origin<'_> {
 /// # Errors
 /// A bad job, duplicate id, or unreadable / unparsable jobs file.
 pub fn expand_static(manifest: &Manifest, stage: &Stage) -> Option<Result<Vec<Job>>> {
+    expand_static_with(manifest, stage, &mut |_, _| Ok(()))
+}
+
+/// Sees each job once, with its parsed value, while the jobs are expanded; the value is
+/// dropped afterwards, so the values of a large stage never all exist at once.
+pub type Visit<'a> = dyn FnMut(&Job, Value) -> Result<()> + 'a;
+
+/// [`expand_static`], calling `visit` with each job and its parsed value as it is read.
+///
+/// # Errors
+/// As [`expand_static`], or the first error `visit` returns.
+pub fn expand_static_with(
+    manifest: &Manifest,
+    stage: &Stage,
+    visit: &mut Visit<'_>,
+) -> Option<Result<Vec<Job>>> {
     match &stage.source {
         JobSource::Inline(values) => {
             let spans = if stage.job_spans.len() == values.len() {
@@ -281,6 +303,7 @@ pub fn expand_static(manifest: &Manifest, stage: &Stage) -> Option<Result<Vec<Jo
                 values.iter().cloned().map(Ok),
                 values.len(),
                 &origin,
+                visit,
             ))
         }
         JobSource::Matrix(m) => {
@@ -289,9 +312,15 @@ pub fn expand_static(manifest: &Manifest, stage: &Stage) -> Option<Result<Vec<Jo
                 spans: vec![stage.source_span],
             };
             let n = m.values().map(Vec::len).product();
-            Some(assign_ids(stage, cartesian(m, n).map(Ok), n, &origin))
+            Some(assign_ids(
+                stage,
+                cartesian(m, n).map(Ok),
+                n,
+                &origin,
+                visit,
+            ))
         }
-        JobSource::File(path) => Some(read_jobs_file(manifest, stage, path)),
+        JobSource::File(path) => Some(read_jobs_file(manifest, stage, path, visit)),
         JobSource::Generate(_) | JobSource::ForEach(_) => None,
     }
 }
@@ -317,7 +346,25 @@ fn cartesian(
     })
 }
 
-fn read_jobs_file(manifest: &Manifest, stage: &Stage, path: &Path) -> Result<Vec<Job>> {
+fn read_jobs_file(
+    manifest: &Manifest,
+    stage: &Stage,
+    path: &Path,
+    visit: &mut Visit<'_>,
+) -> Result<Vec<Job>> {
+    let mut visit_failed = false;
+    let mut guarded = |job: &Job, value: Value| {
+        let r = visit(job, value);
+        visit_failed |= r.is_err();
+        r
+    };
+    match stream_json_lines(stage, path, &mut guarded) {
+        Some(Ok(jobs)) => return Ok(jobs),
+        Some(Err(e)) if visit_failed => return Err(e),
+        // A bad job, or not JSON Lines: the whole-text path below finds the same error and
+        // reports it with its span in the file.
+        Some(Err(_)) | None => {}
+    }
     let text = crate::manifest::read_text(path).map_err(|source| Error::JobsFile {
         stage: stage.name.to_string(),
         path: path.to_path_buf(),
@@ -327,22 +374,105 @@ fn read_jobs_file(manifest: &Manifest, stage: &Stage, path: &Path) -> Result<Vec
     })?;
     let what = format!("jobs file `{}`", path.display());
     let src = NamedSource::new(path.display().to_string(), text);
-    parse_jobs(stage, &src, &what)
+    parse_jobs_with(stage, &src, &what, visit)
 }
 
-/// Runs a generator command (already rendered) in `cwd` and parses its stdout. The generator
-/// runs in its own process group, within the stage's `generate_time`, and is stopped when
-/// poolparty receives SIGINT/SIGTERM (see [`crate::process::run_captured`]).
+/// Reads a JSON Lines jobs file line by line, so neither its text nor a span per job is held
+/// (a million-job file is ~100 MB). `None` when the file is not plain JSON Lines (a JSON
+/// array, not UTF-8, not a regular file) or a line cannot be read; `Some(Err)` for a bad job,
+/// which the caller reports again from the whole text, with spans.
+fn stream_json_lines(
+    stage: &Stage,
+    path: &Path,
+    visit: &mut Visit<'_>,
+) -> Option<Result<Vec<Job>>> {
+    use std::io::BufRead;
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let mut file = std::fs::File::open(path).ok()?;
+    // Counting lines first (a fast pass over bytes) sizes the job list once: growing it by
+    // doubling would hold both copies at the moment it grows.
+    let lines = count_lines(&mut file).ok()?;
+    std::io::Seek::rewind(&mut file).ok()?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut line = String::new();
+    let mut first = true;
+    let mut unreadable = false;
+    let mut array = false;
+    let values = std::iter::from_fn(|| {
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(_) => {
+                    unreadable = true;
+                    return None;
+                }
+            }
+            let mut body = line.trim_end_matches(['\n', '\r']);
+            if first {
+                body = body.strip_prefix('\u{feff}').unwrap_or(body);
+            }
+            if body.trim().is_empty() {
+                continue;
+            }
+            if first && body.trim_start().starts_with('[') {
+                array = true;
+                return None;
+            }
+            first = false;
+            // Errors are reported again, with spans, from the whole text.
+            return Some(parse_value(body).map_err(|e| Error::Usage {
+                message: e.to_string(),
+                help: None,
+            }));
+        }
+    });
+    let origin_src = NamedSource::new(String::new(), String::new());
+    let origin = Origin {
+        src: &origin_src,
+        spans: Vec::new(),
+    };
+    let jobs = assign_ids(stage, values, lines, &origin, visit);
+    if unreadable || array {
+        return None;
+    }
+    Some(jobs)
+}
+
+/// The number of lines of a file (a last line without a newline counts).
+fn count_lines(file: &mut std::fs::File) -> std::io::Result<usize> {
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut lines, mut last) = (0, b'\n');
+    loop {
+        let n = std::io::Read::read(file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+        last = buf[n - 1];
+    }
+    Ok(lines + usize::from(last != b'\n'))
+}
+
+/// Runs a generator command (already rendered) in `cwd` and parses its stdout, calling
+/// `visit` with each job and its parsed value as it is read. The generator runs in its own
+/// process group, within the stage's `generate_time`, and is stopped when poolparty receives
+/// SIGINT/SIGTERM (see [`crate::process::run_captured`]).
 ///
 /// # Errors
 /// `GeneratorFailed` with the tail of its stderr (also when it ran out of time);
-/// `Interrupted` after a signal; parse errors pointing at the output line.
-pub fn run_generator(
+/// `Interrupted` after a signal; parse errors pointing at the output line; the first error
+/// `visit` returns.
+pub fn run_generator_with(
     manifest: &Manifest,
     stage: &Stage,
     command: &str,
     env: &[(String, String)],
     signals: &Signals,
+    visit: &mut Visit<'_>,
 ) -> Result<Vec<Job>> {
     let failed = |status: String, stderr: Option<String>| Error::GeneratorFailed {
         stage: stage.name.to_string(),
@@ -409,7 +539,7 @@ pub fn run_generator(
         )
     })?;
     let src = NamedSource::new(format!("output of `{command}`"), text);
-    parse_jobs(stage, &src, "the generator's output")
+    parse_jobs_with(stage, &src, "the generator's output", visit)
 }
 
 /// A duration as the manifest writes it: `10m`, `90s`, `2h`.
@@ -443,8 +573,20 @@ fn describe_status(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// Parses jobs from JSON (one array) or JSON Lines, keeping each job's span.
+/// [`parse_jobs_with`] without a visitor.
+#[cfg(test)]
 fn parse_jobs(stage: &Stage, src: &Source, what: &str) -> Result<Vec<Job>> {
+    parse_jobs_with(stage, src, what, &mut |_, _| Ok(()))
+}
+
+/// Parses jobs from JSON (one array) or JSON Lines, keeping each job's span; calls `visit`
+/// with each job and its value.
+fn parse_jobs_with(
+    stage: &Stage,
+    src: &Source,
+    what: &str,
+    visit: &mut Visit<'_>,
+) -> Result<Vec<Job>> {
     let text = src.inner().as_str();
     let trimmed = text.trim_start();
     let parse_err = |message: String, at: usize, len: usize| Error::JobsParse {
@@ -514,6 +656,7 @@ fn parse_jobs(stage: &Stage, src: &Source, what: &str) -> Result<Vec<Job>> {
             src,
             spans: spans.clone(),
         },
+        visit,
     )
 }
 
@@ -539,13 +682,20 @@ fn assign_ids(
     values: impl IntoIterator<Item = Result<Value>>,
     count: usize,
     origin: &Origin<'_>,
+    visit: &mut Visit<'_>,
 ) -> Result<Vec<Job>> {
     let mut jobs = Vec::with_capacity(count);
-    let mut seen: std::collections::HashMap<JobId, usize> =
+    // A small record per job: the hash of its id and its index. Ids whose hash collides with
+    // another id's go to `collided`, so equal hashes never hide or invent a duplicate.
+    let mut seen: std::collections::HashMap<u64, usize> =
         std::collections::HashMap::with_capacity(count);
+    let mut collided: std::collections::HashMap<JobId, usize> = std::collections::HashMap::new();
+    let hasher = std::collections::hash_map::RandomState::new();
     for (index, value) in values.into_iter().enumerate() {
         let value = value?;
-        let json = serde_json::to_string(&value).expect("a JSON value serializes");
+        let mut json = serde_json::to_string(&value).expect("a JSON value serializes");
+        // Kept for every job: drop the spare capacity serde_json's buffer grew by.
+        json.shrink_to_fit();
         let id = match value.get("id") {
             Some(Value::String(s)) => JobId::new(s),
             Some(Value::Number(n)) if n.as_u64().is_some() => JobId::new(&n.to_string()),
@@ -562,7 +712,22 @@ fn assign_ids(
             span: origin.span(index),
             help: None,
         })?;
-        if let Some(&first) = seen.get(&id) {
+        let hash = std::hash::BuildHasher::hash_one(&hasher, &id);
+        let duplicate = match seen.get(&hash) {
+            None => {
+                seen.insert(hash, index);
+                None
+            }
+            Some(&first) if jobs.get(first).is_some_and(|j: &Job| j.id == id) => Some(first),
+            Some(_) => {
+                let first = collided.get(&id).copied();
+                if first.is_none() {
+                    collided.insert(id.clone(), index);
+                }
+                first
+            }
+        };
+        if let Some(first) = duplicate {
             let mut spans = Vec::new();
             if let Some(s) = origin.span(first) {
                 spans.push(LabeledSpan::new_with_span(Some(format!("job {first}")), s));
@@ -581,16 +746,16 @@ fn assign_ids(
                 spans,
             });
         }
-        seen.insert(id.clone(), index);
         // Only the canonical JSON is kept: a parsed value costs ~1 KiB per object, which is
         // most of the memory of a large stage; `Job::value` parses it again when needed.
-        drop(value);
-        jobs.push(Job {
+        let job = Job {
             index,
             id,
             value: Value::Null,
             json,
-        });
+        };
+        visit(&job, value)?;
+        jobs.push(job);
     }
     Ok(jobs)
 }

@@ -13,7 +13,7 @@ use miette::SourceSpan;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
-use crate::jobs::{Job, JobId, sha256_hex};
+use crate::jobs::{Job, JobId};
 use crate::manifest::{Manifest, RunSpec, Settings, Stage, StageName};
 use crate::store::Layout;
 use crate::template::{Quoting, TemplateFailure, Templates};
@@ -100,10 +100,80 @@ pub struct StagePlan {
     pub dir: PathBuf,
     /// Environment shared by all its jobs (settings `env`, `POOLPARTY_*` stage variables).
     pub env: Vec<(String, String)>,
-    /// Its jobs, in order (empty until known for element-wise stages).
-    pub jobs: Vec<Arc<PlannedJob>>,
-    /// The rendered-command template, kept for element-wise jobs planned later.
+    /// Each job's fingerprint, in job order (empty for element-wise stages, whose jobs are
+    /// planned one at a time as their upstream jobs finish). Commands are not kept: a
+    /// stage of a million jobs holds 16 bytes per job here, and [`StagePlan::job`] renders
+    /// a job's command again when it is launched or shown.
+    pub fps: Vec<Fp>,
+    /// The rendered-command template, kept to render a job's command when it is needed.
     pub renderer: Renderer,
+}
+
+impl StagePlan {
+    /// Plans one job again (render and fingerprint), for launching or showing it.
+    ///
+    /// # Errors
+    /// A template error naming the job (it rendered when the stage was planned, so only a
+    /// job that was not part of that plan can fail here).
+    pub fn job(&self, job: &Job) -> Result<Arc<PlannedJob>> {
+        self.renderer.plan(job).map(Arc::new)
+    }
+
+    /// Every job planned again, in order (for writing a bundle).
+    ///
+    /// # Errors
+    /// As [`StagePlan::job`].
+    pub fn all_jobs(&self, jobs: &[Job]) -> Result<Vec<Arc<PlannedJob>>> {
+        jobs.iter().map(|j| self.job(j)).collect()
+    }
+}
+
+/// A job's fingerprint in 16 bytes: the first 16 hex digits of a SHA-256.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fp([u8; 16]);
+
+impl Fp {
+    /// The fingerprint of a job from its canonical JSON, its rendered command and the
+    /// stage settings that change what it does.
+    #[must_use]
+    pub fn of(json: &str, command: &Command, settings_fp: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(json.as_bytes());
+        h.update([0]);
+        match command {
+            Command::Shell(s) => h.update(s.as_bytes()),
+            Command::Argv(_) => h.update(command.display().as_bytes()),
+        }
+        h.update([0]);
+        h.update(settings_fp.as_bytes());
+        let digest = h.finalize();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 16];
+        for (i, b) in digest.iter().take(8).enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 15)];
+        }
+        Self(out)
+    }
+
+    /// The fingerprint as text (16 hex digits), as the ledger records it.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+}
+
+impl std::fmt::Debug for Fp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for Fp {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
 }
 
 /// Renders one stage's `run` for jobs.
@@ -111,7 +181,7 @@ pub struct Renderer {
     templates: Templates,
     /// The context, updated in place for each job (building one per job costs more than
     /// rendering).
-    ctx: handlebars::Context,
+    ctx: std::cell::RefCell<handlebars::Context>,
     /// Template names: `run`, or `arg0`, `arg1`, ...
     names: Vec<String>,
     run: RunShape,
@@ -288,7 +358,9 @@ impl Renderer {
         let env_bytes = env_bytes(&base);
         Ok(Self {
             templates,
-            ctx: handlebars::Context::wraps(Value::Object(base)).expect("a JSON object wraps"),
+            ctx: std::cell::RefCell::new(
+                handlebars::Context::wraps(Value::Object(base)).expect("a JSON object wraps"),
+            ),
             names: match &stage.run {
                 RunSpec::Shell(_) => vec!["run".to_owned()],
                 RunSpec::Argv(a) => (0..a.len()).map(|i| format!("arg{i}")).collect(),
@@ -307,9 +379,32 @@ impl Renderer {
     ///
     /// # Errors
     /// An undefined variable or helper error, naming the job.
-    pub fn plan(&mut self, job: &Job) -> Result<PlannedJob> {
-        if let Value::Object(m) = self.ctx.data_mut() {
-            m.insert("job".into(), job.value());
+    pub fn plan(&self, job: &Job) -> Result<PlannedJob> {
+        self.plan_value(job, job.value())
+    }
+
+    /// [`Renderer::plan`] with the job's parsed value given (so it is not parsed again).
+    ///
+    /// # Errors
+    /// As [`Renderer::plan`].
+    pub fn plan_value(&self, job: &Job, value: Value) -> Result<PlannedJob> {
+        let (command, fp) = self.render_job(job, value)?;
+        Ok(PlannedJob {
+            index: job.index,
+            id: job.id.clone(),
+            json: job.json.clone(),
+            command,
+            fp: fp.as_str().to_owned(),
+        })
+    }
+
+    /// Renders one job's command and fingerprints it, keeping nothing.
+    ///
+    /// # Errors
+    /// As [`Renderer::plan`].
+    pub fn render_job(&self, job: &Job, value: Value) -> Result<(Command, Fp)> {
+        if let Value::Object(m) = self.ctx.borrow_mut().data_mut() {
+            m.insert("job".into(), value);
             m.insert("job_id".into(), Value::String(job.id.to_string()));
             m.insert("index".into(), Value::from(job.index));
         }
@@ -341,18 +436,12 @@ impl Renderer {
                 }),
             });
         }
-        let fp_input = format!("{}\0{}\0{}", job.json, command.display(), self.settings_fp);
-        Ok(PlannedJob {
-            index: job.index,
-            id: job.id.clone(),
-            json: job.json.clone(),
-            command,
-            fp: sha256_hex(fp_input.as_bytes())[..16].to_owned(),
-        })
+        let fp = Fp::of(&job.json, &command, &self.settings_fp);
+        Ok((command, fp))
     }
 
     fn render(&self) -> Result<Command, (TemplateFailure, String)> {
-        let ctx = &self.ctx;
+        let ctx = &*self.ctx.borrow();
         match self.run {
             RunShape::Shell => self
                 .templates
@@ -546,28 +635,54 @@ pub fn plan_stage(
     layout: &Layout,
     upstream: &Upstream,
 ) -> Result<StagePlan> {
+    let (_, plan) = expand_and_plan(manifest, stage_index, layout, upstream, |visit| {
+        for j in jobs.iter_mut() {
+            // The parsed value is most of a job's memory; `Job::value` parses it again.
+            let value = std::mem::take(&mut j.value);
+            let value = if value.is_null() { j.value() } else { value };
+            visit(j, value)?;
+        }
+        Ok(Vec::new())
+    })?;
+    Ok(plan)
+}
+
+/// Expands and plans a stage in one pass: `expand` produces the jobs and calls the visitor it
+/// is given with each job and its parsed value, which is rendered, fingerprinted and dropped
+/// at once. Each value is parsed once and no rendered command is kept.
+///
+/// # Errors
+/// The first error of `expand`, or a template error for a job (the first one found).
+pub fn expand_and_plan(
+    manifest: &Manifest,
+    stage_index: usize,
+    layout: &Layout,
+    upstream: &Upstream,
+    expand: impl FnOnce(&mut crate::jobs::Visit<'_>) -> Result<Vec<Job>>,
+) -> Result<(Vec<Job>, StagePlan)> {
     let stage = &manifest.stages[stage_index];
     let base = base_context(manifest, stage, layout, upstream);
-    let mut renderer = Renderer::new(manifest, stage, base)?;
-    let planned = jobs
-        .iter_mut()
-        .map(|j| {
-            let p = renderer.plan(j).map(Arc::new);
-            // The parsed value is most of a job's memory; `Job::value` parses it again.
-            j.value = Value::Null;
-            p
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(StagePlan {
+    let renderer = Renderer::new(manifest, stage, base)?;
+    let mut fps = Vec::new();
+    let jobs = expand(&mut |job: &Job, value: Value| {
+        let (_, fp) = renderer.render_job(job, value)?;
+        // A jobs file read again after a bad line visits its jobs again from the first.
+        fps.truncate(job.index);
+        fps.push(fp);
+        Ok(())
+    })?;
+    fps.shrink_to_fit();
+    let plan = StagePlan {
         stage: stage_index,
         name: stage.name.clone(),
         settings: stage.settings.clone(),
         cwd: manifest.dir.clone(),
         dir: layout.stage_dir(stage.name.as_str()),
         env: stage_env(manifest, stage, layout, upstream),
-        jobs: planned,
+        fps,
         renderer,
-    })
+    };
+    Ok((jobs, plan))
 }
 
 #[cfg(test)]
@@ -586,12 +701,11 @@ mod tests {
         let mut jobs = expand_static(&m, &m.stages[0]).unwrap().unwrap();
         let layout = Layout::new("/tmp/.poolparty/w".into());
         let plan = plan_stage(&m, 0, &mut jobs, &layout, &Upstream::default()).unwrap();
-        assert_eq!(plan.jobs[0].command, Command::Shell("echo 'a b' 0".into()));
-        assert_eq!(
-            plan.jobs[1].command,
-            Command::Shell("echo '$(id)' 1".into())
-        );
-        assert_ne!(plan.jobs[0].fp, plan.jobs[1].fp);
+        let planned = plan.all_jobs(&jobs).unwrap();
+        assert_eq!(planned[0].command, Command::Shell("echo 'a b' 0".into()));
+        assert_eq!(planned[1].command, Command::Shell("echo '$(id)' 1".into()));
+        assert_ne!(plan.fps[0], plan.fps[1]);
+        assert_eq!(plan.fps[0].as_str(), planned[0].fp);
     }
 
     #[test]

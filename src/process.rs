@@ -434,7 +434,15 @@ mod tests {
                 format!("POOLPARTY_ATTEMPT={attempt}"),
             ]]
         };
-        let found = groups_by_env(&want(2));
+        // Until the child has exec'd, /proc shows the parent's environment: wait for it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let found = loop {
+            let found = groups_by_env(&want(2));
+            if !found.is_empty() || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].pgid, child.id());
         assert_eq!(Some(found[0].start), start_time(child.id()));

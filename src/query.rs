@@ -68,7 +68,7 @@ type Recorded = (Vec<JobLine>, HashMap<String, JobRecord>);
 
 fn load_stage(layout: &Layout, name: &str, result_max_bytes: u64) -> Result<Option<Recorded>> {
     let jobs = store::read_jobs(&layout.jobs_file(name))?;
-    let mut latest = store::latest(store::read_ledger(&layout.ledger(name))?);
+    let mut latest = store::read_latest(&layout.ledger(name))?;
     // Outcome files no runner has collected yet (a detached or hand-submitted bundle, or a
     // killed runner) count too; a later attempt wins.
     if let Ok(dir) = std::fs::read_dir(layout.staging_dir(name)) {

@@ -497,49 +497,82 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                 (jobs, plan)
             }
             (_, source) => {
-                let jobs = match source {
+                let layout = &self.layout;
+                match source {
                     JobSource::Generate(cmd) => {
-                        let base = plan::base_context(manifest, stage, &self.layout, &upstream);
+                        let base = plan::base_context(manifest, stage, layout, &upstream);
                         let rendered = plan::render_generator(manifest, stage, cmd, &base)?;
-                        let env = plan::stage_env(manifest, stage, &self.layout, &upstream);
-                        jobs::run_generator(manifest, stage, &rendered, &env, self.signals)?
+                        let env = plan::stage_env(manifest, stage, layout, &upstream);
+                        plan::expand_and_plan(manifest, i, layout, &upstream, |visit| {
+                            jobs::run_generator_with(
+                                manifest,
+                                stage,
+                                &rendered,
+                                &env,
+                                self.signals,
+                                visit,
+                            )
+                        })?
                     }
-                    _ => jobs::expand_static(manifest, stage).expect("static source")?,
-                };
-                let mut jobs = jobs;
-                let plan = plan::plan_stage(manifest, i, &mut jobs, &self.layout, &upstream)?;
-                (jobs, plan)
+                    _ => plan::expand_and_plan(manifest, i, layout, &upstream, |visit| {
+                        jobs::expand_static_with(manifest, stage, visit).expect("static source")
+                    })?,
+                }
             }
         };
         self.layout.create_stage_dirs(&name)?;
         store::write_jobs(&self.layout.jobs_file(&name), &jobs)?;
         let submissions: Vec<Submission> = store::read_lines(&self.layout.submissions(&name))?;
-        let mut records = store::read_ledger(&self.layout.ledger(&name))?;
-        records.extend(self.collect_staged(&name, &plan.settings, &submissions, &records)?);
+        let staged_waiting =
+            std::fs::read_dir(self.layout.staging_dir(&name)).is_ok_and(|mut d| d.next().is_some());
         // Attempts are numbered per job across runs, so outcome files never collide.
-        let mut last_attempt: HashMap<String, u32> = HashMap::new();
-        let mut recorded: HashSet<(String, u32)> = HashSet::new();
-        for r in &records {
-            let a = last_attempt.entry(r.id.clone()).or_default();
-            *a = (*a).max(r.attempt);
-            recorded.insert((r.id.clone(), r.attempt));
-        }
-        for s in &submissions {
-            for j in s.tasks.iter().flatten() {
-                let a = last_attempt.entry(j.id.clone()).or_default();
-                *a = (*a).max(j.attempt);
+        let quiet =
+            submissions.is_empty() && !staged_waiting && plan.settings.auto_bundle.is_none();
+        let (latest, base_attempt, recorded, durations) = if quiet {
+            // Nothing submitted or staged to reconcile (a local stage, or a first run): the
+            // ledger is read one record at a time, keeping only each job's latest record.
+            let (latest, higher) = store::read_latest_with_max_attempt(&self.layout.ledger(&name))?;
+            let base: Vec<u32> = jobs
+                .iter()
+                .map(|j| {
+                    let id = j.id.as_str();
+                    let last = latest.get(id).map_or(0, |r| r.attempt);
+                    last.max(higher.get(id).copied().unwrap_or(0))
+                })
+                .collect();
+            (latest, base, HashSet::new(), HashMap::new())
+        } else {
+            let mut records = store::read_ledger(&self.layout.ledger(&name))?;
+            records.extend(self.collect_staged(&name, &plan.settings, &submissions, &records)?);
+            let mut last_attempt: HashMap<String, u32> = HashMap::new();
+            let mut recorded: HashSet<(String, u32)> = HashSet::new();
+            for r in &records {
+                let a = last_attempt.entry(r.id.clone()).or_default();
+                *a = (*a).max(r.attempt);
+                recorded.insert((r.id.clone(), r.attempt));
             }
-        }
-        // Automatic bundling packs by the durations earlier runs recorded.
-        let durations = plan
-            .settings
-            .auto_bundle
-            .map(|_| backend::packing::recorded_durations(&records))
-            .unwrap_or_default();
+            for s in &submissions {
+                for j in s.tasks.iter().flatten() {
+                    let a = last_attempt.entry(j.id.clone()).or_default();
+                    *a = (*a).max(j.attempt);
+                }
+            }
+            let base: Vec<u32> = jobs
+                .iter()
+                .map(|j| last_attempt.get(j.id.as_str()).copied().unwrap_or(0))
+                .collect();
+            // Automatic bundling packs by the durations earlier runs recorded.
+            let durations = plan
+                .settings
+                .auto_bundle
+                .map(|_| backend::packing::recorded_durations(&records))
+                .unwrap_or_default();
+            (store::latest(records), base, recorded, durations)
+        };
         let prior = if self.opts.force {
             HashMap::new()
         } else {
-            store::latest(records)
+            latest
         };
         let ledger = Ledger::open(self.layout.ledger(&name))?;
         let kind = self.opts.backend.unwrap_or(plan.settings.backend);
@@ -559,22 +592,15 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         }));
         let n = jobs.len();
         let st = &mut self.states[i];
-        st.planned = if matches!(stage.source, JobSource::ForEach(_)) {
-            vec![None; n]
-        } else {
-            plan.jobs.iter().cloned().map(Some).collect()
-        };
+        // Commands are rendered again when a job is launched (`planned_job`), not kept.
+        st.planned = vec![None; n];
         st.jobs = jobs;
         st.plan = Some(plan);
         st.finals = vec![None; n];
         st.results = vec![None; n];
         st.attempts = vec![0; n];
         st.failures = vec![0; n];
-        st.base_attempt = st
-            .jobs
-            .iter()
-            .map(|j| last_attempt.get(j.id.as_str()).copied().unwrap_or(0))
-            .collect();
+        st.base_attempt = base_attempt;
         st.losses = vec![0; n];
         st.remaining = n;
         st.prior = prior;
@@ -685,22 +711,30 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         for s in submissions {
             for (position, task) in s.tasks.iter().enumerate() {
                 for j in task {
-                    let Some(Some(job)) = st.planned.get(j.index) else {
+                    let Some((job, fp)) = st.jobs.get(j.index).zip(
+                        st.plan
+                            .as_ref()
+                            .and_then(|p| p.fps.get(j.index))
+                            .map(plan::Fp::as_str),
+                    ) else {
                         continue;
                     };
                     // A task submitted for another version of the job is not this job.
-                    let same_job = job.id.as_str() == j.id && (j.fp.is_empty() || j.fp == job.fp);
+                    let same_job = job.id.as_str() == j.id && (j.fp.is_empty() || j.fp == fp);
                     if !same_job || recorded.contains(&(j.id.clone(), j.attempt)) {
                         continue;
                     }
                     let reusable = st
                         .prior
                         .get(&j.id)
-                        .is_some_and(|p| p.outcome.is_success() && p.fp == job.fp);
+                        .is_some_and(|p| p.outcome.is_success() && p.fp == fp);
                     if !reusable {
+                        let Some(job) = Self::planned_job(st, j.index) else {
+                            continue;
+                        };
                         open.push(Adopt {
                             launch: Launch {
-                                job: Arc::clone(job),
+                                job,
                                 attempt: j.attempt,
                             },
                             job_id: s.job_id.clone(),
@@ -740,18 +774,39 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             return None;
         }
         let st = &mut self.states[i];
-        let job = st.planned[idx].clone().expect("planned");
-        if let Some(prev) = st.prior.get(job.id.as_str()) {
-            if prev.outcome.is_success() && (prev.fp == job.fp || self.opts.retry_failed) {
-                let result = prev.result.clone();
-                st.done_before += 1;
-                self.finalize(i, idx, Outcome::Succeeded, result, None);
-                return None;
-            }
+        let fp = match (&st.planned[idx], &st.plan) {
+            (Some(p), _) => p.fp.as_str(),
+            (None, Some(plan)) => plan.fps[idx].as_str(),
+            (None, None) => "",
+        };
+        let reused = st
+            .prior
+            .get(st.jobs[idx].id.as_str())
+            .filter(|prev| prev.outcome.is_success() && (prev.fp == fp || self.opts.retry_failed))
+            .map(|prev| prev.result.clone());
+        if let Some(result) = reused {
+            st.done_before += 1;
+            self.finalize(i, idx, Outcome::Succeeded, result, None);
+            return None;
         }
-        let attempt = self.states[i].base_attempt[idx] + 1;
-        self.states[i].attempts[idx] = attempt;
+        let job = Self::planned_job(st, idx)?;
+        let attempt = st.base_attempt[idx] + 1;
+        st.attempts[idx] = attempt;
         Some(Launch { job, attempt })
+    }
+
+    /// A job ready to launch: planned already (element-wise jobs, retries), or its command
+    /// rendered again from the stage's plan, which keeps only fingerprints.
+    fn planned_job(st: &mut StageState, idx: usize) -> Option<Arc<PlannedJob>> {
+        if st.planned[idx].is_none() {
+            let plan = st.plan.as_ref()?;
+            // The same renderer rendered this job when the stage was planned.
+            let job = plan
+                .job(&st.jobs[idx])
+                .expect("a job's command rendered when its stage was planned");
+            st.planned[idx] = Some(job);
+        }
+        st.planned[idx].clone()
     }
 
     /// Finalizes job `idx` of a stage taken as recorded with its latest recorded outcome

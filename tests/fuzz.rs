@@ -252,7 +252,7 @@ proptest! {
         let path = dir.path().join("poolparty.toml");
         let m = parse(&path, manifest.to_owned()).expect("the manifest is valid");
         if let Some(Ok(jobs)) = expand_static(&m, &m.stages[0]) {
-            let mut r = Renderer::new(&m, &m.stages[0], Map::new()).expect("compiles");
+            let r = Renderer::new(&m, &m.stages[0], Map::new()).expect("compiles");
             for j in &jobs {
                 let _ = r.plan(j);
             }
@@ -265,7 +265,7 @@ fn exercise_manifest(text: String) {
     let Ok(m) = parse(path, text) else { return };
     let _ = StageGraph::build(&m);
     for stage in &m.stages {
-        if let Ok(mut r) = Renderer::new(&m, stage, base()) {
+        if let Ok(r) = Renderer::new(&m, stage, base()) {
             if let Some(Ok(jobs)) = expand_static(&m, stage) {
                 for j in jobs.iter().take(50) {
                     let _ = r.plan(j);

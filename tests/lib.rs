@@ -16,6 +16,7 @@ mod readme;
 mod report;
 mod reruns;
 mod results;
+mod scale;
 mod schema;
 mod sge;
 mod signals;

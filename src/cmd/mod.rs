@@ -161,24 +161,29 @@ pub(crate) fn prepare(
         }
         let stage = &m.stages[i];
         let upstream = upstream_paths(m, graph, layout, i);
-        let jobs: Option<Vec<Job>> = match &stage.source {
+        match &stage.source {
             JobSource::Generate(cmd) if stage.needs.is_empty() => {
                 let base = crate::plan::base_context(m, stage, layout, &upstream);
                 let rendered = crate::plan::render_generator(m, stage, cmd, &base)?;
                 let env = crate::plan::stage_env(m, stage, layout, &upstream);
-                Some(jobs::run_generator(m, stage, &rendered, &env, signals)?)
+                prepared[i] = Some(crate::plan::expand_and_plan(
+                    m,
+                    i,
+                    layout,
+                    &upstream,
+                    |visit| jobs::run_generator_with(m, stage, &rendered, &env, signals, visit),
+                )?);
             }
             JobSource::Generate(cmd) => {
                 // Its jobs come later, but an undefined variable in the command is known now.
                 let base = crate::plan::base_context(m, stage, layout, &upstream);
                 crate::plan::render_generator(m, stage, cmd, &base)?;
-                None
             }
             JobSource::ForEach(_) => {
                 let up = graph.needs(i)[0];
                 if let Some((up_jobs, _)) = &prepared[up] {
                     let base = crate::plan::base_context(m, stage, layout, &upstream);
-                    let mut renderer = crate::plan::Renderer::new(m, stage, base)?;
+                    let renderer = crate::plan::Renderer::new(m, stage, base)?;
                     for j in up_jobs {
                         let mut value = serde_json::json!({
                             "id": j.id.as_str(), "index": j.index,
@@ -206,14 +211,16 @@ pub(crate) fn prepare(
                         }
                     }
                 }
-                None
             }
-            _ => Some(jobs::expand_static(m, stage).expect("static source")?),
-        };
-        if let Some(jobs) = jobs {
-            let mut jobs = jobs;
-            let p = crate::plan::plan_stage(m, i, &mut jobs, layout, &upstream)?;
-            prepared[i] = Some((jobs, p));
+            _ => {
+                prepared[i] = Some(crate::plan::expand_and_plan(
+                    m,
+                    i,
+                    layout,
+                    &upstream,
+                    |visit| jobs::expand_static_with(m, stage, visit).expect("static source"),
+                )?);
+            }
         }
     }
     Ok(prepared)

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{self, EXIT_SUCCESS, Error, Result};
 use crate::graph::StageGraph;
+use crate::jobs::Job;
 use crate::manifest::{self, JobSource, Manifest};
 use crate::runner::Prepared;
 use crate::store::{self, Layout};
@@ -53,12 +54,13 @@ pub(crate) fn run(
 fn resume_counts(
     layout: &Layout,
     name: &str,
+    jobs: &[Job],
     p: &plan::StagePlan,
 ) -> Result<(usize, usize, usize, usize)> {
-    let latest = store::latest(store::read_ledger(&layout.ledger(name))?);
+    let latest = store::read_latest(&layout.ledger(name))?;
     let staged = bundle::staged_outcomes(layout, name)?;
     let (mut new, mut changed, mut failed, mut done) = (0, 0, 0, 0);
-    for j in &p.jobs {
+    for (j, fp) in jobs.iter().zip(&p.fps) {
         let rec = latest.get(j.id.as_str());
         // An outcome waiting in the staging folder (from a bundle, or a killed runner) is
         // newer than the ledger: `run` collects it instead of running the job.
@@ -67,8 +69,8 @@ fn resume_counts(
             .filter(|s| rec.is_none_or(|r| s.attempt > r.attempt));
         // (succeeded, with the job's current fingerprint)
         let state = match (staged, rec) {
-            (Some(s), _) => Some((s.success, s.fp.as_deref().is_none_or(|fp| fp == j.fp))),
-            (None, Some(r)) => Some((r.outcome.is_success(), r.fp == j.fp)),
+            (Some(s), _) => Some((s.success, s.fp.as_deref().is_none_or(|f| fp == f))),
+            (None, Some(r)) => Some((r.outcome.is_success(), fp == r.fp.as_str())),
             (None, None) => None,
         };
         match state {
@@ -87,6 +89,7 @@ fn resume_counts(
 fn auto_bundling(
     layout: &Layout,
     name: &str,
+    jobs: &[Job],
     p: &plan::StagePlan,
     kind: manifest::BackendKind,
 ) -> Result<Option<serde_json::Value>> {
@@ -100,15 +103,15 @@ fn auto_bundling(
     let records = store::read_ledger(&layout.ledger(name))?;
     let known = packing::recorded_durations(&records);
     let latest = store::latest(records);
-    let ids: Vec<&str> = p
-        .jobs
+    let ids: Vec<&str> = jobs
         .iter()
-        .filter(|j| {
+        .zip(&p.fps)
+        .filter(|(j, fp)| {
             latest
                 .get(j.id.as_str())
-                .is_none_or(|r| !r.outcome.is_success() || r.fp != j.fp)
+                .is_none_or(|r| !r.outcome.is_success() || **fp != *r.fp.as_str())
         })
-        .map(|j| j.id.as_str())
+        .map(|(j, _)| j.id.as_str())
         .collect();
     if ids.is_empty() {
         return Ok(None);
@@ -186,15 +189,15 @@ fn plan_text(
         }
         out.push_str(")\n");
         match &prepared[i] {
-            Some((_, p)) => {
-                let (new, changed, failed, done) = resume_counts(layout, s.name.as_str(), p)?;
+            Some((jobs, p)) => {
+                let (new, changed, failed, done) = resume_counts(layout, s.name.as_str(), jobs, p)?;
                 let _ = writeln!(
                     out,
                     "  {}: {} would run ({new} new, {changed} changed, {failed} failed before), {done} done and reused",
-                    error::count(p.jobs.len(), "job"),
+                    error::count(jobs.len(), "job"),
                     new + changed + failed
                 );
-                if let Some(v) = auto_bundling(layout, s.name.as_str(), p, backend)? {
+                if let Some(v) = auto_bundling(layout, s.name.as_str(), jobs, p, backend)? {
                     let _ = writeln!(out, "{}", auto_bundling_line(&v));
                 }
                 let limit = if verbosity == Verbosity::Verbose {
@@ -202,7 +205,8 @@ fn plan_text(
                 } else {
                     10
                 };
-                for j in p.jobs.iter().take(limit) {
+                for job in jobs.iter().take(limit) {
+                    let j = p.job(job)?;
                     let _ = writeln!(
                         out,
                         "  [{}] {}: {}",
@@ -211,12 +215,8 @@ fn plan_text(
                         report::text::clean(&j.command.display().to_string())
                     );
                 }
-                if p.jobs.len() > limit {
-                    let _ = writeln!(
-                        out,
-                        "  … {} more (use -v to list all)",
-                        p.jobs.len() - limit
-                    );
+                if jobs.len() > limit {
+                    let _ = writeln!(out, "  … {} more (use -v to list all)", jobs.len() - limit);
                 }
             }
             None => {
@@ -251,19 +251,20 @@ fn plan_json(
             "backend": s.settings.backend,
             "needs": s.needs.iter().map(|n| n.stage.as_str()).collect::<Vec<_>>(),
         });
-        if let Some((_, p)) = &prepared[i] {
-            let (new, changed, failed, done) = resume_counts(layout, s.name.as_str(), p)?;
+        if let Some((jobs, p)) = &prepared[i] {
+            let (new, changed, failed, done) = resume_counts(layout, s.name.as_str(), jobs, p)?;
             v["counts"] =
                 serde_json::json!({"new": new, "changed": changed, "failed": failed, "done": done});
             let kind = s.settings.backend;
-            if let Some(b) = auto_bundling(layout, s.name.as_str(), p, kind)? {
+            if let Some(b) = auto_bundling(layout, s.name.as_str(), jobs, p, kind)? {
                 v["bundling"] = b;
             }
-            v["jobs"] = p
-                .jobs
+            v["jobs"] = jobs
                 .iter()
-                .map(|j| serde_json::json!({"index": j.index, "id": j.id.as_str(), "command": j.command.display(), "fingerprint": j.fp}))
-                .collect();
+                .map(|job| {
+                    p.job(job).map(|j| serde_json::json!({"index": j.index, "id": j.id.as_str(), "command": j.command.display(), "fingerprint": j.fp}))
+                })
+                .collect::<Result<_>>()?;
         }
         stages.push(v);
     }
