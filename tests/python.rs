@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::OnceLock;
 
 use crate::harness::{SGE, SLURM, hold};
 
@@ -12,14 +13,24 @@ use crate::harness::{SGE, SLURM, hold};
 /// call has its own `--basetemp`: two pytest sessions at once must not clean up each other's
 /// temporary folders.
 fn pytest(args: &[&str]) {
+    // Install once for both tests: a second `pip install --force-reinstall` would replace the
+    // binary while the other test's jobs run it.
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| run_sh(&["--install-only"], false));
+    run_sh(args, true);
+}
+
+fn run_sh(args: &[&str], installed: bool) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("bash")
-        .arg(root.join("python/tests/run.sh"))
+    let mut cmd = Command::new("bash");
+    cmd.arg(root.join("python/tests/run.sh"))
         .args(args)
         .current_dir(root)
-        .env_remove("POOLPARTY_BIN")
-        .output()
-        .expect("run bash python/tests/run.sh");
+        .env_remove("POOLPARTY_BIN");
+    if installed {
+        cmd.env("POOLPARTY_TEST_INSTALLED", "1");
+    }
+    let out = cmd.output().expect("run bash python/tests/run.sh");
     assert!(
         out.status.success(),
         "python/tests/run.sh {args:?} failed ({})\n--- stdout\n{}\n--- stderr\n{}",
