@@ -98,10 +98,9 @@ fn assert_generator_group_gone(t: &Test) {
     assert!(!alive(child), "the generator's child {child} survived");
 }
 
-/// A dependent stage's generator runs inside the runner; a signal then ends the run with 130,
-/// stops the generator's whole group and records what ran.
-fn signal_during_dependent_generator(sig: Signal) {
-    let t = Test::new().manifest(&format!(
+/// Stage `a` (one job), then stage `b` whose generator hangs after writing `gen.ready`.
+fn dependent_generator_workflow() -> Test {
+    Test::new().manifest(&format!(
         r#"
 [workflow]
 name = "w"
@@ -113,7 +112,13 @@ needs = ["a"]
 generate = "{HANGING_GENERATOR}"
 run = "true"
 "#
-    ));
+    ))
+}
+
+/// A dependent stage's generator runs inside the runner; a signal then ends the run with 130,
+/// stops the generator's whole group and records what ran.
+fn signal_during_dependent_generator(sig: Signal) {
+    let t = dependent_generator_workflow();
     let mut runner = t.command(&["run"]).stderr(Stdio::piped()).spawn().unwrap();
     wait_for(&t.path().join("gen.ready"));
     signal(&runner, sig);
@@ -213,19 +218,7 @@ fn generator_with_a_background_child_finishes() {
 
 #[test]
 fn cancel_during_a_generator_returns() {
-    let t = Test::new().manifest(&format!(
-        r#"
-[workflow]
-name = "w"
-[stages.a]
-jobs = [1]
-run = "true"
-[stages.b]
-needs = ["a"]
-generate = "{HANGING_GENERATOR}"
-run = "true"
-"#
-    ));
+    let t = dependent_generator_workflow();
     let mut runner = t.command(&["run", "-q"]).spawn().unwrap();
     wait_for(&t.path().join("gen.ready"));
     let mut cancel = t
