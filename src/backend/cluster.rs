@@ -63,6 +63,10 @@ pub trait Scheduler: Send {
     fn array_spec(&self, tasks: usize, throttle: Option<u32>) -> String;
     /// The time limit in the scheduler's format.
     fn format_time(&self, t: crate::manifest::WallTime) -> String;
+    /// A memory size (`memory`, e.g. `4G`) in the scheduler's format; by default as written.
+    fn format_memory(&self, m: &str) -> String {
+        m.to_owned()
+    }
     /// Submits a script; returns the scheduler's job id.
     ///
     /// # Errors
@@ -498,7 +502,7 @@ impl ClusterBackend {
             "cwd": p(&self.spec.cwd),
             "time": time,
             "cpus": s.resources.cpus,
-            "memory": s.resources.memory,
+            "memory": s.resources.memory.as_deref().map(|m| self.sched.format_memory(m)),
             "partition": s.resources.partition,
             "account": s.resources.account,
             "qos": s.resources.qos,

@@ -6,7 +6,9 @@
 
 pub mod cluster;
 pub mod local;
+pub mod lsf;
 pub mod packing;
+pub mod pbs;
 pub mod sge;
 pub mod slurm;
 
