@@ -26,7 +26,7 @@ use std::sync::Arc;
 use crate::backend::cluster::{
     CallError, ClusterBackend, Scheduler, Submission, SubmittedJob, TaskState,
 };
-use crate::backend::{Launch, StageSpec, packing, sge::Sge, slurm::Slurm};
+use crate::backend::{Launch, StageSpec, lsf::Lsf, packing, pbs::Pbs, sge::Sge, slurm::Slurm};
 use crate::error::{Error, Result};
 use crate::graph::StageGraph;
 use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure, ResultMode, WallTime};
@@ -313,6 +313,8 @@ fn scheduler(kind: BackendKind) -> Box<dyn Scheduler> {
         BackendKind::Local => Box::new(LocalScript),
         BackendKind::Slurm => Box::new(Slurm),
         BackendKind::Sge => Box::new(Sge),
+        BackendKind::Pbs => Box::new(Pbs),
+        BackendKind::Lsf => Box::new(Lsf),
     }
 }
 

@@ -100,6 +100,10 @@ pub enum BackendKind {
     Slurm,
     /// Sun / Son of Grid Engine array jobs (`qsub -t`).
     Sge,
+    /// PBS Pro / OpenPBS array jobs (`qsub -J`).
+    Pbs,
+    /// IBM Spectrum LSF job arrays (`bsub -J "name[1-N]"`).
+    Lsf,
 }
 
 impl BackendKind {
@@ -110,6 +114,8 @@ impl BackendKind {
             Self::Local => "local",
             Self::Slurm => "slurm",
             Self::Sge => "sge",
+            Self::Pbs => "pbs",
+            Self::Lsf => "lsf",
         }
     }
 }
@@ -127,8 +133,10 @@ impl std::str::FromStr for BackendKind {
             "local" => Ok(Self::Local),
             "slurm" => Ok(Self::Slurm),
             "sge" => Ok(Self::Sge),
+            "pbs" => Ok(Self::Pbs),
+            "lsf" => Ok(Self::Lsf),
             other => Err(format!(
-                "unknown backend `{other}`, expected `local`, `slurm` or `sge`"
+                "unknown backend `{other}`, expected `local`, `slurm`, `sge`, `pbs` or `lsf`"
             )),
         }
     }
@@ -245,7 +253,7 @@ macro_rules! with_settings {
         $(#[$meta])*
         pub struct $name {
             $($(#[$fmeta])* pub $field: $ty,)*
-            /// Where jobs run: `local`, `slurm` or `sge` (default `local`).
+            /// Where jobs run: `local`, `slurm`, `sge`, `pbs` or `lsf` (default `local`).
             #[serde(default)]
             #[schemars(with = "Option<BackendKind>")]
             pub backend: Option<Spanned<BackendKind>>,
@@ -1045,9 +1053,11 @@ pub fn check_template_backends(
     over: Option<BackendKind>,
     bundle: bool,
 ) -> Result<()> {
-    const MARKS: [(BackendKind, &str); 2] = [
+    const MARKS: [(BackendKind, &str); 4] = [
         (BackendKind::Slurm, "SLURM_ARRAY_TASK_ID"),
         (BackendKind::Sge, "SGE_TASK_ID"),
+        (BackendKind::Pbs, "PBS_ARRAY_INDEX"),
+        (BackendKind::Lsf, "LSB_JOBINDEX"),
     ];
     for stage in &m.stages {
         let Some((path, span)) = &stage.settings.template else {

@@ -286,7 +286,11 @@ impl<'a> Runner<'a> {
             ids.extend(u.job_ids.iter().cloned());
         }
         let jobs: usize = self.uncancelled.iter().map(|(_, u)| u.launches.len()).sum();
-        let command = if backend == "sge" { "qdel" } else { "scancel" };
+        let command = match backend {
+            "sge" | "pbs" => "qdel",
+            "lsf" => "bkill",
+            _ => "scancel",
+        };
         crate::error::Error::Backend {
             backend,
             message: format!(

@@ -5,6 +5,7 @@ mod harness;
 
 mod commands;
 mod examples;
+mod fake_schedulers;
 mod faults;
 mod fuzz;
 mod graph;

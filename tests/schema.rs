@@ -125,7 +125,7 @@ fn schema_rejects_unknown_keys_and_bad_values() {
             "zero max_parallel",
             good.replace("max_parallel = 2", "max_parallel = 0"),
         ),
-        ("unknown backend", format!("{good}backend = \"lsf\"\n")),
+        ("unknown backend", format!("{good}backend = \"condor\"\n")),
         ("missing run", good.replace("run = \"echo {{job}}\"\n", "")),
     ] {
         assert_ne!(bad, good, "{what}: the case did not change the manifest");

@@ -255,6 +255,24 @@ pub fn create(
                 dir,
             )?))
         }
+        BackendKind::Pbs => {
+            let dir = spec.scripts_dir.clone();
+            Ok(Box::new(cluster::ClusterBackend::new(
+                Box::new(pbs::Pbs),
+                spec,
+                events,
+                dir,
+            )?))
+        }
+        BackendKind::Lsf => {
+            let dir = spec.scripts_dir.clone();
+            Ok(Box::new(cluster::ClusterBackend::new(
+                Box::new(lsf::Lsf),
+                spec,
+                events,
+                dir,
+            )?))
+        }
     }
 }
 
@@ -270,6 +288,8 @@ pub fn cancel_arrays(scheduler: &str, job_ids: &[String]) -> Result<()> {
     let r = match scheduler {
         "slurm" => slurm::Slurm.cancel(job_ids),
         "sge" => sge::Sge.cancel(job_ids),
+        "pbs" => pbs::Pbs.cancel(job_ids),
+        "lsf" => lsf::Lsf.cancel(job_ids),
         other => {
             return Err(crate::error::Error::Backend {
                 backend: "cluster",
@@ -279,7 +299,12 @@ pub fn cancel_arrays(scheduler: &str, job_ids: &[String]) -> Result<()> {
         }
     };
     r.map_err(|e| crate::error::Error::Backend {
-        backend: if scheduler == "slurm" { "slurm" } else { "sge" },
+        backend: match scheduler {
+            "slurm" => "slurm",
+            "pbs" => "pbs",
+            "lsf" => "lsf",
+            _ => "sge",
+        },
         message: "cancelling failed".into(),
         detail: Some(e.message),
     })

@@ -21,7 +21,7 @@ struct Embedded {
     text: &'static str,
 }
 
-const TEMPLATES: [Embedded; 3] = [
+const TEMPLATES: [Embedded; 5] = [
     Embedded {
         name: "slurm",
         file: "slurm.sbatch.hbs",
@@ -33,6 +33,18 @@ const TEMPLATES: [Embedded; 3] = [
         file: "sge.qsub.hbs",
         about: "the qsub script of one Grid Engine array job",
         text: crate::backend::sge::TEMPLATE,
+    },
+    Embedded {
+        name: "pbs",
+        file: "pbs.qsub.hbs",
+        about: "the qsub script of one PBS Pro / OpenPBS array job",
+        text: crate::backend::pbs::TEMPLATE,
+    },
+    Embedded {
+        name: "lsf",
+        file: "lsf.bsub.hbs",
+        about: "the bsub script of one LSF job array (submitted as `bsub < SCRIPT`)",
+        text: crate::backend::lsf::TEMPLATE,
     },
     Embedded {
         name: "local",

@@ -1,0 +1,256 @@
+//! PBS Pro / OpenPBS and LSF, neither of which can be installed here, against the fake
+//! commands in `tests/fakes` (`qsub`/`qstat`/`qdel`/`qmgr`, `bsub`/`bjobs`/`bkill`/`bparams`).
+//! The fakes replay the formats of the PBS and LSF references and really run each array's
+//! tasks in the background, so `poolparty run` goes end to end: scripts rendered from the stock
+//! templates, submitted, polled, outcomes and results collected. These prove poolparty speaks
+//! the documented formats; they are not a live cluster.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::harness::{Ran, Test, assert_each_succeeded_once, attempts, read_lines};
+
+/// One fake scheduler.
+struct Sched {
+    /// The backend's name.
+    name: &'static str,
+    /// Its fake commands' folder under `tests/fakes`.
+    fakes: &'static str,
+    /// The fake's array limit variable.
+    limit_var: &'static str,
+    /// The submit command (counted in the call log).
+    submit: &'static str,
+    /// What the scheduler says when it refuses an array over its limit.
+    too_large: &'static str,
+    /// The array task variable.
+    index_var: &'static str,
+}
+
+const PBS: Sched = Sched {
+    name: "pbs",
+    fakes: "pbs",
+    limit_var: "FAKE_PBS_MAX_ARRAY_SIZE",
+    submit: "qsub",
+    too_large: "Array job exceeds server or queue size limit",
+    index_var: "PBS_ARRAY_INDEX",
+};
+
+const LSF: Sched = Sched {
+    name: "lsf",
+    fakes: "lsf",
+    limit_var: "FAKE_LSF_MAX_JOB_ARRAY_SIZE",
+    submit: "bsub",
+    too_large: "Job array index too large. Job not submitted.",
+    index_var: "LSB_JOBINDEX",
+};
+
+fn fakes_dir(s: &Sched) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fakes")
+        .join(s.fakes)
+}
+
+/// A test folder whose `poolparty` finds the fake commands first on its `PATH`, with the fake's
+/// state in `<dir>/sched` and its call log in `<dir>/calls.log`.
+fn test(s: &Sched) -> Test {
+    let t = Test::new();
+    let path = format!(
+        "{}:{}",
+        fakes_dir(s).display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let state = t.path().join("sched").display().to_string();
+    let calls = t.path().join("calls.log").display().to_string();
+    t.env("PATH", &path)
+        .env("FAKE_SCHED_DIR", &state)
+        .env("FAKE_CALLS", &calls)
+}
+
+/// A manifest header: workflow `name` on the scheduler, polling fast.
+fn header(s: &Sched, name: &str, defaults: &str) -> String {
+    format!(
+        "[workflow]\nname = \"{name}\"\n[defaults]\nbackend = \"{}\"\npoll_interval = \"1s\"\npoll_max = \"1s\"\nstatus_interval = \"1s\"\nlost_grace = \"2s\"\n{defaults}\n",
+        s.name
+    )
+}
+
+/// The scheduler commands `poolparty` ran, by name.
+fn calls(t: &Test) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for l in std::fs::read_to_string(t.path().join("calls.log"))
+        .unwrap_or_default()
+        .lines()
+    {
+        *m.entry(l.split_whitespace().next().unwrap_or("").to_owned())
+            .or_default() += 1;
+    }
+    m
+}
+
+fn submissions(t: &Test, wf: &str, stage: &str) -> Vec<Value> {
+    read_lines(&t.state(wf).join(stage).join("submissions.jsonl"))
+}
+
+/// Runs `poolparty run` to its end (the fakes run tasks within seconds).
+fn run(t: &Test) -> Ran {
+    t.run(&["run"])
+}
+
+/// Every job of a two-stage workflow runs once through the fake and succeeds: outcomes and
+/// results come back, arrays respect the limit the scheduler reports (chunks of 3) and the
+/// throttle, a one-job stage is a valid one-task array, and tasks run in the stage's folder
+/// with the scheduler's task index set.
+fn run_completes(s: &Sched) {
+    let wf = format!("{}ok", s.name);
+    let t = test(s)
+        .env(s.limit_var, "3")
+        // PBS's default: no job history, so an array that ended is `Unknown Job Id`.
+        .env("FAKE_PBS_HISTORY", "0")
+        .manifest(&format!(
+            "{}[stages.a]\njobs = [0, 1, 2, 3, 4]\nmax_parallel = 2\n\
+             run = 'echo \"{{{{job}}}} ${idx} $(pwd)\" >> {{{{workflow.dir}}}}/ran.txt; echo $(( {{{{job}}}} * 10 )) > $POOLPARTY_RESULT'\n\
+             [stages.b]\nneeds = [\"a\"]\njobs = [\"x\"]\nrun = 'printf one > $POOLPARTY_RESULT'\n",
+            header(s, &wf, ""),
+            idx = s.index_var,
+        ));
+    let r = run(&t);
+    r.code(0).stderr_has("every job succeeded");
+    assert_each_succeeded_once(&t, &wf, "a", 5);
+    assert_each_succeeded_once(&t, &wf, "b", 1);
+    assert_eq!(
+        t.run(&["results", "--stage", "a"]).stdout,
+        "[0, 10, 20, 30, 40]\n"
+    );
+    assert_eq!(t.run(&["results", "--stage", "b"]).stdout, "[\"one\"]\n");
+    // Each job ran once, in the workflow's folder (PBS starts jobs in $HOME: the script cds),
+    // as array task 1, 2, 3 of its array.
+    let dir = t.path().canonicalize().unwrap();
+    let mut ran: Vec<String> = t.read("ran.txt").lines().map(str::to_owned).collect();
+    ran.sort();
+    let want: Vec<String> = [(0, 1), (1, 2), (2, 3), (3, 1), (4, 2)]
+        .iter()
+        .map(|(job, task)| format!("{job} {task} {}", dir.display()))
+        .collect();
+    assert_eq!(ran, want);
+    // Two arrays of at most 3 tasks for `a` (the limit the scheduler reported), one for `b`.
+    let subs = submissions(&t, &wf, "a");
+    let sizes: Vec<usize> = subs
+        .iter()
+        .map(|s| s["tasks"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, [3, 2], "{subs:?}");
+    assert!(subs.iter().all(|x| x["scheduler"] == s.name), "{subs:?}");
+    assert_eq!(calls(&t)[s.submit], 3, "{:?}", calls(&t));
+    let script = std::fs::read_to_string(subs[0]["script"].as_str().unwrap()).unwrap();
+    match s.name {
+        "pbs" => assert!(script.contains("#PBS -J 1-3%2\n"), "{script}"),
+        _ => assert!(script.contains("[1-3]%2\"\n"), "{script}"),
+    }
+}
+
+#[test]
+fn pbs_run_completes_with_outcomes_and_results() {
+    run_completes(&PBS);
+}
+
+#[test]
+fn lsf_run_completes_with_outcomes_and_results() {
+    run_completes(&LSF);
+}
+
+/// A job that exits non-zero is recorded as failed with its code; the run exits 1 naming it.
+fn failing_job(s: &Sched) {
+    let wf = format!("{}fail", s.name);
+    let t = test(s).manifest(&format!(
+        "{}[stages.a]\njobs = [0, 1, 2]\nrun = '[ {{{{job}}}} != 1 ] || exit 3'\n",
+        header(s, &wf, "")
+    ));
+    let r = run(&t);
+    r.code(1).stderr_has("exit code 3");
+    let got = attempts(&t, &wf, "a");
+    assert_eq!(got[&0], [(1, "succeeded".to_owned())]);
+    assert_eq!(got[&1], [(1, "failed".to_owned())]);
+    assert_eq!(got[&2], [(1, "succeeded".to_owned())]);
+    let ledger = read_lines(&t.state(&wf).join("a/ledger.jsonl"));
+    let failed = ledger.iter().find(|r| r["index"] == 1).unwrap();
+    assert_eq!(failed["outcome"]["code"], 3, "{failed}");
+}
+
+#[test]
+fn pbs_failing_job_is_recorded_with_its_code() {
+    failing_job(&PBS);
+}
+
+#[test]
+fn lsf_failing_job_is_recorded_with_its_code() {
+    failing_job(&LSF);
+}
+
+/// An array task that vanishes without running (PBS: ended, no outcome file; LSF: forgotten)
+/// is lost after the grace period, resubmitted, and then succeeds.
+fn lost_task(s: &Sched) {
+    let wf = format!("{}lost", s.name);
+    let t = test(s).env("FAKE_LOSE", "2").manifest(&format!(
+        "{}[stages.a]\njobs = [0, 1, 2]\nrun = 'echo {{{{job}}}} > $POOLPARTY_RESULT'\n",
+        header(s, &wf, "")
+    ));
+    let r = run(&t);
+    r.code(0).stderr_has("every job succeeded");
+    let got = attempts(&t, &wf, "a");
+    assert_eq!(
+        got[&1],
+        [(1, "lost".to_owned()), (2, "succeeded".to_owned())],
+        "{}",
+        r.stderr
+    );
+    assert_eq!(got[&0], [(1, "succeeded".to_owned())]);
+    assert_eq!(got[&2], [(1, "succeeded".to_owned())]);
+    assert_eq!(t.run(&["results"]).stdout, "[0, 1, 2]\n");
+    assert_eq!(submissions(&t, &wf, "a").len(), 2);
+}
+
+#[test]
+fn pbs_lost_task_is_lost_then_resubmitted() {
+    lost_task(&PBS);
+}
+
+#[test]
+fn lsf_lost_task_is_lost_then_resubmitted() {
+    lost_task(&LSF);
+}
+
+/// When the limit cannot be read, the documented default is used; a server whose limit is
+/// lower refuses the array, and the run stops with a backend error (exit 3) quoting it.
+fn rejected_over_limit(s: &Sched) {
+    let wf = format!("{}big", s.name);
+    let t = test(s)
+        .env(s.limit_var, "2")
+        .env("FAKE_LIMIT_UNREADABLE", "1")
+        .manifest(&format!(
+            "{}[stages.a]\njobs = [0, 1, 2]\nrun = 'true'\n",
+            header(s, &wf, "")
+        ));
+    let r = run(&t);
+    r.code(3)
+        .stderr_has("refused the array script")
+        .stderr_has(s.too_large);
+    // Nothing ran and nothing counts as done.
+    assert!(
+        !t.state(&wf).join("a/ledger.jsonl").exists()
+            || attempts(&t, &wf, "a")
+                .values()
+                .all(|a| a.iter().all(|(_, k)| k != "succeeded"))
+    );
+}
+
+#[test]
+fn pbs_array_over_the_limit_is_refused() {
+    rejected_over_limit(&PBS);
+}
+
+#[test]
+fn lsf_array_over_the_limit_is_refused() {
+    rejected_over_limit(&LSF);
+}
