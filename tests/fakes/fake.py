@@ -162,7 +162,7 @@ def spawn_runner(d, seq):
     )
 
 
-def new_job(d, kind, name, indices, throttle, script_text, cwd, env, deps):
+def new_job(d, kind, name, indices, throttle, script_text, cwd, env, deps, array=True):
     with Locked(d):
         seq = next_seq(d)
         script = os.path.join(d, "jobs", "%d.sh" % seq)
@@ -178,6 +178,7 @@ def new_job(d, kind, name, indices, throttle, script_text, cwd, env, deps):
             "cwd": cwd,
             "env": env,
             "deps": deps,
+            "array": array,
             "submitted": time.time(),
             "ended_at": None,
             "tasks": {
@@ -281,7 +282,9 @@ def run_array(d, seq):
                 update(d, seq, lose)
                 continue
             env = dict(job["env"])
-            if job["kind"] == "pbs":
+            if job["kind"] == "pbs" and not job["array"]:
+                env.update(PBS_JOBID="%d.%s" % (seq, SERVER), PBS_JOBNAME=job["name"])
+            elif job["kind"] == "pbs":
                 env.update(
                     PBS_ARRAY_INDEX=str(idx),
                     PBS_JOBID="%d[%d].%s" % (seq, idx, SERVER),
@@ -292,7 +295,7 @@ def run_array(d, seq):
                 env.update(
                     LSB_JOBID=str(seq),
                     LSB_JOBINDEX=str(idx),
-                    LSB_JOBNAME="%s[%d]" % (job["name"], idx),
+                    LSB_JOBNAME=("%s[%d]" % (job["name"], idx)) if job["array"] else job["name"],
                 )
             log = open(os.path.join(d, "jobs", "%d.%d.log" % (seq, idx)), "w")
             proc = subprocess.Popen(
@@ -401,10 +404,8 @@ def qsub(args):
     extra_env.update(cmd_env)
     deps.extend(cmd_deps)
     spec = opts.get("-J")
-    if spec is None:
-        sys.stderr.write("fake qsub: only array jobs (-J) are supported\n")
-        sys.exit(2)
-    spec, _, throttle = spec.partition("%")
+    array = spec is not None
+    spec, _, throttle = (spec or "0-1:2").partition("%")
     indices = chk_jrange(spec)
     if indices is None or (throttle and not throttle.isdigit()):
         sys.stderr.write("qsub: illegal -J value\n")
@@ -434,8 +435,9 @@ def qsub(args):
         os.environ.get("HOME", "/"),
         env,
         deps,
+        array,
     )
-    print("%d[].%s" % (seq, SERVER))
+    print(("%d[].%s" if array else "%d.%s") % (seq, SERVER))
 
 
 def pbs_task_attrs(job, idx, t):
@@ -471,6 +473,13 @@ def qstat(args):
                 sys.stderr.write("qstat: Unknown Job Id %s\n" % jid)
                 failed = True
                 continue
+            if not job["array"]:
+                a = pbs_task_attrs(job, 0, job["tasks"]["0"])
+                del a["array_index"]
+                if a["job_state"] == "X":
+                    a["job_state"] = "F"
+                jobs["%d.%s" % (job["seq"], SERVER)] = a
+                continue
             states = [t["state"] for t in job["tasks"].values()]
             parent = "F" if ended(job) else ("B" if "queued" not in states or "running" in states else "Q")
             jobs["%d[].%s" % (job["seq"], SERVER)] = {
@@ -485,7 +494,9 @@ def qstat(args):
                 for i in sorted(job["tasks"], key=int):
                     jobs["%d[%s].%s" % (job["seq"], i, SERVER)] = pbs_task_attrs(job, int(i), job["tasks"][i])
     if jobs:
-        print(json.dumps({"timestamp": int(time.time()), "pbs_version": "2022.1.0", "pbs_server": SERVER, "Jobs": jobs}, indent=4))
+        doc = {"timestamp": int(time.time()), "pbs_version": "2022.1.0", "pbs_server": SERVER, "Jobs": jobs}
+        # qstat.1B's example: 4-space indents, no space after the colon.
+        print(json.dumps(doc, indent=4, separators=(",", ":")))
     sys.exit(153 if failed else 0)
 
 
@@ -504,7 +515,7 @@ def qdel(args):
     rc = 0
     with Locked(d):
         for jid in args:
-            m = re.match(r"(\d+)\[(\d*)\]", jid)
+            m = re.match(r"(\d+)(?:\[(\d*)\])?", jid)
             job = find(d, int(m.group(1)), "pbs") if m else None
             if job is None:
                 sys.stderr.write("qdel: Unknown Job Id %s\n" % jid)
@@ -575,15 +586,16 @@ def bsub(args):
             opts[w] = words[i + 1]
         i += 2
     name = opts.get("-J", "")
-    m = re.fullmatch(r"([A-Za-z0-9._-]+)\[([^\]]+)\](?:%(\d+))?", name)
+    m = re.fullmatch(r"([A-Za-z0-9._-]*)(?:\[([^\]]+)\](?:%(\d+))?)?", name)
     if not m:
-        sys.stderr.write("fake bsub: only job arrays (-J \"name[1-N]%K\") are supported\n")
+        sys.stderr.write("fake bsub: bad job name %s\n" % name)
         sys.exit(2)
-    indices = lsf_indices(m.group(2))
+    array = m.group(2) is not None
+    indices = lsf_indices(m.group(2)) if array else [0]
     if indices is None:
         sys.stderr.write("Bad job array index list. Job not submitted.\n")
         sys.exit(255)
-    if len(indices) > lsf_limit() or max(indices) > lsf_limit():
+    if array and (len(indices) > lsf_limit() or max(indices) > lsf_limit()):
         sys.stderr.write("Job array index too large. Job not submitted.\n")
         sys.exit(255)
     deps = [(k, int(n)) for k, n in re.findall(r"(done|ended)\((\d+)\)", opts.get("-w", ""))]
@@ -598,6 +610,7 @@ def bsub(args):
         opts.get("-cwd", os.getcwd()),
         dict(os.environ),
         deps,
+        array,
     )
     print("Job <%d> is submitted to default queue <normal>." % seq)
 
@@ -660,7 +673,9 @@ def bjobs(args):
                 r = lsf_record(job, int(k), t)
                 records.append({n: r.get(n, "") for n in names})
     if json_out:
-        print(json.dumps({"COMMAND": "bjobs", "JOBS": len(records), "RECORDS": records}, indent=2))
+        doc = {"COMMAND": "bjobs", "JOBS": len(records), "RECORDS": records}
+        # The reference's example: 2-space indents, no space after the colon.
+        print(json.dumps(doc, indent=2, separators=(",", ":")))
     else:
         for r in records:
             print(" ".join(r[n] or "-" for n in names))
