@@ -26,7 +26,20 @@ from . import _serialize, _toml
 from ._binary import find_poolparty_bin
 from ._errors import JobError, PicklingError, RunnerError, VersionMismatchError
 
-_BACKENDS = ("local", "slurm", "sge", "auto")
+_BACKENDS = ("local", "slurm", "sge", "pbs", "lsf", "auto")
+
+
+def _auto_backend(which=shutil.which):
+    """The cluster whose commands are on PATH: Slurm (``sbatch``), LSF (``bsub``), PBS
+    (``qsub`` with ``pbsnodes``), Grid Engine (``qsub`` without it); else local. PBS and Grid
+    Engine both have ``qsub`` and ``qstat``: only PBS has ``pbsnodes``."""
+    if which("sbatch"):
+        return "slurm"
+    if which("bsub"):
+        return "lsf"
+    if which("qsub"):
+        return "pbs" if which("pbsnodes") and not which("qconf") else "sge"
+    return "local"
 _STAGE = "map"
 
 
@@ -351,8 +364,9 @@ class Pool:
     """A ``multiprocessing.Pool`` whose work runs through poolparty.
 
     ``processes``: local workers, or the array throttle on a cluster. ``backend``: ``local``,
-    ``slurm``, ``sge``, or ``auto`` (Slurm if ``sbatch`` is on PATH, else Grid Engine if
-    ``qsub`` is, else local). ``work_dir``: where each map's workflow is written (default
+    ``slurm``, ``sge``, ``pbs``, ``lsf``, or ``auto`` (Slurm if ``sbatch`` is on PATH, else LSF
+    if ``bsub`` is, else PBS if ``qsub`` and ``pbsnodes`` are, else Grid Engine if ``qsub`` is,
+    else local). ``work_dir``: where each map's workflow is written (default
     ``./.poolparty``; must be visible from the compute nodes). ``chunksize``: items per job
     (one Python process runs them one after another; default: local ``ceil(n / (4 *
     processes))``, clusters 1). ``python``: the nodes' interpreter (default ``sys.executable``).
@@ -368,7 +382,7 @@ class Pool:
         if backend not in _BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(_BACKENDS)}")
         if backend == "auto":
-            backend = "slurm" if shutil.which("sbatch") else "sge" if shutil.which("qsub") else "local"
+            backend = _auto_backend()
             print(f"poolparty: backend=auto chose `{backend}`", file=sys.stderr)
         if processes is not None and processes < 1:
             raise ValueError("processes must be at least 1")

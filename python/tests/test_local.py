@@ -282,6 +282,21 @@ def test_auto_says_which_backend_it_chose(work_dir, monkeypatch, capsys):
         poolparty.Pool(backend="slrum")
 
 
+def test_auto_tells_pbs_from_grid_engine():
+    from poolparty._pool import _auto_backend
+
+    def on_path(*names):
+        return lambda n: f"/usr/bin/{n}" if n in names else None
+
+    assert _auto_backend(on_path("sbatch", "qsub", "bsub")) == "slurm"
+    assert _auto_backend(on_path("bsub", "bjobs")) == "lsf"
+    # Both have qsub and qstat; only PBS has pbsnodes, only Grid Engine qconf.
+    assert _auto_backend(on_path("qsub", "qstat", "pbsnodes")) == "pbs"
+    assert _auto_backend(on_path("qsub", "qstat", "qconf")) == "sge"
+    assert _auto_backend(on_path("qsub", "qstat")) == "sge"
+    assert _auto_backend(on_path()) == "local"
+
+
 def test_env_and_setup_lines_reach_the_jobs(work_dir, tmp_path):
     marker = tmp_path / "setup-ran"
     with poolparty.Pool(work_dir=work_dir, env={"PP_TEST_VALUE": "42 {{x}}"},
