@@ -384,6 +384,8 @@ pub fn write(
         layout.root().display()
     );
     sh.push_str(HELPERS);
+    sh.push_str(crate::backend::pbs::BUNDLE_HELPERS);
+    sh.push_str(crate::backend::lsf::BUNDLE_HELPERS);
     // Shell variable holding the scheduler ids of each stage, and its scheduler.
     let mut ids_var: HashMap<usize, (String, BackendKind)> = HashMap::new();
     for &i in graph.order() {
@@ -632,6 +634,16 @@ pub fn write(
                             q(&log),
                             q(&m.dir)
                         ),
+                        BackendKind::Pbs => crate::backend::pbs::driver_header(
+                            &format!("pp-{}-{name}-driver", m.name),
+                            &q(&log),
+                            &q(&m.dir),
+                        ),
+                        BackendKind::Lsf => crate::backend::lsf::driver_header(
+                            &format!("pp-{}-{name}-driver", m.name),
+                            &q(&log),
+                            &q(&m.dir),
+                        ),
                         _ => format!(
                             "#$ -N pp-{}-{name}-driver\n#$ -S /bin/bash\n#$ -j y\n#$ -o {}\n#$ -wd {}",
                             m.name,
@@ -644,7 +656,7 @@ pub fn write(
                     // gets the scheduler's SIGTERM too).
                     let drivers = drivers_file(layout, name);
                     let script = format!(
-                        "#!/bin/bash\n# poolparty driver of stage `{name}`: its jobs are known only once what it needs is done.\n{header}\n{cmd}\nrc=$?\nprintf '{{\"job_id\":\"%s\",\"done\":true}}\\n' \"${{SLURM_JOB_ID:-${{JOB_ID:-}}}}\" >> {}\nexit \"$rc\"\n",
+                        "#!/bin/bash\n# poolparty driver of stage `{name}`: its jobs are known only once what it needs is done.\n{header}\n{cmd}\nrc=$?\nprintf '{{\"job_id\":\"%s\",\"done\":true}}\\n' \"${{SLURM_JOB_ID:-${{JOB_ID:-${{PBS_JOBID:-${{LSB_JOBID:-}}}}}}}}\" >> {}\nexit \"$rc\"\n",
                         q(&drivers)
                     );
                     std::fs::write(&path, script).map_err(io(&path))?;

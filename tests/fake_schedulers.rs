@@ -254,3 +254,124 @@ fn pbs_array_over_the_limit_is_refused() {
 fn lsf_array_over_the_limit_is_refused() {
     rejected_over_limit(&LSF);
 }
+
+/// A two-stage workflow with limits and a throttle: `a` is an array, `b` (needing `a`) a
+/// driver job.
+fn bundle_manifest(s: &Sched, wf: &str) -> String {
+    format!(
+        "{}[stages.a]\njobs = [1, 2, 3]\nrun = 'echo $(( {{{{job}}}} * 2 )) > $POOLPARTY_RESULT'\n\
+         [stages.b]\nneeds = [\"a\"]\njobs = [\"x\"]\nrun = 'cat \"$POOLPARTY_NEEDS_A_RESULTS\" > $POOLPARTY_RESULT'\n",
+        header(
+            s,
+            wf,
+            "time = \"1h30m\"\nmemory = \"4G\"\ncpus = 2\nmax_parallel = 2\nqueue = \"short\"\nproject = \"p1\"",
+        )
+    )
+}
+
+/// `plan --out` writes the array script, the driver and the submission lines of `submit.sh`
+/// (dependencies in the scheduler's syntax), with no scheduler command on the machine: the
+/// array limit is the documented default.
+fn plan_out(s: &Sched) {
+    let wf = format!("{}plan", s.name);
+    let t = Test::new()
+        .env("PATH", "/usr/bin:/bin")
+        .manifest(&bundle_manifest(s, &wf));
+    t.run(&["plan", "--out", "bundle"]).code(0);
+    let dir = t.path().display().to_string();
+    let exe = env!("CARGO_BIN_EXE_poolparty");
+    let clean = |text: String| text.replace(&dir, "[TMP]").replace(exe, "[EXE]");
+    let submit = t.read("bundle/submit.sh");
+    let stages = &submit[submit.find("\n# stage `").expect("stage lines")..];
+    // The array script without the job wrapper shared by every scheduler (`{{{wrapper}}}`).
+    let script = t.read("bundle/a/array-1.sh");
+    let header = &script[..script.find("set -u\n").expect("the wrapper")];
+    let tail = &script[script.find("# Each task reads").expect("the task lines")..];
+    let driver_sh = t.read("bundle/b/driver.sh");
+    let driver: Vec<&str> = driver_sh
+        .lines()
+        .filter(|l| l.starts_with('#') || l.starts_with("cd "))
+        .collect();
+    // How it submits with dependencies.
+    let start = submit
+        .find(&format!("pp_submit_{}() {{", s.name))
+        .expect("the submit function");
+    let function = &submit[start..start + submit[start..].find("\n}\n").unwrap() + 3];
+    insta::assert_snapshot!(
+        format!("{}_plan_out", s.name),
+        clean(format!(
+            "===== a/array-1.sh\n{header}[wrapper]\n{tail}===== b/driver.sh (header)\n{}\n===== submit.sh\n{function}{stages}",
+            driver.join("\n"),
+        ))
+    );
+}
+
+#[test]
+fn pbs_plan_out_scripts() {
+    plan_out(&PBS);
+}
+
+#[test]
+fn lsf_plan_out_scripts() {
+    plan_out(&LSF);
+}
+
+/// `bash submit.sh` of a `plan --out` bundle on the fake: the array runs, the driver waits on
+/// it through the scheduler's dependency, then runs `b`, whose result reads `a`'s.
+fn bundle_runs(s: &Sched) {
+    let wf = format!("{}bundle", s.name);
+    let t = test(s).manifest(&bundle_manifest(s, &wf));
+    t.run(&["plan", "--out", "bundle"]).code(0);
+    // The test's environment (the fakes on PATH), as `poolparty` gets it.
+    let cmd = t.command(&[]);
+    let out = std::process::Command::new("bash")
+        .arg(t.path().join("bundle/submit.sh"))
+        .current_dir(t.path())
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "submit.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let r = t.run(&["results", "--stage", "b", "-q"]);
+        if r.code == Some(0) && !r.stdout.trim().is_empty() {
+            // `b` printed `a`'s results file: one result per line.
+            assert_eq!(r.stdout, "[\"2\\n4\\n6\\n\"]\n");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b has no result after 120 s: {}\n{}\ncalls: {:?}",
+            r.stdout,
+            r.stderr,
+            std::fs::read_to_string(t.path().join("calls.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(t.run(&["results", "--stage", "a"]).stdout, "[2, 4, 6]\n");
+    // The driver was submitted with a dependency on the array, in the scheduler's syntax.
+    let log = std::fs::read_to_string(t.path().join("calls.log")).unwrap();
+    let dep = log
+        .lines()
+        .find(|l| l.contains("depend=") || l.contains("-w"))
+        .unwrap_or_else(|| panic!("no dependency in the calls:\n{log}"));
+    match s.name {
+        "pbs" => assert!(dep.contains("-W depend=afterany:1"), "{dep}"),
+        _ => assert!(dep.contains("-w ended(1"), "{dep}"),
+    }
+}
+
+#[test]
+fn pbs_bundle_runs_with_dependencies() {
+    bundle_runs(&PBS);
+}
+
+#[test]
+fn lsf_bundle_runs_with_dependencies() {
+    bundle_runs(&LSF);
+}

@@ -189,16 +189,24 @@ pub fn not_found_ids(message: &str) -> Vec<String> {
         .collect()
 }
 
+/// The header of a bundle's driver job script: name, log (stdout and stderr joined when no
+/// `-e` is given) and working folder.
+#[must_use]
+pub fn driver_header(job_name: &str, log: &str, cwd: &str) -> String {
+    format!("#BSUB -J {job_name}\n#BSUB -o {log}\n#BSUB -cwd {cwd}")
+}
+
 /// The `pp_submit_lsf` and `pp_wait_lsf` functions of a bundle's `submit.sh`.
 pub const BUNDLE_HELPERS: &str = r#"# pp_submit_lsf KIND "IDS" "ANY_IDS" SCRIPT [TASK_FILE]: submits after IDS ended as KIND
 # (afterok: done(), afterany: ended()) and ANY_IDS ended in any way; the task file goes in
 # the environment, which bsub passes on; prints the job id.
 pp_submit_lsf() {
-  local dep="" id cond=done
+  local dep="" id cond=done opts=()
   if [ "$1" = afterany ]; then cond=ended; fi
   for id in $2; do dep="${dep:+$dep && }$cond($id)"; done
   for id in $3; do dep="${dep:+$dep && }ended($id)"; done
-  POOLPARTY_TASK_FILE=${5:+$pp_bundle/$5} bsub ${dep:+-w "$dep"} < "$4" | sed -n 's/^Job <\([0-9]*\)>.*/\1/p'
+  if [ -n "$dep" ]; then opts+=(-w "$dep"); fi
+  POOLPARTY_TASK_FILE=${5:+$pp_bundle/$5} bsub ${opts[@]+"${opts[@]}"} < "$4" | sed -n 's/^Job <\([0-9]*\)>.*/\1/p'
 }
 pp_wait_lsf() {
   for id in $1; do while bjobs -noheader -o stat "$id" 2>/dev/null | grep -qv -e DONE -e EXIT; do sleep 10; done; done

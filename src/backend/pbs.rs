@@ -200,15 +200,24 @@ pub fn unknown_ids(message: &str) -> Vec<String> {
         .collect()
 }
 
+/// The header of a bundle's driver job script: name, log (stdout and stderr joined) and the
+/// folder it starts in (PBS has no option for it, so the script `cd`s there).
+#[must_use]
+pub fn driver_header(job_name: &str, log: &str, cwd: &str) -> String {
+    format!("#PBS -N {job_name}\n#PBS -S /bin/bash\n#PBS -j oe\n#PBS -o {log}\ncd {cwd} || exit 2")
+}
+
 /// The `pp_submit_pbs` and `pp_wait_pbs` functions of a bundle's `submit.sh`.
 pub const BUNDLE_HELPERS: &str = r#"# pp_submit_pbs KIND "IDS" "ANY_IDS" SCRIPT [TASK_FILE]: submits after IDS ended as KIND
 # (afterok or afterany) and ANY_IDS ended in any way; the task file goes in the environment
 # (PBS passes no arguments to a script); prints the job id.
 pp_submit_pbs() {
-  local dep=""
+  local dep="" opts=()
   if [ -n "$2" ]; then dep="$1:$(echo $2 | tr ' ' ':')"; fi
   if [ -n "$3" ]; then dep="${dep:+$dep,}afterany:$(echo $3 | tr ' ' ':')"; fi
-  qsub ${dep:+-W depend=$dep} ${5:+-v POOLPARTY_TASK_FILE="$pp_bundle/$5"} "$4"
+  if [ -n "$dep" ]; then opts+=(-W "depend=$dep"); fi
+  if [ -n "${5:-}" ]; then opts+=(-v "POOLPARTY_TASK_FILE=$pp_bundle/$5"); fi
+  qsub ${opts[@]+"${opts[@]}"} "$4"
 }
 pp_wait_pbs() {
   for id in $1; do while qstat -x -f -F json "$id" 2>/dev/null | grep -q '"job_state":"[^FX]"'; do sleep 10; done; done

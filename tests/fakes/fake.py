@@ -417,13 +417,16 @@ def qsub(args):
         if load(d, seq) is None:
             sys.stderr.write("qsub: Unknown Job Id %d.%s\n" % (seq, SERVER))
             sys.exit(2)
-    # PBS passes no submission environment but PBS_O_* (and -v); jobs start in $HOME.
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
+    # PBS passes no submission environment but PBS_O_* (and -v); jobs start in $HOME. The
+    # nodes' default PATH has the PBS commands (here: the fakes, whose FAKE_* settings are
+    # the server's configuration).
+    env = {k: v for k, v in os.environ.items() if k.startswith("FAKE_")}
+    env.update({
+        "PATH": os.path.join(os.path.dirname(os.path.abspath(__file__)), "pbs") + ":/usr/local/bin:/usr/bin:/bin",
         "HOME": os.environ.get("HOME", "/"),
         "PBS_O_WORKDIR": os.getcwd(),
         "PBS_O_HOME": os.environ.get("HOME", "/"),
-    }
+    })
     env.update(extra_env)
     seq = new_job(
         d,
