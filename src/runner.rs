@@ -286,7 +286,8 @@ impl<'a> Runner<'a> {
             ids.extend(u.job_ids.iter().cloned());
         }
         let jobs: usize = self.uncancelled.iter().map(|(_, u)| u.launches.len()).sum();
-        let command = if backend == "sge" { "qdel" } else { "scancel" };
+        let command = crate::backend::scheduler_named(backend)
+            .map_or("scancel", |s| s.syntax.cancel_command());
         crate::error::Error::Backend {
             backend,
             message: format!(
