@@ -23,13 +23,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::backend::cluster::{
-    CallError, ClusterBackend, Scheduler, Submission, SubmittedJob, TaskState,
-};
-use crate::backend::{Launch, StageSpec, lsf::Lsf, packing, pbs::Pbs, sge::Sge, slurm::Slurm};
+use crate::backend::cluster::{ArrayLimit, Submission, SubmittedJob};
+use crate::backend::syntax::ArrayScript;
+use crate::backend::{self, Launch, StageSpec, packing};
 use crate::error::{Error, Result};
 use crate::graph::StageGraph;
-use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure, ResultMode, WallTime};
+use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure, ResultMode};
 use crate::outcome::{JobRecord, Outcome};
 use crate::plan::PlannedJob;
 use crate::runner::Prepared;
@@ -58,51 +57,8 @@ pub struct BundleOptions {
 pub struct BundleSummary {
     /// Per stage: name, backend, jobs bundled, arrays (or "driver"/"local").
     pub stages: Vec<(String, BackendKind, usize, String)>,
-}
-
-/// Renders the local script: the same wrapper and task table as the cluster scripts.
-struct LocalScript;
-
-/// The embedded template of a bundle's local script (`run-local.sh`).
-pub const LOCAL_TEMPLATE: &str = include_str!("../templates/local.sh.hbs");
-
-impl Scheduler for LocalScript {
-    fn name(&self) -> &'static str {
-        "local"
-    }
-    fn default_template(&self) -> &'static str {
-        LOCAL_TEMPLATE
-    }
-    fn first_index(&self) -> usize {
-        0
-    }
-    fn max_array_tasks(&mut self) -> Result<usize> {
-        Ok(usize::MAX)
-    }
-    fn array_spec(&self, tasks: usize, _: Option<u32>) -> String {
-        format!("0-{}", tasks.saturating_sub(1))
-    }
-    fn format_time(&self, t: WallTime) -> String {
-        t.hms()
-    }
-    fn submit(&mut self, _: &Path) -> std::result::Result<String, CallError> {
-        Err(CallError {
-            message: "local scripts are not submitted".into(),
-            transient: false,
-        })
-    }
-    fn query(
-        &mut self,
-        _: &[String],
-    ) -> std::result::Result<HashMap<(String, usize), TaskState>, CallError> {
-        Ok(HashMap::new())
-    }
-    fn cancel(&mut self, _: &[String]) -> std::result::Result<(), CallError> {
-        Ok(())
-    }
-    fn cancel_tasks(&mut self, _: &str, _: &[usize]) -> std::result::Result<(), CallError> {
-        Ok(())
-    }
+    /// The array limits the scripts were cut by, and where each came from.
+    pub limits: Vec<(BackendKind, ArrayLimit)>,
 }
 
 /// One line of a stage's `bundled.jsonl`: a local script that `submit.sh` ran.
@@ -308,16 +264,6 @@ pub fn staged_outcomes(layout: &Layout, stage: &str) -> Result<HashMap<String, S
     Ok(out)
 }
 
-fn scheduler(kind: BackendKind) -> Box<dyn Scheduler> {
-    match kind {
-        BackendKind::Local => Box::new(LocalScript),
-        BackendKind::Slurm => Box::new(Slurm),
-        BackendKind::Sge => Box::new(Sge),
-        BackendKind::Pbs => Box::new(Pbs),
-        BackendKind::Lsf => Box::new(Lsf),
-    }
-}
-
 fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::store("write", path, e)
 }
@@ -374,7 +320,8 @@ pub fn write(
 ) -> Result<BundleSummary> {
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     let mut summary = BundleSummary::default();
-    let mut limits: HashMap<BackendKind, usize> = HashMap::new();
+    // The array limit of each scheduler, asked once per bundle.
+    let mut asked: HashMap<BackendKind, ArrayLimit> = HashMap::new();
     let mut sh = String::new();
     let _ = writeln!(
         sh,
@@ -384,8 +331,13 @@ pub fn write(
         layout.root().display()
     );
     sh.push_str(HELPERS);
-    sh.push_str(crate::backend::pbs::BUNDLE_HELPERS);
-    sh.push_str(crate::backend::lsf::BUNDLE_HELPERS);
+    sh.push_str(&scheduler_functions(
+        graph
+            .order()
+            .iter()
+            .filter(|&&i| selected[i])
+            .map(|&i| opts.backend.unwrap_or(m.stages[i].settings.backend)),
+    ));
     // Shell variable holding the scheduler ids of each stage, and its scheduler.
     let mut ids_var: HashMap<usize, (String, BackendKind)> = HashMap::new();
     for &i in graph.order() {
@@ -461,18 +413,8 @@ pub fn write(
                     .map_or(packing::AUTO_MIN_TASKS, |p| {
                         packing::AUTO_MIN_TASKS.min(p as usize)
                     });
-                let mut sched = scheduler(kind);
-                let max_tasks = match limits.get(&kind) {
-                    Some(&n) => n,
-                    None => {
-                        let n = sched.max_array_tasks()?;
-                        limits.insert(kind, n);
-                        n
-                    }
-                };
+                let script = ArrayScript::new(backend::syntax(kind), &settings_plan_spec)?;
                 let cwd = settings_plan_spec.cwd.clone();
-                let (tx, _rx) = std::sync::mpsc::channel();
-                let backend = ClusterBackend::new(sched, settings_plan_spec, tx, dir.clone())?;
                 if launches.is_empty() {
                     let _ = writeln!(sh, "echo \"stage {name}: every job is done already\"");
                     summary
@@ -481,6 +423,26 @@ pub fn write(
                     ids_var.insert(i, (var, kind));
                     continue;
                 }
+                // A local script runs every task itself; arrays are bounded by their scheduler.
+                let max_tasks = match backend::scheduler(kind) {
+                    None => usize::MAX,
+                    Some(s) => {
+                        let limit = asked.entry(kind).or_insert_with(|| array_limit(s)).clone();
+                        if !summary
+                            .limits
+                            .iter()
+                            .any(|(k, l)| *k == kind && *l == limit)
+                        {
+                            let _ = writeln!(
+                                sh,
+                                "# {kind} arrays of at most {} tasks: {}",
+                                limit.tasks, limit.source
+                            );
+                            summary.limits.push((kind, limit.clone()));
+                        }
+                        limit.tasks.max(1)
+                    }
+                };
                 let all_tasks: Vec<Vec<Launch>> = match auto {
                     Some(target) => {
                         let known =
@@ -499,13 +461,8 @@ pub fn write(
                     }
                     None => launches.chunks(bundle).map(<[Launch]>::to_vec).collect(),
                 };
-                let per_array = if kind == BackendKind::Local {
-                    all_tasks.len()
-                } else {
-                    max_tasks
-                };
                 let mut arrays = 0;
-                for (k, tasks) in all_tasks.chunks(per_array.max(1)).enumerate() {
+                for (k, tasks) in all_tasks.chunks(max_tasks).enumerate() {
                     let tasks: Vec<Vec<Launch>> = tasks.to_vec();
                     let label = if kind == BackendKind::Local {
                         "run-local".to_owned()
@@ -515,8 +472,12 @@ pub fn write(
                     // The task file is named relative to the script: `submit.sh` passes its
                     // place to cluster scripts, the local script finds it next to itself.
                     let data_name = format!("{label}.jobs");
-                    let rendered =
-                        backend.render(&tasks, &format!("{BUNDLE_RUN}-{}", k + 1), &data_name)?;
+                    let rendered = script.render(
+                        &settings_plan_spec,
+                        &tasks,
+                        &format!("{BUNDLE_RUN}-{}", k + 1),
+                        &data_name,
+                    )?;
                     let path = dir.join(format!("{label}.sh"));
                     std::fs::write(&path, rendered.script).map_err(io(&path))?;
                     let data_path = dir.join(&data_name);
@@ -627,36 +588,19 @@ pub fn write(
                 } else {
                     let log = state_dir.join("driver.log");
                     let path = dir.join("driver.sh");
-                    let header = match kind {
-                        BackendKind::Slurm => format!(
-                            "#SBATCH --job-name=pp-{}-{name}-driver\n#SBATCH --output={}\n#SBATCH --chdir={}",
-                            m.name,
-                            q(&log),
-                            q(&m.dir)
-                        ),
-                        BackendKind::Pbs => crate::backend::pbs::driver_header(
-                            &format!("pp-{}-{name}-driver", m.name),
-                            &q(&log),
-                            &q(&m.dir),
-                        ),
-                        BackendKind::Lsf => crate::backend::lsf::driver_header(
-                            &format!("pp-{}-{name}-driver", m.name),
-                            &q(&log),
-                            &q(&m.dir),
-                        ),
-                        _ => format!(
-                            "#$ -N pp-{}-{name}-driver\n#$ -S /bin/bash\n#$ -j y\n#$ -o {}\n#$ -wd {}",
-                            m.name,
-                            q(&log),
-                            q(&m.dir)
-                        ),
-                    };
+                    let syntax = backend::syntax(kind);
+                    let header = syntax.driver_header(
+                        &format!("pp-{}-{name}-driver", m.name),
+                        &q(&log),
+                        &q(&m.dir),
+                    );
                     // Not `exec`: the driver marks itself done in drivers.jsonl when the run
                     // ends (a cancelled driver is killed before that, with its runner, which
                     // gets the scheduler's SIGTERM too).
                     let drivers = drivers_file(layout, name);
                     let script = format!(
-                        "#!/bin/bash\n# poolparty driver of stage `{name}`: its jobs are known only once what it needs is done.\n{header}\n{cmd}\nrc=$?\nprintf '{{\"job_id\":\"%s\",\"done\":true}}\\n' \"${{SLURM_JOB_ID:-${{JOB_ID:-${{PBS_JOBID:-${{LSB_JOBID:-}}}}}}}}\" >> {}\nexit \"$rc\"\n",
+                        "#!/bin/bash\n# poolparty driver of stage `{name}`: its jobs are known only once what it needs is done.\n{header}\n{cmd}\nrc=$?\nprintf '{{\"job_id\":\"%s\",\"done\":true}}\\n' \"${{{}:-}}\" >> {}\nexit \"$rc\"\n",
+                        syntax.job_id_var(),
                         q(&drivers)
                     );
                     std::fs::write(&path, script).map_err(io(&path))?;
@@ -688,29 +632,62 @@ pub fn write(
     Ok(summary)
 }
 
+/// The array limit of a scheduler for a bundle: the cluster's when its client can tell
+/// (`scontrol`/`qconf` may be missing where bundles are written), otherwise the scheduler's
+/// documented default; either way it says which.
+fn array_limit(s: &backend::Scheduler) -> ArrayLimit {
+    match (s.client)().max_array_tasks() {
+        Ok(limit) => limit,
+        Err(e) => ArrayLimit {
+            tasks: s.syntax.default_max_array_tasks(),
+            source: format!(
+                "the documented default `{}` of {} (the cluster could not be asked: {})",
+                s.syntax.max_array_key(),
+                s.syntax.name(),
+                match e {
+                    Error::Backend {
+                        message,
+                        detail: Some(d),
+                        ..
+                    } => format!("{message}: {d}"),
+                    e => e.to_string(),
+                }
+            ),
+        },
+    }
+}
+
+/// `submit.sh`'s `pp_submit_<scheduler>` and `pp_wait_<scheduler>` of each scheduler the
+/// bundle's stages use (in [`backend::SCHEDULERS`] order), from its syntax.
+fn scheduler_functions(kinds: impl Iterator<Item = BackendKind>) -> String {
+    let kinds: HashSet<BackendKind> = kinds.collect();
+    let mut out = String::new();
+    for s in backend::SCHEDULERS
+        .iter()
+        .filter(|s| kinds.contains(&s.kind))
+    {
+        let name = s.syntax.name();
+        let _ = write!(
+            out,
+            "# pp_submit_{name} KIND \"IDS\" \"ANY_IDS\" SCRIPT [TASK_FILE]: submits after IDS ended as KIND\n\
+             # (afterok or afterany) and ANY_IDS ended in any way, telling an array script where its\n\
+             # task file is (drivers have none); prints the job id.\n\
+             pp_submit_{name}() {{\n{}\n}}\n\
+             # pp_wait_{name} \"IDS\": waits until those jobs left the queue.\n\
+             pp_wait_{name}() {{\n{}\n}}\n",
+            s.syntax.submit_function(),
+            s.syntax.wait_function(),
+        );
+    }
+    out
+}
+
 /// Shell functions of `submit.sh`.
 const HELPERS: &str = r#"
 # pp_prepare STATE_DIR JOBS: create the stage's state folders and its job list.
 pp_prepare() {
   mkdir -p "$1/logs" "$1/results" "$1/staging"
   if [ -f "$2" ]; then cp "$2" "$1/jobs.jsonl"; fi
-}
-# pp_submit_slurm KIND "IDS" "ANY_IDS" SCRIPT [TASK_FILE]: submits after IDS ended as KIND
-# (afterok or afterany) and ANY_IDS ended in any way, telling an array script where its task
-# file is (drivers have none); prints the job id.
-pp_submit_slurm() {
-  local dep=""
-  if [ -n "$2" ]; then dep="$1:$(echo $2 | tr ' ' ':')"; fi
-  if [ -n "$3" ]; then dep="${dep:+$dep,}afterany:$(echo $3 | tr ' ' ':')"; fi
-  sbatch --parsable ${dep:+--dependency=$dep} "$4" ${5:+"$pp_bundle/$5"} | cut -d';' -f1
-}
-# pp_submit_sge KIND "IDS" "ANY_IDS" SCRIPT [TASK_FILE]: Grid Engine's -hold_jid waits for the
-# end of IDS and ANY_IDS whatever their outcome; prints the job id.
-pp_submit_sge() {
-  local ids hold=""
-  ids=$(echo $2 $3 | tr ' ' ',')
-  if [ -n "$ids" ]; then hold="-hold_jid $ids"; fi
-  qsub -terse $hold "$4" ${5:+"$pp_bundle/$5"} | cut -d. -f1
 }
 # pp_record STATE_DIR ID SCRIPT SCHEDULER TASKS: appends to submissions.jsonl (SCRIPT and
 # TASKS relative to this folder).
@@ -728,12 +705,5 @@ pp_record_local() {
 pp_record_driver() {
   printf '{"job_id":"%s","script":"%s","scheduler":"%s"}\n' \
     "$2" "$pp_bundle/$3" "$4" >> "$1/drivers.jsonl"
-}
-# pp_wait_slurm "IDS" / pp_wait_sge "IDS": wait until those jobs left the queue.
-pp_wait_slurm() {
-  while [ -n "$(squeue -h -j "$(echo $1 | tr ' ' ',')" -t PD,R,CG,S,CF 2>/dev/null)" ]; do sleep 10; done
-}
-pp_wait_sge() {
-  for id in $1; do while qstat -j "$id" >/dev/null 2>&1; do sleep 10; done; done
 }
 "#;

@@ -24,7 +24,7 @@ pub struct Cli {
 /// Flags accepted by every command.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Run every stage on this backend (`local`, `slurm`, `sge`), whatever the manifest says.
+    /// Run every stage on this backend (`local`, `slurm`, `sge`, `pbs`, `lsf`), whatever the manifest says.
     #[arg(long, global = true, value_name = "NAME")]
     pub backend: Option<BackendKind>,
     /// Override every stage's `max_parallel`.
@@ -238,12 +238,12 @@ pub enum TemplatesCmd {
     List,
     /// Print an embedded template.
     Show {
-        /// `slurm`, `sge` or `local`.
+        /// `slurm`, `sge`, `pbs`, `lsf` or `local`.
         name: String,
     },
     /// Write an embedded template into a folder, to edit and use with the `template` key.
     Eject {
-        /// `slurm`, `sge` or `local`.
+        /// `slurm`, `sge`, `pbs`, `lsf` or `local`.
         name: String,
         /// The folder (default: the current one).
         dir: Option<PathBuf>,

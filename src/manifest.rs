@@ -1042,7 +1042,7 @@ fn check_script_template(stage: &Stage, src: &Source) -> Result<()> {
 /// stage runs on (`over` is `--backend`): a Slurm script submitted to Grid Engine (or run as a
 /// local bundle) fails every job of the stage on the cluster instead of at `validate`. A
 /// template is taken to be written for a scheduler when it reads that scheduler's array task
-/// variable (`SLURM_ARRAY_TASK_ID`, `SGE_TASK_ID`), as the ejected templates do. Local stages
+/// variable (`marks`: `SLURM_ARRAY_TASK_ID`, `SGE_TASK_ID`...), as the ejected templates do. Local stages
 /// use their template only in a bundle (`bundle`: `plan --out`, `run --detach`), so a cluster
 /// template in `[defaults]` does not stop a local test run.
 ///
@@ -1052,13 +1052,8 @@ pub fn check_template_backends(
     m: &Manifest,
     over: Option<BackendKind>,
     bundle: bool,
+    marks: &[(BackendKind, &str)],
 ) -> Result<()> {
-    const MARKS: [(BackendKind, &str); 4] = [
-        (BackendKind::Slurm, "SLURM_ARRAY_TASK_ID"),
-        (BackendKind::Sge, "SGE_TASK_ID"),
-        (BackendKind::Pbs, "PBS_ARRAY_INDEX"),
-        (BackendKind::Lsf, "LSB_JOBINDEX"),
-    ];
     for stage in &m.stages {
         let Some((path, span)) = &stage.settings.template else {
             continue;
@@ -1068,7 +1063,7 @@ pub fn check_template_backends(
             continue;
         }
         let text = read_text(path).map_err(|e| Error::store("read", path, e))?;
-        let Some((other, mark)) = MARKS
+        let Some((other, mark)) = marks
             .iter()
             .find(|(k, mark)| *k != kind && text.contains(mark))
         else {

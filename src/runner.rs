@@ -286,11 +286,8 @@ impl<'a> Runner<'a> {
             ids.extend(u.job_ids.iter().cloned());
         }
         let jobs: usize = self.uncancelled.iter().map(|(_, u)| u.launches.len()).sum();
-        let command = match backend {
-            "sge" | "pbs" => "qdel",
-            "lsf" => "bkill",
-            _ => "scancel",
-        };
+        let command = crate::backend::scheduler_named(backend)
+            .map_or("scancel", |s| s.syntax.cancel_command());
         crate::error::Error::Backend {
             backend,
             message: format!(

@@ -935,7 +935,7 @@ impl Drop for QmasterBack {
 /// retrying.
 #[test]
 fn qmaster_outage_is_survived() {
-    use poolparty::backend::cluster::Scheduler;
+    use poolparty::backend::cluster::Client;
 
     let _c = cluster("sgeoutage");
     let n = 20;

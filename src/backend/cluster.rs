@@ -2,8 +2,11 @@
 //! chunking, bundling, throttled submission, one scheduler query per poll with backoff,
 //! outcome files harvested from the staging folder, and lost-task detection.
 //!
-//! A [`Scheduler`] only knows its commands (`sbatch`/`squeue`/`scancel` or
-//! `qsub`/`qstat`/`qdel`) and how to read their output; [`ClusterBackend`] does the rest.
+//! A scheduler is two parts, both in its own file (`slurm.rs`, `sge.rs`): a [`Syntax`] (pure:
+//! how its scripts are written, see `syntax.rs`) and a [`Client`] (the only code that runs its
+//! commands, `sbatch`/`squeue`/`scancel` or `qsub`/`qstat`/`qdel`, and reads their output).
+//! [`ClusterBackend`] is the state machine over them: what to submit, when to ask, and what
+//! an answer means for a job.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
@@ -13,8 +16,8 @@ use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
+use super::syntax::{ArrayScript, Syntax};
 use super::{
     Backend, CancelMode, Event, Launch, StageSpec, Uncancelled, packing, read_result_file,
     take_result_file,
@@ -22,11 +25,6 @@ use super::{
 use crate::error::{Error, Result};
 use crate::outcome::StagedOutcome;
 use crate::outcome::{JobRecord, Outcome};
-use crate::plan::Command;
-use crate::template::{Quoting, Templates};
-
-/// The job wrapper shared by both script templates (rendered, then inserted as `{{{wrapper}}}`).
-pub const WRAPPER: &str = include_str!("../../templates/wrapper.sh");
 
 /// How long a scheduler command may take before it counts as failed.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,27 +44,26 @@ pub enum TaskState {
     Error(String),
 }
 
-/// The scheduler-specific part of a cluster backend.
-pub trait Scheduler: Send {
-    /// `slurm` or `sge`.
-    fn name(&self) -> &'static str;
-    /// The embedded script template.
-    fn default_template(&self) -> &'static str;
-    /// The first array index (Slurm 0, Grid Engine 1).
-    fn first_index(&self) -> usize;
-    /// The largest number of tasks one array may have.
+/// The most tasks one array may have, and where that number came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArrayLimit {
+    /// Tasks per array.
+    pub tasks: usize,
+    /// Where it came from, for people: "the cluster's `MaxArraySize`".
+    pub source: String,
+}
+
+/// The I/O half of a cluster backend: the only part that runs scheduler commands (`sbatch`,
+/// `squeue`, `scancel`...) and reads their output. How scripts are written is its
+/// [`Syntax`]; what to submit, when to ask, and what an answer means for a job is
+/// [`ClusterBackend`]'s.
+pub trait Client: Send {
+    /// The most tasks one array may have, as the cluster is configured. Asked once per
+    /// process at most.
     ///
     /// # Errors
-    /// When the scheduler cannot be asked.
-    fn max_array_tasks(&mut self) -> Result<usize>;
-    /// The `array` value of the script header for `tasks` tasks.
-    fn array_spec(&self, tasks: usize, throttle: Option<u32>) -> String;
-    /// The time limit in the scheduler's format.
-    fn format_time(&self, t: crate::manifest::WallTime) -> String;
-    /// A memory size (`memory`, e.g. `4G`) in the scheduler's format; by default as written.
-    fn format_memory(&self, m: &str) -> String {
-        m.to_owned()
-    }
+    /// When the scheduler cannot be asked and the backend cannot go on without the answer.
+    fn max_array_tasks(&mut self) -> Result<ArrayLimit>;
     /// Submits a script; returns the scheduler's job id.
     ///
     /// # Errors
@@ -202,75 +199,6 @@ pub struct SubmittedJob {
     pub fp: String,
 }
 
-/// An array script and the task file its tasks read their jobs from.
-#[derive(Debug)]
-pub struct Rendered {
-    /// The script (its size does not depend on the jobs).
-    pub script: String,
-    /// The task file (see [`encode_tasks`]).
-    pub task_file: Vec<u8>,
-}
-
-/// Length of one line of a task file's header: `OFFSET LENGTH\n`, each number 19 digits.
-pub const TASK_HEADER_LINE: usize = 40;
-
-/// The task file of an array: what each of its tasks runs, read by `pp_task` in
-/// `templates/wrapper.sh`.
-///
-/// A header of one [`TASK_HEADER_LINE`]-byte line per task (`OFFSET LENGTH`, zero-padded
-/// decimal, the byte range of the task's record in the file), then the records: per job, the
-/// NUL-terminated fields `ARGC INDEX ID ATTEMPT JOB_JSON ARGV[0] .. ARGV[ARGC-1]`, where a
-/// shell command is the argv `/bin/sh -c COMMAND`. A task seeks to its record (`tail -c`) and
-/// reads the fields with `read -d ''`: the text reaches `exec` byte for byte, never parsed by
-/// the shell. `tr '\0' '\n' < FILE` shows it.
-///
-/// # Errors
-/// A field holding a NUL byte (no program argument can).
-pub fn encode_tasks(tasks: &[Vec<Launch>]) -> std::result::Result<Vec<u8>, String> {
-    fn field(out: &mut Vec<u8>, text: &str, id: &str) -> std::result::Result<(), String> {
-        if text.contains('\0') {
-            return Err(format!(
-                "the command of job `{id}` holds a NUL byte, which no program argument can"
-            ));
-        }
-        out.extend_from_slice(text.as_bytes());
-        out.push(0);
-        Ok(())
-    }
-    let header = tasks.len() * TASK_HEADER_LINE;
-    let mut records: Vec<u8> = Vec::new();
-    let mut ranges = Vec::with_capacity(tasks.len());
-    for launches in tasks {
-        let start = records.len();
-        for l in launches {
-            let id = l.job.id.as_str();
-            let shell;
-            let argv: &[String] = match &l.job.command {
-                Command::Shell(c) => {
-                    shell = ["/bin/sh".to_owned(), "-c".to_owned(), c.clone()];
-                    &shell
-                }
-                Command::Argv(a) => a,
-            };
-            field(&mut records, &argv.len().to_string(), id)?;
-            field(&mut records, &l.job.index.to_string(), id)?;
-            field(&mut records, id, id)?;
-            field(&mut records, &l.attempt.to_string(), id)?;
-            field(&mut records, &l.job.json, id)?;
-            for a in argv {
-                field(&mut records, a, id)?;
-            }
-        }
-        ranges.push((header + start, records.len() - start));
-    }
-    let mut out = Vec::with_capacity(header + records.len());
-    for (offset, len) in ranges {
-        out.extend_from_slice(format!("{offset:019} {len:019}\n").as_bytes());
-    }
-    out.extend_from_slice(&records);
-    Ok(out)
-}
-
 struct Tracked {
     launch: Launch,
     job_id: String,
@@ -282,13 +210,12 @@ struct Tracked {
 
 /// A cluster backend for one stage.
 pub struct ClusterBackend {
-    sched: Box<dyn Scheduler>,
+    syntax: &'static dyn Syntax,
+    client: Box<dyn Client>,
+    script: ArrayScript,
     spec: StageSpec,
     events: Sender<Event>,
-    templates: Templates,
-    template_text: String,
     scripts_dir: PathBuf,
-    job_name: String,
     pending: VecDeque<Launch>,
     /// Tasks packed and waiting for submission, in order.
     packed: VecDeque<Vec<Launch>>,
@@ -335,43 +262,25 @@ const CANCEL_BACKOFF: [Duration; 3] = [
 pub const SUBMIT_PATIENCE: Duration = Duration::from_secs(600);
 
 impl ClusterBackend {
-    /// A backend submitting through `sched`.
+    /// A backend writing scripts in `syntax` and submitting through `client`.
     ///
     /// # Errors
     /// A custom template that cannot be read or compiled.
     pub fn new(
-        sched: Box<dyn Scheduler>,
+        syntax: &'static dyn Syntax,
+        client: Box<dyn Client>,
         spec: StageSpec,
         events: Sender<Event>,
         scripts_dir: PathBuf,
     ) -> Result<Self> {
-        let template_text = match &spec.settings.template {
-            Some((path, _)) => std::fs::read_to_string(path).map_err(|e| Error::Backend {
-                backend: sched.name(),
-                message: format!("cannot read template `{}`: {e}", path.display()),
-                detail: None,
-            })?,
-            None => sched.default_template().to_owned(),
-        };
-        let mut templates = Templates::new();
-        for (name, text) in [("script", template_text.as_str()), ("wrapper", WRAPPER)] {
-            templates
-                .add(name, text, Quoting::Shell)
-                .map_err(|f| Error::Backend {
-                    backend: sched.name(),
-                    message: format!("invalid {name} template: {}", f.message),
-                    detail: None,
-                })?;
-        }
-        let job_name = format!("pp-{}-{}-{}", spec.workflow, spec.name, spec.run);
+        let script = ArrayScript::new(syntax, &spec)?;
         let interval = spec.settings.poll_interval;
         Ok(Self {
-            sched,
+            syntax,
+            client,
+            script,
             events,
-            templates,
-            template_text,
             scripts_dir,
-            job_name,
             pending: VecDeque::new(),
             packed: VecDeque::new(),
             wave: None,
@@ -402,7 +311,7 @@ impl ClusterBackend {
         let mut pauses = CANCEL_BACKOFF.iter();
         loop {
             self.calls += 1;
-            match self.sched.cancel(&self.active_jobs) {
+            match self.client.cancel(&self.active_jobs) {
                 Ok(()) => return Ok(()),
                 Err(e) => match pauses.next() {
                     Some(p) => std::thread::sleep(*p),
@@ -421,126 +330,6 @@ impl ClusterBackend {
         }
     }
 
-    /// The template text in use (for `plan --out`).
-    #[must_use]
-    pub fn template_text(&self) -> &str {
-        &self.template_text
-    }
-
-    /// Renders the array script for `tasks` (each a list of launches) and its task file.
-    ///
-    /// The script does not hold the jobs: each array task reads its own jobs from the task
-    /// file (see [`encode_tasks`]) at `data` (or at the script's first argument, when given),
-    /// so the script's size depends only on the stage's settings, never on the number or
-    /// size of its jobs.
-    ///
-    /// # Errors
-    /// A render failure of a custom template, or a job argument holding a NUL byte.
-    pub fn render(&self, tasks: &[Vec<Launch>], submission: &str, data: &str) -> Result<Rendered> {
-        let s = &self.spec.settings;
-        // Both are written into the script as they are: a name that is not a shell identifier
-        // cannot be exported, and a line break in a directive would start a command.
-        if let Some((k, _)) = self.spec.env.iter().find(|(k, _)| !is_identifier(k)) {
-            return Err(self.render_error(&format!(
-                "environment variable `{k}` is not a shell identifier, so the job script cannot export it (use letters, digits and `_`)"
-            )));
-        }
-        if let Some(x) = s.resources.extra.iter().find(|x| x.contains(['\n', '\r'])) {
-            return Err(self.render_error(&format!(
-                "the `extra` directive {x:?} contains a line break; give each directive as its own list entry"
-            )));
-        }
-        let env: Vec<Value> = self
-            .spec
-            .env
-            .iter()
-            .map(|(k, v)| json!({"name": k, "value": v}))
-            .collect();
-        let p = |p: &Path| p.display().to_string();
-        let base = json!({
-            "logs_dir": p(&self.spec.logs_dir),
-            "results_dir": p(&self.spec.results_dir),
-            "staging_dir": p(&self.spec.staging_dir),
-            "env": env,
-        });
-        let wrapper = self
-            .templates
-            .render("wrapper", Quoting::Shell, &base)
-            .map_err(|f| self.render_error(&f.message))?;
-        let first = self.sched.first_index();
-        let task_file = encode_tasks(tasks).map_err(|m| self.render_error(&m))?;
-        // Which jobs each task runs, for custom templates (the stock ones do not list them).
-        let cases: Vec<Value> = tasks
-            .iter()
-            .enumerate()
-            .map(|(t, launches)| {
-                let jobs: Vec<Value> = launches
-                    .iter()
-                    .map(|l| json!({"index": l.job.index, "id": l.job.id.as_str(), "attempt": l.attempt}))
-                    .collect();
-                json!({"task": t + first, "jobs": jobs})
-            })
-            .collect();
-        let throttle = s.max_parallel;
-        // `time` limits one job; a bundled task runs its jobs one after another, so its limit
-        // is that of its largest bundle.
-        let per_task =
-            u32::try_from(tasks.iter().map(Vec::len).max().unwrap_or(1).max(1)).unwrap_or(u32::MAX);
-        let time = s.time.map(|t| {
-            self.sched
-                .format_time(crate::manifest::WallTime(t.0.saturating_mul(per_task)))
-        });
-        let ctx = json!({
-            "workflow": self.spec.workflow,
-            "stage": self.spec.name,
-            "submission": submission,
-            "job_name": self.job_name,
-            "array": self.sched.array_spec(tasks.len(), throttle),
-            "throttle": throttle,
-            "tasks": tasks.len(),
-            "jobs": tasks.iter().map(Vec::len).sum::<usize>(),
-            "cwd": p(&self.spec.cwd),
-            "time": time,
-            "cpus": s.resources.cpus,
-            "memory": s.resources.memory.as_deref().map(|m| self.sched.format_memory(m)),
-            "partition": s.resources.partition,
-            "account": s.resources.account,
-            "qos": s.resources.qos,
-            "queue": s.resources.queue,
-            "project": s.resources.project,
-            "pe": s.resources.pe,
-            "extra": s.resources.extra,
-            "wrapper": wrapper,
-            "data": data,
-            "cases": cases,
-            "first": first,
-            "last": first + tasks.len().saturating_sub(1),
-            "parallel": throttle.map_or(self.spec.workers, |t| t as usize),
-        });
-        let script = self
-            .templates
-            .render("script", Quoting::Shell, &ctx)
-            .map_err(|f| {
-                self.render_error(&format!(
-                    "{}{}",
-                    f.message,
-                    f.help.map(|h| format!(" ({h})")).unwrap_or_default()
-                ))
-            })?;
-        Ok(Rendered { script, task_file })
-    }
-
-    fn render_error(&self, message: &str) -> Error {
-        Error::Backend {
-            backend: self.sched.name(),
-            message: format!(
-                "cannot render the array script of stage `{}`: {message}",
-                self.spec.name
-            ),
-            detail: None,
-        }
-    }
-
     /// Submits as much of the pending queue as the throttle allows: everything at once when
     /// unthrottled, otherwise one array at a time (so `max_parallel` bounds the whole stage).
     fn flush(&mut self) -> Result<()> {
@@ -552,7 +341,7 @@ impl ClusterBackend {
                 Some(m) => m,
                 None => {
                     self.calls += 1;
-                    let m = self.sched.max_array_tasks()?.max(1);
+                    let m = self.client.max_array_tasks()?.tasks.max(1);
                     self.max_tasks = Some(m);
                     m
                 }
@@ -585,12 +374,14 @@ impl ClusterBackend {
             std::fs::create_dir_all(&tasks_dir)
                 .map_err(|e| Error::store("create", &tasks_dir, e))?;
             let data = tasks_dir.join(format!("{name}.jobs"));
-            let rendered = self.render(&tasks, &name, &data.display().to_string())?;
+            let rendered =
+                self.script
+                    .render(&self.spec, &tasks, &name, &data.display().to_string())?;
             crate::store::atomic_write(&data, &rendered.task_file)?;
             crate::store::atomic_write(&path, rendered.script.as_bytes())?;
             self.calls += 1;
             let submitted = crate::store::now();
-            let job_id = match self.sched.submit(&path) {
+            let job_id = match self.client.submit(&path) {
                 Ok(id) => id,
                 Err(e) if e.transient => {
                     // Keep the jobs queued (in order) and try again at the next poll.
@@ -603,7 +394,7 @@ impl ClusterBackend {
                     let since = *self.submit_failing.get_or_insert_with(Instant::now);
                     if since.elapsed() >= SUBMIT_PATIENCE {
                         return Err(Error::Backend {
-                            backend: self.sched.name(),
+                            backend: self.syntax.name(),
                             message: format!(
                                 "could not submit the jobs of stage `{}`: the scheduler kept failing for {} s",
                                 self.spec.name,
@@ -616,7 +407,7 @@ impl ClusterBackend {
                 }
                 Err(e) => {
                     return Err(Error::Backend {
-                        backend: self.sched.name(),
+                        backend: self.syntax.name(),
                         message: format!(
                             "the scheduler refused the array script `{}`",
                             path.display()
@@ -631,7 +422,7 @@ impl ClusterBackend {
             self.next_status = self
                 .next_status
                 .min(Instant::now() + self.spec.settings.poll_interval);
-            let first = self.sched.first_index();
+            let first = self.syntax.first_index();
             let mut record = Vec::with_capacity(tasks.len());
             for (t, launches) in tasks.into_iter().enumerate() {
                 record.push(
@@ -672,7 +463,7 @@ impl ClusterBackend {
                 job_id,
                 script: path,
                 run: self.spec.run.clone(),
-                scheduler: self.sched.name().to_owned(),
+                scheduler: self.syntax.name().to_owned(),
                 tasks: record,
                 submitted: Some(submitted),
             };
@@ -841,7 +632,7 @@ impl Backend for ClusterBackend {
         let queue = ask.then(|| {
             self.calls += 1;
             let ids = self.active_jobs.clone();
-            self.sched.query(&ids)
+            self.client.query(&ids)
         });
         if ask {
             self.next_status = now + self.status_step;
@@ -876,7 +667,7 @@ impl Backend for ClusterBackend {
                 tasks.sort_unstable();
                 tasks.dedup();
                 self.calls += 1;
-                let _ = self.sched.cancel_tasks(&job_id, &tasks);
+                let _ = self.client.cancel_tasks(&job_id, &tasks);
             }
             for (key, _, _, _) in errors {
                 finished.push((key, Outcome::Lost));
@@ -949,8 +740,8 @@ impl Backend for ClusterBackend {
         self.calls += 1;
         // If the scheduler cannot be asked now, keep everything: tasks that are really gone
         // are found lost after the grace period.
-        let states = self.sched.query(&ids).ok();
-        let first = self.sched.first_index();
+        let states = self.client.query(&ids).ok();
+        let first = self.syntax.first_index();
         let mut kept = Vec::new();
         let mut stuck: std::collections::BTreeMap<String, Vec<usize>> =
             std::collections::BTreeMap::new();
@@ -990,7 +781,7 @@ impl Backend for ClusterBackend {
         }
         for (job_id, tasks) in stuck {
             self.calls += 1;
-            let _ = self.sched.cancel_tasks(&job_id, &tasks);
+            let _ = self.client.cancel_tasks(&job_id, &tasks);
         }
         self.next = Instant::now();
         kept
@@ -1035,7 +826,7 @@ impl Backend for ClusterBackend {
             // not "interrupted"; they keep no outcome, and a later `poolparty cancel` or
             // `run` finds them in submissions.jsonl.
             self.uncancelled = Some(Uncancelled {
-                scheduler: self.sched.name(),
+                scheduler: self.syntax.name(),
                 job_ids: std::mem::take(&mut self.active_jobs),
                 launches: self.tracked.drain().map(|(_, t)| t.launch).collect(),
                 error: e.message,
@@ -1052,21 +843,13 @@ impl Backend for ClusterBackend {
     }
 }
 
-/// A POSIX shell variable name: `[A-Za-z_][A-Za-z0-9_]*`.
-fn is_identifier(s: &str) -> bool {
-    s.chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
     use crate::jobs::JobId;
-    use crate::plan::PlannedJob;
+    use crate::plan::{Command, PlannedJob};
 
     /// A scheduler that logs its calls and lists every task of array `1` while `listed`.
     struct Fake {
@@ -1074,24 +857,12 @@ mod tests {
         listed: Arc<Mutex<bool>>,
     }
 
-    impl Scheduler for Fake {
-        fn name(&self) -> &'static str {
-            "slurm"
-        }
-        fn default_template(&self) -> &'static str {
-            include_str!("../../templates/slurm.sbatch.hbs")
-        }
-        fn first_index(&self) -> usize {
-            0
-        }
-        fn max_array_tasks(&mut self) -> Result<usize> {
-            Ok(1000)
-        }
-        fn array_spec(&self, tasks: usize, _: Option<u32>) -> String {
-            format!("0-{}", tasks - 1)
-        }
-        fn format_time(&self, t: crate::manifest::WallTime) -> String {
-            t.hms()
+    impl Client for Fake {
+        fn max_array_tasks(&mut self) -> Result<ArrayLimit> {
+            Ok(ArrayLimit {
+                tasks: 1000,
+                source: "the fake".into(),
+            })
         }
         fn submit(&mut self, _: &Path) -> std::result::Result<String, CallError> {
             self.log.lock().unwrap().push("submit");
@@ -1152,7 +923,14 @@ mod tests {
         };
         settings(&mut spec.settings);
         let (tx, rx) = std::sync::mpsc::channel();
-        let b = ClusterBackend::new(Box::new(sched), spec, tx, dir.join("scripts")).unwrap();
+        let b = ClusterBackend::new(
+            &crate::backend::slurm::Slurm,
+            Box::new(sched),
+            spec,
+            tx,
+            dir.join("scripts"),
+        )
+        .unwrap();
         (b, rx, log)
     }
 
@@ -1249,45 +1027,6 @@ mod tests {
         assert!(queries <= 4, "{queries} status calls");
     }
 
-    /// An array script's size does not depend on the number or the size of its jobs: they
-    /// are in the task file, which holds every argument byte for byte.
-    #[test]
-    fn script_size_does_not_grow_with_the_jobs() {
-        let dir = tempfile::tempdir().unwrap();
-        let (b, _rx, _) = backend(dir.path(), |_| {}, true);
-        let big = "'\"$(x)`y`\\\n é".repeat(10_000);
-        let many: Vec<Vec<Launch>> = launches(1000)
-            .into_iter()
-            .map(|mut l| {
-                Arc::make_mut(&mut l.job).command = Command::Shell(format!("printf %s {big}"));
-                vec![l]
-            })
-            .collect();
-        let one = vec![launches(1)];
-        let small = b.render(&one, "s", "/data/x.jobs").unwrap();
-        let large = b.render(&many, "s", "/data/x.jobs").unwrap();
-        assert!(small.script.len() < 8 * 1024, "{}", small.script);
-        // Only the digits of the task and job counts differ.
-        assert!(
-            large.script.len() <= small.script.len() + 32,
-            "{} -> {}",
-            small.script.len(),
-            large.script.len()
-        );
-        assert!(large.task_file.len() > 1000 * big.len());
-        let text = &large.task_file[1000 * TASK_HEADER_LINE..];
-        let fields: Vec<&[u8]> = text.split(|&b| b == 0).collect();
-        assert_eq!(fields[0], b"3");
-        assert_eq!(
-            fields[5..8],
-            [
-                &b"/bin/sh"[..],
-                b"-c",
-                format!("printf %s {big}").as_bytes()
-            ]
-        );
-    }
-
     /// `bundle = "auto"` with nothing recorded: a first wave of single-job tasks, then, once
     /// its outcomes are in, the rest packed into a few tasks by the measured durations.
     #[test]
@@ -1355,15 +1094,5 @@ mod tests {
             .find(|t| t.iter().any(|j| j.id == "j7"))
             .unwrap();
         assert_eq!(alone.len(), 1, "{alone:?}");
-    }
-
-    #[test]
-    fn only_shell_identifiers_are_exported_by_the_wrapper() {
-        for ok in ["A", "_x", "POOLPARTY_NEEDS_MAP_DIR", "a1"] {
-            assert!(is_identifier(ok), "{ok}");
-        }
-        for bad in ["", "1a", "A B", "A;touch x", "A-B", "é"] {
-            assert!(!is_identifier(bad), "{bad}");
-        }
     }
 }

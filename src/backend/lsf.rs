@@ -28,7 +28,8 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use super::cluster::{CallError, Scheduler, TaskState, call};
+use super::cluster::{ArrayLimit, CallError, Client, TaskState, call};
+use super::syntax::Syntax;
 use crate::error::Result;
 use crate::manifest::WallTime;
 
@@ -189,29 +190,72 @@ pub fn not_found_ids(message: &str) -> Vec<String> {
         .collect()
 }
 
-/// The header of a bundle's driver job script: name, log (stdout and stderr joined when no
-/// `-e` is given) and working folder.
-#[must_use]
-pub fn driver_header(job_name: &str, log: &str, cwd: &str) -> String {
-    format!("#BSUB -J {job_name}\n#BSUB -o {log}\n#BSUB -cwd {cwd}")
-}
-
-/// The `pp_submit_lsf` and `pp_wait_lsf` functions of a bundle's `submit.sh`.
-pub const BUNDLE_HELPERS: &str = r#"# pp_submit_lsf KIND "IDS" "ANY_IDS" SCRIPT [TASK_FILE]: submits after IDS ended as KIND
-# (afterok: done(), afterany: ended()) and ANY_IDS ended in any way; the task file goes in
-# the environment, which bsub passes on; prints the job id.
-pp_submit_lsf() {
-  local dep="" id cond=done opts=()
+/// The body of `submit.sh`'s `pp_submit_lsf KIND "IDS" "ANY_IDS" SCRIPT [TASK_FILE]`:
+/// `-w "done(ID) && ended(ID)"` (afterok is `done`, afterany `ended`), the script on stdin;
+/// the task file goes in the environment, which bsub passes on (LSF passes no arguments to a
+/// script read from stdin).
+const SUBMIT_FUNCTION: &str = r#"  local dep="" id cond=done opts=()
   if [ "$1" = afterany ]; then cond=ended; fi
   for id in $2; do dep="${dep:+$dep && }$cond($id)"; done
   for id in $3; do dep="${dep:+$dep && }ended($id)"; done
   if [ -n "$dep" ]; then opts+=(-w "$dep"); fi
-  POOLPARTY_TASK_FILE=${5:+$pp_bundle/$5} bsub ${opts[@]+"${opts[@]}"} < "$4" | sed -n 's/^Job <\([0-9]*\)>.*/\1/p'
+  POOLPARTY_TASK_FILE=${5:+$pp_bundle/$5} bsub ${opts[@]+"${opts[@]}"} < "$4" | sed -n 's/^Job <\([0-9]*\)>.*/\1/p'"#;
+
+/// The body of `submit.sh`'s `pp_wait_lsf "IDS"`: until no element is pending or running
+/// (or the job is cleaned and `not found`).
+const WAIT_FUNCTION: &str = r#"  for id in $1; do while bjobs -noheader -o stat "$id" 2>/dev/null | grep -qv -e DONE -e EXIT; do sleep 10; done; done"#;
+
+impl Syntax for Lsf {
+    fn name(&self) -> &'static str {
+        "lsf"
+    }
+    fn default_template(&self) -> &'static str {
+        TEMPLATE
+    }
+    fn template_file(&self) -> &'static str {
+        "lsf.bsub.hbs"
+    }
+    fn template_about(&self) -> &'static str {
+        "the bsub script of one LSF job array (submitted as `bsub < SCRIPT`)"
+    }
+    fn first_index(&self) -> usize {
+        1
+    }
+    fn default_max_array_tasks(&self) -> usize {
+        DEFAULT_MAX_JOB_ARRAY_SIZE
+    }
+    fn max_array_key(&self) -> &'static str {
+        "MAX_JOB_ARRAY_SIZE"
+    }
+    fn array_spec(&self, tasks: usize, _throttle: Option<u32>) -> String {
+        array_spec(tasks)
+    }
+    fn format_time(&self, t: WallTime) -> String {
+        format_time(t)
+    }
+    fn format_memory(&self, m: &str) -> String {
+        format_memory(m)
+    }
+    fn task_index_var(&self) -> &'static str {
+        "LSB_JOBINDEX"
+    }
+    fn job_id_var(&self) -> &'static str {
+        "LSB_JOBID"
+    }
+    fn driver_header(&self, job_name: &str, log: &str, cwd: &str) -> String {
+        // Without `-e`, `-o` gets stdout and stderr.
+        format!("#BSUB -J {job_name}\n#BSUB -o {log}\n#BSUB -cwd {cwd}")
+    }
+    fn submit_function(&self) -> &'static str {
+        SUBMIT_FUNCTION
+    }
+    fn wait_function(&self) -> &'static str {
+        WAIT_FUNCTION
+    }
+    fn cancel_command(&self) -> &'static str {
+        "bkill"
+    }
 }
-pp_wait_lsf() {
-  for id in $1; do while bjobs -noheader -o stat "$id" 2>/dev/null | grep -qv -e DONE -e EXIT; do sleep 10; done; done
-}
-"#;
 
 // --- client: runs bsub, bjobs, bkill, bparams -------------------------------------------------
 
@@ -250,39 +294,36 @@ impl Lsf {
     }
 }
 
-impl Scheduler for Lsf {
-    fn name(&self) -> &'static str {
-        "lsf"
-    }
-    fn default_template(&self) -> &'static str {
-        TEMPLATE
-    }
-    fn first_index(&self) -> usize {
-        1
-    }
-    fn max_array_tasks(&mut self) -> Result<usize> {
+impl Client for Lsf {
+    fn max_array_tasks(&mut self) -> Result<ArrayLimit> {
         // Asked once per process (every stage of a run submits to the same cluster). A cluster
         // that cannot be asked gives LSF's documented default, not remembered.
-        static MAX_JOB_ARRAY_SIZE: OnceLock<usize> = OnceLock::new();
-        if let Some(&n) = MAX_JOB_ARRAY_SIZE.get() {
-            return Ok(n);
+        static MAX_JOB_ARRAY_SIZE: OnceLock<ArrayLimit> = OnceLock::new();
+        if let Some(n) = MAX_JOB_ARRAY_SIZE.get() {
+            return Ok(n.clone());
         }
         match call("bparams", &["-a"], TRANSIENT) {
             Ok(out) => {
-                let n = parse_max_job_array_size(&out).unwrap_or(DEFAULT_MAX_JOB_ARRAY_SIZE);
-                Ok(*MAX_JOB_ARRAY_SIZE.get_or_init(|| n))
+                let limit = match parse_max_job_array_size(&out) {
+                    Some(tasks) => ArrayLimit {
+                        tasks,
+                        source: "the cluster's `MAX_JOB_ARRAY_SIZE` (`bparams -a`)".into(),
+                    },
+                    None => ArrayLimit {
+                        tasks: DEFAULT_MAX_JOB_ARRAY_SIZE,
+                        source: "LSF's default `MAX_JOB_ARRAY_SIZE` (`bparams -a` has none)".into(),
+                    },
+                };
+                Ok(MAX_JOB_ARRAY_SIZE.get_or_init(|| limit).clone())
             }
-            Err(_) => Ok(DEFAULT_MAX_JOB_ARRAY_SIZE),
+            Err(e) => Ok(ArrayLimit {
+                tasks: DEFAULT_MAX_JOB_ARRAY_SIZE,
+                source: format!(
+                    "LSF's default `MAX_JOB_ARRAY_SIZE` (the cluster could not be asked: {})",
+                    e.message
+                ),
+            }),
         }
-    }
-    fn array_spec(&self, tasks: usize, _throttle: Option<u32>) -> String {
-        array_spec(tasks)
-    }
-    fn format_time(&self, t: WallTime) -> String {
-        format_time(t)
-    }
-    fn format_memory(&self, m: &str) -> String {
-        format_memory(m)
     }
     fn submit(&mut self, script: &Path) -> std::result::Result<String, CallError> {
         // bsub reads #BSUB lines only from its standard input; `call` gives none, so a shell

@@ -11,6 +11,7 @@ pub mod packing;
 pub mod pbs;
 pub mod sge;
 pub mod slurm;
+pub mod syntax;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::manifest::{BackendKind, Settings};
 use crate::outcome::{JobRecord, Outcome, ResultValue};
 use crate::plan::{PlannedJob, StagePlan};
@@ -226,6 +227,70 @@ pub trait Backend: Send {
     fn close(&mut self) {}
 }
 
+/// A cluster scheduler: how its scripts are written and how to talk to it.
+pub struct Scheduler {
+    /// Its backend.
+    pub kind: BackendKind,
+    /// How its scripts and commands are written (pure).
+    pub syntax: &'static dyn syntax::Syntax,
+    /// Makes a client that runs its commands.
+    pub client: fn() -> Box<dyn cluster::Client>,
+}
+
+/// Every cluster scheduler, the one list `run`, `cancel`, `plan --out` and `templates` read.
+/// Adding a scheduler takes its file (`backend/<name>.rs`: a [`syntax::Syntax`] and a
+/// [`cluster::Client`]), its template, its [`BackendKind`] variant and one entry here.
+pub static SCHEDULERS: &[Scheduler] = &[
+    Scheduler {
+        kind: BackendKind::Slurm,
+        syntax: &slurm::Slurm,
+        client: || Box::new(slurm::Slurm),
+    },
+    Scheduler {
+        kind: BackendKind::Sge,
+        syntax: &sge::Sge,
+        client: || Box::new(sge::Sge),
+    },
+    Scheduler {
+        kind: BackendKind::Pbs,
+        syntax: &pbs::Pbs,
+        client: || Box::new(pbs::Pbs),
+    },
+    Scheduler {
+        kind: BackendKind::Lsf,
+        syntax: &lsf::Lsf,
+        client: || Box::new(lsf::Lsf),
+    },
+];
+
+/// The scheduler of a cluster backend; `None` for the local backend.
+#[must_use]
+pub fn scheduler(kind: BackendKind) -> Option<&'static Scheduler> {
+    SCHEDULERS.iter().find(|s| s.kind == kind)
+}
+
+/// The scheduler named `name` (as in `submissions.jsonl`).
+#[must_use]
+pub fn scheduler_named(name: &str) -> Option<&'static Scheduler> {
+    SCHEDULERS.iter().find(|s| s.syntax.name() == name)
+}
+
+/// Each scheduler's array task variable: a template that reads one is written for that
+/// scheduler.
+#[must_use]
+pub fn task_index_vars() -> Vec<(BackendKind, &'static str)> {
+    SCHEDULERS
+        .iter()
+        .map(|s| (s.kind, s.syntax.task_index_var()))
+        .collect()
+}
+
+/// How a backend's scripts are written: its scheduler's, or the local bundle script's.
+#[must_use]
+pub fn syntax(kind: BackendKind) -> &'static dyn syntax::Syntax {
+    scheduler(kind).map_or(&local::LocalScript, |s| s.syntax)
+}
+
 /// Creates the backend for a stage.
 ///
 /// # Errors
@@ -235,45 +300,17 @@ pub fn create(
     spec: StageSpec,
     events: Sender<Event>,
 ) -> Result<Box<dyn Backend>> {
-    match kind {
-        BackendKind::Local => Ok(Box::new(local::LocalBackend::new(spec, events)?)),
-        BackendKind::Slurm => {
-            let dir = spec.scripts_dir.clone();
-            Ok(Box::new(cluster::ClusterBackend::new(
-                Box::new(slurm::Slurm),
-                spec,
-                events,
-                dir,
-            )?))
-        }
-        BackendKind::Sge => {
-            let dir = spec.scripts_dir.clone();
-            Ok(Box::new(cluster::ClusterBackend::new(
-                Box::new(sge::Sge),
-                spec,
-                events,
-                dir,
-            )?))
-        }
-        BackendKind::Pbs => {
-            let dir = spec.scripts_dir.clone();
-            Ok(Box::new(cluster::ClusterBackend::new(
-                Box::new(pbs::Pbs),
-                spec,
-                events,
-                dir,
-            )?))
-        }
-        BackendKind::Lsf => {
-            let dir = spec.scripts_dir.clone();
-            Ok(Box::new(cluster::ClusterBackend::new(
-                Box::new(lsf::Lsf),
-                spec,
-                events,
-                dir,
-            )?))
-        }
-    }
+    let Some(s) = scheduler(kind) else {
+        return Ok(Box::new(local::LocalBackend::new(spec, events)?));
+    };
+    let dir = spec.scripts_dir.clone();
+    Ok(Box::new(cluster::ClusterBackend::new(
+        s.syntax,
+        (s.client)(),
+        spec,
+        events,
+        dir,
+    )?))
 }
 
 /// Cancels whole arrays of an earlier run with one scheduler call (`poolparty cancel`).
@@ -281,30 +318,18 @@ pub fn create(
 /// # Errors
 /// When the scheduler refuses or cannot be reached.
 pub fn cancel_arrays(scheduler: &str, job_ids: &[String]) -> Result<()> {
-    use cluster::Scheduler as _;
     if job_ids.is_empty() {
         return Ok(());
     }
-    let r = match scheduler {
-        "slurm" => slurm::Slurm.cancel(job_ids),
-        "sge" => sge::Sge.cancel(job_ids),
-        "pbs" => pbs::Pbs.cancel(job_ids),
-        "lsf" => lsf::Lsf.cancel(job_ids),
-        other => {
-            return Err(crate::error::Error::Backend {
-                backend: "cluster",
-                message: format!("unknown scheduler `{other}` in submissions.jsonl"),
-                detail: None,
-            });
-        }
+    let Some(s) = scheduler_named(scheduler) else {
+        return Err(Error::Backend {
+            backend: "cluster",
+            message: format!("unknown scheduler `{scheduler}` in submissions.jsonl"),
+            detail: None,
+        });
     };
-    r.map_err(|e| crate::error::Error::Backend {
-        backend: match scheduler {
-            "slurm" => "slurm",
-            "pbs" => "pbs",
-            "lsf" => "lsf",
-            _ => "sge",
-        },
+    (s.client)().cancel(job_ids).map_err(|e| Error::Backend {
+        backend: s.syntax.name(),
         message: "cancelling failed".into(),
         detail: Some(e.message),
     })

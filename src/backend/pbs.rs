@@ -22,7 +22,8 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use super::cluster::{CallError, Scheduler, TaskState, call};
+use super::cluster::{ArrayLimit, CallError, Client, TaskState, call};
+use super::syntax::Syntax;
 use crate::error::Result;
 use crate::manifest::WallTime;
 
@@ -200,29 +201,73 @@ pub fn unknown_ids(message: &str) -> Vec<String> {
         .collect()
 }
 
-/// The header of a bundle's driver job script: name, log (stdout and stderr joined) and the
-/// folder it starts in (PBS has no option for it, so the script `cd`s there).
-#[must_use]
-pub fn driver_header(job_name: &str, log: &str, cwd: &str) -> String {
-    format!("#PBS -N {job_name}\n#PBS -S /bin/bash\n#PBS -j oe\n#PBS -o {log}\ncd {cwd} || exit 2")
-}
-
-/// The `pp_submit_pbs` and `pp_wait_pbs` functions of a bundle's `submit.sh`.
-pub const BUNDLE_HELPERS: &str = r#"# pp_submit_pbs KIND "IDS" "ANY_IDS" SCRIPT [TASK_FILE]: submits after IDS ended as KIND
-# (afterok or afterany) and ANY_IDS ended in any way; the task file goes in the environment
-# (PBS passes no arguments to a script); prints the job id.
-pp_submit_pbs() {
-  local dep="" opts=()
+/// The body of `submit.sh`'s `pp_submit_pbs KIND "IDS" "ANY_IDS" SCRIPT [TASK_FILE]`:
+/// `-W depend=KIND:IDS,afterany:ANY_IDS`; the task file goes in the environment
+/// (`-v POOLPARTY_TASK_FILE=`), since PBS passes no arguments to a script.
+const SUBMIT_FUNCTION: &str = r#"  local dep="" opts=()
   if [ -n "$2" ]; then dep="$1:$(echo $2 | tr ' ' ':')"; fi
   if [ -n "$3" ]; then dep="${dep:+$dep,}afterany:$(echo $3 | tr ' ' ':')"; fi
   if [ -n "$dep" ]; then opts+=(-W "depend=$dep"); fi
   if [ -n "${5:-}" ]; then opts+=(-v "POOLPARTY_TASK_FILE=$pp_bundle/$5"); fi
-  qsub ${opts[@]+"${opts[@]}"} "$4"
+  qsub ${opts[@]+"${opts[@]}"} "$4""#;
+
+/// The body of `submit.sh`'s `pp_wait_pbs "IDS"`: until each job is finished (`F`, with job
+/// history) or forgotten (`qstat` fails).
+const WAIT_FUNCTION: &str = r#"  for id in $1; do while qstat -x -f -F json "$id" 2>/dev/null | grep -q '"job_state":"[^FX]"'; do sleep 10; done; done"#;
+
+impl Syntax for Pbs {
+    fn name(&self) -> &'static str {
+        "pbs"
+    }
+    fn default_template(&self) -> &'static str {
+        TEMPLATE
+    }
+    fn template_file(&self) -> &'static str {
+        "pbs.qsub.hbs"
+    }
+    fn template_about(&self) -> &'static str {
+        "the qsub script of one PBS Pro / OpenPBS array job"
+    }
+    fn first_index(&self) -> usize {
+        1
+    }
+    fn default_max_array_tasks(&self) -> usize {
+        DEFAULT_MAX_ARRAY_SIZE
+    }
+    fn max_array_key(&self) -> &'static str {
+        "max_array_size"
+    }
+    fn array_spec(&self, tasks: usize, throttle: Option<u32>) -> String {
+        array_spec(tasks, throttle)
+    }
+    fn format_time(&self, t: WallTime) -> String {
+        format_time(t)
+    }
+    fn format_memory(&self, m: &str) -> String {
+        format_memory(m)
+    }
+    fn task_index_var(&self) -> &'static str {
+        "PBS_ARRAY_INDEX"
+    }
+    fn job_id_var(&self) -> &'static str {
+        "PBS_JOBID"
+    }
+    fn driver_header(&self, job_name: &str, log: &str, cwd: &str) -> String {
+        // PBS has no option for the starting folder (jobs start in $HOME): the script cds.
+        format!(
+            "#PBS -N {job_name}\n#PBS -S /bin/bash\n#PBS -j oe\n#PBS -o {log}\ncd {cwd} || exit 2"
+        )
+    }
+    fn submit_function(&self) -> &'static str {
+        SUBMIT_FUNCTION
+    }
+    fn wait_function(&self) -> &'static str {
+        WAIT_FUNCTION
+    }
+    fn cancel_command(&self) -> &'static str {
+        "qdel"
+    }
 }
-pp_wait_pbs() {
-  for id in $1; do while qstat -x -f -F json "$id" 2>/dev/null | grep -q '"job_state":"[^FX]"'; do sleep 10; done; done
-}
-"#;
 
 // --- client: runs qsub, qstat, qdel, qmgr -----------------------------------------------------
 
@@ -261,39 +306,36 @@ impl Pbs {
     }
 }
 
-impl Scheduler for Pbs {
-    fn name(&self) -> &'static str {
-        "pbs"
-    }
-    fn default_template(&self) -> &'static str {
-        TEMPLATE
-    }
-    fn first_index(&self) -> usize {
-        1
-    }
-    fn max_array_tasks(&mut self) -> Result<usize> {
+impl Client for Pbs {
+    fn max_array_tasks(&mut self) -> Result<ArrayLimit> {
         // Asked once per process (every stage of a run submits to the same server). A server
         // that cannot be asked gives PBS's documented default, not remembered.
-        static MAX_ARRAY_SIZE: OnceLock<usize> = OnceLock::new();
-        if let Some(&n) = MAX_ARRAY_SIZE.get() {
-            return Ok(n);
+        static MAX_ARRAY_SIZE: OnceLock<ArrayLimit> = OnceLock::new();
+        if let Some(n) = MAX_ARRAY_SIZE.get() {
+            return Ok(n.clone());
         }
         match call("qmgr", &["-c", "list server"], TRANSIENT) {
             Ok(out) => {
-                let n = parse_max_array_size(&out).unwrap_or(DEFAULT_MAX_ARRAY_SIZE);
-                Ok(*MAX_ARRAY_SIZE.get_or_init(|| n))
+                let limit = match parse_max_array_size(&out) {
+                    Some(tasks) => ArrayLimit {
+                        tasks,
+                        source: "the server's `max_array_size` (`qmgr -c \"list server\"`)".into(),
+                    },
+                    None => ArrayLimit {
+                        tasks: DEFAULT_MAX_ARRAY_SIZE,
+                        source: "PBS's default `max_array_size` (the server sets none)".into(),
+                    },
+                };
+                Ok(MAX_ARRAY_SIZE.get_or_init(|| limit).clone())
             }
-            Err(_) => Ok(DEFAULT_MAX_ARRAY_SIZE),
+            Err(e) => Ok(ArrayLimit {
+                tasks: DEFAULT_MAX_ARRAY_SIZE,
+                source: format!(
+                    "PBS's default `max_array_size` (the server could not be asked: {})",
+                    e.message
+                ),
+            }),
         }
-    }
-    fn array_spec(&self, tasks: usize, throttle: Option<u32>) -> String {
-        array_spec(tasks, throttle)
-    }
-    fn format_time(&self, t: WallTime) -> String {
-        format_time(t)
-    }
-    fn format_memory(&self, m: &str) -> String {
-        format_memory(m)
     }
     fn submit(&mut self, script: &Path) -> std::result::Result<String, CallError> {
         let path = script.display().to_string();

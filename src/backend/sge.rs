@@ -1,5 +1,7 @@
-//! Grid Engine: `qsub -terse` per array (1-based local indices, `-tc` throttle), one
-//! `qstat -xml` per poll, `qdel`; tasks in an error state (`Eqw`) are deleted and resubmitted.
+//! Grid Engine: `qsub -terse` per array, one `qstat -xml` per poll, `qdel` (the [`Client`]);
+//! `#$` scripts with 1-based local indices (`-t 1-N`, `-tc` throttle), `h_rt` as `HH:MM:SS`,
+//! `-hold_jid` in bundles (the [`Syntax`]). Tasks in an error state (`Eqw`) are deleted and
+//! resubmitted.
 //!
 //! `qstat` forgets a task as soon as it ends, so a task killed at its time limit (`h_rt`) would
 //! look like any other task that vanished without an outcome. When a whole array is still asked
@@ -10,7 +12,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use super::cluster::{CallError, Scheduler, TaskState, call};
+use super::cluster::{ArrayLimit, CallError, Client, TaskState, call};
+use super::syntax::Syntax;
 use crate::error::Result;
 use crate::manifest::WallTime;
 
@@ -25,43 +28,96 @@ const TRANSIENT: &[&str] = &[
     "got send error",
 ];
 
-/// The Grid Engine scheduler.
+/// The Grid Engine scheduler: its [`Syntax`] and its [`Client`].
 #[derive(Debug, Default)]
 pub struct Sge;
 
-impl Scheduler for Sge {
+impl Syntax for Sge {
     fn name(&self) -> &'static str {
         "sge"
     }
     fn default_template(&self) -> &'static str {
         TEMPLATE
     }
+    fn template_file(&self) -> &'static str {
+        "sge.qsub.hbs"
+    }
+    fn template_about(&self) -> &'static str {
+        "the qsub script of one Grid Engine array job"
+    }
     fn first_index(&self) -> usize {
         1
     }
-    fn max_array_tasks(&mut self) -> Result<usize> {
-        // The count bound (`max_aj_tasks`, global configuration), asked once per process:
-        // every stage of a run submits to the same cluster, and a stage starting while the
-        // qmaster is unreachable then needs no answer from it. A configuration that cannot be
-        // read falls back to Grid Engine's default (not remembered, so the next stage asks
-        // again); 0 means unlimited.
-        static MAX_AJ_TASKS: OnceLock<usize> = OnceLock::new();
-        if let Some(&n) = MAX_AJ_TASKS.get() {
-            return Ok(n);
-        }
-        match call("qconf", &["-sconf"], TRANSIENT) {
-            Ok(out) => {
-                let n = parse_max_aj_tasks(&out).unwrap_or(DEFAULT_MAX_AJ_TASKS);
-                Ok(*MAX_AJ_TASKS.get_or_init(|| n))
-            }
-            Err(_) => Ok(DEFAULT_MAX_AJ_TASKS),
-        }
+    fn default_max_array_tasks(&self) -> usize {
+        DEFAULT_MAX_AJ_TASKS
+    }
+    fn max_array_key(&self) -> &'static str {
+        "max_aj_tasks"
     }
     fn array_spec(&self, tasks: usize, _throttle: Option<u32>) -> String {
         format!("1-{tasks}")
     }
     fn format_time(&self, t: WallTime) -> String {
         t.hms()
+    }
+    fn task_index_var(&self) -> &'static str {
+        "SGE_TASK_ID"
+    }
+    fn job_id_var(&self) -> &'static str {
+        "JOB_ID"
+    }
+    fn driver_header(&self, job_name: &str, log: &str, cwd: &str) -> String {
+        format!("#$ -N {job_name}\n#$ -S /bin/bash\n#$ -j y\n#$ -o {log}\n#$ -wd {cwd}")
+    }
+    fn submit_function(&self) -> &'static str {
+        // `-hold_jid` waits for the end of IDS and ANY_IDS whatever their outcome.
+        r#"  local ids hold=""
+  ids=$(echo $2 $3 | tr ' ' ',')
+  if [ -n "$ids" ]; then hold="-hold_jid $ids"; fi
+  qsub -terse $hold "$4" ${5:+"$pp_bundle/$5"} | cut -d. -f1"#
+    }
+    fn wait_function(&self) -> &'static str {
+        r#"  for id in $1; do while qstat -j "$id" >/dev/null 2>&1; do sleep 10; done; done"#
+    }
+    fn cancel_command(&self) -> &'static str {
+        "qdel"
+    }
+}
+
+impl Client for Sge {
+    fn max_array_tasks(&mut self) -> Result<ArrayLimit> {
+        // The count bound (`max_aj_tasks`, global configuration), asked once per process:
+        // every stage of a run submits to the same cluster, and a stage starting while the
+        // qmaster is unreachable then needs no answer from it. A configuration that cannot be
+        // read falls back to Grid Engine's default (not remembered, so the next stage asks
+        // again); 0 means unlimited.
+        static MAX_AJ_TASKS: OnceLock<ArrayLimit> = OnceLock::new();
+        if let Some(n) = MAX_AJ_TASKS.get() {
+            return Ok(n.clone());
+        }
+        match call("qconf", &["-sconf"], TRANSIENT) {
+            Ok(out) => {
+                let limit = match parse_max_aj_tasks(&out) {
+                    Some(tasks) => ArrayLimit {
+                        tasks,
+                        source: "the cluster's `max_aj_tasks` (`qconf -sconf`)".into(),
+                    },
+                    None => ArrayLimit {
+                        tasks: DEFAULT_MAX_AJ_TASKS,
+                        source: "Grid Engine's default `max_aj_tasks` (`qconf -sconf` has none)"
+                            .into(),
+                    },
+                };
+                Ok(MAX_AJ_TASKS.get_or_init(|| limit).clone())
+            }
+            Err(e) => Ok(ArrayLimit {
+                tasks: DEFAULT_MAX_AJ_TASKS,
+                source: format!(
+                    "Grid Engine's default `max_aj_tasks` (the cluster could not be asked: {})",
+                    e.message
+                ),
+            }),
+        }
     }
     fn submit(&mut self, script: &Path) -> std::result::Result<String, CallError> {
         let path = script.display().to_string();
@@ -179,8 +235,8 @@ pub fn parse_qacct(text: &str) -> HashMap<usize, TaskState> {
     map
 }
 
-/// Grid Engine's default `max_aj_tasks`.
-const DEFAULT_MAX_AJ_TASKS: usize = 75_000;
+/// Grid Engine's documented default `max_aj_tasks`.
+pub const DEFAULT_MAX_AJ_TASKS: usize = 75_000;
 
 /// What `max_aj_tasks = 0` (no limit) is read as: large, yet times any `bundle` still fits a
 /// `usize`.

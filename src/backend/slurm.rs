@@ -1,12 +1,15 @@
 //! Slurm: `sbatch --parsable` per array, one `squeue -t all` per poll for all of the stage's
-//! arrays, `scancel`. Array indices are local to each array (0..k-1), bounded by the
-//! cluster's `MaxArraySize`, which bounds the index rather than the count.
+//! arrays, `scancel` (the [`Client`]); `#SBATCH` scripts, `--array=0-N%K`, `D-HH:MM:SS`,
+//! `--dependency=afterok:` in bundles (the [`Syntax`]). Array indices are local to each array
+//! (0..k-1), bounded by the cluster's `MaxArraySize`, which bounds the index rather than the
+//! count.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use super::cluster::{CallError, Scheduler, TaskState, call};
+use super::cluster::{ArrayLimit, CallError, Client, TaskState, call};
+use super::syntax::Syntax;
 use crate::error::{Error, Result};
 use crate::manifest::WallTime;
 
@@ -23,34 +26,34 @@ const TRANSIENT: &[&str] = &[
     "Zero Bytes were transmitted",
 ];
 
-/// The Slurm scheduler.
+/// The Slurm scheduler: its [`Syntax`] and its [`Client`].
 #[derive(Debug, Default)]
 pub struct Slurm;
 
-impl Scheduler for Slurm {
+/// Slurm's documented default `MaxArraySize` (slurm.conf): indices 0..=1000.
+pub const DEFAULT_MAX_ARRAY_SIZE: usize = 1001;
+
+impl Syntax for Slurm {
     fn name(&self) -> &'static str {
         "slurm"
     }
     fn default_template(&self) -> &'static str {
         TEMPLATE
     }
+    fn template_file(&self) -> &'static str {
+        "slurm.sbatch.hbs"
+    }
+    fn template_about(&self) -> &'static str {
+        "the sbatch script of one Slurm job array (one array task per bundle of jobs)"
+    }
     fn first_index(&self) -> usize {
         0
     }
-    fn max_array_tasks(&mut self) -> Result<usize> {
-        // Asked once per process: every stage of a run submits to the same cluster, and a
-        // stage starting while the controller is unreachable then needs no answer from it.
-        static MAX_ARRAY_SIZE: OnceLock<usize> = OnceLock::new();
-        if let Some(&n) = MAX_ARRAY_SIZE.get() {
-            return Ok(n);
-        }
-        let out = call("scontrol", &["show", "config"], TRANSIENT).map_err(|e| Error::Backend {
-            backend: "slurm",
-            message: "cannot read the cluster's configuration".into(),
-            detail: Some(e.message),
-        })?;
-        let n = parse_max_array_size(&out).unwrap_or(1001);
-        Ok(*MAX_ARRAY_SIZE.get_or_init(|| n))
+    fn default_max_array_tasks(&self) -> usize {
+        DEFAULT_MAX_ARRAY_SIZE
+    }
+    fn max_array_key(&self) -> &'static str {
+        "MaxArraySize"
     }
     fn array_spec(&self, tasks: usize, throttle: Option<u32>) -> String {
         let mut s = format!("0-{}", tasks.saturating_sub(1));
@@ -61,6 +64,54 @@ impl Scheduler for Slurm {
     }
     fn format_time(&self, t: WallTime) -> String {
         t.slurm()
+    }
+    fn task_index_var(&self) -> &'static str {
+        "SLURM_ARRAY_TASK_ID"
+    }
+    fn job_id_var(&self) -> &'static str {
+        "SLURM_JOB_ID"
+    }
+    fn driver_header(&self, job_name: &str, log: &str, cwd: &str) -> String {
+        format!("#SBATCH --job-name={job_name}\n#SBATCH --output={log}\n#SBATCH --chdir={cwd}")
+    }
+    fn submit_function(&self) -> &'static str {
+        r#"  local dep=""
+  if [ -n "$2" ]; then dep="$1:$(echo $2 | tr ' ' ':')"; fi
+  if [ -n "$3" ]; then dep="${dep:+$dep,}afterany:$(echo $3 | tr ' ' ':')"; fi
+  sbatch --parsable ${dep:+--dependency=$dep} "$4" ${5:+"$pp_bundle/$5"} | cut -d';' -f1"#
+    }
+    fn wait_function(&self) -> &'static str {
+        r#"  while [ -n "$(squeue -h -j "$(echo $1 | tr ' ' ',')" -t PD,R,CG,S,CF 2>/dev/null)" ]; do sleep 10; done"#
+    }
+    fn cancel_command(&self) -> &'static str {
+        "scancel"
+    }
+}
+
+impl Client for Slurm {
+    fn max_array_tasks(&mut self) -> Result<ArrayLimit> {
+        // Asked once per process: every stage of a run submits to the same cluster, and a
+        // stage starting while the controller is unreachable then needs no answer from it.
+        static MAX_ARRAY_SIZE: OnceLock<ArrayLimit> = OnceLock::new();
+        if let Some(n) = MAX_ARRAY_SIZE.get() {
+            return Ok(n.clone());
+        }
+        let out = call("scontrol", &["show", "config"], TRANSIENT).map_err(|e| Error::Backend {
+            backend: "slurm",
+            message: "cannot read the cluster's configuration".into(),
+            detail: Some(e.message),
+        })?;
+        let limit = match parse_max_array_size(&out) {
+            Some(tasks) => ArrayLimit {
+                tasks,
+                source: "the cluster's `MaxArraySize` (`scontrol show config`)".into(),
+            },
+            None => ArrayLimit {
+                tasks: DEFAULT_MAX_ARRAY_SIZE,
+                source: "Slurm's default `MaxArraySize` (`scontrol show config` has none)".into(),
+            },
+        };
+        Ok(MAX_ARRAY_SIZE.get_or_init(|| limit).clone())
     }
     fn submit(&mut self, script: &Path) -> std::result::Result<String, CallError> {
         let path = script.display().to_string();

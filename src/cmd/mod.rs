@@ -92,6 +92,14 @@ pub(crate) fn write_bundle(
             error::count(jobs, "job")
         );
     }
+    for (kind, limit) in summary.limits {
+        let _ = writeln!(
+            s,
+            "  {kind} arrays of at most {}: {}",
+            error::count(limit.tasks, "task"),
+            limit.source
+        );
+    }
     let _ = writeln!(
         s,
         "submit it with: bash {}",

@@ -55,7 +55,7 @@ pub(crate) fn run(args: &RunArgs<'_>, ctx: &Ctx<'_>, stdout: &mut impl Write) ->
         recorded_needs,
     } = *args;
     let (m, graph, layout) = super::load(manifest, g)?;
-    manifest::check_template_backends(&m, g.backend, detach)?;
+    manifest::check_template_backends(&m, g.backend, detach, &crate::backend::task_index_vars())?;
     let selected = super::select(&m, &graph, stages)?;
     let run_id = runner::new_run_id();
     let _lock = if wait {

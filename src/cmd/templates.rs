@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::cli::TemplatesCmd;
 use crate::error::{self, EXIT_SUCCESS, Error, Result};
 
-/// One embedded template.
+/// One embedded template: a backend's script.
 struct Embedded {
     /// The name the command takes (a backend's name).
     name: &'static str,
@@ -21,56 +21,36 @@ struct Embedded {
     text: &'static str,
 }
 
-const TEMPLATES: [Embedded; 5] = [
-    Embedded {
-        name: "slurm",
-        file: "slurm.sbatch.hbs",
-        about: "the sbatch script of one Slurm job array (one array task per bundle of jobs)",
-        text: crate::backend::slurm::TEMPLATE,
-    },
-    Embedded {
-        name: "sge",
-        file: "sge.qsub.hbs",
-        about: "the qsub script of one Grid Engine array job",
-        text: crate::backend::sge::TEMPLATE,
-    },
-    Embedded {
-        name: "pbs",
-        file: "pbs.qsub.hbs",
-        about: "the qsub script of one PBS Pro / OpenPBS array job",
-        text: crate::backend::pbs::TEMPLATE,
-    },
-    Embedded {
-        name: "lsf",
-        file: "lsf.bsub.hbs",
-        about: "the bsub script of one LSF job array (submitted as `bsub < SCRIPT`)",
-        text: crate::backend::lsf::TEMPLATE,
-    },
-    Embedded {
-        name: "local",
-        file: "local.sh.hbs",
-        about: "the `run-local.sh` script of a local stage in a bundle (`plan --out`, `run --detach`)",
-        text: crate::bundle::LOCAL_TEMPLATE,
-    },
-];
-
-fn get(name: &str) -> Result<&'static Embedded> {
-    TEMPLATES
+/// Every backend's template: the schedulers', then the local bundle script's.
+fn templates() -> Vec<Embedded> {
+    crate::backend::SCHEDULERS
         .iter()
-        .find(|t| t.name == name || t.file == name)
-        .ok_or_else(|| Error::Usage {
-            message: format!("there is no template `{name}`"),
-            help: error::did_you_mean(name, TEMPLATES.iter().map(|t| t.name)).or_else(|| {
-                Some(format!(
-                    "templates: {}",
-                    TEMPLATES
-                        .iter()
-                        .map(|t| t.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            }),
+        .map(|s| s.syntax)
+        .chain([&crate::backend::local::LocalScript as &dyn crate::backend::syntax::Syntax])
+        .map(|s| Embedded {
+            name: s.name(),
+            file: s.template_file(),
+            about: s.template_about(),
+            text: s.default_template(),
         })
+        .collect()
+}
+
+fn get(name: &str) -> Result<Embedded> {
+    let mut all = templates();
+    if let Some(i) = all.iter().position(|t| t.name == name || t.file == name) {
+        return Ok(all.swap_remove(i));
+    }
+    let names = || all.iter().map(|t| t.name);
+    Err(Error::Usage {
+        message: format!("there is no template `{name}`"),
+        help: error::did_you_mean(name, names()).or_else(|| {
+            Some(format!(
+                "templates: {}",
+                names().collect::<Vec<_>>().join(", ")
+            ))
+        }),
+    })
 }
 
 /// Runs `poolparty templates ACTION`.
@@ -80,7 +60,7 @@ fn get(name: &str) -> Result<&'static Embedded> {
 pub(crate) fn run(action: &TemplatesCmd, out: &mut dyn Write) -> Result<u8> {
     match action {
         TemplatesCmd::List => {
-            for t in &TEMPLATES {
+            for t in templates() {
                 let _ = writeln!(out, "{:<6} {:<17} {}", t.name, t.file, t.about);
             }
         }

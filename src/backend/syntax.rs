@@ -1,0 +1,431 @@
+//! The pure half of a cluster backend: how a scheduler's scripts and commands are written.
+//!
+//! A [`Syntax`] knows its scheduler's script template, array indices and specs, time format,
+//! task-index variable, documented array limit and the shell lines a bundle's `submit.sh`
+//! submits and waits with. [`ArrayScript`] renders an array script and its task file through
+//! it. Nothing here runs a command or touches a file: the runner (through
+//! [`super::cluster::ClusterBackend`]) and `plan --out` (`bundle.rs`) render the same way, and
+//! the tests below check the output without a cluster.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::{Launch, StageSpec};
+use crate::error::{Error, Result};
+use crate::manifest::WallTime;
+use crate::plan::Command;
+use crate::template::{Quoting, Templates};
+
+/// How one scheduler's scripts and commands are written. Pure: no method runs anything.
+///
+/// Implemented once per scheduler, beside its [`super::cluster::Client`], in
+/// `backend/<scheduler>.rs`, and registered in [`super::SCHEDULERS`]; the local backend's
+/// bundle script has one too ([`super::local::LocalScript`]).
+pub trait Syntax: Send + Sync {
+    /// The backend's name, as in manifests and `submissions.jsonl` (`slurm`, `sge`).
+    fn name(&self) -> &'static str;
+    /// The embedded script template.
+    fn default_template(&self) -> &'static str;
+    /// The file name `poolparty templates eject` writes the template as.
+    fn template_file(&self) -> &'static str;
+    /// What the template renders, for `poolparty templates list`.
+    fn template_about(&self) -> &'static str;
+    /// The first array index (Slurm 0, Grid Engine 1).
+    fn first_index(&self) -> usize;
+    /// The most tasks one array may have when the cluster is not asked: the scheduler's
+    /// documented default (Slurm `MaxArraySize` 1001, Grid Engine `max_aj_tasks` 75000).
+    fn default_max_array_tasks(&self) -> usize;
+    /// The name of the cluster setting that bounds an array (`MaxArraySize`).
+    fn max_array_key(&self) -> &'static str;
+    /// The `array` value of the script header for `tasks` tasks.
+    fn array_spec(&self, tasks: usize, throttle: Option<u32>) -> String;
+    /// The time limit in the scheduler's format.
+    fn format_time(&self, t: WallTime) -> String;
+    /// A memory size (`memory`, e.g. `4G`) in the scheduler's format; by default as written.
+    fn format_memory(&self, m: &str) -> String {
+        m.to_owned()
+    }
+    /// The environment variable holding an array task's index (`SLURM_ARRAY_TASK_ID`).
+    fn task_index_var(&self) -> &'static str;
+    /// The environment variable holding a batch job's own id inside it (`SLURM_JOB_ID`).
+    fn job_id_var(&self) -> &'static str;
+    /// The header lines of a bundle's driver job script (name, log, working folder); the
+    /// arguments are shell-quoted already where they need it.
+    fn driver_header(&self, job_name: &str, log: &str, cwd: &str) -> String;
+    /// The body of `submit.sh`'s `pp_submit_<name> KIND "IDS" "ANY_IDS" SCRIPT [TASK_FILE]`:
+    /// submits SCRIPT once IDS ended as KIND (`afterok` or `afterany`) and ANY_IDS ended in
+    /// any way, telling the script where TASK_FILE (a path relative to `$pp_bundle`) is when
+    /// given: as its first argument, or in `POOLPARTY_TASK_FILE` where the scheduler passes
+    /// no arguments (PBS, LSF); prints the new job id.
+    fn submit_function(&self) -> &'static str;
+    /// The body of `submit.sh`'s `pp_wait_<name> "IDS"`: returns once those jobs left the
+    /// queue.
+    fn wait_function(&self) -> &'static str;
+    /// The command a person cancels arrays with (`scancel`), named in messages.
+    fn cancel_command(&self) -> &'static str;
+}
+
+/// The job wrapper shared by both script templates (rendered, then inserted as `{{{wrapper}}}`).
+pub const WRAPPER: &str = include_str!("../../templates/wrapper.sh");
+
+/// An array script and the task file its tasks read their jobs from.
+#[derive(Debug)]
+pub struct Rendered {
+    /// The script (its size does not depend on the jobs).
+    pub script: String,
+    /// The task file (see [`encode_tasks`]).
+    pub task_file: Vec<u8>,
+}
+
+/// Length of one line of a task file's header: `OFFSET LENGTH\n`, each number 19 digits.
+pub const TASK_HEADER_LINE: usize = 40;
+
+/// The task file of an array: what each of its tasks runs, read by `pp_task` in
+/// `templates/wrapper.sh`.
+///
+/// A header of one [`TASK_HEADER_LINE`]-byte line per task (`OFFSET LENGTH`, zero-padded
+/// decimal, the byte range of the task's record in the file), then the records: per job, the
+/// NUL-terminated fields `ARGC INDEX ID ATTEMPT JOB_JSON ARGV[0] .. ARGV[ARGC-1]`, where a
+/// shell command is the argv `/bin/sh -c COMMAND`. A task seeks to its record (`tail -c`) and
+/// reads the fields with `read -d ''`: the text reaches `exec` byte for byte, never parsed by
+/// the shell. `tr '\0' '\n' < FILE` shows it.
+///
+/// # Errors
+/// A field holding a NUL byte (no program argument can).
+pub fn encode_tasks(tasks: &[Vec<Launch>]) -> std::result::Result<Vec<u8>, String> {
+    fn field(out: &mut Vec<u8>, text: &str, id: &str) -> std::result::Result<(), String> {
+        if text.contains('\0') {
+            return Err(format!(
+                "the command of job `{id}` holds a NUL byte, which no program argument can"
+            ));
+        }
+        out.extend_from_slice(text.as_bytes());
+        out.push(0);
+        Ok(())
+    }
+    let header = tasks.len() * TASK_HEADER_LINE;
+    let mut records: Vec<u8> = Vec::new();
+    let mut ranges = Vec::with_capacity(tasks.len());
+    for launches in tasks {
+        let start = records.len();
+        for l in launches {
+            let id = l.job.id.as_str();
+            let shell;
+            let argv: &[String] = match &l.job.command {
+                Command::Shell(c) => {
+                    shell = ["/bin/sh".to_owned(), "-c".to_owned(), c.clone()];
+                    &shell
+                }
+                Command::Argv(a) => a,
+            };
+            field(&mut records, &argv.len().to_string(), id)?;
+            field(&mut records, &l.job.index.to_string(), id)?;
+            field(&mut records, id, id)?;
+            field(&mut records, &l.attempt.to_string(), id)?;
+            field(&mut records, &l.job.json, id)?;
+            for a in argv {
+                field(&mut records, a, id)?;
+            }
+        }
+        ranges.push((header + start, records.len() - start));
+    }
+    let mut out = Vec::with_capacity(header + records.len());
+    for (offset, len) in ranges {
+        out.extend_from_slice(format!("{offset:019} {len:019}\n").as_bytes());
+    }
+    out.extend_from_slice(&records);
+    Ok(out)
+}
+
+/// The name of every array of a stage in a run: `pp-<workflow>-<stage>-<run>`.
+#[must_use]
+pub fn job_name(spec: &StageSpec) -> String {
+    format!("pp-{}-{}-{}", spec.workflow, spec.name, spec.run)
+}
+
+/// A stage's compiled array script template, rendered through its scheduler's [`Syntax`].
+pub struct ArrayScript {
+    syntax: &'static dyn Syntax,
+    templates: Templates,
+    template_text: String,
+}
+
+impl ArrayScript {
+    /// Compiles the stage's template (its `template` setting, or the scheduler's own) and the
+    /// job wrapper.
+    ///
+    /// # Errors
+    /// A custom template that cannot be read or compiled.
+    pub fn new(syntax: &'static dyn Syntax, spec: &StageSpec) -> Result<Self> {
+        let template_text = match &spec.settings.template {
+            Some((path, _)) => std::fs::read_to_string(path).map_err(|e| Error::Backend {
+                backend: syntax.name(),
+                message: format!("cannot read template `{}`: {e}", path.display()),
+                detail: None,
+            })?,
+            None => syntax.default_template().to_owned(),
+        };
+        let mut templates = Templates::new();
+        for (name, text) in [("script", template_text.as_str()), ("wrapper", WRAPPER)] {
+            templates
+                .add(name, text, Quoting::Shell)
+                .map_err(|f| Error::Backend {
+                    backend: syntax.name(),
+                    message: format!("invalid {name} template: {}", f.message),
+                    detail: None,
+                })?;
+        }
+        Ok(Self {
+            syntax,
+            templates,
+            template_text,
+        })
+    }
+
+    /// The syntax it renders with.
+    #[must_use]
+    pub fn syntax(&self) -> &'static dyn Syntax {
+        self.syntax
+    }
+
+    /// The template text in use.
+    #[must_use]
+    pub fn template_text(&self) -> &str {
+        &self.template_text
+    }
+
+    /// Renders the array script for `tasks` (each a list of launches) and its task file.
+    ///
+    /// The script does not hold the jobs: each array task reads its own jobs from the task
+    /// file (see [`encode_tasks`]) at `data` (or at the script's first argument, when given),
+    /// so the script's size depends only on the stage's settings, never on the number or
+    /// size of its jobs.
+    ///
+    /// # Errors
+    /// A render failure of a custom template, or a job argument holding a NUL byte.
+    pub fn render(
+        &self,
+        spec: &StageSpec,
+        tasks: &[Vec<Launch>],
+        submission: &str,
+        data: &str,
+    ) -> Result<Rendered> {
+        let s = &spec.settings;
+        // Both are written into the script as they are: a name that is not a shell identifier
+        // cannot be exported, and a line break in a directive would start a command.
+        if let Some((k, _)) = spec.env.iter().find(|(k, _)| !is_identifier(k)) {
+            return Err(self.render_error(spec, &format!(
+                "environment variable `{k}` is not a shell identifier, so the job script cannot export it (use letters, digits and `_`)"
+            )));
+        }
+        if let Some(x) = s.resources.extra.iter().find(|x| x.contains(['\n', '\r'])) {
+            return Err(self.render_error(spec, &format!(
+                "the `extra` directive {x:?} contains a line break; give each directive as its own list entry"
+            )));
+        }
+        let env: Vec<Value> = spec
+            .env
+            .iter()
+            .map(|(k, v)| json!({"name": k, "value": v}))
+            .collect();
+        let p = |p: &Path| p.display().to_string();
+        let base = json!({
+            "logs_dir": p(&spec.logs_dir),
+            "results_dir": p(&spec.results_dir),
+            "staging_dir": p(&spec.staging_dir),
+            "env": env,
+        });
+        let wrapper = self
+            .templates
+            .render("wrapper", Quoting::Shell, &base)
+            .map_err(|f| self.render_error(spec, &f.message))?;
+        let first = self.syntax.first_index();
+        let task_file = encode_tasks(tasks).map_err(|m| self.render_error(spec, &m))?;
+        // Which jobs each task runs, for custom templates (the stock ones do not list them).
+        let cases: Vec<Value> = tasks
+            .iter()
+            .enumerate()
+            .map(|(t, launches)| {
+                let jobs: Vec<Value> = launches
+                    .iter()
+                    .map(|l| json!({"index": l.job.index, "id": l.job.id.as_str(), "attempt": l.attempt}))
+                    .collect();
+                json!({"task": t + first, "jobs": jobs})
+            })
+            .collect();
+        let throttle = s.max_parallel;
+        // `time` limits one job; a bundled task runs its jobs one after another, so its limit
+        // is that of its largest bundle.
+        let per_task =
+            u32::try_from(tasks.iter().map(Vec::len).max().unwrap_or(1).max(1)).unwrap_or(u32::MAX);
+        let time = s.time.map(|t| {
+            self.syntax
+                .format_time(crate::manifest::WallTime(t.0.saturating_mul(per_task)))
+        });
+        let ctx = json!({
+            "workflow": spec.workflow,
+            "stage": spec.name,
+            "submission": submission,
+            "job_name": job_name(spec),
+            "array": self.syntax.array_spec(tasks.len(), throttle),
+            "throttle": throttle,
+            "tasks": tasks.len(),
+            "jobs": tasks.iter().map(Vec::len).sum::<usize>(),
+            "cwd": p(&spec.cwd),
+            "time": time,
+            "cpus": s.resources.cpus,
+            "memory": s.resources.memory.as_deref().map(|m| self.syntax.format_memory(m)),
+            "partition": s.resources.partition,
+            "account": s.resources.account,
+            "qos": s.resources.qos,
+            "queue": s.resources.queue,
+            "project": s.resources.project,
+            "pe": s.resources.pe,
+            "extra": s.resources.extra,
+            "wrapper": wrapper,
+            "data": data,
+            "cases": cases,
+            "first": first,
+            "last": first + tasks.len().saturating_sub(1),
+            "parallel": throttle.map_or(spec.workers, |t| t as usize),
+        });
+        let script = self
+            .templates
+            .render("script", Quoting::Shell, &ctx)
+            .map_err(|f| {
+                self.render_error(
+                    spec,
+                    &format!(
+                        "{}{}",
+                        f.message,
+                        f.help.map(|h| format!(" ({h})")).unwrap_or_default()
+                    ),
+                )
+            })?;
+        Ok(Rendered { script, task_file })
+    }
+
+    fn render_error(&self, spec: &StageSpec, message: &str) -> Error {
+        Error::Backend {
+            backend: self.syntax.name(),
+            message: format!(
+                "cannot render the array script of stage `{}`: {message}",
+                spec.name
+            ),
+            detail: None,
+        }
+    }
+}
+
+/// A POSIX shell variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_identifier(s: &str) -> bool {
+    s.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::jobs::JobId;
+    use crate::plan::PlannedJob;
+
+    /// The spec of stage `a` of a one-stage workflow on `backend`, with `settings` changed.
+    fn spec(
+        dir: &Path,
+        backend: &str,
+        settings: impl FnOnce(&mut crate::manifest::Settings),
+    ) -> StageSpec {
+        let text = format!(
+            "[workflow]\nname = \"w\"\n[stages.a]\nbackend = \"{backend}\"\njobs = [1]\nrun = \"true\"\n"
+        );
+        let m = crate::manifest::parse(&dir.join("poolparty.toml"), text).unwrap();
+        let mut spec = StageSpec {
+            stage: 0,
+            name: "a".into(),
+            workflow: "w".into(),
+            scripts_dir: dir.join("scripts"),
+            settings: m.stages[0].settings.clone(),
+            cwd: dir.to_path_buf(),
+            env: Vec::new(),
+            logs_dir: dir.join("logs"),
+            results_dir: dir.join("results"),
+            staging_dir: dir.join("staging"),
+            run: "r".into(),
+            workers: 1,
+            durations: Arc::default(),
+            live: None,
+        };
+        settings(&mut spec.settings);
+        spec
+    }
+
+    fn launches(n: usize) -> Vec<Launch> {
+        (0..n)
+            .map(|i| Launch {
+                job: Arc::new(PlannedJob {
+                    index: i,
+                    id: JobId::new(&format!("j{i}")).unwrap(),
+                    json: i.to_string(),
+                    command: Command::Argv(vec!["echo".into(), format!("{i}")]),
+                    fp: String::new(),
+                }),
+                attempt: 1,
+            })
+            .collect()
+    }
+
+    /// An array script's size does not depend on the number or the size of its jobs: they
+    /// are in the task file, which holds every argument byte for byte.
+    #[test]
+    fn script_size_does_not_grow_with_the_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(dir.path(), "slurm", |_| {});
+        let script = ArrayScript::new(&crate::backend::slurm::Slurm, &spec).unwrap();
+        let big = "'\"$(x)`y`\\\n é".repeat(10_000);
+        let many: Vec<Vec<Launch>> = launches(1000)
+            .into_iter()
+            .map(|mut l| {
+                Arc::make_mut(&mut l.job).command = Command::Shell(format!("printf %s {big}"));
+                vec![l]
+            })
+            .collect();
+        let one = vec![launches(1)];
+        let small = script.render(&spec, &one, "s", "/data/x.jobs").unwrap();
+        let large = script.render(&spec, &many, "s", "/data/x.jobs").unwrap();
+        assert!(small.script.len() < 8 * 1024, "{}", small.script);
+        // Only the digits of the task and job counts differ.
+        assert!(
+            large.script.len() <= small.script.len() + 32,
+            "{} -> {}",
+            small.script.len(),
+            large.script.len()
+        );
+        assert!(large.task_file.len() > 1000 * big.len());
+        let text = &large.task_file[1000 * TASK_HEADER_LINE..];
+        let fields: Vec<&[u8]> = text.split(|&b| b == 0).collect();
+        assert_eq!(fields[0], b"3");
+        assert_eq!(
+            fields[5..8],
+            [
+                &b"/bin/sh"[..],
+                b"-c",
+                format!("printf %s {big}").as_bytes()
+            ]
+        );
+    }
+
+    #[test]
+    fn only_shell_identifiers_are_exported_by_the_wrapper() {
+        for ok in ["A", "_x", "POOLPARTY_NEEDS_MAP_DIR", "a1"] {
+            assert!(is_identifier(ok), "{ok}");
+        }
+        for bad in ["", "1a", "A B", "A;touch x", "A-B", "é"] {
+            assert!(!is_identifier(bad), "{bad}");
+        }
+    }
+}
