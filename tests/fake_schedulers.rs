@@ -375,3 +375,75 @@ fn pbs_bundle_runs_with_dependencies() {
 fn lsf_bundle_runs_with_dependencies() {
     bundle_runs(&LSF);
 }
+
+/// Ctrl-C while an array runs: one cancel call (`qdel` / `bkill`) for the stage's arrays; the
+/// fake kills the running tasks; every job is recorded as interrupted and the run exits 130.
+fn interrupted(s: &Sched, cancel: &str) {
+    let wf = format!("{}int", s.name);
+    let t = test(s).manifest(&format!(
+        "{}[stages.a]\njobs = [0, 1]\nrun = 'touch {{{{workflow.dir}}}}/started.{{{{job}}}}; sleep 300'\n",
+        header(s, &wf, "")
+    ));
+    let mut child = t
+        .command(&["run"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("poolparty starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !(t.path().join("started.0").exists() && t.path().join("started.1").exists()) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its jobs started"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the jobs did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let r: Ran = child.wait_with_output().expect("the run ends").into();
+    r.code(130);
+    let got = attempts(&t, &wf, "a");
+    for i in 0..2 {
+        assert_eq!(got[&i], [(1, "interrupted".to_owned())], "job {i}");
+    }
+    assert_eq!(calls(&t)[cancel], 1, "{:?}", calls(&t));
+    // The fake ended both tasks (killed by the cancel, not left running).
+    let sched = t.path().join("sched/jobs");
+    let job: Value = std::fs::read_dir(&sched)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+        .expect("the fake's job");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut job = job;
+    while job["tasks"]
+        .as_object()
+        .unwrap()
+        .values()
+        .any(|t| t["state"] != "ended")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tasks still running: {job}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let p = sched.join(format!("{}.json", job["seq"]));
+        job = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn pbs_interrupt_cancels_with_qdel() {
+    interrupted(&PBS, "qdel");
+}
+
+#[test]
+fn lsf_interrupt_cancels_with_bkill() {
+    interrupted(&LSF, "bkill");
+}
