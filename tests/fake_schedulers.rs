@@ -447,3 +447,31 @@ fn pbs_interrupt_cancels_with_qdel() {
 fn lsf_interrupt_cancels_with_bkill() {
     interrupted(&LSF, "bkill");
 }
+
+/// A task killed at its time limit (PBS `Exit_status -29`, LSF `TERM_RUNLIMIT`) is recorded as
+/// timed out, not lost.
+fn timed_out(s: &Sched, time: &str) {
+    let wf = format!("{}time", s.name);
+    let t = test(s)
+        // An LSF run-limit minute lasts 2 s here.
+        .env("FAKE_LSF_MINUTE", "2")
+        .manifest(&format!(
+            "{}[stages.a]\njobs = [0, 1]\nrun = '[ {{{{job}}}} = 0 ] || sleep 60'\n",
+            header(s, &wf, &format!("time = \"{time}\""))
+        ));
+    let r = run(&t);
+    r.code(1);
+    let got = attempts(&t, &wf, "a");
+    assert_eq!(got[&0], [(1, "succeeded".to_owned())], "{}", r.stderr);
+    assert_eq!(got[&1], [(1, "timed_out".to_owned())], "{}", r.stderr);
+}
+
+#[test]
+fn pbs_walltime_exceeded_is_timed_out() {
+    timed_out(&PBS, "2s");
+}
+
+#[test]
+fn lsf_run_limit_reached_is_timed_out() {
+    timed_out(&LSF, "1m");
+}

@@ -34,6 +34,9 @@ Faults, read at submission time from the environment of `qsub`/`bsub`:
 - FAKE_PBS_MAX_ARRAY_SIZE / FAKE_LSF_MAX_JOB_ARRAY_SIZE: the server's limit (enforced by
   `qsub`/`bsub`, reported by `qmgr`/`bparams`); FAKE_LIMIT_UNREADABLE=1 makes `qmgr`/`bparams`
   fail, so a client falls back to the documented default.
+- Time limits: a task running longer than its `-l walltime=` (PBS) or `-W` (LSF) is killed
+  and ends with `Exit_status` -29 (`JOB_EXEC_KILL_WALLTIME`) or `EXIT` with
+  `TERM_RUNLIMIT`; FAKE_LSF_MINUTE sets how many seconds an LSF run-limit minute lasts (60).
 - FAKE_CALLS: a file every command appends its name and arguments to.
 """
 
@@ -162,7 +165,7 @@ def spawn_runner(d, seq):
     )
 
 
-def new_job(d, kind, name, indices, throttle, script_text, cwd, env, deps, array=True):
+def new_job(d, kind, name, indices, throttle, script_text, cwd, env, deps, array=True, limit=None):
     with Locked(d):
         seq = next_seq(d)
         script = os.path.join(d, "jobs", "%d.sh" % seq)
@@ -179,6 +182,7 @@ def new_job(d, kind, name, indices, throttle, script_text, cwd, env, deps, array
             "env": env,
             "deps": deps,
             "array": array,
+            "limit": limit,
             "submitted": time.time(),
             "ended_at": None,
             "tasks": {
@@ -249,17 +253,30 @@ def run_array(d, seq):
         time.sleep(0.2)
     slots = job["throttle"] or int(os.environ.get("FAKE_SLOTS", "4"))
     running = {}
+    started_at = {}
+    over = set()
     order = sorted(int(i) for i in job["tasks"])
     while order or running:
         for idx, proc in list(running.items()):
             rc = proc.poll()
             if rc is None:
+                if job["limit"] and idx not in over and time.time() - started_at[idx] > job["limit"]:
+                    # Over its time limit: killed, as the execution host does.
+                    over.add(idx)
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                 continue
             del running[idx]
 
             def finish(j, idx=idx, rc=rc):
                 t = j["tasks"][str(idx)]
                 t["state"] = "ended"
+                if idx in over:
+                    t["timed_out"] = True
+                    if j["kind"] == "lsf":
+                        t["reason"] = "TERM_RUNLIMIT: job killed after reaching LSF run time limit"
                 if rc < 0:
                     t["signal"] = -rc
                 else:
@@ -309,6 +326,7 @@ def run_array(d, seq):
             )
             log.close()
             running[idx] = proc
+            started_at[idx] = time.time()
 
             def started(j, idx=idx, pid=proc.pid):
                 t = j["tasks"][str(idx)]
@@ -417,6 +435,11 @@ def qsub(args):
         if load(d, seq) is None:
             sys.stderr.write("qsub: Unknown Job Id %d.%s\n" % (seq, SERVER))
             sys.exit(2)
+    limit = None
+    for res in opts.get("-l", []):
+        if res.startswith("walltime="):
+            h, m, sec = (res.split("=", 1)[1].split(":") + ["0", "0"])[:3]
+            limit = int(h) * 3600 + int(m) * 60 + int(sec)
     # PBS passes no submission environment but PBS_O_* (and -v); jobs start in $HOME. The
     # nodes' default PATH has the PBS commands (here: the fakes, whose FAKE_* settings are
     # the server's configuration).
@@ -439,6 +462,7 @@ def qsub(args):
         env,
         deps,
         array,
+        limit,
     )
     print(("%d[].%s" if array else "%d.%s") % (seq, SERVER))
 
@@ -452,7 +476,9 @@ def pbs_task_attrs(job, idx, t):
         "array_index": idx,
     }
     if t["state"] == "ended":
-        if t["signal"] is not None:
+        if t.get("timed_out"):
+            a["Exit_status"] = -29  # JOB_EXEC_KILL_WALLTIME
+        elif t["signal"] is not None:
             a["Exit_status"] = 256 + t["signal"]
         elif t["rc"] is not None:
             a["Exit_status"] = t["rc"]
@@ -602,6 +628,11 @@ def bsub(args):
         sys.stderr.write("Job array index too large. Job not submitted.\n")
         sys.exit(255)
     deps = [(k, int(n)) for k, n in re.findall(r"(done|ended)\((\d+)\)", opts.get("-w", ""))]
+    limit = None
+    if "-W" in opts:
+        hours, _, minutes = opts["-W"].rpartition(":")
+        # FAKE_LSF_MINUTE: how many seconds a run-limit minute lasts here (tests: 2).
+        limit = (int(hours or 0) * 60 + int(minutes)) * float(os.environ.get("FAKE_LSF_MINUTE", "60"))
     # bsub passes the submission environment on; jobs start in -cwd or where bsub ran.
     seq = new_job(
         d,
@@ -614,6 +645,7 @@ def bsub(args):
         dict(os.environ),
         deps,
         array,
+        limit,
     )
     print("Job <%d> is submitted to default queue <normal>." % seq)
 
