@@ -340,8 +340,13 @@ impl ClusterBackend {
             let max_tasks = match self.max_tasks {
                 Some(m) => m,
                 None => {
-                    self.calls += 1;
-                    let m = self.client.max_array_tasks()?.tasks.max(1);
+                    let m = match self.spec.settings.max_array_size {
+                        Some(n) => n as usize,
+                        None => {
+                            self.calls += 1;
+                            self.client.max_array_tasks()?.tasks.max(1)
+                        }
+                    };
                     self.max_tasks = Some(m);
                     m
                 }
