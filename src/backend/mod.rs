@@ -5,6 +5,8 @@
 //! state: they get a [`StageSpec`] with the paths to use, and the runner records what they report.
 
 pub mod cluster;
+#[cfg(test)]
+mod fake;
 pub mod local;
 pub mod packing;
 pub mod sge;
