@@ -427,7 +427,13 @@ pub fn write(
                 let max_tasks = match backend::scheduler(kind) {
                     None => usize::MAX,
                     Some(s) => {
-                        let limit = asked.entry(kind).or_insert_with(|| array_limit(s)).clone();
+                        let limit = match settings_plan_spec.settings.max_array_size {
+                            Some(n) => ArrayLimit {
+                                tasks: n as usize,
+                                source: "the `max_array_size` setting".into(),
+                            },
+                            None => asked.entry(kind).or_insert_with(|| array_limit(s)).clone(),
+                        };
                         if !summary
                             .limits
                             .iter()

@@ -326,6 +326,13 @@ macro_rules! with_settings {
             #[serde(default)]
             #[schemars(with = "Option<String>")]
             pub task_time: Option<Spanned<String>>,
+            /// Cluster: the most tasks one array may have. Default: asked from the cluster
+            /// (Slurm `MaxArraySize`, Grid Engine `max_aj_tasks`); `plan --out` falls back to the
+            /// scheduler's documented default (1001, 75000) where it cannot ask. Set, the cluster
+            /// is not asked; a value above the cluster's limit makes submissions fail.
+            #[serde(default)]
+            #[schemars(with = "Option<u32>", range(min = 1))]
+            pub max_array_size: Option<Spanned<u32>>,
             /// Cluster: resubmissions of a job that vanished without an outcome (default 3).
             #[serde(default)]
             pub resubmit_lost: Option<u32>,
@@ -645,6 +652,8 @@ pub struct Settings {
     pub bundle: u32,
     /// With `bundle = "auto"`: the task length to pack jobs for (`task_time`).
     pub auto_bundle: Option<Duration>,
+    /// The most tasks one array may have, when set (otherwise asked from the cluster).
+    pub max_array_size: Option<u32>,
     /// Resubmissions of lost jobs.
     pub resubmit_lost: u32,
     /// First poll interval.
@@ -1391,6 +1400,7 @@ fn resolve_settings(
             }
             _ => None,
         },
+        max_array_size: positive(pick!(s, d, max_array_size), "max_array_size")?,
         resubmit_lost: s.resubmit_lost.or(d.resubmit_lost).unwrap_or(3),
         poll_interval,
         poll_max: poll_max.max(poll_interval),

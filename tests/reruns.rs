@@ -1037,6 +1037,70 @@ fn bundles_differ_only_in_the_changed_job() {
 }
 
 // ---------------------------------------------------------------------------------------
+// 8. `plan --out` needs no scheduler on the machine (issue #13): the array limit comes from
+// `max_array_size`, else the cluster, else the scheduler's documented default, and the
+// output says which.
+
+/// The `PATH` of this process without any folder holding a scheduler client.
+fn path_without_schedulers() -> String {
+    let clients = ["scontrol", "sbatch", "squeue", "qconf", "qsub", "qstat"];
+    let path = std::env::var("PATH").unwrap_or_default();
+    let kept: Vec<&str> = path
+        .split(':')
+        .filter(|d| !d.is_empty() && !clients.iter().any(|c| Path::new(d).join(c).exists()))
+        .collect();
+    kept.join(":")
+}
+
+#[test]
+fn bundles_need_no_scheduler_installed() {
+    let path = path_without_schedulers();
+    for c in ["scontrol", "qconf"] {
+        assert!(
+            !std::env::split_paths(&path).any(|d| d.join(c).exists()),
+            "`{c}` is still on the test's PATH"
+        );
+    }
+    let jobs: Vec<String> = (0..2003).map(|i| i.to_string()).collect();
+    let t = Test::new()
+        .manifest(&format!(
+            "[workflow]\nname = \"rr-noclient\"\n\
+             [stages.big]\nbackend = \"slurm\"\njobs = [{}]\nrun = \"echo {{{{job}}}}\"\n\
+             [stages.small]\nbackend = \"sge\"\nmax_array_size = 2\njobs = [1, 2, 3]\nrun = \"true\"\n\
+             [stages.other]\nbackend = \"sge\"\njobs = [1]\nrun = \"true\"\n",
+            jobs.join(", ")
+        ))
+        .env("PATH", &path);
+    let r = pp(&t, &["plan", "--out", "bundle"]);
+    r.code(0)
+        .stdout_has("bundle written to")
+        .stdout_has(
+            "slurm arrays of at most 1001 tasks: the documented default `MaxArraySize` of slurm (the cluster could not be asked: cannot read the cluster's configuration: cannot run `scontrol`",
+        )
+        .stdout_has("sge arrays of at most 2 tasks: the `max_array_size` setting")
+        .stdout_has("sge arrays of at most 75000 tasks: Grid Engine's default `max_aj_tasks`")
+        .stdout_has("stage `big` (slurm): 2003 jobs, 3 script(s)")
+        .stdout_has("stage `small` (sge): 3 jobs, 2 script(s)");
+    let script = |p: &str| t.read(&format!("bundle/{p}"));
+    assert!(script("big/array-1.sh").contains("#SBATCH --array=0-1000\n"));
+    assert!(script("big/array-2.sh").contains("#SBATCH --array=0-1000\n"));
+    assert!(script("big/array-3.sh").contains("#SBATCH --array=0-0\n"));
+    assert!(script("small/array-1.sh").contains("#$ -t 1-2\n"));
+    assert!(script("small/array-2.sh").contains("#$ -t 1-1\n"));
+    let submit = script("submit.sh");
+    assert!(
+        submit.contains("# slurm arrays of at most 1001 tasks: the documented default"),
+        "{submit}"
+    );
+    assert!(submit.contains("pp_submit_slurm() {") && submit.contains("pp_submit_sge() {"));
+    let n = |s: &str| submit.matches(s).count();
+    assert_eq!(
+        (n("prev=$(pp_submit_slurm "), n("prev=$(pp_submit_sge ")),
+        (3, 3)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // 8. Every example, detached, gives the results of an attached local run: stages that read
 // their needs' results (map-reduce's `reduce`, telescope's generated `analyse`) see them.
 

@@ -199,6 +199,28 @@ pub struct SubmittedJob {
     pub fp: String,
 }
 
+/// The time as the state machine sees it: the real clock in runs; tests drive a fake one, so
+/// backoff, grace periods and patience are checked in milliseconds.
+pub trait Clock: Send {
+    /// Now.
+    fn now(&self) -> Instant;
+    /// Pauses (between the tries of a cancel call).
+    fn sleep(&self, d: Duration);
+}
+
+/// The real clock.
+#[derive(Debug, Default)]
+pub struct RealClock;
+
+impl Clock for RealClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+}
+
 struct Tracked {
     launch: Launch,
     job_id: String,
@@ -212,6 +234,7 @@ struct Tracked {
 pub struct ClusterBackend {
     syntax: &'static dyn Syntax,
     client: Box<dyn Client>,
+    clock: Box<dyn Clock>,
     script: ArrayScript,
     spec: StageSpec,
     events: Sender<Event>,
@@ -273,11 +296,35 @@ impl ClusterBackend {
         events: Sender<Event>,
         scripts_dir: PathBuf,
     ) -> Result<Self> {
+        Self::with_clock(
+            syntax,
+            client,
+            Box::new(RealClock),
+            spec,
+            events,
+            scripts_dir,
+        )
+    }
+
+    /// [`ClusterBackend::new`] reading the time from `clock`.
+    ///
+    /// # Errors
+    /// As [`ClusterBackend::new`].
+    pub fn with_clock(
+        syntax: &'static dyn Syntax,
+        client: Box<dyn Client>,
+        clock: Box<dyn Clock>,
+        spec: StageSpec,
+        events: Sender<Event>,
+        scripts_dir: PathBuf,
+    ) -> Result<Self> {
         let script = ArrayScript::new(syntax, &spec)?;
         let interval = spec.settings.poll_interval;
+        let now = clock.now();
         Ok(Self {
             syntax,
             client,
+            clock,
             script,
             events,
             scripts_dir,
@@ -290,9 +337,9 @@ impl ClusterBackend {
             submissions: Vec::new(),
             max_tasks: None,
             interval,
-            next: Instant::now() + interval,
+            next: now + interval,
             status_step: interval,
-            next_status: Instant::now() + interval,
+            next_status: now + interval,
             next_lost: None,
             grace: spec.settings.lost_grace,
             polls: 0,
@@ -314,7 +361,7 @@ impl ClusterBackend {
             match self.client.cancel(&self.active_jobs) {
                 Ok(()) => return Ok(()),
                 Err(e) => match pauses.next() {
-                    Some(p) => std::thread::sleep(*p),
+                    Some(p) => self.clock.sleep(*p),
                     None => {
                         return Err(CallError {
                             message: format!(
@@ -340,8 +387,13 @@ impl ClusterBackend {
             let max_tasks = match self.max_tasks {
                 Some(m) => m,
                 None => {
-                    self.calls += 1;
-                    let m = self.client.max_array_tasks()?.tasks.max(1);
+                    let m = match self.spec.settings.max_array_size {
+                        Some(n) => n as usize,
+                        None => {
+                            self.calls += 1;
+                            self.client.max_array_tasks()?.tasks.max(1)
+                        }
+                    };
                     self.max_tasks = Some(m);
                     m
                 }
@@ -391,14 +443,16 @@ impl ClusterBackend {
                     for t in tasks.into_iter().rev() {
                         self.packed.push_front(t);
                     }
-                    let since = *self.submit_failing.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= SUBMIT_PATIENCE {
+                    let now = self.clock.now();
+                    let failing =
+                        now.saturating_duration_since(*self.submit_failing.get_or_insert(now));
+                    if failing >= SUBMIT_PATIENCE {
                         return Err(Error::Backend {
                             backend: self.syntax.name(),
                             message: format!(
                                 "could not submit the jobs of stage `{}`: the scheduler kept failing for {} s",
                                 self.spec.name,
-                                since.elapsed().as_secs()
+                                failing.as_secs()
                             ),
                             detail: Some(e.message),
                         });
@@ -421,7 +475,7 @@ impl ClusterBackend {
             self.status_step = self.spec.settings.poll_interval;
             self.next_status = self
                 .next_status
-                .min(Instant::now() + self.spec.settings.poll_interval);
+                .min(self.clock.now() + self.spec.settings.poll_interval);
             let first = self.syntax.first_index();
             let mut record = Vec::with_capacity(tasks.len());
             for (t, launches) in tasks.into_iter().enumerate() {
@@ -486,7 +540,7 @@ impl ClusterBackend {
         }
         if let Some((wave, started)) = &self.wave {
             let running = wave.iter().any(|k| self.tracked.contains_key(k));
-            if running && started.elapsed() < target {
+            if running && self.clock.now().saturating_duration_since(*started) < target {
                 return false;
             }
         }
@@ -496,12 +550,15 @@ impl ClusterBackend {
         let durations = match (estimate, &self.wave) {
             (Some(d), _) => d,
             // The wave ran for `target` without an outcome: its jobs are long, one per task.
-            (None, Some((_, started))) => vec![started.elapsed().as_secs_f64(); self.pending.len()],
+            (None, Some((_, started))) => {
+                let ran = self.clock.now().saturating_duration_since(*started);
+                vec![ran.as_secs_f64(); self.pending.len()]
+            }
             (None, None) => {
                 let n = packing::FIRST_WAVE.min(self.pending.len());
                 let wave: Vec<Vec<Launch>> = self.pending.drain(..n).map(|l| vec![l]).collect();
                 // Keys are filled in as the wave is submitted (see `flush`).
-                self.wave = Some((Vec::new(), Instant::now()));
+                self.wave = Some((Vec::new(), self.clock.now()));
                 self.packed.extend(wave);
                 return true;
             }
@@ -610,7 +667,7 @@ impl Backend for ClusterBackend {
         self.pending.extend(launches);
         self.flush()?;
         self.interval = self.spec.settings.poll_interval;
-        self.next = Instant::now() + self.interval;
+        self.next = self.clock.now() + self.interval;
         // Ask the scheduler soon after a submission (a task stuck in an error state shows at
         // once), then less and less often.
         self.status_step = self.interval;
@@ -625,7 +682,7 @@ impl Backend for ClusterBackend {
     /// arrived, whatever the scheduler was last seen to say.
     fn poll(&mut self) -> Result<()> {
         self.polls += 1;
-        let now = Instant::now();
+        let now = self.clock.now();
         let ask = !self.active_jobs.is_empty() && now >= self.next_status;
         // Asked before harvesting: a task the scheduler no longer lists has written its
         // outcome file by then, so it is harvested below rather than suspected lost.
@@ -640,7 +697,7 @@ impl Backend for ClusterBackend {
         }
         let harvested = self.harvest();
         let mut progress = harvested > 0;
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut finished = Vec::new();
         if let Some(Ok(states)) = &queue {
             let mut errors = Vec::new();
@@ -715,7 +772,7 @@ impl Backend for ClusterBackend {
         } else {
             (self.interval.mul_f64(1.5)).min(self.spec.settings.poll_max)
         };
-        self.next = Instant::now() + self.interval;
+        self.next = self.clock.now() + self.interval;
         Ok(())
     }
 
@@ -727,7 +784,7 @@ impl Backend for ClusterBackend {
         if let Some(lost) = self.next_lost {
             at = at.min(lost);
         }
-        Some(at.saturating_duration_since(Instant::now()))
+        Some(at.saturating_duration_since(self.clock.now()))
     }
 
     fn adopt(&mut self, adopted: Vec<super::Adopt>) -> Vec<usize> {
@@ -783,7 +840,7 @@ impl Backend for ClusterBackend {
             self.calls += 1;
             let _ = self.client.cancel_tasks(&job_id, &tasks);
         }
-        self.next = Instant::now();
+        self.next = self.clock.now();
         kept
     }
 

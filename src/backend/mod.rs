@@ -5,6 +5,8 @@
 //! state: they get a [`StageSpec`] with the paths to use, and the runner records what they report.
 
 pub mod cluster;
+#[cfg(test)]
+mod fake;
 pub mod local;
 pub mod lsf;
 pub mod packing;
@@ -363,6 +365,37 @@ pub(crate) fn read_result_file(path: &std::path::Path, max: u64) -> Option<Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The registry is consistent: each scheduler is found by its backend and by the name
+    /// `submissions.jsonl` records, its template reads its own task variable and no other
+    /// scheduler's, and template files are distinct.
+    #[test]
+    fn schedulers_are_registered_consistently() {
+        let mut files = std::collections::HashSet::new();
+        for s in SCHEDULERS {
+            let name = s.syntax.name();
+            assert_eq!(name, s.kind.as_str());
+            assert_eq!(name.parse::<BackendKind>(), Ok(s.kind));
+            assert!(std::ptr::eq(scheduler(s.kind).unwrap(), s));
+            assert!(std::ptr::eq(scheduler_named(name).unwrap(), s));
+            assert!(std::ptr::eq(syntax(s.kind), s.syntax));
+            let template = s.syntax.default_template();
+            for (kind, var) in task_index_vars() {
+                assert_eq!(
+                    template.contains(var),
+                    kind == s.kind,
+                    "{name} template, {var}"
+                );
+            }
+            assert!(!s.syntax.submit_function().is_empty(), "{name}");
+            assert!(!s.syntax.wait_function().is_empty(), "{name}");
+            assert!(s.syntax.default_max_array_tasks() > 1, "{name}");
+            assert!(files.insert(s.syntax.template_file()), "{name}");
+        }
+        assert!(scheduler(BackendKind::Local).is_none());
+        assert_eq!(syntax(BackendKind::Local).name(), "local");
+        assert!(scheduler_named("local").is_none());
+    }
 
     #[test]
     fn local_workers_are_bounded_by_jobs_and_the_cap() {

@@ -304,6 +304,7 @@ pub fn parse_qstat_xml(xml: &str) -> HashMap<(String, usize), TaskState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::syntax::testing;
 
     #[test]
     fn qacct() {
@@ -339,6 +340,43 @@ failed       0
             TaskState::Ended("qacct: failed 100 : assumedly after job".into())
         );
         assert!(parse_qacct("error: job id 5 not found\n").is_empty());
+    }
+
+    #[test]
+    fn array_specs_and_times() {
+        // The throttle is its own directive (`-tc`), not part of the range.
+        assert_eq!(Sge.array_spec(10, Some(2)), "1-10");
+        assert_eq!(Sge.array_spec(1, None), "1-1");
+        let t = |s| WallTime(std::time::Duration::from_secs(s));
+        assert_eq!(Sge.format_time(t(90_061)), "25:01:01");
+        assert_eq!(Sge.format_time(t(59)), "0:00:59");
+    }
+
+    #[test]
+    fn driver_header() {
+        assert_eq!(
+            Sge.driver_header("pp-w-b-driver", "/s/b/driver.log", "/w"),
+            "#$ -N pp-w-b-driver\n#$ -S /bin/bash\n#$ -j y\n#$ -o /s/b/driver.log\n#$ -wd /w"
+        );
+    }
+
+    /// `pp_submit_sge`: every id waited for with one `-hold_jid` (Grid Engine cannot tell
+    /// `afterok` from `afterany`), the task file after the script, and the job id without
+    /// the task range.
+    #[test]
+    fn dependency_lines() {
+        let submit = |args| testing::submit(&Sge, "qsub", "42.1-3:1", args);
+        let (out, argv) = submit(r#"afterok "1 2" "3" s.sh a/t.jobs"#);
+        assert_eq!(out, "42\n");
+        assert_eq!(
+            argv,
+            ["-terse", "-hold_jid", "1,2,3", "s.sh", "/b/a/t.jobs"]
+        );
+        let (_, argv) = submit(r#"afterany "" "" d.sh"#);
+        assert_eq!(argv, ["-terse", "d.sh"]);
+        // Waiting asks about each job until `qstat -j` fails (the job is unknown).
+        let (_, calls) = testing::run_function(Sge.wait_function(), "qstat", ("", 1), r#""7 8""#);
+        assert_eq!(calls, [["-j", "7"], ["-j", "8"]]);
     }
 
     #[test]

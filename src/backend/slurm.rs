@@ -220,6 +220,7 @@ pub fn parse_squeue(out: &str) -> HashMap<(String, usize), TaskState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::syntax::testing;
 
     #[test]
     fn squeue_lines() {
@@ -233,6 +234,55 @@ mod tests {
         assert_eq!(m[&("12".into(), 2)], TaskState::TimedOut);
         assert!(m.contains_key(&("13".into(), 4)));
         assert!(!m.contains_key(&("13".into(), 2)));
+    }
+
+    #[test]
+    fn array_specs_and_times() {
+        assert_eq!(Slurm.array_spec(10, None), "0-9");
+        assert_eq!(Slurm.array_spec(10, Some(2)), "0-9%2");
+        assert_eq!(Slurm.array_spec(1, None), "0-0");
+        let t = |s| WallTime(std::time::Duration::from_secs(s));
+        assert_eq!(Slurm.format_time(t(90_061)), "1-01:01:01");
+        assert_eq!(Slurm.format_time(t(59)), "0-00:00:59");
+    }
+
+    #[test]
+    fn driver_header() {
+        assert_eq!(
+            Slurm.driver_header("pp-w-b-driver", "'/s/b/driver.log'", "/w"),
+            "#SBATCH --job-name=pp-w-b-driver\n#SBATCH --output='/s/b/driver.log'\n#SBATCH --chdir=/w"
+        );
+    }
+
+    /// `pp_submit_slurm`: `afterok`/`afterany` ids joined with `:`, the two kinds with `,`,
+    /// the task file after the script, and the job id without the cluster name.
+    #[test]
+    fn dependency_lines() {
+        let submit = |args| testing::submit(&Slurm, "sbatch", "42;cluster", args);
+        let (out, argv) = submit(r#"afterok "1 2" "" s.sh a/t.jobs"#);
+        assert_eq!(out, "42\n");
+        assert_eq!(
+            argv,
+            [
+                "--parsable",
+                "--dependency=afterok:1:2",
+                "s.sh",
+                "/b/a/t.jobs"
+            ]
+        );
+        let (_, argv) = submit(r#"afterany "" "3 4" d.sh"#);
+        assert_eq!(argv, ["--parsable", "--dependency=afterany:3:4", "d.sh"]);
+        let (_, argv) = submit(r#"afterok "1" "3" s.sh"#);
+        assert_eq!(
+            argv,
+            ["--parsable", "--dependency=afterok:1,afterany:3", "s.sh"]
+        );
+        let (_, argv) = submit(r#"afterok "" "" s.sh"#);
+        assert_eq!(argv, ["--parsable", "s.sh"]);
+        // Waiting asks for the jobs still in the queue; an empty answer ends the wait.
+        let (_, calls) =
+            testing::run_function(Slurm.wait_function(), "squeue", ("", 0), r#""7 8""#);
+        assert_eq!(calls, [["-h", "-j", "7,8", "-t", "PD,R,CG,S,CF"]]);
     }
 
     #[test]

@@ -326,16 +326,20 @@ fn is_identifier(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// What the tests of every scheduler's syntax share: a stage spec, launches, and a way to run
+/// a `submit.sh` function with a stub scheduler command.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
+    use std::path::Path;
     use std::sync::Arc;
 
-    use super::*;
+    use super::Syntax;
+    use crate::backend::{Launch, StageSpec};
     use crate::jobs::JobId;
-    use crate::plan::PlannedJob;
+    use crate::plan::{Command, PlannedJob};
 
     /// The spec of stage `a` of a one-stage workflow on `backend`, with `settings` changed.
-    fn spec(
+    pub(crate) fn spec(
         dir: &Path,
         backend: &str,
         settings: impl FnOnce(&mut crate::manifest::Settings),
@@ -364,7 +368,8 @@ mod tests {
         spec
     }
 
-    fn launches(n: usize) -> Vec<Launch> {
+    /// `n` launches of jobs `j0..`, each running `echo INDEX`.
+    pub(crate) fn launches(n: usize) -> Vec<Launch> {
         (0..n)
             .map(|i| Launch {
                 job: Arc::new(PlannedJob {
@@ -377,6 +382,220 @@ mod tests {
                 attempt: 1,
             })
             .collect()
+    }
+
+    /// Runs `body` as a bash function called with `args` (shell words), with `program`
+    /// replaced by a stub that prints `answer` and returns `status`; returns what the
+    /// function printed and each call of the stub as its argument list.
+    pub(crate) fn run_function(
+        body: &str,
+        program: &str,
+        (answer, status): (&str, u8),
+        args: &str,
+    ) -> (String, Vec<Vec<String>>) {
+        // The stub logs to a file: the functions may silence the command's stderr.
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let script = format!(
+            "pp_bundle=/b\n{program}() {{ printf '%s\\0' \"$@\" >> \"$PP_LOG\"; printf '\\n' >> \"$PP_LOG\"; printf '%s\\n' '{answer}'; return {status}; }}\npp_f() {{\n{body}\n}}\npp_f {args}\n"
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .env("PP_LOG", log.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {out:?}");
+        let calls = std::fs::read_to_string(log.path())
+            .unwrap()
+            .lines()
+            .map(|l| {
+                l.split('\0')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .collect();
+        (String::from_utf8(out.stdout).unwrap(), calls)
+    }
+
+    /// `submit.sh`'s submit function of `syntax`, run with a stub `program` that prints
+    /// `answer`: what it printed and the stub's one argument list.
+    pub(crate) fn submit(
+        syntax: &dyn Syntax,
+        program: &str,
+        answer: &str,
+        args: &str,
+    ) -> (String, Vec<String>) {
+        let (out, mut calls) = run_function(syntax.submit_function(), program, (answer, 0), args);
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        (out, calls.remove(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::testing::{launches, spec};
+    use super::*;
+    use crate::backend::local::LocalScript;
+    use crate::backend::sge::Sge;
+    use crate::backend::slurm::Slurm;
+
+    fn render(syntax: &'static dyn Syntax, spec: &StageSpec, tasks: &[Vec<Launch>]) -> String {
+        ArrayScript::new(syntax, spec)
+            .unwrap()
+            .render(spec, tasks, "r-1", "/data/r-1.jobs")
+            .unwrap()
+            .script
+    }
+
+    /// Three tasks of up to two jobs each, throttled to 3, with resources.
+    fn tasks_of_two() -> Vec<Vec<Launch>> {
+        launches(5).chunks(2).map(<[Launch]>::to_vec).collect()
+    }
+
+    fn with_resources(s: &mut crate::manifest::Settings) {
+        s.max_parallel = Some(3);
+        s.time = Some(WallTime(std::time::Duration::from_secs(120)));
+        s.resources.cpus = Some(4);
+        s.resources.memory = Some("4G".into());
+        s.resources.partition = Some("short".into());
+        s.resources.queue = Some("all.q".into());
+        s.resources.extra = vec!["--constraint=avx2".into()];
+    }
+
+    fn has_lines(script: &str, lines: &[&str]) {
+        for l in lines {
+            assert!(
+                script.lines().any(|x| x == *l),
+                "no line {l:?} in\n{script}"
+            );
+        }
+    }
+
+    /// The Slurm header: array of local indices with the throttle, the time limit of the
+    /// largest bundle (2 jobs of 2 min) in `D-HH:MM:SS`, resources, extra lines verbatim.
+    #[test]
+    fn slurm_script_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(dir.path(), "slurm", with_resources);
+        let script = render(&Slurm, &spec, &tasks_of_two());
+        has_lines(
+            &script,
+            &[
+                "#SBATCH --job-name=pp-w-a-r",
+                "#SBATCH --array=0-2%3",
+                "#SBATCH --time=0-00:04:00",
+                "#SBATCH --cpus-per-task=4",
+                "#SBATCH --mem=4G",
+                "#SBATCH --partition=short",
+                "#SBATCH --constraint=avx2",
+                "pp_data=/data/r-1.jobs",
+            ],
+        );
+        assert!(script.contains("${SLURM_ARRAY_TASK_ID:?not an array task} - 0"));
+        assert!(
+            !script.contains("all.q"),
+            "a Grid Engine queue in a Slurm script"
+        );
+    }
+
+    /// The Grid Engine header: 1-based array, `-tc` throttle, `h_rt` in `HH:MM:SS`.
+    #[test]
+    fn sge_script_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(dir.path(), "sge", with_resources);
+        let script = render(&Sge, &spec, &tasks_of_two());
+        has_lines(
+            &script,
+            &[
+                "#$ -N pp-w-a-r",
+                "#$ -t 1-3",
+                "#$ -tc 3",
+                "#$ -l h_rt=0:04:00",
+                "#$ -l h_vmem=4G",
+                "#$ -pe smp 4",
+                "#$ -q all.q",
+                "#$ --constraint=avx2",
+            ],
+        );
+        assert!(script.contains("${SGE_TASK_ID:?not an array task} - 1"));
+    }
+
+    /// The local bundle script runs every task itself, `max_parallel` at a time.
+    #[test]
+    fn local_script_runs_its_tasks_with_xargs() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(dir.path(), "local", with_resources);
+        let script = render(&LocalScript, &spec, &tasks_of_two());
+        has_lines(&script, &["  seq 0 2 | xargs -P 3 -n 1 bash \"$0\""]);
+    }
+
+    /// Every value a template sees is shell-quoted: a working folder with a space.
+    #[test]
+    fn paths_are_quoted_in_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = spec(dir.path(), "slurm", |_| {});
+        spec.cwd = "/data/my work".into();
+        let script = render(&Slurm, &spec, &[launches(1)]);
+        has_lines(
+            &script,
+            &["#SBATCH --chdir='/data/my work'", "#SBATCH --array=0-0"],
+        );
+    }
+
+    /// What cannot be written into a script safely is refused with the stage's name.
+    #[test]
+    fn unsafe_env_names_and_directives_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bad_env = spec(dir.path(), "slurm", |_| {});
+        bad_env.env = vec![("A;touch x".into(), "1".into())];
+        let bad_extra = spec(dir.path(), "slurm", |s| {
+            s.resources.extra = vec!["--a\n--b".into()];
+        });
+        for (spec, what) in [
+            (bad_env, "not a shell identifier"),
+            (bad_extra, "line break"),
+        ] {
+            let e = ArrayScript::new(&Slurm, &spec)
+                .unwrap()
+                .render(&spec, &[launches(1)], "r-1", "x.jobs")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("stage `a`") && e.contains(what), "{e}");
+        }
+    }
+
+    /// A custom template replaces the scheduler's; one that does not compile is an error
+    /// naming the backend.
+    #[test]
+    fn custom_templates_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("t.hbs"),
+            "#!/bin/sh\n# {{array}} {{job_name}}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("bad.hbs"), "{{#if}}").unwrap();
+        let with = |file: &str| {
+            let path = dir.path().join(file);
+            spec(dir.path(), "sge", |s| {
+                s.template = Some((path, miette::SourceSpan::from(0..0)));
+            })
+        };
+        let good = with("t.hbs");
+        assert_eq!(
+            render(&Sge, &good, &[launches(2)]),
+            "#!/bin/sh\n# 1-1 pp-w-a-r\n"
+        );
+        let e = ArrayScript::new(&Sge, &with("bad.hbs"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("sge backend failed: invalid script template"),
+            "{e}"
+        );
     }
 
     /// An array script's size does not depend on the number or the size of its jobs: they
