@@ -28,6 +28,14 @@ Formats replayed (as documented; nothing here was checked against a live server)
   hour); `bkill` answers `Job <123> is being terminated`; `bparams -a` lists
   `MAX_JOB_ARRAY_SIZE = N`.
 
+Sources read: github.com/openpbs/openpbs doc/man1/{qsub,qstat,qdel}.1B,
+doc/man1/pbs_server_attributes.7B, src/lib/Libcmds/chk_Jrange.c, src/lib/Liblog/pbs_messages.c,
+src/include/job.h; the PBS design page "PP-483: Enhance output of qstat" (pbspro.atlassian.net)
+for the `-F json` example; IBM Spectrum LSF 10.1 command reference pages bjobs -o and -json
+(ibm.com/docs/en/spectrum-lsf/10.1.0 lsf_command_ref/bjobs.json.1, bjobs.o.1) and "Job arrays"
+(lsf_admin/job_arrays_lsf); bjobs -json records as quoted in public LSF clients' tests; the
+LSBE_BIG_IDX message "Job array index too large" from lsbatch's error table.
+
 Faults, read at submission time from the environment of `qsub`/`bsub`:
 - FAKE_LOSE=2,5: array indices that vanish without running (a lost task: PBS shows the subjob
   ended with `Exit_status` 0 and no outcome file appears; LSF forgets the element).
