@@ -540,7 +540,7 @@ impl ClusterBackend {
         }
         if let Some((wave, started)) = &self.wave {
             let running = wave.iter().any(|k| self.tracked.contains_key(k));
-            if running && self.clock.now().saturating_duration_since(*started) < target {
+            if running && started.elapsed() < target {
                 return false;
             }
         }
@@ -550,15 +550,12 @@ impl ClusterBackend {
         let durations = match (estimate, &self.wave) {
             (Some(d), _) => d,
             // The wave ran for `target` without an outcome: its jobs are long, one per task.
-            (None, Some((_, started))) => {
-                let ran = self.clock.now().saturating_duration_since(*started);
-                vec![ran.as_secs_f64(); self.pending.len()]
-            }
+            (None, Some((_, started))) => vec![started.elapsed().as_secs_f64(); self.pending.len()],
             (None, None) => {
                 let n = packing::FIRST_WAVE.min(self.pending.len());
                 let wave: Vec<Vec<Launch>> = self.pending.drain(..n).map(|l| vec![l]).collect();
                 // Keys are filled in as the wave is submitted (see `flush`).
-                self.wave = Some((Vec::new(), self.clock.now()));
+                self.wave = Some((Vec::new(), Instant::now()));
                 self.packed.extend(wave);
                 return true;
             }
