@@ -977,9 +977,10 @@ mod tests {
         };
         settings(&mut spec.settings);
         let (tx, rx) = std::sync::mpsc::channel();
-        let b = ClusterBackend::new(
+        let b = ClusterBackend::with_clock(
             &crate::backend::slurm::Slurm,
             Box::new(sched),
+            Box::new(crate::backend::fake::FakeClock::new()),
             spec,
             tx,
             dir.join("scripts"),
@@ -1009,7 +1010,7 @@ mod tests {
 
     fn polls_until(b: &mut ClusterBackend, polls: usize) {
         for _ in 0..polls {
-            std::thread::sleep(b.next_poll().unwrap());
+            b.clock.sleep(b.next_poll().unwrap());
             b.poll().unwrap();
         }
     }
@@ -1061,7 +1062,7 @@ mod tests {
         b.submit(launches(2)).unwrap();
         let mut lost = 0;
         for _ in 0..200 {
-            std::thread::sleep(b.next_poll().unwrap());
+            b.clock.sleep(b.next_poll().unwrap());
             b.poll().unwrap();
             while let Ok(Event::Finished { record, .. }) = rx.try_recv() {
                 assert_eq!(record.outcome, Outcome::Lost);
