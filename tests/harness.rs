@@ -255,7 +255,7 @@ pub fn flock_bounded(path: &str, limit: Duration) -> nix::fcntl::Flock<std::fs::
 }
 
 /// The jobs of each task in an array's task file (`<script>.jobs`, see
-/// `poolparty::backend::cluster::encode_tasks`): per task, per job, the fields
+/// `poolparty::backend::syntax::encode_tasks`): per task, per job, the fields
 /// `[index, id, attempt, job json, argv...]`.
 pub fn task_file(path: &Path) -> Vec<Vec<Vec<String>>> {
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -540,7 +540,7 @@ impl ClusterBackend {
         }
         if let Some((wave, started)) = &self.wave {
             let running = wave.iter().any(|k| self.tracked.contains_key(k));
-            if running && self.clock.now().saturating_duration_since(*started) < target {
+            if running && started.elapsed() < target {
                 return false;
             }
         }
@@ -550,15 +550,12 @@ impl ClusterBackend {
         let durations = match (estimate, &self.wave) {
             (Some(d), _) => d,
             // The wave ran for `target` without an outcome: its jobs are long, one per task.
-            (None, Some((_, started))) => {
-                let ran = self.clock.now().saturating_duration_since(*started);
-                vec![ran.as_secs_f64(); self.pending.len()]
-            }
+            (None, Some((_, started))) => vec![started.elapsed().as_secs_f64(); self.pending.len()],
             (None, None) => {
                 let n = packing::FIRST_WAVE.min(self.pending.len());
                 let wave: Vec<Vec<Launch>> = self.pending.drain(..n).map(|l| vec![l]).collect();
                 // Keys are filled in as the wave is submitted (see `flush`).
-                self.wave = Some((Vec::new(), self.clock.now()));
+                self.wave = Some((Vec::new(), Instant::now()));
                 self.packed.extend(wave);
                 return true;
             }
@@ -980,9 +977,10 @@ mod tests {
         };
         settings(&mut spec.settings);
         let (tx, rx) = std::sync::mpsc::channel();
-        let b = ClusterBackend::new(
+        let b = ClusterBackend::with_clock(
             &crate::backend::slurm::Slurm,
             Box::new(sched),
+            Box::new(crate::backend::fake::FakeClock::new()),
             spec,
             tx,
             dir.join("scripts"),
@@ -1012,7 +1010,7 @@ mod tests {
 
     fn polls_until(b: &mut ClusterBackend, polls: usize) {
         for _ in 0..polls {
-            std::thread::sleep(b.next_poll().unwrap());
+            b.clock.sleep(b.next_poll().unwrap());
             b.poll().unwrap();
         }
     }
@@ -1064,7 +1062,7 @@ mod tests {
         b.submit(launches(2)).unwrap();
         let mut lost = 0;
         for _ in 0..200 {
-            std::thread::sleep(b.next_poll().unwrap());
+            b.clock.sleep(b.next_poll().unwrap());
             b.poll().unwrap();
             while let Ok(Event::Finished { record, .. }) = rx.try_recv() {
                 assert_eq!(record.outcome, Outcome::Lost);

@@ -22,10 +22,11 @@ use crate::outcome::{JobRecord, Outcome};
 
 /// A clock that only moves when told to (or when the backend "sleeps").
 #[derive(Clone)]
-struct FakeClock(Arc<Mutex<Instant>>);
+pub(super) struct FakeClock(Arc<Mutex<Instant>>);
 
 impl FakeClock {
-    fn new() -> Self {
+    /// A clock standing at the real now.
+    pub(super) fn new() -> Self {
         Self(Arc::new(Mutex::new(Instant::now())))
     }
     fn advance(&self, d: Duration) {

@@ -241,7 +241,7 @@ pub struct Scheduler {
 
 /// Every cluster scheduler, the one list `run`, `cancel`, `plan --out` and `templates` read.
 /// Adding a scheduler takes its file (`backend/<name>.rs`: a [`syntax::Syntax`] and a
-/// [`cluster::Client`]), its template, its [`BackendKind`] variant and one entry here.
+/// [`cluster::Client`]), its template, its `BackendKind` variant and one entry here.
 pub static SCHEDULERS: &[Scheduler] = &[
     Scheduler {
         kind: BackendKind::Slurm,
