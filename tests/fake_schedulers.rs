@@ -475,3 +475,65 @@ fn pbs_walltime_exceeded_is_timed_out() {
 fn lsf_run_limit_reached_is_timed_out() {
     timed_out(&LSF, "1m");
 }
+
+/// `run --detach` submits the bundle (an array and a driver job waiting on it); `poolparty
+/// cancel` cancels both through the scheduler (`qdel` / `bkill`), and the jobs are recorded as
+/// interrupted.
+fn cancel_detached(s: &Sched, cancel: &str) {
+    let wf = format!("{}detach", s.name);
+    let t = test(s).manifest(&format!(
+        "{}[stages.a]\njobs = [0, 1, 2]\nrun = 'echo start >> {{{{workflow.dir}}}}/started.{{{{job}}}}; sleep 300'\n\
+         [stages.b]\nneeds = [\"a\"]\ngenerate = \"echo '[1, 2]'\"\nrun = 'echo b >> {{{{workflow.dir}}}}/b.txt'\n",
+        header(s, &wf, "")
+    ));
+    t.run(&["run", "--detach"]).code(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !(0..3).all(|i| t.path().join(format!("started.{i}")).exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a's jobs did not start: {:?}",
+            calls(&t)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    t.run(&["cancel"]).code(0).stderr_has("cancelled");
+    assert!(calls(&t)[cancel] >= 1, "{:?}", calls(&t));
+    // The fake ends every job: the array's tasks killed, the driver never started.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let open: Vec<String> = std::fs::read_dir(t.path().join("sched/jobs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter_map(|p| std::fs::read_to_string(&p).ok())
+            .filter(|text| {
+                text.contains("\"state\": \"running\"") || text.contains("\"state\": \"queued\"")
+            })
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {open:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(!t.path().join("b.txt").exists(), "b ran after the cancel");
+    t.run(&["status"]).code(130);
+    let got = attempts(&t, &wf, "a");
+    for i in 0..3 {
+        assert_eq!(got[&i], [(1, "interrupted".to_owned())], "job {i}");
+    }
+    t.run(&["cancel"]).code(0).stderr_has("nothing to cancel");
+}
+
+#[test]
+fn pbs_cancel_of_a_detached_run() {
+    cancel_detached(&PBS, "qdel");
+}
+
+#[test]
+fn lsf_cancel_of_a_detached_run() {
+    cancel_detached(&LSF, "bkill");
+}
