@@ -56,7 +56,13 @@ pp_task() {
     echo "poolparty: no array task $1 in this array of $2" >&2
     exit 2
   fi
-  head=$(tail -c "+$(($1 * 40 + 1))" "$pp_data" | head -c 39)
+  head=
+  if [ "$1" -lt 1600 ]; then
+    # Bash reads the header line itself (no process) when it is near the start of the file.
+    { { [ "$1" -eq 0 ] || IFS= read -r -N "$(($1 * 40))" x; } && IFS= read -r -N 39 head; } <"$pp_data"
+  else
+    head=$(tail -c "+$(($1 * 40 + 1))" "$pp_data" | head -c 39)
+  fi
   off=${head%% *}
   len=${head##* }
   case "$off$len" in
