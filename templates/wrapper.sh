@@ -4,6 +4,12 @@ pp_logs={{logs_dir}}
 pp_results={{results_dir}}
 pp_staging={{staging_dir}}
 pp_failed=0
+# Per job, only the job itself and the outcome's rename start processes: the clock is bash's
+# own (EPOCHREALTIME, bash 5; `date` before that) and the host name is looked up once.
+pp_host=${HOSTNAME:-$(hostname)}
+pp_now() {
+  if [ -n "${EPOCHREALTIME:-}" ]; then pp_t=${EPOCHREALTIME/,/.}; else pp_t=$(date +%s.%N); fi
+}
 {{#each env}}
 export {{name}}={{value}}
 {{/each}}
@@ -12,12 +18,13 @@ export {{name}}={{value}}
 # Runs one job with its output in its own logs (removed again when empty), then writes its
 # outcome atomically (temporary file + rename) for poolparty to collect.
 pp_run() {
-  local index=$1 id=$2 attempt=$3 job=$4 out err start end rc tmp
+  local index=$1 id=$2 attempt=$3 job=$4 out err start end rc tmp pp_t
   shift 4
   out="$pp_logs/$id.out"
   err="$pp_logs/$id.err"
-  rm -f "$pp_results/$id"
-  start=$(date +%s.%N)
+  [ ! -e "$pp_results/$id" ] || rm -f "$pp_results/$id"
+  pp_now
+  start=$pp_t
   (
     export POOLPARTY_JOB="$job" POOLPARTY_JOB_ID="$id" POOLPARTY_JOB_INDEX="$index" \
       POOLPARTY_ATTEMPT="$attempt" POOLPARTY_RESULT="$pp_results/$id"
@@ -25,12 +32,16 @@ pp_run() {
   ) >"$out" 2>"$err" </dev/null
   rc=$?
   [ "$rc" -eq 0 ] || pp_failed=1
-  end=$(date +%s.%N)
-  [ -s "$out" ] || rm -f "$out"
-  [ -s "$err" ] || rm -f "$err"
+  pp_now
+  end=$pp_t
+  # Empty logs go, in one `rm`.
+  set -- "$out" "$err"
+  [ -s "$out" ] && shift
+  [ -s "$err" ] && set -- "${@:1:$#-1}"
+  [ $# -eq 0 ] || rm -f "$@"
   tmp="$pp_staging/.$id.$attempt.$$.tmp"
   printf '{"index":%s,"id":"%s","attempt":%s,"rc":%s,"start":%s,"end":%s,"host":"%s"}\n' \
-    "$index" "$id" "$attempt" "$rc" "$start" "$end" "$(hostname)" >"$tmp" && mv -f "$tmp" "$pp_staging/$id.$attempt.json" || rm -f "$tmp"
+    "$index" "$id" "$attempt" "$rc" "$start" "$end" "$pp_host" >"$tmp" && mv -f "$tmp" "$pp_staging/$id.$attempt.json" || rm -f "$tmp"
 }
 
 # pp_task TASK TASKS: runs the jobs of array task TASK (counted from 0, of TASKS), read from
@@ -45,7 +56,13 @@ pp_task() {
     echo "poolparty: no array task $1 in this array of $2" >&2
     exit 2
   fi
-  head=$(tail -c "+$(($1 * 40 + 1))" "$pp_data" | head -c 39)
+  head=
+  if [ "$1" -lt 1600 ]; then
+    # Bash reads the header line itself (no process) when it is near the start of the file.
+    { { [ "$1" -eq 0 ] || IFS= read -r -N "$(($1 * 40))" x; } && IFS= read -r -N 39 head; } <"$pp_data"
+  else
+    head=$(tail -c "+$(($1 * 40 + 1))" "$pp_data" | head -c 39)
+  fi
   off=${head%% *}
   len=${head##* }
   case "$off$len" in

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod auto_bundling;
 mod commands;
 mod examples;
 mod fake_schedulers;

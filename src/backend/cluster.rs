@@ -230,6 +230,33 @@ struct Tracked {
     gone_since: Option<(Instant, bool)>,
 }
 
+impl Tracked {
+    fn key(&self) -> (usize, u32) {
+        (self.launch.job.index, self.launch.attempt)
+    }
+}
+
+/// `bundle = "auto"` with nothing recorded: the first wave of jobs, run one per task to
+/// measure them before the rest of the stage is packed.
+struct Wave {
+    /// The wave's (index, attempt) keys, filled in as it is submitted (see `flush`).
+    keys: Vec<(usize, u32)>,
+    /// When it was packed.
+    started: Instant,
+    /// When its first outcome arrived, and the longest duration measured in it so far.
+    first_in: Option<(Instant, f64)>,
+}
+
+impl Wave {
+    /// How long the rest of the stage waits for the wave's last jobs once one of them is
+    /// measured: its tasks start about together, so a job still running this long after the
+    /// first outcome is a straggler, counted at least as long as it has run (see
+    /// [`packing::WAVE_STRAGGLER`]).
+    fn patience(first: f64) -> Duration {
+        Duration::from_secs_f64(first * packing::WAVE_STRAGGLER).max(packing::WAVE_SETTLE)
+    }
+}
+
 /// A cluster backend for one stage.
 pub struct ClusterBackend {
     syntax: &'static dyn Syntax,
@@ -242,9 +269,8 @@ pub struct ClusterBackend {
     pending: VecDeque<Launch>,
     /// Tasks packed and waiting for submission, in order.
     packed: VecDeque<Vec<Launch>>,
-    /// `bundle = "auto"` with no recorded durations: the first wave's (index, attempt) keys
-    /// and when it was packed.
-    wave: Option<(Vec<(usize, u32)>, Instant)>,
+    /// `bundle = "auto"` with no recorded durations: the first wave being measured.
+    wave: Option<Wave>,
     /// Durations measured in this run (`bundle = "auto"`), by job id.
     measured: HashMap<String, f64>,
     /// Keyed by (job index, attempt).
@@ -502,10 +528,10 @@ impl ClusterBackend {
                     );
                 }
             }
-            if let Some((wave, _)) = &mut self.wave
-                && wave.is_empty()
+            if let Some(wave) = &mut self.wave
+                && wave.keys.is_empty()
             {
-                wave.extend(
+                wave.keys.extend(
                     record
                         .iter()
                         .flatten()
@@ -533,29 +559,46 @@ impl ClusterBackend {
     /// `bundle = "auto"`: packs the pending jobs into tasks near `target` (longest first) by
     /// their recorded or measured durations. With none known, submits a first wave of
     /// [`packing::FIRST_WAVE`] jobs, one per task, and holds the rest until the wave is
-    /// measured (or has run for `target`). Returns whether tasks are ready to submit.
+    /// measured: all of it, or, once a first outcome is in, all but stragglers (which count
+    /// as at least as long as they have run), or nothing when it has run for `target`.
+    /// Returns whether tasks are ready to submit.
     fn pack_auto(&mut self, target: Duration) -> bool {
         if self.pending.is_empty() {
             return false;
         }
-        if let Some((wave, started)) = &self.wave {
-            let running = wave.iter().any(|k| self.tracked.contains_key(k));
-            if running && started.elapsed() < target {
-                return false;
-            }
-        }
         let mut known: HashMap<String, f64> = (*self.spec.durations).clone();
         known.extend(self.measured.iter().map(|(k, v)| (k.clone(), *v)));
+        if let Some(wave) = &self.wave {
+            let running: Vec<&Tracked> = wave
+                .keys
+                .iter()
+                .filter_map(|k| self.tracked.get(k))
+                .collect();
+            if !running.is_empty() {
+                match wave.first_in {
+                    Some((at, first)) if at.elapsed() >= Wave::patience(first) => {
+                        // Stragglers started about when the first measured job did.
+                        let ran = first + at.elapsed().as_secs_f64();
+                        known.extend(running.iter().map(|t| (t.launch.job.id.to_string(), ran)));
+                    }
+                    _ if wave.started.elapsed() < target => return false,
+                    _ => {}
+                }
+            }
+        }
         let estimate = packing::estimate(self.pending.iter().map(|l| l.job.id.as_str()), &known);
         let durations = match (estimate, &self.wave) {
             (Some(d), _) => d,
             // The wave ran for `target` without an outcome: its jobs are long, one per task.
-            (None, Some((_, started))) => vec![started.elapsed().as_secs_f64(); self.pending.len()],
+            (None, Some(wave)) => vec![wave.started.elapsed().as_secs_f64(); self.pending.len()],
             (None, None) => {
                 let n = packing::FIRST_WAVE.min(self.pending.len());
                 let wave: Vec<Vec<Launch>> = self.pending.drain(..n).map(|l| vec![l]).collect();
-                // Keys are filled in as the wave is submitted (see `flush`).
-                self.wave = Some((Vec::new(), Instant::now()));
+                self.wave = Some(Wave {
+                    keys: Vec::new(),
+                    started: Instant::now(),
+                    first_in: None,
+                });
                 self.packed.extend(wave);
                 return true;
             }
@@ -604,8 +647,12 @@ impl ClusterBackend {
                 continue;
             };
             if self.spec.settings.auto_bundle.is_some() {
-                self.measured
-                    .insert(staged.id.clone(), (staged.end - staged.start).max(0.0));
+                let d = (staged.end - staged.start).max(0.0);
+                if let Some(w) = self.wave.as_mut().filter(|w| w.keys.contains(&t.key())) {
+                    let first = w.first_in.get_or_insert((Instant::now(), d));
+                    first.1 = first.1.max(d);
+                }
+                self.measured.insert(staged.id.clone(), d);
             }
             let result = match self.spec.settings.result {
                 crate::manifest::ResultMode::None => None,
@@ -757,14 +804,16 @@ impl Backend for ClusterBackend {
         if !self.cancelled {
             self.flush()?;
         }
-        // A first wave holds the rest of the stage back: look for its outcomes at the
-        // shortest interval.
+        // A first wave holds the rest of the stage back: look for its outcomes (one
+        // `read_dir`, no scheduler call) at a short interval.
         let waiting_on_wave = !self.pending.is_empty()
             && self
                 .wave
                 .as_ref()
-                .is_some_and(|(keys, _)| keys.iter().any(|k| self.tracked.contains_key(k)));
-        self.interval = if progress || waiting_on_wave {
+                .is_some_and(|w| w.keys.iter().any(|k| self.tracked.contains_key(k)));
+        self.interval = if waiting_on_wave {
+            self.spec.settings.poll_interval.min(packing::WAVE_POLL)
+        } else if progress {
             self.spec.settings.poll_interval
         } else {
             (self.interval.mul_f64(1.5)).min(self.spec.settings.poll_max)
@@ -1123,6 +1172,52 @@ mod tests {
         assert_eq!(sizes.len(), packing::AUTO_MIN_TASKS, "{sizes:?}");
         assert_eq!(sizes.iter().sum::<usize>(), 295);
         assert!(sizes.iter().all(|&n| (29..=30).contains(&n)), "{sizes:?}");
+    }
+
+    /// The rest of the stage does not wait for a straggler of the first wave: once the others
+    /// are measured and the wave's patience is over, it is packed, the straggler counting as
+    /// at least as long as it has run (so the tasks are shorter than the quick jobs alone
+    /// would make them).
+    #[test]
+    fn auto_bundling_does_not_wait_for_a_straggler_of_the_wave() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, _rx, _) = backend(
+            dir.path(),
+            |s| {
+                s.auto_bundle = Some(Duration::from_secs(600));
+                s.poll_interval = ms(10);
+                s.poll_max = ms(10);
+            },
+            true,
+        );
+        std::fs::create_dir_all(dir.path().join("staging")).unwrap();
+        b.submit(launches(300)).unwrap();
+        let wave = b.take_submissions().remove(0).tasks;
+        assert_eq!(wave.len(), packing::FIRST_WAVE);
+        for j in wave.iter().flatten().skip(1) {
+            std::fs::write(
+                dir.path().join(format!("staging/{}.{}.json", j.id, j.attempt)),
+                format!(
+                    "{{\"index\":{},\"id\":\"{}\",\"attempt\":{},\"rc\":0,\"start\":100.0,\"end\":100.1}}",
+                    j.index, j.id, j.attempt
+                ),
+            )
+            .unwrap();
+        }
+        b.poll().unwrap();
+        assert!(
+            b.take_submissions().is_empty(),
+            "packed before the wave settled"
+        );
+        // The wave's outcomes are looked for often while it holds the stage back.
+        assert!(b.next_poll().unwrap() <= packing::WAVE_POLL);
+        std::thread::sleep(packing::WAVE_SETTLE + ms(100));
+        b.poll().unwrap();
+        let subs = b.take_submissions();
+        assert_eq!(subs.len(), 1, "the rest waited for the straggler");
+        let sizes: Vec<usize> = subs[0].tasks.iter().map(Vec::len).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 295, "{sizes:?}");
+        assert!(sizes.len() >= packing::AUTO_MIN_TASKS, "{sizes:?}");
     }
 
     /// With durations recorded by earlier runs, every job is packed at once (no wave), and

@@ -9,6 +9,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -16,6 +17,19 @@ use crate::outcome::{JobRecord, Outcome};
 
 /// Jobs of the first wave, run one per task and measured, when no duration is recorded.
 pub const FIRST_WAVE: usize = 5;
+
+/// While the first wave is measured, its outcome files are looked for this often (one
+/// `read_dir`, no scheduler call), or at `poll_interval` when that is shorter.
+pub const WAVE_POLL: Duration = Duration::from_millis(100);
+
+/// Once a first job of the wave is measured, the rest of the stage waits this many times its
+/// duration (at least [`WAVE_SETTLE`]) for the wave's other jobs; those still running then are
+/// stragglers, counted as at least as long as they have run, and the rest is packed.
+pub const WAVE_STRAGGLER: f64 = 2.0;
+
+/// The least time the rest of the stage waits for the wave's other jobs after its first
+/// outcome (see [`WAVE_STRAGGLER`]): the wave's tasks do not all start at the same instant.
+pub const WAVE_SETTLE: Duration = Duration::from_secs(1);
 
 /// Small work is still spread over this many tasks (or `max_parallel`, when lower), so that
 /// packing never serializes what would have run side by side.
