@@ -153,6 +153,46 @@ def test_a_killed_job_raises_with_its_outcome(work_dir):
         assert [g.index for g in got] == [0, 1, 2]
 
 
+def test_a_job_over_its_time_limit_raises_timed_out(work_dir):
+    with poolparty.Pool(work_dir=work_dir, time="2s") as pool:
+        got = pool.map(ppfuncs.sleep_then_star, [(0, 0.0), (1, 600.0)], chunksize=1,
+                       return_exceptions=True)
+        assert got[0] == 0
+        assert isinstance(got[1], poolparty.JobError) and got[1].outcome == "timed_out", got
+        with pytest.raises(poolparty.JobError, match=r"job 1 \(item \(1, 600.0\)\) raised timed_out"):
+            pool.map(ppfuncs.sleep_then_star, [(0, 0.0), (1, 600.0)], chunksize=1)
+
+
+def test_progress_only_when_asked_or_on_a_terminal(work_dir, capfd):
+    with poolparty.Pool(work_dir=work_dir) as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+    assert capfd.readouterr().err == "", "stderr is not a terminal: nothing printed"
+    # progress=True where stderr is no terminal (Jupyter): the runner's lines are copied.
+    with poolparty.Pool(work_dir=work_dir, progress=True) as pool:
+        assert pool.map(abs, [-3, -4]) == [3, 4]
+    err = capfd.readouterr().err
+    assert "stage `map`: started, 2 jobs (local)" in err, err
+    assert "every job succeeded (2 jobs in 1 stage; exit code 0)" in err, err
+
+
+def test_the_map_folder_works_with_the_cli(work_dir, tmp_path):
+    with poolparty.Pool(2, work_dir=work_dir) as pool:
+        assert pool.map(ppfuncs.square, range(16)) == [x * x for x in range(16)]
+    (d,) = map_dirs(work_dir)
+    binary = poolparty.find_poolparty_bin()
+    manifest = os.path.join(d, "poolparty.toml")
+    results = subprocess.run([binary, "results", manifest, "--format", "jsonl"],
+                             capture_output=True, text=True)
+    assert results.returncode == 0, results.stderr
+    assert [json.loads(line)["outcome"] for line in results.stdout.splitlines()] == ["succeeded"] * 8
+    bundle = str(tmp_path / "bundle")
+    plan = subprocess.run([binary, "plan", manifest, "--out", bundle], capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr
+    assert os.path.isdir(os.path.join(bundle, "map"))
+    cancel = subprocess.run([binary, "cancel", manifest], capture_output=True, text=True)
+    assert cancel.returncode == 0, cancel.stderr
+
+
 def test_ten_thousand_items_with_chunksize(work_dir):
     n = 10_000
     with poolparty.Pool(2, work_dir=work_dir) as pool:
@@ -357,3 +397,27 @@ def test_env_and_setup_lines_reach_the_jobs(work_dir, tmp_path):
     with open(os.path.join(d, "poolparty.toml")) as f:
         manifest = f.read()
     assert "[stages.map]" in manifest and "PP_TEST_VALUE" in manifest
+
+
+def test_default_chunks_multiprocessing_locally_and_auto_bundling_on_clusters(work_dir):
+    from poolparty import _pool
+
+    def planned(pool, n, chunksize=None):
+        m = _pool._Map(pool, abs, list(range(n)), "map", chunksize)
+        with open(m.manifest) as f:
+            manifest = f.read()
+        with open(os.path.join(m.dir, "jobs.jsonl")) as f:
+            jobs = sum(1 for _ in f)
+        return jobs, 'bundle = "auto"' in manifest
+
+    # Locally, multiprocessing's rule: about 4 jobs per worker.
+    assert planned(poolparty.Pool(2, work_dir=work_dir), 10_000) == (8, False)
+    assert planned(poolparty.Pool(2, work_dir=work_dir), 9) == (5, False)
+    # On a cluster nothing is submitted here; one job per item, bundled by the runner...
+    slurm = poolparty.Pool(backend="slurm", work_dir=work_dir)
+    assert planned(slurm, 300) == (300, True)
+    # ...unless a chunksize (here 1: one array task per item) or a bundle is asked for.
+    assert planned(slurm, 300, chunksize=1) == (300, False)
+    assert planned(poolparty.Pool(backend="sge", work_dir=work_dir, chunksize=10), 300) == (30, False)
+    assert planned(poolparty.Pool(backend="slurm", work_dir=work_dir, bundle=20), 300) == (300, False)
+    assert len(map_dirs(work_dir)) == 6, "each choice is its own map"
