@@ -381,8 +381,9 @@ class Pool:
     ``slurm``, ``sge``, or ``auto`` (Slurm if ``sbatch`` is on PATH, else Grid Engine if
     ``qsub`` is, else local). ``work_dir``: where each map's workflow is written (default
     ``./.poolparty``; must be visible from the compute nodes). ``chunksize``: items per job
-    (one Python process runs them one after another; default: local ``ceil(n / (4 *
-    processes))``, clusters 1). ``python``: the nodes' interpreter (default ``sys.executable``).
+    (one Python process runs them one after another; default: locally ``ceil(n / (4 *
+    processes))``, on a cluster 1 with the runner's ``bundle="auto"`` unless ``bundle`` is
+    set; an explicit chunksize is one array task per chunk). ``python``: the nodes' interpreter (default ``sys.executable``).
     ``env``: extra job environment. ``setup``: shell lines run before the worker (``module
     load ...``). ``retries``: reruns of a failed job. ``progress``: show the runner's progress
     (default: when stderr is a terminal). ``settings``: the manifest's stage settings (``time``,
