@@ -115,7 +115,7 @@ class _Map:
         tmp = tempfile.mkdtemp(prefix=f".{self.name}-", dir=self.pool.work_dir)
         os.chmod(tmp, 0o755)
         header = {
-            "versions": _serialize.versions(),
+            "versions": _serialize.versions(by_value),
             "by_value": by_value,
             "mode": self.mode,
             "function": self.func_name,

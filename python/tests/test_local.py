@@ -291,6 +291,10 @@ def test_a_version_mismatch_names_both_versions(work_dir, tmp_path):
 
     assert f"Python {platform.python_version()}" in text and "Python 3.99.0" in text
     assert "the Python version differs" in text
+    with poolparty.Pool(work_dir=work_dir, env={"PYTHONPATH": _pythonpath(fake)}) as pool:
+        with pytest.raises(poolparty.VersionMismatchError,
+                           match=r"the caller has Python 3\.\d+\.\d+, the jobs' interpreter has Python 3\.99\.0;"):
+            pool.map(abs, [1])
     assert map_dirs(work_dir) and not glob.glob(os.path.join(work_dir, "map-*", "state")), "nothing ran"
 
 
