@@ -11,7 +11,7 @@ exception_pickle_or_None, type, message, traceback)``, or ``[("mismatch", messag
 
 Every job starts an interpreter, so this module imports nothing beyond ``os``, ``sys`` and the C
 pickler on the way to a result (no ``json``, ``re`` or ``traceback``; cloudpickle only when
-something went by value): about 20 ms of start-up instead of 120."""
+something went by value): a one-item job takes 27 ms of CPU instead of 69 (bare ``python -c pass``: 13)."""
 
 import os
 import sys
