@@ -212,6 +212,11 @@ def test_imap_yields_in_order_as_results_arrive(work_dir):
         got = list(pool.imap(ppfuncs.sleep_then_star, zip(range(4), seconds)))
         assert got == [0, 1, 2, 3]
         assert pool.starmap(ppfuncs.sleep_then, zip(range(4), seconds)) == [0, 1, 2, 3]
+        # A failed item raises its JobError where it stands, after the items before it.
+        it = pool.imap(ppfuncs.fail_on_three, [1, 2, 3, 4])
+        assert [next(it), next(it)] == [1, 2]
+        with pytest.raises(poolparty.JobError, match=r"job 2 \(item 3\) raised builtins.ValueError"):
+            next(it)
 
 
 def test_imap_unordered_yields_fast_items_first(work_dir):
