@@ -2,12 +2,12 @@
 # Python `Pool.map` on this machine: 10,000 trivial items (`abs`) on 2 workers, poolparty's
 # `Pool(2).map` (default chunksize: 1,250 items per job, so 8 jobs) against
 # `multiprocessing.Pool(2).map`, ROUNDS interleaved rounds, wall-clock seconds per round.
-# Installs the package (release build) into target/bench-venv.
+# Installs the package (release build) into target/bench-venv (or $VENV).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 rounds=${ROUNDS:-3}
 n=${N:-10000}
-venv="$root/target/bench-venv"
+venv=${VENV:-$root/target/bench-venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 export PATH="$venv/bin:$PATH"
 python -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" "cloudpickle>=2.2"

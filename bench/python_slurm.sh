@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Python `Pool.map` on the Slurm test cluster: `poolparty.Pool(backend="slurm").map(abs,
 # range(300))` against `pypoolparty.slurm.array.Pool().map(abs, range(300))` (pypoolparty
-# 0.3.1 from PyPI), both with their default polling, ROUNDS interleaved rounds. Scheduler calls
-# are counted through logging wrappers placed first on PATH.
+# 0.3.1 from PyPI), both with their defaults (poolparty: one job per item, packed into array
+# tasks by `bundle = "auto"`; pypoolparty: one array task per item), ROUNDS interleaved rounds,
+# each a new map (nothing recorded). Scheduler calls are counted through logging wrappers
+# placed first on PATH.
 # Needs MaxArraySize >= 300 (pypoolparty submits one array of 300): it (re)starts the cluster
 # with the default 1001, so do not run it while the Slurm tests (MaxArraySize 11) run.
 set -euo pipefail

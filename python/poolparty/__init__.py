@@ -21,12 +21,9 @@ def __getattr__(name):
 
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     if name == "__version__":
-        try:
-            from importlib.metadata import version
+        from ._binary import package_version
 
-            return version("poolparty")
-        except Exception:  # pragma: no cover - running from a source tree
-            return "0.1.0"
+        return package_version() or "0.1.0"  # the fallback: running from a source tree
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

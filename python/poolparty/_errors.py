@@ -63,7 +63,8 @@ class PicklingError(TypeError):
 
 
 class VersionMismatchError(RuntimeError):
-    """The interpreter or cloudpickle on the nodes differs from the caller's."""
+    """The interpreter or cloudpickle of the jobs differs from the caller's (raised before
+    anything is submitted), or the ``poolparty`` binary found is not the package's version."""
 
 
 class RunnerError(RuntimeError):

@@ -99,11 +99,16 @@ class _Map:
             by_value = by_value or bv
             pickles.append(data)
         self.func_name = _name_of(func)
-        self.chunksize = max(1, int(chunksize or pool._default_chunksize(self.n)))
+        explicit = chunksize or pool.chunksize
+        self.chunksize = max(1, int(explicit or pool._default_chunksize(self.n)))
+        # A cluster map without a chunksize: one job per item, packed into array tasks by the
+        # runner's automatic bundling (`bundle = "auto"`), unless `bundle` is set.
+        self.auto_bundle = pool.backend != "local" and not explicit and "bundle" not in pool.settings
         self.chunks = [(s, min(s + self.chunksize, self.n)) for s in range(0, self.n, self.chunksize)]
 
         digest = hashlib.sha256()
-        for part in (func_bytes, mode.encode(), str(self.chunksize).encode(), pool._fingerprint()):
+        for part in (func_bytes, mode.encode(), str(self.chunksize).encode(),
+                     str(self.auto_bundle).encode(), pool._fingerprint()):
             digest.update(len(part).to_bytes(8, "little"))
             digest.update(part)
         for data in pickles:
@@ -123,7 +128,7 @@ class _Map:
         tmp = tempfile.mkdtemp(prefix=f".{self.name}-", dir=self.pool.work_dir)
         os.chmod(tmp, 0o755)
         header = {
-            "versions": _serialize.versions(),
+            "versions": _serialize.versions(by_value),
             "by_value": by_value,
             "mode": self.mode,
             "function": self.func_name,
@@ -134,6 +139,9 @@ class _Map:
         }
         with open(os.path.join(tmp, "header.json"), "w", encoding="utf-8") as f:
             json.dump(header, f, indent=1)
+        # What the jobs read: a pickle loads without importing `json` (and `re`) in every job.
+        with open(os.path.join(tmp, "header.pkl"), "wb") as f:
+            f.write(_serialize.plain_dumps(header))
         with open(os.path.join(tmp, "func.pkl"), "wb") as f:
             f.write(func_bytes)
         offsets = [0]
@@ -147,7 +155,7 @@ class _Map:
             for k, (s, e) in enumerate(self.chunks):
                 f.write(f'{{"id":{k},"start":{s},"stop":{e}}}\n')
         with open(os.path.join(tmp, "poolparty.toml"), "w", encoding="utf-8") as f:
-            f.write(self.pool._manifest(self.name, self.dir))
+            f.write(self.pool._manifest(self.name, self.dir, self.auto_bundle))
         try:
             os.rename(tmp, self.dir)
         except OSError:
@@ -162,18 +170,20 @@ class _Map:
             capture_output=True,
             text=True,
         )
-        try:
-            answer = json.loads(out.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            answer = {"error": f"exit code {out.returncode}: {out.stderr.strip()[-2000:]}"}
-        if "mismatch" in answer:
-            raise VersionMismatchError(answer["mismatch"])
-        if "error" in answer:
-            raise PicklingError(
-                f"the function `{self.func_name}` pickles here, but a fresh `{self.pool.python}` "
-                f"cannot load it: {answer['error']} (define it in an importable module, or in "
-                f"__main__ to send it by value)"
-            )
+        kind, _, detail = out.stdout.partition(": ")
+        if out.returncode == 0 and out.stdout.strip() == "ok":
+            return
+        if out.returncode == 1 and kind == "mismatch":
+            raise VersionMismatchError(detail.strip())
+        if out.returncode == 1 and kind == "error":
+            error = detail.strip().splitlines()[0]
+        else:
+            error = f"exit code {out.returncode}: {(out.stdout + out.stderr).strip()[-2000:]}"
+        raise PicklingError(
+            f"the function `{self.func_name}` pickles here, but a fresh `{self.pool.python}` "
+            f"cannot load it: {error} (define it in an importable module, or in "
+            f"__main__ to send it by value)"
+        )
 
     def start(self):
         """Starts `poolparty run --wait` on this map (a new session: it outlives us)."""
@@ -305,13 +315,30 @@ class _Map:
 
 
 def _finish(values, return_exceptions):
-    errors = [v for v in values if isinstance(v, JobError)]
+    errors = [i for i, v in enumerate(values) if isinstance(v, JobError)]
     if errors and not return_exceptions:
-        first = errors[0]
+        first = values[errors[0]]
         first.others = len(errors) - 1
         first.args = (first._text(),)
         raise first
+    for i in errors:
+        values[i] = _original(values[i])
     return values
+
+
+def _original(err):
+    """What ``return_exceptions=True`` puts in the list for ``err``: the function's own
+    exception when it unpickled here (as ``asyncio.gather`` does), with the ``JobError`` (index,
+    item, remote traceback) as its ``__cause__``, as ``multiprocessing`` chains the remote
+    traceback; else (the exception does not unpickle, or the job ended without a result) the
+    ``JobError`` itself."""
+    original = err.__cause__
+    if original is None:
+        return err
+    err.__cause__ = None
+    err.__suppress_context__ = True
+    original.__cause__ = err
+    return original
 
 
 class MapResult:
@@ -368,8 +395,9 @@ class Pool:
     if ``bsub`` is, else PBS if ``qsub`` and ``pbsnodes`` are, else Grid Engine if ``qsub`` is,
     else local). ``work_dir``: where each map's workflow is written (default
     ``./.poolparty``; must be visible from the compute nodes). ``chunksize``: items per job
-    (one Python process runs them one after another; default: local ``ceil(n / (4 *
-    processes))``, clusters 1). ``python``: the nodes' interpreter (default ``sys.executable``).
+    (one Python process runs them one after another; default: locally ``ceil(n / (4 *
+    processes))``, on a cluster 1 with the runner's ``bundle="auto"`` unless ``bundle`` is
+    set; an explicit chunksize is one array task per chunk). ``python``: the nodes' interpreter (default ``sys.executable``).
     ``env``: extra job environment. ``setup``: shell lines run before the worker (``module
     load ...``). ``retries``: reruns of a failed job. ``progress``: show the runner's progress
     (default: when stderr is a terminal). ``settings``: the manifest's stage settings (``time``,
@@ -407,8 +435,10 @@ class Pool:
     # ---- manifest -------------------------------------------------------------------------
 
     def _default_chunksize(self, n):
-        if self.chunksize:
-            return self.chunksize
+        """Items per job when neither ``map`` nor ``Pool`` names a chunksize: locally,
+        ``multiprocessing``'s rule (about four jobs per worker, so one interpreter start serves
+        many items and a slow item delays a quarter of a worker's share); on a cluster 1, and
+        the runner's automatic bundling packs the jobs into array tasks (see ``_Map``)."""
         if self.backend != "local":
             return 1
         workers = self.processes or os.cpu_count() or 1
@@ -423,7 +453,7 @@ class Pool:
         env.update(self.env)
         return env
 
-    def _manifest(self, name, mapdir):
+    def _manifest(self, name, mapdir, auto_bundle=False):
         argv = [self.python, "-m", "poolparty._worker", mapdir]
         if self.setup:
             script = "; ".join([*self.setup, "exec " + shlex.join(argv)])
@@ -448,6 +478,8 @@ class Pool:
             lines.append(f"retries = {self.retries}")
         if self.env:
             lines.append(f"env = {_toml.value(self.env)}")
+        if auto_bundle:
+            lines.append('bundle = "auto"')
         for key, val in self.settings.items():
             lines.append(f"{_toml.key(key)} = {_toml.value(val)}")
         return "\n".join(lines) + "\n"
@@ -539,7 +571,10 @@ class Pool:
     def map(self, func, iterable, chunksize=None, *, return_exceptions=False):
         """``[func(x) for x in iterable]``, computed by poolparty's jobs. A failed item raises
         :class:`JobError` (the lowest index; ``others`` counts the rest) after every job has
-        ended, or, with ``return_exceptions=True``, takes the ``JobError``'s place."""
+        ended. With ``return_exceptions=True`` a failed item's place holds the exception its
+        call raised (its ``__cause__`` is the :class:`JobError` with the index, the item and
+        the remote traceback), or the ``JobError`` itself when that exception does not unpickle
+        here or the job ended without a result (lost, killed, timed out)."""
         m = self._prepare(func, iterable, "map", chunksize)
         return [] if m is None else self._run(m, return_exceptions)
 

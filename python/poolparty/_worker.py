@@ -1,26 +1,27 @@
 """The job side of ``Pool.map``: ``python -m poolparty._worker MAPDIR`` runs one poolparty job
-(a chunk of items ``start..stop``), and ``--check MAPDIR`` loads the function in a fresh
-interpreter before anything is submitted.
+(the chunk of items ``start..stop`` of job ``$POOLPARTY_JOB_ID``), and ``--check MAPDIR``
+loads the function in a fresh interpreter before anything is submitted.
 
-MAPDIR holds ``header.json``, ``func.pkl``, ``items.bin`` (the items' pickles, one after
-another) and ``items.idx`` (their offsets, little-endian u64, one more than items). A job reads
-only its own items. It writes one pickle to ``$POOLPARTY_RESULT``: a list of envelopes, one per
-item, ``("ok", value_pickle)`` or ``("err", exception_pickle_or_None, type, message,
-traceback)``, or ``[("mismatch", message)]``. It exits 1 when an item raised, so poolparty
-records the job as failed (and ``retries`` apply)."""
+MAPDIR holds ``header.pkl`` (what ``header.json`` shows, pickled), ``func.pkl``, ``items.bin``
+(the items' pickles, one after another) and ``items.idx`` (their offsets, little-endian u64, one
+more than items). A job reads only its own items. It writes one pickle to
+``$POOLPARTY_RESULT``: a list of envelopes, one per item, ``("ok", value_pickle)`` or ``("err",
+exception_pickle_or_None, type, message, traceback)``, or ``[("mismatch", message)]``. It exits
+1 when an item raised, so poolparty records the job as failed (and ``retries`` apply).
 
-import json
+Every job starts an interpreter, so this module imports nothing beyond ``os``, ``sys`` and the C
+pickler on the way to a result (no ``json``, ``re`` or ``traceback``; cloudpickle only when
+something went by value): a one-item job takes 27 ms of CPU instead of 69 (bare ``python -c pass``: 13)."""
+
 import os
-import struct
 import sys
-import traceback
 
 from . import _serialize
 
 
 def _load_header(mapdir):
-    with open(os.path.join(mapdir, "header.json"), encoding="utf-8") as f:
-        header = json.load(f)
+    with open(os.path.join(mapdir, "header.pkl"), "rb") as f:
+        header = _serialize.loads(f.read())
     cwd = header.get("cwd")
     paths = [cwd if p == "" else p for p in header.get("sys_path", [])]
     sys.path[:0] = [p for p in paths if p and p not in sys.path]
@@ -30,7 +31,7 @@ def _load_header(mapdir):
 
 
 def _check_versions(header):
-    return _serialize.mismatch(header["versions"], _serialize.versions(), header["by_value"])
+    return _serialize.mismatch(header["versions"], header["by_value"])
 
 
 def _load_func(mapdir):
@@ -41,7 +42,8 @@ def _load_func(mapdir):
 def _read_items(mapdir, start, stop):
     with open(os.path.join(mapdir, "items.idx"), "rb") as f:
         f.seek(8 * start)
-        offsets = struct.unpack(f"<{stop - start + 1}Q", f.read(8 * (stop - start + 1)))
+        raw = f.read(8 * (stop - start + 1))
+    offsets = [int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8)]
     with open(os.path.join(mapdir, "items.bin"), "rb") as f:
         f.seek(offsets[0])
         blob = f.read(offsets[-1] - offsets[0])
@@ -50,10 +52,12 @@ def _read_items(mapdir, start, stop):
 
 
 def _error(exc):
+    import traceback
+
     try:
         exc_bytes = _serialize.dumps(exc)[0]
         _serialize.loads(exc_bytes)
-    except Exception:
+    except Exception:  # noqa: BLE001 - the text is sent either way
         exc_bytes = None
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     kind = type(exc)
@@ -76,22 +80,29 @@ def _call(func, mode, item_bytes):
         return _error(exc)
     try:
         return ("ok", _serialize.dumps(value)[0])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         return _error(TypeError(f"cannot pickle the return value ({type(value).__qualname__}): {exc}"))
 
 
-def _job():
-    text = os.environ.get("POOLPARTY_JOB")
-    if text is None:
-        with open(os.environ["POOLPARTY_JOB_FILE"], encoding="utf-8") as f:
-            text = f.read()
-    return json.loads(text)
+def _chunk(header):
+    """``(start, stop)`` of this job: job ``k`` is items ``k * chunksize`` up to the next."""
+    k = os.environ.get("POOLPARTY_JOB_ID")
+    if k is None or not k.isdigit():
+        import json
+
+        text = os.environ.get("POOLPARTY_JOB")
+        if text is None:
+            with open(os.environ["POOLPARTY_JOB_FILE"], encoding="utf-8") as f:
+                text = f.read()
+        job = json.loads(text)
+        return job["start"], job["stop"]
+    start = int(k) * header["chunksize"]
+    return start, min(start + header["chunksize"], header["items"])
 
 
 def run(mapdir):
     """Runs this process's job; returns the exit code."""
     header = _load_header(mapdir)
-    job = _job()
     out = os.environ["POOLPARTY_RESULT"]
     problem = _check_versions(header)
     if problem:
@@ -99,38 +110,42 @@ def run(mapdir):
     else:
         try:
             func = _load_func(mapdir)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every item gets the load error
             func, load_error = None, _error(exc)
-        items = _read_items(mapdir, job["start"], job["stop"])
+        items = _read_items(mapdir, *_chunk(header))
         if func is None:
             envelopes = [load_error for _ in items]
         else:
-            envelopes = [_call(func, header["mode"], b) for b in items]
-    import pickle
-
+            mode = header["mode"]
+            envelopes = [_call(func, mode, b) for b in items]
+    data = _serialize.plain_dumps(envelopes)
     with open(out, "wb") as f:
-        pickle.dump(envelopes, f, protocol=_serialize.PROTOCOL)
+        f.write(data)
     return 0 if all(e[0] == "ok" for e in envelopes) else 1
 
 
 def check(mapdir):
-    """Loads the function as a node would; prints a JSON line, exits 1 on a problem."""
+    """Loads the function as a job would; prints one line (``ok``, ``mismatch: ...`` or
+    ``error: ...`` followed by the traceback), exits 1 on a problem."""
     header = _load_header(mapdir)
     problem = _check_versions(header)
     if problem:
-        print(json.dumps({"mismatch": problem}))
+        print("mismatch: " + problem)
         return 1
     try:
         _load_func(mapdir)
-    except Exception as exc:
-        print(json.dumps({"error": f"{type(exc).__qualname__}: {exc}",
-                          "traceback": traceback.format_exc()}))
+    except Exception as exc:  # noqa: BLE001 - reported to the caller
+        import traceback
+
+        print(f"error: {type(exc).__qualname__}: {exc}\n" + traceback.format_exc())
         return 1
-    print(json.dumps({"ok": True}))
+    print("ok")
     return 0
 
 
-def main(argv):
+def main(argv=None):
+    """``[--check] MAPDIR``; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 2 and argv[0] == "--check":
         return check(argv[1])
     if len(argv) == 1:
@@ -140,4 +155,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -25,8 +25,13 @@ def test_the_tutorial_on_a_cluster_equals_the_loop(backend, request, work_dir):
         # 30 items: more than the test cluster's MaxArraySize (11), so several arrays.
         assert pool.map(lambda x: -x, range(30)) == [-x for x in range(30)]
         got = pool.map(ppfuncs.fail_on_three, range(5), return_exceptions=True)
-        assert isinstance(got[3], poolparty.JobError) and isinstance(got[3].__cause__, ValueError)
+        assert type(got[3]) is ValueError and isinstance(got[3].__cause__, poolparty.JobError)
+        assert got[3].__cause__.index == 3
         assert [g for i, g in enumerate(got) if i != 3] == [0, 1, 2, 4]
+        # No chunksize on a cluster: one job per item, bundled by the runner (`bundle = "auto"`).
+        (folder,) = [d for d in glob.glob(os.path.join(work_dir, "map-*"))
+                     if "fail_on_three" in open(os.path.join(d, "header.json")).read()]
+        assert 'bundle = "auto"' in open(os.path.join(folder, "poolparty.toml")).read()
 
 
 def _running(prefix):

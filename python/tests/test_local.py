@@ -101,20 +101,96 @@ def test_a_raising_function_raises_job_error_with_the_remote_traceback(work_dir)
         assert "job 1 (item 3) raised builtins.ValueError: no threes here: 3" in str(err)
         assert "1 other item failed too" in str(err)
 
-        got = pool.map(ppfuncs.fail_on_three, [1, 3, 5], return_exceptions=True)
+
+def test_return_exceptions_puts_the_original_exception_with_the_job_error_as_cause(work_dir):
+    class Unpicklable(Exception):
+        def __reduce__(self):
+            raise TypeError("no")
+
+    def raise_unpicklable(x):
+        if x == 2:
+            raise Unpicklable("local class")
+        return x
+
+    with poolparty.Pool(work_dir=work_dir) as pool:
+        got = pool.map(ppfuncs.fail_on_three, [1, 3, 5], chunksize=1, return_exceptions=True)
         assert got[0] == 1 and got[2] == 5
-        assert isinstance(got[1], poolparty.JobError) and got[1].index == 1
+        # As asyncio.gather: the exception the call raised, of its own type.
+        assert type(got[1]) is ValueError and str(got[1]) == "no threes here: 3"
+        # As multiprocessing chains the remote traceback: the JobError is its cause.
+        cause = got[1].__cause__
+        assert isinstance(cause, poolparty.JobError) and cause.index == 1 and cause.item == 3
+        assert 'raise ValueError(f"no threes here: {x}")' in cause.remote_traceback
+        assert cause.__cause__ is None
+        # In one chunk, the failing item takes its place and the others keep their values.
+        got = pool.map(ppfuncs.fail_on_three, range(6), chunksize=6, return_exceptions=True)
+        assert [type(g) for g in got].count(ValueError) == 1 and got[:3] == [0, 1, 2]
+        assert got[4:] == [4, 5]
+        # An exception that does not pickle: the JobError, with its type and message as text.
+        got = pool.map(raise_unpicklable, [1, 2], chunksize=1, return_exceptions=True)
+        assert got[0] == 1 and isinstance(got[1], poolparty.JobError)
+        assert got[1].exc_type.endswith("Unpicklable") and got[1].message == "local class"
+        assert got[1].__cause__ is None
         assert None not in got
+        got = pool.starmap(ppfuncs.sleep_then, [(1, 0), (2, "x")], chunksize=1,
+                           return_exceptions=True)
+        assert got[0] == 1 and type(got[1]) is TypeError
+        async_got = pool.map_async(ppfuncs.fail_on_three, [3], return_exceptions=True).get(300)
+        assert type(async_got[0]) is ValueError
 
 
 def test_a_killed_job_raises_with_its_outcome(work_dir):
     with poolparty.Pool(work_dir=work_dir) as pool:
         got = pool.map(ppfuncs.kill_self, [0, 1, 2], chunksize=1, return_exceptions=True)
-    assert got[0] == 0 and got[2] == 2
-    err = got[1]
-    assert isinstance(err, poolparty.JobError)
-    assert err.outcome == "signaled" and err.exit_code == 137
-    assert "without a result" in str(err)
+        assert got[0] == 0 and got[2] == 2
+        err = got[1]
+        assert isinstance(err, poolparty.JobError)
+        assert err.outcome == "signaled" and err.exit_code == 137
+        assert "without a result" in str(err)
+        # A chunk is one job: a killed chunk fails each of its items, none is a silent None.
+        got = pool.map(ppfuncs.kill_self, [0, 1, 2], chunksize=3, return_exceptions=True)
+        assert all(isinstance(g, poolparty.JobError) and g.outcome == "signaled" for g in got)
+        assert [g.index for g in got] == [0, 1, 2]
+
+
+def test_a_job_over_its_time_limit_raises_timed_out(work_dir):
+    with poolparty.Pool(work_dir=work_dir, time="2s") as pool:
+        got = pool.map(ppfuncs.sleep_then_star, [(0, 0.0), (1, 600.0)], chunksize=1,
+                       return_exceptions=True)
+        assert got[0] == 0
+        assert isinstance(got[1], poolparty.JobError) and got[1].outcome == "timed_out", got
+        with pytest.raises(poolparty.JobError, match=r"job 1 \(item \(1, 600.0\)\) raised timed_out"):
+            pool.map(ppfuncs.sleep_then_star, [(0, 0.0), (1, 600.0)], chunksize=1)
+
+
+def test_progress_only_when_asked_or_on_a_terminal(work_dir, capfd):
+    with poolparty.Pool(work_dir=work_dir) as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+    assert capfd.readouterr().err == "", "stderr is not a terminal: nothing printed"
+    # progress=True where stderr is no terminal (Jupyter): the runner's lines are copied.
+    with poolparty.Pool(work_dir=work_dir, progress=True) as pool:
+        assert pool.map(abs, [-3, -4]) == [3, 4]
+    err = capfd.readouterr().err
+    assert "stage `map`: started, 2 jobs (local)" in err, err
+    assert "every job succeeded (2 jobs in 1 stage; exit code 0)" in err, err
+
+
+def test_the_map_folder_works_with_the_cli(work_dir, tmp_path):
+    with poolparty.Pool(2, work_dir=work_dir) as pool:
+        assert pool.map(ppfuncs.square, range(16)) == [x * x for x in range(16)]
+    (d,) = map_dirs(work_dir)
+    binary = poolparty.find_poolparty_bin()
+    manifest = os.path.join(d, "poolparty.toml")
+    results = subprocess.run([binary, "results", manifest, "--format", "jsonl"],
+                             capture_output=True, text=True)
+    assert results.returncode == 0, results.stderr
+    assert [json.loads(line)["outcome"] for line in results.stdout.splitlines()] == ["succeeded"] * 8
+    bundle = str(tmp_path / "bundle")
+    plan = subprocess.run([binary, "plan", manifest, "--out", bundle], capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr
+    assert os.path.isdir(os.path.join(bundle, "map"))
+    cancel = subprocess.run([binary, "cancel", manifest], capture_output=True, text=True)
+    assert cancel.returncode == 0, cancel.stderr
 
 
 def test_ten_thousand_items_with_chunksize(work_dir):
@@ -136,6 +212,11 @@ def test_imap_yields_in_order_as_results_arrive(work_dir):
         got = list(pool.imap(ppfuncs.sleep_then_star, zip(range(4), seconds)))
         assert got == [0, 1, 2, 3]
         assert pool.starmap(ppfuncs.sleep_then, zip(range(4), seconds)) == [0, 1, 2, 3]
+        # A failed item raises its JobError where it stands, after the items before it.
+        it = pool.imap(ppfuncs.fail_on_three, [1, 2, 3, 4])
+        assert [next(it), next(it)] == [1, 2]
+        with pytest.raises(poolparty.JobError, match=r"job 2 \(item 3\) raised builtins.ValueError"):
+            next(it)
 
 
 def test_imap_unordered_yields_fast_items_first(work_dir):
@@ -199,17 +280,50 @@ def test_a_function_a_fresh_interpreter_cannot_load_is_refused(work_dir):
     assert not os.path.exists(os.path.join(d, "state")), "nothing was run"
 
 
+def _pythonpath(first):
+    return os.pathsep.join(p for p in (str(first), os.environ.get("PYTHONPATH")) if p)
+
+
 def test_a_version_mismatch_names_both_versions(work_dir, tmp_path):
     fake = tmp_path / "fake"
     fake.mkdir()
-    (fake / "sitecustomize.py").write_text("import platform\nplatform.python_version = lambda: '3.99.0'\n")
-    with poolparty.Pool(work_dir=work_dir, env={"PYTHONPATH": str(fake)}) as pool:
+    (fake / "sitecustomize.py").write_text("import sys\nsys.version_info = (3, 99, 0, 'final', 0)\n")
+    with poolparty.Pool(work_dir=work_dir, env={"PYTHONPATH": _pythonpath(fake)}) as pool:
         with pytest.raises(poolparty.VersionMismatchError) as info:
             pool.map(lambda x: x, [1])
     text = str(info.value)
     import platform
 
     assert f"Python {platform.python_version()}" in text and "Python 3.99.0" in text
+    assert "the Python version differs" in text
+    with poolparty.Pool(work_dir=work_dir, env={"PYTHONPATH": _pythonpath(fake)}) as pool:
+        with pytest.raises(poolparty.VersionMismatchError,
+                           match=r"the caller has Python 3\.\d+\.\d+, the jobs' interpreter has Python 3\.99\.0;"):
+            pool.map(abs, [1])
+    assert map_dirs(work_dir) and not glob.glob(os.path.join(work_dir, "map-*", "state")), "nothing ran"
+
+
+def test_a_cloudpickle_mismatch_names_both_versions_when_something_goes_by_value(work_dir, tmp_path):
+    import cloudpickle
+
+    old = tmp_path / "old"
+    (old / "cloudpickle").mkdir(parents=True)
+    (old / "cloudpickle" / "__init__.py").write_text("__version__ = '0.0.1'\n")
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    (missing / "cloudpickle.py").write_text("raise ImportError('not installed here')\n")
+    with poolparty.Pool(work_dir=work_dir, env={"PYTHONPATH": _pythonpath(old)}) as pool:
+        with pytest.raises(poolparty.VersionMismatchError) as info:
+            pool.map(lambda x: x, [1])
+        text = str(info.value)
+        assert "the cloudpickle version differs" in text
+        assert f"cloudpickle {cloudpickle.__version__}" in text and "cloudpickle 0.0.1" in text
+        # A function that goes by name needs no cloudpickle on the nodes.
+        assert pool.map(abs, [-1]) == [1]
+    with poolparty.Pool(work_dir=work_dir, env={"PYTHONPATH": _pythonpath(missing)}) as pool:
+        with pytest.raises(poolparty.VersionMismatchError, match="has Python .* with no cloudpickle"):
+            pool.map(lambda x: x, [2])
+        assert pool.map(abs, [-2]) == [2]
 
 
 def test_a_result_over_result_max_bytes_comes_back_from_its_file(work_dir):
@@ -307,3 +421,27 @@ def test_env_and_setup_lines_reach_the_jobs(work_dir, tmp_path):
     with open(os.path.join(d, "poolparty.toml")) as f:
         manifest = f.read()
     assert "[stages.map]" in manifest and "PP_TEST_VALUE" in manifest
+
+
+def test_default_chunks_multiprocessing_locally_and_auto_bundling_on_clusters(work_dir):
+    from poolparty import _pool
+
+    def planned(pool, n, chunksize=None):
+        m = _pool._Map(pool, abs, list(range(n)), "map", chunksize)
+        with open(m.manifest) as f:
+            manifest = f.read()
+        with open(os.path.join(m.dir, "jobs.jsonl")) as f:
+            jobs = sum(1 for _ in f)
+        return jobs, 'bundle = "auto"' in manifest
+
+    # Locally, multiprocessing's rule: about 4 jobs per worker.
+    assert planned(poolparty.Pool(2, work_dir=work_dir), 10_000) == (8, False)
+    assert planned(poolparty.Pool(2, work_dir=work_dir), 9) == (5, False)
+    # On a cluster nothing is submitted here; one job per item, bundled by the runner...
+    slurm = poolparty.Pool(backend="slurm", work_dir=work_dir)
+    assert planned(slurm, 300) == (300, True)
+    # ...unless a chunksize (here 1: one array task per item) or a bundle is asked for.
+    assert planned(slurm, 300, chunksize=1) == (300, False)
+    assert planned(poolparty.Pool(backend="sge", work_dir=work_dir, chunksize=10), 300) == (30, False)
+    assert planned(poolparty.Pool(backend="slurm", work_dir=work_dir, bundle=20), 300) == (300, False)
+    assert len(map_dirs(work_dir)) == 6, "each choice is its own map"
