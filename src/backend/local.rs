@@ -6,7 +6,7 @@
 //! group, a grace period, then SIGKILL) when the time limit passes or the run is cancelled:
 //! only the thread that will reap a child ever signals it, so a recycled pid is never hit.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
@@ -156,6 +156,49 @@ struct Scratch {
     buf: Vec<u8>,
     /// `/dev/null`, duplicated as each job's stdin.
     devnull: Option<File>,
+    /// Where argv programs were found.
+    programs: Programs,
+}
+
+/// Where argv programs named without a `/` were found on `PATH`, looked up once per worker:
+/// std's `posix_spawnp` walks `PATH` at every spawn, one failed `execve` per folder before the
+/// right one. Only absolute `PATH` folders are searched (a relative one would be relative to
+/// the job's folder: std looks the program up then), and the program still gets its name as
+/// `argv[0]`. A spawn that fails with a path found here is tried again the usual way.
+#[derive(Default)]
+struct Programs {
+    found: HashMap<String, PathBuf>,
+}
+
+impl Programs {
+    /// At most this many programs are kept (a `run` whose program is a placeholder).
+    const MAX: usize = 64;
+
+    fn find(&mut self, name: &str) -> Option<PathBuf> {
+        if name.is_empty() || name.contains('/') {
+            return None;
+        }
+        if let Some(p) = self.found.get(name) {
+            return Some(p.clone());
+        }
+        let path = std::env::var_os("PATH")?;
+        for dir in std::env::split_paths(&path) {
+            if !dir.is_absolute() {
+                return None;
+            }
+            let candidate = dir.join(name);
+            if candidate.metadata().is_ok_and(|m| m.is_file())
+                && nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+            {
+                if self.found.len() >= Self::MAX {
+                    self.found.clear();
+                }
+                self.found.insert(name.to_owned(), candidate.clone());
+                return Some(candidate);
+            }
+        }
+        None
+    }
 }
 
 impl Scratch {
@@ -163,6 +206,7 @@ impl Scratch {
         Self {
             buf: vec![0u8; 64 * 1024],
             devnull: File::open("/dev/null").ok(),
+            programs: Programs::default(),
         }
     }
 
@@ -266,30 +310,8 @@ fn run_one(shared: &Shared, launch: &Launch, scratch: &mut Scratch) -> JobRecord
     if spec.settings.result == ResultMode::File {
         let _ = std::fs::remove_file(&result_path);
     }
-    let mut cmd = match &job.command {
-        Command::Shell(s) => {
-            let mut c = std::process::Command::new("/bin/sh");
-            c.arg("-c").arg(s);
-            c
-        }
-        Command::Argv(a) => {
-            let mut c = std::process::Command::new(&a[0]);
-            c.args(&a[1..]);
-            c
-        }
-    };
-    cmd.current_dir(&spec.cwd)
-        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("POOLPARTY_JOB_ID", id)
-        .env("POOLPARTY_JOB_INDEX", job.index.to_string())
-        .env("POOLPARTY_ATTEMPT", launch.attempt.to_string())
-        .env("POOLPARTY_RESULT", &result_path)
-        .stdin(scratch.stdin())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    if job.json.len() <= JOB_ENV_MAX {
-        cmd.env("POOLPARTY_JOB", &job.json);
+    let job_file = if job.json.len() <= JOB_ENV_MAX {
+        None
     } else {
         let path = spec.results_dir.join(format!("{id}.job.json"));
         if let Err(e) = std::fs::write(&path, &job.json) {
@@ -300,8 +322,49 @@ fn run_one(shared: &Shared, launch: &Launch, scratch: &mut Scratch) -> JobRecord
                 None,
             );
         }
-        cmd.env("POOLPARTY_JOB_FILE", &path);
-    }
+        Some(path)
+    };
+    // `program`: where an argv program was found on `PATH` (see `Programs`).
+    let command = |program: Option<&std::path::Path>, stdin: Stdio| {
+        let mut cmd = match (&job.command, program) {
+            (Command::Shell(s), _) => {
+                let mut c = std::process::Command::new("/bin/sh");
+                c.arg("-c").arg(s);
+                c
+            }
+            (Command::Argv(a), Some(p)) => {
+                let mut c = std::process::Command::new(p);
+                c.arg0(&a[0]).args(&a[1..]);
+                c
+            }
+            (Command::Argv(a), None) => {
+                let mut c = std::process::Command::new(&a[0]);
+                c.args(&a[1..]);
+                c
+            }
+        };
+        cmd.current_dir(&spec.cwd)
+            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("POOLPARTY_JOB_ID", id)
+            .env("POOLPARTY_JOB_INDEX", job.index.to_string())
+            .env("POOLPARTY_ATTEMPT", launch.attempt.to_string())
+            .env("POOLPARTY_RESULT", &result_path)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        match &job_file {
+            None => cmd.env("POOLPARTY_JOB", &job.json),
+            Some(path) => cmd.env("POOLPARTY_JOB_FILE", path),
+        };
+        cmd
+    };
+    let program = match &job.command {
+        Command::Argv(a) if !spec.env.iter().any(|(k, _)| k == "PATH") => {
+            scratch.programs.find(&a[0])
+        }
+        _ => None,
+    };
     // What a killed runner leaves is found from these lines (see `store::LiveGroups`).
     let live = |line: &LiveLine| spec.live.as_ref().map_or(Ok(()), |l| l.append(line));
     let starting = LiveLine::Starting {
@@ -321,7 +384,12 @@ fn run_one(shared: &Shared, launch: &Launch, scratch: &mut Scratch) -> JobRecord
         );
     }
     let before = crate::process::boot_clock();
-    let spawned = cmd.spawn();
+    let mut spawned = command(program.as_deref(), scratch.stdin()).spawn();
+    if spawned.is_err() && program.is_some() {
+        // What was found earlier may be gone: look it up again, as std does.
+        scratch.programs.found.clear();
+        spawned = command(None, scratch.stdin()).spawn();
+    }
     let after = crate::process::boot_clock();
     let child = match spawned {
         Ok(c) => c,
