@@ -10,6 +10,8 @@
 # (user + system, children included; hyperfine only).
 #
 # Usage: bench/local.sh            (JOBS=2000 ROUNDS=3 WORKERS=2 by default)
+#        BASELINE=/path/to/older/poolparty bench/local.sh
+#                                  (also times that binary's shell and argv runs, in the same rounds)
 set -euo pipefail
 
 JOBS=${JOBS:-2000}
@@ -110,6 +112,15 @@ PREPS=(
     "rm -rf $WORK/argv/.poolparty"
     true true true true
 )
+if [ -n "${BASELINE:-}" ]; then
+    for form in shell argv; do
+        mkdir -p "$WORK/base-$form"
+        cp "$WORK/$form/poolparty.toml" "$WORK/$form/jobs.jsonl" "$WORK/base-$form/"
+    done
+    NAMES+=("baseline poolparty, run = \"true\"" "baseline poolparty, run = [\"true\"]")
+    CMDS+=("$BASELINE -q run $WORK/base-shell/poolparty.toml" "$BASELINE -q run $WORK/base-argv/poolparty.toml")
+    PREPS+=("rm -rf $WORK/base-shell/.poolparty" "rm -rf $WORK/base-argv/.poolparty")
+fi
 
 # measure I: one timed run of command I; appends "wall cpu" to $WORK/t.I
 measure() {

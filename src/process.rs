@@ -76,8 +76,71 @@ struct Stat {
     zombie: bool,
 }
 
+/// The boot clock (`CLOCK_BOOTTIME`, the clock of `/proc/<pid>/stat` start times) in
+/// nanoseconds.
+#[must_use]
+pub fn boot_clock() -> Option<u64> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    u64::try_from(t.tv_sec())
+        .ok()?
+        .checked_mul(1_000_000_000)?
+        .checked_add(u64::try_from(t.tv_nsec()).ok()?)
+}
+
+/// One clock tick of `/proc` start times (`USER_HZ`, 10 ms on Linux) in nanoseconds.
+fn tick_ns() -> Option<u64> {
+    static TICK: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *TICK.get_or_init(|| {
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+        let hz = u64::try_from(hz)
+            .ok()
+            .filter(|&h| h > 0 && 1_000_000_000 % h == 0)?;
+        Some(1_000_000_000 / hz)
+    })
+}
+
+/// Slack on each side of a bracket, against any disagreement between the clock read here
+/// and the kernel's reading at fork.
+const BRACKET_SLACK_NS: u64 = 50_000;
+
+/// The tick both ends of the `[before, after]` boot-clock bracket (widened by a slack) fall
+/// in, if they fall in the same one.
+fn tick_between(before: u64, after: u64, tick: u64) -> Option<u64> {
+    let first = before.saturating_sub(BRACKET_SLACK_NS) / tick;
+    let last = after.saturating_add(BRACKET_SLACK_NS) / tick;
+    (first == last && before <= after).then_some(first)
+}
+
+/// The start time (as [`start_time`]) of the child `pid`, started between two readings of
+/// [`boot_clock`]. The kernel stamps a process's start at fork, between the two readings, and
+/// `/proc` shows it in whole ticks: when both readings fall in the same tick (a spawn takes far
+/// less than one), that tick is the start time, and `/proc` is not read (it is otherwise, as a
+/// tick boundary passed during the spawn).
+#[must_use]
+pub fn start_time_between(pid: u32, before: Option<u64>, after: Option<u64>) -> Option<u64> {
+    if let (Some(b), Some(a), Some(tick)) = (before, after, tick_ns()) {
+        if let Some(t) = tick_between(b, a, tick) {
+            return Some(t);
+        }
+    }
+    start_time(pid)
+}
+
 fn stat(pid: u32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // One `read` takes the whole line (well under 1 KiB): no size query, no growing buffer.
+    let mut buf = [0u8; 2048];
+    let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let n = f.read(&mut buf).ok()?;
+    let owned;
+    let bytes = if n < buf.len() {
+        &buf[..n]
+    } else {
+        let mut rest = Vec::new();
+        f.read_to_end(&mut rest).ok()?;
+        owned = [&buf[..], &rest].concat();
+        &owned[..]
+    };
+    let text = std::str::from_utf8(bytes).ok()?;
     // `pid (comm) state ppid pgrp ...`: comm may hold spaces and parentheses.
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -387,8 +450,9 @@ pub fn run_captured(
     })
 }
 
-/// Whether the child `pid` exited, without reaping it.
-fn has_exited(pid: Pid) -> std::io::Result<bool> {
+/// Whether the child `pid` exited, without reaping it (it stays a zombie: its pid, and so its
+/// group id, cannot be recycled until it is waited for).
+pub fn has_exited(pid: Pid) -> std::io::Result<bool> {
     use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
     let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
     match waitid(Id::Pid(pid), flags) {
@@ -449,6 +513,51 @@ mod tests {
         assert!(groups_by_env(&want(3)).is_empty(), "another attempt");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_tick_is_taken_only_when_both_ends_fall_in_it() {
+        let tick = 10_000_000;
+        assert_eq!(
+            tick_between(5 * tick + 100_000, 5 * tick + 200_000, tick),
+            Some(5)
+        );
+        assert_eq!(
+            tick_between(6 * tick - 100_000, 6 * tick + 100_000, tick),
+            None
+        );
+        // Within the slack of a boundary: not trusted.
+        assert_eq!(
+            tick_between(6 * tick + 10_000, 6 * tick + 20_000, tick),
+            None
+        );
+        assert_eq!(
+            tick_between(6 * tick - 20_000, 6 * tick - 10_000, tick),
+            None
+        );
+        assert_eq!(
+            tick_between(5 * tick + 200_000, 5 * tick + 100_000, tick),
+            None
+        );
+    }
+
+    #[test]
+    fn a_start_time_from_the_boot_clock_is_the_one_proc_shows() {
+        let mut fast = 0;
+        for _ in 0..200 {
+            let before = boot_clock();
+            let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+            let after = boot_clock();
+            let computed = start_time_between(child.id(), before, after);
+            assert_eq!(computed, start_time(child.id()), "pid {}", child.id());
+            if tick_between(before.unwrap(), after.unwrap(), tick_ns().unwrap()).is_some() {
+                fast += 1;
+            }
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        // Spawns are far shorter than a tick: nearly all take the fast path.
+        assert!(fast > 0, "no bracket fell within one tick");
     }
 
     #[test]

@@ -1178,8 +1178,18 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             store::atomic_write(&self.layout.results_file(&name), &buf)?;
             // One line per job, in job order: what a stage that needs this one gets to read.
             let mut out = String::with_capacity(st.jobs.len() * 160);
+            // One listing of the logs rather than two `stat`s per job.
+            let logs: HashSet<std::ffi::OsString> = std::fs::read_dir(self.layout.logs_dir(&name))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
             for (j, f) in st.jobs.iter().zip(&st.finals) {
-                let path = |p: std::path::PathBuf| if p.exists() { json!(p) } else { Value::Null };
+                let path = |p: std::path::PathBuf| {
+                    if p.file_name().is_some_and(|n| logs.contains(n)) {
+                        json!(p)
+                    } else {
+                        Value::Null
+                    }
+                };
                 let line = json!({
                     "index": j.index,
                     "id": j.id.as_str(),

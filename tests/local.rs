@@ -282,3 +282,79 @@ run = "true"
     let best = gaps.iter().copied().fold(f64::INFINITY, f64::min);
     assert!(best < 0.5, "gaps between stages (s): {gaps:?}");
 }
+
+fn executable(t: &Test, path: &str, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = t.path().join(path);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// An argv program is looked up on `PATH` once per worker (#14): each job still gets the
+/// program's name, not the path it was found at, as `argv[0]`.
+#[test]
+fn an_argv_program_keeps_its_name_as_argv0() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[stages.a]
+jobs = [{id = "x"}, {id = "y"}]
+run = ["sh", "-c", 'tr "\000" " " < /proc/$$/cmdline']
+max_parallel = 1
+"#,
+    );
+    t.run(&["run"]).code(0);
+    for id in ["x", "y"] {
+        let out = t.read(&format!(".poolparty/w/a/logs/{id}.out"));
+        assert!(out.starts_with("sh -c tr "), "{id}: {out:?}");
+    }
+}
+
+/// A program found on `PATH` that is gone by the next job is looked up again (#14).
+#[test]
+fn a_program_gone_from_where_it_was_found_is_looked_up_again() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[stages.a]
+jobs = [{id = "first"}, {id = "second"}]
+run = ["tool"]
+max_parallel = 1
+"#,
+    );
+    executable(&t, "bin1/tool", "#!/bin/sh\nrm \"$0\"\necho one\n");
+    executable(&t, "bin2/tool", "#!/bin/sh\necho two\n");
+    let path = format!(
+        "{}:{}:/usr/bin:/bin",
+        t.path().join("bin1").display(),
+        t.path().join("bin2").display()
+    );
+    let t = t.env("PATH", &path);
+    t.run(&["run"]).code(0);
+    assert_eq!(t.read(".poolparty/w/a/logs/first.out"), "one\n");
+    assert_eq!(t.read(".poolparty/w/a/logs/second.out"), "two\n");
+}
+
+/// A stage's `env` that sets `PATH` decides where its programs are found (#14).
+#[test]
+fn a_stage_path_finds_the_program() {
+    let t = Test::new();
+    let bin = t.path().join("bin");
+    let t = t.manifest(&format!(
+        r#"
+[workflow]
+name = "w"
+[stages.a]
+jobs = [{{id = "x"}}]
+run = ["only-here"]
+env = {{ PATH = "{}:/usr/bin:/bin" }}
+"#,
+        bin.display()
+    ));
+    executable(&t, "bin/only-here", "#!/bin/sh\necho found\n");
+    t.run(&["run"]).code(0);
+    assert_eq!(t.read(".poolparty/w/a/logs/x.out"), "found\n");
+}

@@ -9,7 +9,7 @@
 //! [`LocalScript`] is the [`Syntax`] of the script a bundle (`plan --out`, `run --detach`)
 //! runs a local stage with: the same wrapper and task file as an array script, run by `xargs`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
@@ -95,6 +95,8 @@ pub const GRACE: Duration = Duration::from_secs(5);
 /// How long output is still drained after the job's main process exited while something it
 /// started keeps the pipes open; then the job's process group is killed.
 const LINGER: Duration = Duration::from_secs(1);
+/// How often a job's exit is checked while its output is open, where no pidfd tells it.
+const EXIT_CHECK: Duration = Duration::from_millis(200);
 /// `$POOLPARTY_JOB` above this size goes to a file instead (`$POOLPARTY_JOB_FILE`), since
 /// Linux caps one environment string at 128 KiB.
 const JOB_ENV_MAX: usize = 64 * 1024;
@@ -208,7 +210,76 @@ impl Drop for LocalBackend {
     }
 }
 
+/// What a worker keeps from one job to the next, so that a job allocates and opens little.
+struct Scratch {
+    /// The buffer output is read through.
+    buf: Vec<u8>,
+    /// `/dev/null`, duplicated as each job's stdin.
+    devnull: Option<File>,
+    /// Where argv programs were found.
+    programs: Programs,
+}
+
+/// Where argv programs named without a `/` were found on `PATH`, looked up once per worker:
+/// std's `posix_spawnp` walks `PATH` at every spawn, one failed `execve` per folder before the
+/// right one. Only absolute `PATH` folders are searched (a relative one would be relative to
+/// the job's folder: std looks the program up then), and the program still gets its name as
+/// `argv[0]`. A spawn that fails with a path found here is tried again the usual way.
+#[derive(Default)]
+struct Programs {
+    found: HashMap<String, PathBuf>,
+}
+
+impl Programs {
+    /// At most this many programs are kept (a `run` whose program is a placeholder).
+    const MAX: usize = 64;
+
+    fn find(&mut self, name: &str) -> Option<PathBuf> {
+        if name.is_empty() || name.contains('/') {
+            return None;
+        }
+        if let Some(p) = self.found.get(name) {
+            return Some(p.clone());
+        }
+        let path = std::env::var_os("PATH")?;
+        for dir in std::env::split_paths(&path) {
+            if !dir.is_absolute() {
+                return None;
+            }
+            let candidate = dir.join(name);
+            if candidate.metadata().is_ok_and(|m| m.is_file())
+                && nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+            {
+                if self.found.len() >= Self::MAX {
+                    self.found.clear();
+                }
+                self.found.insert(name.to_owned(), candidate.clone());
+                return Some(candidate);
+            }
+        }
+        None
+    }
+}
+
+impl Scratch {
+    fn new() -> Self {
+        Self {
+            buf: vec![0u8; 64 * 1024],
+            devnull: File::open("/dev/null").ok(),
+            programs: Programs::default(),
+        }
+    }
+
+    fn stdin(&self) -> Stdio {
+        self.devnull
+            .as_ref()
+            .and_then(|f| f.try_clone().ok())
+            .map_or_else(Stdio::null, Stdio::from)
+    }
+}
+
 fn worker(shared: &Shared) {
+    let mut scratch = Scratch::new();
     loop {
         let launch = {
             let mut q = shared.queue.lock().expect("queue lock");
@@ -222,7 +293,7 @@ fn worker(shared: &Shared) {
                 q = shared.ready.wait(q).expect("queue lock");
             }
         };
-        let record = run_one(shared, &launch);
+        let record = run_one(shared, &launch, &mut scratch);
         if shared
             .events
             .send(Event::Finished {
@@ -271,7 +342,7 @@ impl LazyLog {
     }
 }
 
-fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
+fn run_one(shared: &Shared, launch: &Launch, scratch: &mut Scratch) -> JobRecord {
     let spec = &shared.spec;
     let job = &launch.job;
     let id = job.id.as_str();
@@ -299,30 +370,8 @@ fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
     if spec.settings.result == ResultMode::File {
         let _ = std::fs::remove_file(&result_path);
     }
-    let mut cmd = match &job.command {
-        Command::Shell(s) => {
-            let mut c = std::process::Command::new("/bin/sh");
-            c.arg("-c").arg(s);
-            c
-        }
-        Command::Argv(a) => {
-            let mut c = std::process::Command::new(&a[0]);
-            c.args(&a[1..]);
-            c
-        }
-    };
-    cmd.current_dir(&spec.cwd)
-        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("POOLPARTY_JOB_ID", id)
-        .env("POOLPARTY_JOB_INDEX", job.index.to_string())
-        .env("POOLPARTY_ATTEMPT", launch.attempt.to_string())
-        .env("POOLPARTY_RESULT", &result_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    if job.json.len() <= JOB_ENV_MAX {
-        cmd.env("POOLPARTY_JOB", &job.json);
+    let job_file = if job.json.len() <= JOB_ENV_MAX {
+        None
     } else {
         let path = spec.results_dir.join(format!("{id}.job.json"));
         if let Err(e) = std::fs::write(&path, &job.json) {
@@ -333,8 +382,49 @@ fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
                 None,
             );
         }
-        cmd.env("POOLPARTY_JOB_FILE", &path);
-    }
+        Some(path)
+    };
+    // `program`: where an argv program was found on `PATH` (see `Programs`).
+    let command = |program: Option<&std::path::Path>, stdin: Stdio| {
+        let mut cmd = match (&job.command, program) {
+            (Command::Shell(s), _) => {
+                let mut c = std::process::Command::new("/bin/sh");
+                c.arg("-c").arg(s);
+                c
+            }
+            (Command::Argv(a), Some(p)) => {
+                let mut c = std::process::Command::new(p);
+                c.arg0(&a[0]).args(&a[1..]);
+                c
+            }
+            (Command::Argv(a), None) => {
+                let mut c = std::process::Command::new(&a[0]);
+                c.args(&a[1..]);
+                c
+            }
+        };
+        cmd.current_dir(&spec.cwd)
+            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("POOLPARTY_JOB_ID", id)
+            .env("POOLPARTY_JOB_INDEX", job.index.to_string())
+            .env("POOLPARTY_ATTEMPT", launch.attempt.to_string())
+            .env("POOLPARTY_RESULT", &result_path)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        match &job_file {
+            None => cmd.env("POOLPARTY_JOB", &job.json),
+            Some(path) => cmd.env("POOLPARTY_JOB_FILE", path),
+        };
+        cmd
+    };
+    let program = match &job.command {
+        Command::Argv(a) if !spec.env.iter().any(|(k, _)| k == "PATH") => {
+            scratch.programs.find(&a[0])
+        }
+        _ => None,
+    };
     // What a killed runner leaves is found from these lines (see `store::LiveGroups`).
     let live = |line: &LiveLine| spec.live.as_ref().map_or(Ok(()), |l| l.append(line));
     let starting = LiveLine::Starting {
@@ -353,7 +443,15 @@ fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
             None,
         );
     }
-    let child = match cmd.spawn() {
+    let before = crate::process::boot_clock();
+    let mut spawned = command(program.as_deref(), scratch.stdin()).spawn();
+    if spawned.is_err() && program.is_some() {
+        // What was found earlier may be gone: look it up again, as std does.
+        scratch.programs.found.clear();
+        spawned = command(None, scratch.stdin()).spawn();
+    }
+    let after = crate::process::boot_clock();
+    let child = match spawned {
         Ok(c) => c,
         Err(e) => {
             return record(
@@ -371,7 +469,7 @@ fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
         id: id.to_owned(),
         attempt: launch.attempt,
         pgid,
-        start: crate::process::start_time(pgid).unwrap_or(0),
+        start: crate::process::start_time_between(pgid, before, after).unwrap_or(0),
         at: start,
     };
     if let Err(e) = live(&started) {
@@ -396,8 +494,14 @@ fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
         .then(|| Capture::new(spec.settings.result_max_bytes));
     let mut out = LazyLog::new(spec.logs_dir.join(format!("{id}.out")));
     let mut err = LazyLog::new(spec.logs_dir.join(format!("{id}.err")));
-    let (status, stopped, stdout_buf) =
-        supervise(shared, child, deadline, &mut out, &mut err, capture_stdout);
+    let (status, stopped, stdout_buf) = supervise(
+        shared,
+        child,
+        deadline,
+        (&mut out, &mut err),
+        capture_stdout,
+        &mut scratch.buf,
+    );
     let outcome = match (stopped, status) {
         (Some(Stop::Cancelled), _) => Outcome::Interrupted,
         (Some(Stop::TimedOut), _) => Outcome::TimedOut,
@@ -477,15 +581,18 @@ type Supervised = (
     Option<Capture>,
 );
 
-/// Copies the child's output to its logs until both pipes close, stopping it on cancel or
-/// deadline, then reaps it.
+/// Copies the child's output to its logs until both pipes close and it exited, stopping it on
+/// cancel or deadline, then reaps it. One `poll` waits for output and for the exit (a pidfd,
+/// Linux 5.3+; on older kernels the exit is checked every [`EXIT_CHECK`] and once the output
+/// closed). The child stays a zombie until the end, so the group id it leads cannot be
+/// recycled while this may still signal the group.
 fn supervise(
     shared: &Shared,
     mut child: Child,
     deadline: Option<Instant>,
-    out: &mut LazyLog,
-    err: &mut LazyLog,
+    (out, err): (&mut LazyLog, &mut LazyLog),
     capture_stdout: Option<Capture>,
+    buf: &mut [u8],
 ) -> Supervised {
     let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let mut stdout = child.stdout.take();
@@ -493,9 +600,13 @@ fn supervise(
     let mut captured = capture_stdout;
     let mut stopped: Option<Stop> = None;
     let mut term_sent: Option<Instant> = None;
-    let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
-    let mut buf = vec![0u8; 64 * 1024];
-    // The child usually becomes reapable microseconds after its pipes close: start small.
+    let mut exited: Option<Instant> = None;
+    let exit_fd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .ok();
+    let mut checked = Instant::now();
     let mut idle = Duration::from_micros(20);
     loop {
         // Decide whether to signal the group: cancel, deadline, or lingering descendants.
@@ -524,33 +635,39 @@ fn supervise(
                 Some(_) => {}
             }
         }
-        if exited.is_none() {
-            if let Ok(Some(st)) = child.try_wait() {
-                exited = Some((st, Instant::now()));
+        let open = stdout.is_some() || stderr.is_some();
+        if exited.is_none() && exit_fd.is_none() && (!open || checked.elapsed() >= EXIT_CHECK) {
+            checked = Instant::now();
+            match crate::process::has_exited(pgid) {
+                Ok(true) => exited = Some(checked),
+                Ok(false) => {}
+                Err(_) => break,
             }
         }
-        if stdout.is_none() && stderr.is_none() {
-            if exited.is_some() {
+        if let Some(at) = exited {
+            if !open {
                 break;
             }
-            // The job closed its output but runs on: wait for it, still watching for stops.
-            std::thread::sleep(idle);
-            idle = (idle * 2).min(Duration::from_millis(100));
-            continue;
-        }
-        if let Some((_, at)) = exited {
             if at.elapsed() >= LINGER {
                 // Descendants still hold the pipes: the job is over, stop them.
                 let _ = killpg(pgid, Signal::SIGKILL);
                 break;
             }
+        } else if !open && exit_fd.is_none() {
+            // The job closed its output but runs on: wait for it, still watching for stops.
+            std::thread::sleep(idle);
+            idle = (idle * 2).min(Duration::from_millis(100));
+            continue;
         }
-        let mut fds = Vec::with_capacity(2);
+        let mut fds = Vec::with_capacity(3);
         if let Some(s) = &stdout {
             fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
         }
         if let Some(s) = &stderr {
             fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+        }
+        if let (None, Some(f)) = (exited, &exit_fd) {
+            fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
         }
         let ready = match poll(&mut fds, PollTimeout::from(200u16)) {
             Ok(n) => n,
@@ -560,27 +677,29 @@ fn supervise(
         if ready == 0 {
             continue;
         }
-        let flags: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
+        let mut flags = [false; 3];
+        for (f, r) in flags.iter_mut().zip(&fds) {
+            *f = r.revents().is_some_and(|r| !r.is_empty());
+        }
         drop(fds);
         let mut i = 0;
         if stdout.is_some() {
-            if flags[i] && !pump(&mut stdout, &mut buf, out, captured.as_mut()) {
+            if flags[i] && !pump(&mut stdout, buf, out, captured.as_mut()) {
                 stdout = None;
             }
             i += 1;
         }
-        if stderr.is_some() && flags[i] && !pump(&mut stderr, &mut buf, err, None) {
-            stderr = None;
+        if stderr.is_some() {
+            if flags[i] && !pump(&mut stderr, buf, err, None) {
+                stderr = None;
+            }
+            i += 1;
+        }
+        if exited.is_none() && exit_fd.is_some() && flags[i] {
+            exited = Some(Instant::now());
         }
     }
-    let status = match exited {
-        Some((st, _)) => Ok(st),
-        None => child.wait(),
-    };
-    (status, stopped, captured)
+    (child.wait(), stopped, captured)
 }
 
 /// Reads once from a ready pipe into its log; false at end of file.
