@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{self, EXIT_SUCCESS, Error, Result};
 use crate::graph::StageGraph;
-use crate::jobs::Job;
+use crate::jobs::Jobs;
 use crate::manifest::{self, JobSource, Manifest};
 use crate::runner::Prepared;
 use crate::store::{self, Layout};
@@ -54,18 +54,18 @@ pub(crate) fn run(
 fn resume_counts(
     layout: &Layout,
     name: &str,
-    jobs: &[Job],
+    jobs: &Jobs,
     p: &plan::StagePlan,
 ) -> Result<(usize, usize, usize, usize)> {
     let latest = store::read_latest(&layout.ledger(name))?;
     let staged = bundle::staged_outcomes(layout, name)?;
     let (mut new, mut changed, mut failed, mut done) = (0, 0, 0, 0);
     for (j, fp) in jobs.iter().zip(&p.fps) {
-        let rec = latest.get(j.id.as_str());
+        let rec = latest.get(j.id);
         // An outcome waiting in the staging folder (from a bundle, or a killed runner) is
         // newer than the ledger: `run` collects it instead of running the job.
         let staged = staged
-            .get(j.id.as_str())
+            .get(j.id)
             .filter(|s| rec.is_none_or(|r| s.attempt > r.attempt));
         // (succeeded, with the job's current fingerprint)
         let state = match (staged, rec) {
@@ -89,7 +89,7 @@ fn resume_counts(
 fn auto_bundling(
     layout: &Layout,
     name: &str,
-    jobs: &[Job],
+    jobs: &Jobs,
     p: &plan::StagePlan,
     kind: manifest::BackendKind,
 ) -> Result<Option<serde_json::Value>> {
@@ -108,10 +108,10 @@ fn auto_bundling(
         .zip(&p.fps)
         .filter(|(j, fp)| {
             latest
-                .get(j.id.as_str())
+                .get(j.id)
                 .is_none_or(|r| !r.outcome.is_success() || **fp != *r.fp.as_str())
         })
-        .map(|(j, _)| j.id.as_str())
+        .map(|(j, _)| j.id)
         .collect();
     if ids.is_empty() {
         return Ok(None);
