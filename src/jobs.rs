@@ -279,7 +279,7 @@ impl FromIterator<Job> for Jobs {
 struct JobsBuilder {
     data: JobsData,
     seen: hashbrown::HashTable<u32>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl JobsBuilder {
@@ -291,32 +291,31 @@ impl JobsBuilder {
                 ends: Vec::with_capacity(count),
             },
             seen: hashbrown::HashTable::with_capacity(count),
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
-    /// The index of an earlier job with this id.
-    fn duplicate(&self, id: &str) -> Option<usize> {
-        let hash = std::hash::BuildHasher::hash_one(&self.hasher, id);
-        self.seen
-            .find(hash, |&i| {
-                self.data.job(i as usize).is_some_and(|j| j.id == id)
-            })
-            .map(|&i| i as usize)
-    }
-
-    /// Appends a job whose id no earlier job has (see [`JobsBuilder::duplicate`]).
-    fn push(&mut self, id: &str, json: &str) -> JobRef<'_> {
+    /// Appends a job, or returns the index of an earlier job with the same id.
+    fn push(&mut self, id: &str, json: &str) -> Result<JobRef<'_>, usize> {
         let index = self.data.ends.len();
         let hash = std::hash::BuildHasher::hash_one(&self.hasher, id);
-        let slot = u32::try_from(index).expect("fewer than 2^32 jobs");
         let (data, hasher) = (&self.data, &self.hasher);
-        self.seen.insert_unique(hash, slot, |&i| {
-            let j = data.job(i as usize).expect("a job pushed before");
-            std::hash::BuildHasher::hash_one(hasher, j.id)
-        });
+        let slot = u32::try_from(index).expect("fewer than 2^32 jobs");
+        match self.seen.entry(
+            hash,
+            |&i| data.job(i as usize).is_some_and(|j| j.id == id),
+            |&i| {
+                let j = data.job(i as usize).expect("a job pushed before");
+                std::hash::BuildHasher::hash_one(hasher, j.id)
+            },
+        ) {
+            hashbrown::hash_table::Entry::Occupied(first) => return Err(*first.get() as usize),
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(slot);
+            }
+        }
         self.push_unchecked(id, json);
-        self.data.job(index).expect("just pushed")
+        Ok(self.data.job(index).expect("just pushed"))
     }
 
     fn push_unchecked(&mut self, id: &str, json: &str) {
@@ -657,7 +656,6 @@ fn read_jobs_file(
 /// array, not UTF-8, not a regular file) or a line cannot be read; `Some(Err)` for a bad job,
 /// which the caller reports again from the whole text, with spans.
 fn stream_json_lines(stage: &Stage, path: &Path, visit: &mut Visit<'_>) -> Option<Result<Jobs>> {
-    use std::io::BufRead;
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_file() {
         return None;
@@ -667,41 +665,6 @@ fn stream_json_lines(stage: &Stage, path: &Path, visit: &mut Visit<'_>) -> Optio
     // doubling would hold both copies at the moment it grows.
     let lines = count_lines(&mut file).ok()?;
     std::io::Seek::rewind(&mut file).ok()?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
-    let mut line = String::new();
-    let mut first = true;
-    let mut unreadable = false;
-    let mut array = false;
-    let values = std::iter::from_fn(|| {
-        loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(_) => {
-                    unreadable = true;
-                    return None;
-                }
-            }
-            let mut body = line.trim_end_matches(['\n', '\r']);
-            if first {
-                body = body.strip_prefix('\u{feff}').unwrap_or(body);
-            }
-            if body.trim().is_empty() {
-                continue;
-            }
-            if first && body.trim_start().starts_with('[') {
-                array = true;
-                return None;
-            }
-            first = false;
-            // Errors are reported again, with spans, from the whole text.
-            return Some(parse_value(body).map_err(|e| Error::Usage {
-                message: e.to_string(),
-                help: None,
-            }));
-        }
-    });
     let origin_src = NamedSource::new(String::new(), String::new());
     let origin = Origin {
         src: &origin_src,
@@ -710,11 +673,74 @@ fn stream_json_lines(stage: &Stage, path: &Path, visit: &mut Visit<'_>) -> Optio
     // Canonical JSON is never longer than the line it came from: the file's size bounds the
     // text kept (pages reserved and never written cost no memory).
     let text = usize::try_from(meta.len()).unwrap_or(0);
-    let jobs = assign_ids(stage, values, lines, text, &origin, visit);
+    // A second thread reads, parses and canonicalizes the lines (about half the work) while
+    // this one checks ids and renders; batches keep the hand-over cheap.
+    let (jobs, (unreadable, array)) = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<Prepared, String>>>(8);
+        let reader = scope.spawn(move || read_json_lines(file, &tx));
+        let values = rx.into_iter().flatten().map(|p| {
+            // Errors are reported again, with spans, from the whole text.
+            p.map_err(|message| Error::Usage {
+                message,
+                help: None,
+            })
+        });
+        let jobs = assign_prepared(stage, values, lines, text, &origin, visit);
+        (jobs, reader.join().unwrap_or((true, false)))
+    });
     if unreadable || array {
         return None;
     }
     Some(jobs)
+}
+
+/// Reads JSON Lines from `file` and sends each job [`Prepared`] in batches, stopping at the
+/// first line that is not a job or when the receiver is gone. Returns whether a line could
+/// not be read, and whether the text is a JSON array rather than JSON Lines.
+fn read_json_lines(
+    file: std::fs::File,
+    tx: &std::sync::mpsc::SyncSender<Vec<Result<Prepared, String>>>,
+) -> (bool, bool) {
+    use std::io::BufRead;
+    const BATCH: usize = 256;
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut line = String::new();
+    let mut first = true;
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => return (true, false),
+        }
+        let mut body = line.trim_end_matches(['\n', '\r']);
+        if first {
+            body = body.strip_prefix('\u{feff}').unwrap_or(body);
+        }
+        if body.trim().is_empty() {
+            continue;
+        }
+        if first && body.trim_start().starts_with('[') {
+            return (false, true);
+        }
+        first = false;
+        let job = parse_value(body)
+            .map(Prepared::new)
+            .map_err(|e| e.to_string());
+        let bad = job.is_err();
+        batch.push(job);
+        if bad || batch.len() == BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            if tx.send(full).is_err() || bad {
+                return (false, false);
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(batch);
+    }
+    (false, false)
 }
 
 /// The number of lines of a file (a last line without a newline counts).
@@ -956,6 +982,45 @@ fn hash_id(json: &str) -> [u8; 16] {
     out
 }
 
+/// A job's id as its value gives it, or as its hash makes it.
+enum IdText {
+    Hash([u8; 16]),
+    Given(String),
+}
+
+impl IdText {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Hash(h) => std::str::from_utf8(h).expect("hex digits are ASCII"),
+            Self::Given(s) => s,
+        }
+    }
+}
+
+/// A job's parsed value with its canonical JSON and its id (or why its `id` is not one):
+/// what can be made of a job before its place in the stage is known.
+struct Prepared {
+    value: Value,
+    json: String,
+    id: Result<IdText, String>,
+}
+
+impl Prepared {
+    fn new(value: Value) -> Self {
+        let json = serde_json::to_string(&value).expect("a JSON value serializes");
+        let given = |id: String| JobId::check(&id).map(|()| IdText::Given(id));
+        let id = match value.get("id") {
+            Some(Value::String(s)) => given(s.clone()),
+            Some(Value::Number(n)) if n.as_u64().is_some() => given(n.to_string()),
+            Some(other) => Err(format!(
+                "`id` must be a string or a non-negative integer, not `{other}`"
+            )),
+            None => Ok(IdText::Hash(hash_id(&json))),
+        };
+        Self { value, json, id }
+    }
+}
+
 fn assign_ids(
     stage: &Stage,
     values: impl IntoIterator<Item = Result<Value>>,
@@ -964,64 +1029,54 @@ fn assign_ids(
     origin: &Origin<'_>,
     visit: &mut Visit<'_>,
 ) -> Result<Jobs> {
+    let prepared = values.into_iter().map(|v| v.map(Prepared::new));
+    assign_prepared(stage, prepared, count, text, origin, visit)
+}
+
+fn assign_prepared(
+    stage: &Stage,
+    values: impl IntoIterator<Item = Result<Prepared>>,
+    count: usize,
+    text: usize,
+    origin: &Origin<'_>,
+    visit: &mut Visit<'_>,
+) -> Result<Jobs> {
     let mut jobs = JobsBuilder::new(count, text);
-    let mut json = Vec::new();
-    for (index, value) in values.into_iter().enumerate() {
-        let value = value?;
-        json.clear();
-        serde_json::to_writer(&mut json, &value).expect("a JSON value serializes");
-        let json = std::str::from_utf8(&json).expect("serde_json writes UTF-8");
-        let invalid = |message: String| Error::InvalidJob {
+    for (index, job) in values.into_iter().enumerate() {
+        let Prepared { value, json, id } = job?;
+        let id = id.map_err(|message| Error::InvalidJob {
             stage: stage.name.to_string(),
             index,
             message,
             src: origin.src.clone(),
             span: origin.span(index),
             help: None,
-        };
-        let hashed: [u8; 16];
-        let written: String;
-        let id: &str = match value.get("id") {
-            Some(Value::String(s)) => s,
-            Some(Value::Number(n)) if n.as_u64().is_some() => {
-                written = n.to_string();
-                &written
-            }
-            Some(other) => {
-                return Err(invalid(format!(
-                    "`id` must be a string or a non-negative integer, not `{other}`"
-                )));
-            }
-            None => {
-                hashed = hash_id(json);
-                std::str::from_utf8(&hashed).expect("hex digits are ASCII")
-            }
-        };
-        if value.get("id").is_some() {
-            JobId::check(id).map_err(invalid)?;
-        }
-        if let Some(first) = jobs.duplicate(id) {
-            let mut spans = Vec::new();
-            if let Some(s) = origin.span(first) {
-                spans.push(LabeledSpan::new_with_span(Some(format!("job {first}")), s));
-            }
-            if let Some(s) = origin.span(index) {
-                if spans.first().map(LabeledSpan::inner) != Some(&s) {
-                    spans.push(LabeledSpan::new_with_span(Some(format!("job {index}")), s));
-                }
-            }
-            return Err(Error::DuplicateJobId {
-                stage: stage.name.to_string(),
-                id: id.to_owned(),
-                first,
-                second: index,
-                src: origin.src.clone(),
-                spans,
-            });
-        }
+        })?;
+        let id = id.as_str();
         // Only the canonical JSON is kept: a parsed value costs ~1 KiB per object, which is
         // most of the memory of a large stage; `JobRef::value` parses it again when needed.
-        let job = jobs.push(id, json);
+        let job = match jobs.push(id, &json) {
+            Ok(job) => job,
+            Err(first) => {
+                let mut spans = Vec::new();
+                if let Some(s) = origin.span(first) {
+                    spans.push(LabeledSpan::new_with_span(Some(format!("job {first}")), s));
+                }
+                if let Some(s) = origin.span(index) {
+                    if spans.first().map(LabeledSpan::inner) != Some(&s) {
+                        spans.push(LabeledSpan::new_with_span(Some(format!("job {index}")), s));
+                    }
+                }
+                return Err(Error::DuplicateJobId {
+                    stage: stage.name.to_string(),
+                    id: id.to_owned(),
+                    first,
+                    second: index,
+                    src: origin.src.clone(),
+                    spans,
+                });
+            }
+        };
         visit(job, value)?;
     }
     Ok(jobs.finish())
