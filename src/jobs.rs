@@ -139,17 +139,6 @@ impl JobRef<'_> {
     pub fn job_id(&self) -> JobId {
         JobId(self.id.to_owned())
     }
-
-    /// The job, owned (its value left to be parsed from its JSON).
-    #[must_use]
-    pub fn to_job(&self) -> Job {
-        Job {
-            index: self.index,
-            id: self.job_id(),
-            value: self.parsed.cloned().unwrap_or(Value::Null),
-            json: self.json.to_owned(),
-        }
-    }
 }
 
 impl<'a> From<&'a Job> for JobRef<'a> {
@@ -260,16 +249,6 @@ impl<'a> IntoIterator for &'a Jobs {
 impl fmt::Debug for Jobs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.iter()).finish()
-    }
-}
-
-impl FromIterator<Job> for Jobs {
-    fn from_iter<I: IntoIterator<Item = Job>>(iter: I) -> Self {
-        let mut b = JobsBuilder::new(0, 0);
-        for j in iter {
-            b.push_unchecked(j.id.as_str(), &j.json);
-        }
-        b.finish()
     }
 }
 
