@@ -72,6 +72,11 @@ PY
 rm -f "$WORK/plan.json"
 # One resumed run writes what a real run leaves besides the ledger (jobs.jsonl, results).
 "$BIN" -q run "$WORK/poolparty.toml" >/dev/null
+# The same workflow with nothing recorded (its own folder, so its own state): `plan` there
+# expands, renders and fingerprints every job without reading a ledger.
+mkdir "$WORK/fresh"
+cp "$WORK/poolparty.toml" "$WORK/fresh/"
+ln -s "$WORK/jobs.jsonl" "$WORK/fresh/jobs.jsonl"
 
 # time_rss NAME CMD: appends "wall_seconds max_rss_kb" of one run to $WORK/t.NAME
 time_rss() {
@@ -82,10 +87,12 @@ time_rss() {
                 END {print w, r}' "$WORK/tv" >>"$WORK/t.$1"
 }
 
-NAMES=("python3 json.loads per line (baseline)" "validate" "plan" "run (resumed, all done)" "status" "results")
+NAMES=("python3 json.loads per line (baseline)" "validate" "plan (nothing recorded)" "plan"
+    "run (resumed, all done)" "status" "results")
 CMDS=(
     "python3 $WORK/loads.py $WORK/jobs.jsonl"
     "$BIN validate $WORK/poolparty.toml"
+    "$BIN plan $WORK/fresh/poolparty.toml"
     "$BIN plan $WORK/poolparty.toml"
     "$BIN -q run $WORK/poolparty.toml"
     "$BIN status $WORK/poolparty.toml"

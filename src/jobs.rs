@@ -33,6 +33,14 @@ impl JobId {
     /// # Errors
     /// A message saying what is allowed.
     pub fn new(id: &str) -> Result<Self, String> {
+        Self::check(id).map(|()| Self(id.to_owned()))
+    }
+
+    /// [`JobId::new`] without making the id.
+    ///
+    /// # Errors
+    /// As [`JobId::new`].
+    pub fn check(id: &str) -> Result<(), String> {
         let ok = !id.is_empty()
             && id.len() <= 128
             && id.as_bytes()[0].is_ascii_alphanumeric()
@@ -40,7 +48,7 @@ impl JobId {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if ok {
-            Ok(Self(id.to_owned()))
+            Ok(())
         } else {
             // An id can be megabytes long; the message quotes its start.
             let mut end = id.len().min(60);
@@ -99,6 +107,209 @@ impl Job {
         } else {
             self.value.clone()
         }
+    }
+}
+
+/// One job, borrowed: from its stage's [`Jobs`], or from a [`Job`].
+#[derive(Clone, Copy, Debug)]
+pub struct JobRef<'a> {
+    /// Position in the stage's job order (0-based).
+    pub index: usize,
+    /// Its identity.
+    pub id: &'a str,
+    /// Its value as canonical compact JSON.
+    pub json: &'a str,
+    /// Its parsed value, when one is at hand (a [`Job`] that kept it); else [`JobRef::value`]
+    /// parses `json`.
+    pub parsed: Option<&'a Value>,
+}
+
+impl JobRef<'_> {
+    /// The value: the one at hand, or parsed from the canonical JSON.
+    #[must_use]
+    pub fn value(&self) -> Value {
+        match self.parsed {
+            Some(v) => v.clone(),
+            None => parse_value(self.json).unwrap_or(Value::Null),
+        }
+    }
+
+    /// Its id, owned.
+    #[must_use]
+    pub fn job_id(&self) -> JobId {
+        JobId(self.id.to_owned())
+    }
+}
+
+impl<'a> From<&'a Job> for JobRef<'a> {
+    fn from(job: &'a Job) -> Self {
+        Self {
+            index: job.index,
+            id: job.id.as_str(),
+            json: &job.json,
+            parsed: (!job.value.is_null()).then_some(&job.value),
+        }
+    }
+}
+
+/// A stage's jobs, in order. Every job's canonical JSON and every id sit in two shared
+/// buffers, with two offsets per job: a stage of a million jobs holds its values' text and
+/// about 32 bytes a job, never a parsed value per job (see [`JobRef::value`]). Cloning shares
+/// the buffers (an element-wise stage has its upstream stage's jobs).
+#[derive(Clone, Default)]
+pub struct Jobs(std::sync::Arc<JobsData>);
+
+#[derive(Default)]
+struct JobsData {
+    /// The canonical JSON of every job, one after the other.
+    text: String,
+    /// Every job's id, one after the other.
+    ids: String,
+    /// Where each job's JSON ends in `text` and its id in `ids`.
+    ends: Vec<(usize, usize)>,
+}
+
+impl JobsData {
+    fn job(&self, index: usize) -> Option<JobRef<'_>> {
+        let &(json_end, id_end) = self.ends.get(index)?;
+        let (json_start, id_start) = match index.checked_sub(1) {
+            Some(p) => self.ends[p],
+            None => (0, 0),
+        };
+        Some(JobRef {
+            index,
+            id: &self.ids[id_start..id_end],
+            json: &self.text[json_start..json_end],
+            parsed: None,
+        })
+    }
+}
+
+impl Jobs {
+    /// How many jobs.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.ends.len()
+    }
+
+    /// Whether there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.ends.is_empty()
+    }
+
+    /// Job `index`, if there is one.
+    #[must_use]
+    pub fn get(&self, index: usize) -> Option<JobRef<'_>> {
+        self.0.job(index)
+    }
+
+    /// Job `index`.
+    ///
+    /// # Panics
+    /// When there is no such job.
+    #[must_use]
+    pub fn at(&self, index: usize) -> JobRef<'_> {
+        self.0.job(index).expect("a job of the stage")
+    }
+
+    /// The id of job `index`.
+    ///
+    /// # Panics
+    /// When there is no such job.
+    #[must_use]
+    pub fn id(&self, index: usize) -> &str {
+        self.at(index).id
+    }
+
+    /// The canonical JSON of job `index`.
+    ///
+    /// # Panics
+    /// When there is no such job.
+    #[must_use]
+    pub fn json(&self, index: usize) -> &str {
+        self.at(index).json
+    }
+
+    /// The jobs in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = JobRef<'_>> + '_ {
+        (0..self.len()).map(|i| self.at(i))
+    }
+}
+
+impl<'a> IntoIterator for &'a Jobs {
+    type Item = JobRef<'a>;
+    type IntoIter = Box<dyn ExactSizeIterator<Item = JobRef<'a>> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
+impl fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Builds [`Jobs`] one job at a time, finding duplicate ids as it goes (a table of one
+/// 4-byte index per job, compared by the ids themselves, so a hash collision never hides or
+/// invents a duplicate).
+struct JobsBuilder {
+    data: JobsData,
+    seen: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl JobsBuilder {
+    fn new(count: usize, text: usize) -> Self {
+        Self {
+            data: JobsData {
+                text: String::with_capacity(text),
+                ids: String::with_capacity(count * 16),
+                ends: Vec::with_capacity(count),
+            },
+            seen: hashbrown::HashTable::with_capacity(count),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    /// Appends a job, or returns the index of an earlier job with the same id.
+    fn push(&mut self, id: &str, json: &str) -> Result<JobRef<'_>, usize> {
+        let index = self.data.ends.len();
+        let hash = std::hash::BuildHasher::hash_one(&self.hasher, id);
+        let (data, hasher) = (&self.data, &self.hasher);
+        let slot = u32::try_from(index).expect("fewer than 2^32 jobs");
+        match self.seen.entry(
+            hash,
+            |&i| data.job(i as usize).is_some_and(|j| j.id == id),
+            |&i| {
+                let j = data.job(i as usize).expect("a job pushed before");
+                std::hash::BuildHasher::hash_one(hasher, j.id)
+            },
+        ) {
+            hashbrown::hash_table::Entry::Occupied(first) => return Err(*first.get() as usize),
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(slot);
+            }
+        }
+        self.push_unchecked(id, json);
+        Ok(self.data.job(index).expect("just pushed"))
+    }
+
+    fn push_unchecked(&mut self, id: &str, json: &str) {
+        self.data.text.push_str(json);
+        self.data.ids.push_str(id);
+        self.data
+            .ends
+            .push((self.data.text.len(), self.data.ids.len()));
+    }
+
+    fn finish(self) -> Jobs {
+        let mut data = self.data;
+        data.ends.shrink_to_fit();
+        data.ids.shrink_to_fit();
+        Jobs(std::sync::Arc::new(data))
     }
 }
 
@@ -253,16 +464,56 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Where the jobs came from, for diagnostics: the text and each job's span in it.
+/// Where the jobs came from, for diagnostics: the text and where each job is in it.
 struct Origin<'a> {
     src: &'a Source,
-    spans: Vec<SourceSpan>,
+    spans: Spans,
+}
+
+/// Where each job is in an [`Origin`]'s text.
+enum Spans {
+    /// Known for each job (the last one stands for any later job).
+    Each(Vec<SourceSpan>),
+    /// JSON Lines: job `i` is the `i`-th line that is not blank, found when a diagnostic
+    /// needs it (a span per job would cost 16 bytes a job for errors that rarely happen).
+    Lines,
 }
 
 impl Origin<'_> {
     fn span(&self, i: usize) -> Option<SourceSpan> {
-        self.spans.get(i).or_else(|| self.spans.last()).copied()
+        match &self.spans {
+            Spans::Each(spans) => spans.get(i).or_else(|| spans.last()).copied(),
+            Spans::Lines => {
+                let text = self.src.inner().as_str();
+                let mut last = None;
+                for (n, (start, body)) in json_lines(text).enumerate() {
+                    last = Some(SourceSpan::from(start..start + body.len()));
+                    if n == i {
+                        break;
+                    }
+                }
+                last
+            }
+        }
     }
+}
+
+/// The lines of JSON Lines text that are not blank: each one's offset and text (without its
+/// line end), with its 1-based line number.
+fn json_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    json_lines_numbered(text).map(|(start, body, _)| (start, body))
+}
+
+fn json_lines_numbered(text: &str) -> impl Iterator<Item = (usize, &str, usize)> {
+    let mut offset = 0;
+    text.split_inclusive('\n')
+        .enumerate()
+        .filter_map(move |(n, line)| {
+            let body = line.trim_end_matches(['\n', '\r']);
+            let start = offset;
+            offset += line.len();
+            (!body.trim().is_empty()).then_some((start, body, n + 1))
+        })
 }
 
 /// Expands a stage whose jobs are known without running anything (inline, matrix, file).
@@ -270,13 +521,13 @@ impl Origin<'_> {
 ///
 /// # Errors
 /// A bad job, duplicate id, or unreadable / unparsable jobs file.
-pub fn expand_static(manifest: &Manifest, stage: &Stage) -> Option<Result<Vec<Job>>> {
+pub fn expand_static(manifest: &Manifest, stage: &Stage) -> Option<Result<Jobs>> {
     expand_static_with(manifest, stage, &mut |_, _| Ok(()))
 }
 
 /// Sees each job once, with its parsed value, while the jobs are expanded; the value is
 /// dropped afterwards, so the values of a large stage never all exist at once.
-pub type Visit<'a> = dyn FnMut(&Job, Value) -> Result<()> + 'a;
+pub type Visit<'a> = dyn FnMut(JobRef<'_>, Value) -> Result<()> + 'a;
 
 /// [`expand_static`], calling `visit` with each job and its parsed value as it is read.
 ///
@@ -286,7 +537,7 @@ pub fn expand_static_with(
     manifest: &Manifest,
     stage: &Stage,
     visit: &mut Visit<'_>,
-) -> Option<Result<Vec<Job>>> {
+) -> Option<Result<Jobs>> {
     match &stage.source {
         JobSource::Inline(values) => {
             let spans = if stage.job_spans.len() == values.len() {
@@ -296,12 +547,13 @@ pub fn expand_static_with(
             };
             let origin = Origin {
                 src: &manifest.src,
-                spans,
+                spans: Spans::Each(spans),
             };
             Some(assign_ids(
                 stage,
                 values.iter().cloned().map(Ok),
                 values.len(),
+                0,
                 &origin,
                 visit,
             ))
@@ -309,13 +561,14 @@ pub fn expand_static_with(
         JobSource::Matrix(m) => {
             let origin = Origin {
                 src: &manifest.src,
-                spans: vec![stage.source_span],
+                spans: Spans::Each(vec![stage.source_span]),
             };
             let n = m.values().map(Vec::len).product();
             Some(assign_ids(
                 stage,
                 cartesian(m, n).map(Ok),
                 n,
+                0,
                 &origin,
                 visit,
             ))
@@ -351,9 +604,9 @@ fn read_jobs_file(
     stage: &Stage,
     path: &Path,
     visit: &mut Visit<'_>,
-) -> Result<Vec<Job>> {
+) -> Result<Jobs> {
     let mut visit_failed = false;
-    let mut guarded = |job: &Job, value: Value| {
+    let mut guarded = |job: JobRef<'_>, value: Value| {
         let r = visit(job, value);
         visit_failed |= r.is_err();
         r
@@ -381,13 +634,9 @@ fn read_jobs_file(
 /// (a million-job file is ~100 MB). `None` when the file is not plain JSON Lines (a JSON
 /// array, not UTF-8, not a regular file) or a line cannot be read; `Some(Err)` for a bad job,
 /// which the caller reports again from the whole text, with spans.
-fn stream_json_lines(
-    stage: &Stage,
-    path: &Path,
-    visit: &mut Visit<'_>,
-) -> Option<Result<Vec<Job>>> {
-    use std::io::BufRead;
-    if !std::fs::metadata(path).ok()?.is_file() {
+fn stream_json_lines(stage: &Stage, path: &Path, visit: &mut Visit<'_>) -> Option<Result<Jobs>> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() {
         return None;
     }
     let mut file = std::fs::File::open(path).ok()?;
@@ -395,51 +644,82 @@ fn stream_json_lines(
     // doubling would hold both copies at the moment it grows.
     let lines = count_lines(&mut file).ok()?;
     std::io::Seek::rewind(&mut file).ok()?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
-    let mut line = String::new();
-    let mut first = true;
-    let mut unreadable = false;
-    let mut array = false;
-    let values = std::iter::from_fn(|| {
-        loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(_) => {
-                    unreadable = true;
-                    return None;
-                }
-            }
-            let mut body = line.trim_end_matches(['\n', '\r']);
-            if first {
-                body = body.strip_prefix('\u{feff}').unwrap_or(body);
-            }
-            if body.trim().is_empty() {
-                continue;
-            }
-            if first && body.trim_start().starts_with('[') {
-                array = true;
-                return None;
-            }
-            first = false;
-            // Errors are reported again, with spans, from the whole text.
-            return Some(parse_value(body).map_err(|e| Error::Usage {
-                message: e.to_string(),
-                help: None,
-            }));
-        }
-    });
     let origin_src = NamedSource::new(String::new(), String::new());
     let origin = Origin {
         src: &origin_src,
-        spans: Vec::new(),
+        spans: Spans::Each(Vec::new()),
     };
-    let jobs = assign_ids(stage, values, lines, &origin, visit);
+    // Canonical JSON is never longer than the line it came from: the file's size bounds the
+    // text kept (pages reserved and never written cost no memory).
+    let text = usize::try_from(meta.len()).unwrap_or(0);
+    // A second thread reads, parses and canonicalizes the lines (about half the work) while
+    // this one checks ids and renders; batches keep the hand-over cheap.
+    let (jobs, (unreadable, array)) = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<Prepared, String>>>(8);
+        let reader = scope.spawn(move || read_json_lines(file, &tx));
+        let values = rx.into_iter().flatten().map(|p| {
+            // Errors are reported again, with spans, from the whole text.
+            p.map_err(|message| Error::Usage {
+                message,
+                help: None,
+            })
+        });
+        let jobs = assign_prepared(stage, values, lines, text, &origin, visit);
+        (jobs, reader.join().unwrap_or((true, false)))
+    });
     if unreadable || array {
         return None;
     }
     Some(jobs)
+}
+
+/// Reads JSON Lines from `file` and sends each job [`Prepared`] in batches, stopping at the
+/// first line that is not a job or when the receiver is gone. Returns whether a line could
+/// not be read, and whether the text is a JSON array rather than JSON Lines.
+fn read_json_lines(
+    file: std::fs::File,
+    tx: &std::sync::mpsc::SyncSender<Vec<Result<Prepared, String>>>,
+) -> (bool, bool) {
+    use std::io::BufRead;
+    const BATCH: usize = 256;
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut line = String::new();
+    let mut first = true;
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => return (true, false),
+        }
+        let mut body = line.trim_end_matches(['\n', '\r']);
+        if first {
+            body = body.strip_prefix('\u{feff}').unwrap_or(body);
+        }
+        if body.trim().is_empty() {
+            continue;
+        }
+        if first && body.trim_start().starts_with('[') {
+            return (false, true);
+        }
+        first = false;
+        let job = parse_value(body)
+            .map(Prepared::new)
+            .map_err(|e| e.to_string());
+        let bad = job.is_err();
+        batch.push(job);
+        if bad || batch.len() == BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            if tx.send(full).is_err() || bad {
+                return (false, false);
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(batch);
+    }
+    (false, false)
 }
 
 /// The number of lines of a file (a last line without a newline counts).
@@ -473,7 +753,7 @@ pub fn run_generator_with(
     env: &[(String, String)],
     signals: &Signals,
     visit: &mut Visit<'_>,
-) -> Result<Vec<Job>> {
+) -> Result<Jobs> {
     let failed = |status: String, stderr: Option<String>| Error::GeneratorFailed {
         stage: stage.name.to_string(),
         status,
@@ -575,18 +855,13 @@ fn describe_status(status: std::process::ExitStatus) -> String {
 
 /// [`parse_jobs_with`] without a visitor.
 #[cfg(test)]
-fn parse_jobs(stage: &Stage, src: &Source, what: &str) -> Result<Vec<Job>> {
+fn parse_jobs(stage: &Stage, src: &Source, what: &str) -> Result<Jobs> {
     parse_jobs_with(stage, src, what, &mut |_, _| Ok(()))
 }
 
 /// Parses jobs from JSON (one array) or JSON Lines, keeping each job's span; calls `visit`
 /// with each job and its value.
-fn parse_jobs_with(
-    stage: &Stage,
-    src: &Source,
-    what: &str,
-    visit: &mut Visit<'_>,
-) -> Result<Vec<Job>> {
+fn parse_jobs_with(stage: &Stage, src: &Source, what: &str, visit: &mut Visit<'_>) -> Result<Jobs> {
     let text = src.inner().as_str();
     let trimmed = text.trim_start();
     let parse_err = |message: String, at: usize, len: usize| Error::JobsParse {
@@ -596,10 +871,22 @@ fn parse_jobs_with(
         src: src.clone(),
         span: SourceSpan::from(at..(at + len).min(text.len()).max(at)),
     };
-    // Each job's text and its line (JSON Lines), parsed one at a time by `assign_ids` so the
-    // parsed values of a large stage never all exist at once.
-    let mut items: Vec<(&str, Option<usize>)> = Vec::new();
-    let mut spans = Vec::new();
+    // Each job's text and span, parsed one at a time by `assign_ids` so the parsed values of
+    // a large stage never all exist at once.
+    let bad_job = |body: &str, line: Option<usize>, span: SourceSpan, e: &serde_json::Error| {
+        // serde_json counts lines within `body`; report the line of the whole text.
+        let message = match line {
+            Some(n) => format!("{} at line {n} column {}", json_message(e), e.column()),
+            None => e.to_string(),
+        };
+        // A long line is shown as a window (see `summary::render_diagnostic`): point at the
+        // error in it, so the window shows the error rather than the line's start.
+        if body.len() > crate::summary::MAX_SOURCE_LINE && e.line() == 1 {
+            let at = span.offset() + e.column().saturating_sub(1).min(body.len());
+            return parse_err(message, at, 1);
+        }
+        parse_err(message, span.offset(), body.len())
+    };
     if trimmed.starts_with('[') {
         let raws: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
             if e.is_eof() {
@@ -614,50 +901,34 @@ fn parse_jobs_with(
             let at = offset_of(text, e.line(), e.column());
             parse_err(e.to_string(), at, 1)
         })?;
-        for raw in raws {
-            let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
-            spans.push(SourceSpan::from(start..start + raw.get().len()));
-            items.push((raw.get(), None));
-        }
-    } else {
-        let mut offset = 0;
-        for (n, line) in text.split_inclusive('\n').enumerate() {
-            let body = line.trim_end_matches(['\n', '\r']);
-            let start = offset;
-            offset += line.len();
-            if body.trim().is_empty() {
-                continue;
-            }
-            items.push((body, Some(n + 1)));
-            spans.push(SourceSpan::from(start..start + body.len()));
-        }
+        let spans: Vec<SourceSpan> = raws
+            .iter()
+            .map(|raw| {
+                let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+                SourceSpan::from(start..start + raw.get().len())
+            })
+            .collect();
+        let values = raws.iter().zip(&spans).map(|(raw, &span)| {
+            parse_value(raw.get()).map_err(|e| bad_job(raw.get(), None, span, &e))
+        });
+        let origin = Origin {
+            src,
+            spans: Spans::Each(spans.clone()),
+        };
+        return assign_ids(stage, values, raws.len(), text.len(), &origin, visit);
     }
-    let values = items.iter().zip(&spans).map(|(&(body, line), span)| {
+    let count = json_lines(text).count();
+    let values = json_lines_numbered(text).map(|(start, body, line)| {
         parse_value(body).map_err(|e| {
-            // serde_json counts lines within `body`; report the line of the whole text.
-            let message = match line {
-                Some(n) => format!("{} at line {n} column {}", json_message(&e), e.column()),
-                None => e.to_string(),
-            };
-            // A long line is shown as a window (see `summary::render_diagnostic`): point at the
-            // error in it, so the window shows the error rather than the line's start.
-            if body.len() > crate::summary::MAX_SOURCE_LINE && e.line() == 1 {
-                let at = span.offset() + e.column().saturating_sub(1).min(body.len());
-                return parse_err(message, at, 1);
-            }
-            parse_err(message, span.offset(), body.len())
+            let span = SourceSpan::from(start..start + body.len());
+            bad_job(body, Some(line), span, &e)
         })
     });
-    assign_ids(
-        stage,
-        values,
-        items.len(),
-        &Origin {
-            src,
-            spans: spans.clone(),
-        },
-        visit,
-    )
+    let origin = Origin {
+        src,
+        spans: Spans::Lines,
+    };
+    assign_ids(stage, values, count, text.len(), &origin, visit)
 }
 
 /// serde_json's message without the position it appends (" at line L column C").
@@ -677,34 +948,82 @@ fn offset_of(text: &str, line: usize, column: usize) -> usize {
     (line_start + column.saturating_sub(1)).min(text.len())
 }
 
+/// The id a job without an `id` field gets: 16 hex digits of the SHA-256 of its canonical
+/// JSON (in serde_json's form, see [`id_json`]), as [`JobId::from_canonical`] makes it.
+fn hash_id(json: &str) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(id_json(json).as_bytes());
+    let mut out = [0u8; 16];
+    for (i, b) in digest.iter().take(8).enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+    out
+}
+
+/// A job's id as its value gives it, or as its hash makes it.
+enum IdText {
+    Hash([u8; 16]),
+    Given(String),
+}
+
+impl IdText {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Hash(h) => std::str::from_utf8(h).expect("hex digits are ASCII"),
+            Self::Given(s) => s,
+        }
+    }
+}
+
+/// A job's parsed value with its canonical JSON and its id (or why its `id` is not one):
+/// what can be made of a job before its place in the stage is known.
+struct Prepared {
+    value: Value,
+    json: String,
+    id: Result<IdText, String>,
+}
+
+impl Prepared {
+    fn new(value: Value) -> Self {
+        let json = serde_json::to_string(&value).expect("a JSON value serializes");
+        let given = |id: String| JobId::check(&id).map(|()| IdText::Given(id));
+        let id = match value.get("id") {
+            Some(Value::String(s)) => given(s.clone()),
+            Some(Value::Number(n)) if n.as_u64().is_some() => given(n.to_string()),
+            Some(other) => Err(format!(
+                "`id` must be a string or a non-negative integer, not `{other}`"
+            )),
+            None => Ok(IdText::Hash(hash_id(&json))),
+        };
+        Self { value, json, id }
+    }
+}
+
 fn assign_ids(
     stage: &Stage,
     values: impl IntoIterator<Item = Result<Value>>,
     count: usize,
+    text: usize,
     origin: &Origin<'_>,
     visit: &mut Visit<'_>,
-) -> Result<Vec<Job>> {
-    let mut jobs = Vec::with_capacity(count);
-    // A small record per job: the hash of its id and its index. Ids whose hash collides with
-    // another id's go to `collided`, so equal hashes never hide or invent a duplicate.
-    let mut seen: std::collections::HashMap<u64, usize> =
-        std::collections::HashMap::with_capacity(count);
-    let mut collided: std::collections::HashMap<JobId, usize> = std::collections::HashMap::new();
-    let hasher = std::collections::hash_map::RandomState::new();
-    for (index, value) in values.into_iter().enumerate() {
-        let value = value?;
-        let mut json = serde_json::to_string(&value).expect("a JSON value serializes");
-        // Kept for every job: drop the spare capacity serde_json's buffer grew by.
-        json.shrink_to_fit();
-        let id = match value.get("id") {
-            Some(Value::String(s)) => JobId::new(s),
-            Some(Value::Number(n)) if n.as_u64().is_some() => JobId::new(&n.to_string()),
-            Some(other) => Err(format!(
-                "`id` must be a string or a non-negative integer, not `{other}`"
-            )),
-            None => Ok(JobId::from_canonical(&id_json(&json))),
-        }
-        .map_err(|message| Error::InvalidJob {
+) -> Result<Jobs> {
+    let prepared = values.into_iter().map(|v| v.map(Prepared::new));
+    assign_prepared(stage, prepared, count, text, origin, visit)
+}
+
+fn assign_prepared(
+    stage: &Stage,
+    values: impl IntoIterator<Item = Result<Prepared>>,
+    count: usize,
+    text: usize,
+    origin: &Origin<'_>,
+    visit: &mut Visit<'_>,
+) -> Result<Jobs> {
+    let mut jobs = JobsBuilder::new(count, text);
+    for (index, job) in values.into_iter().enumerate() {
+        let Prepared { value, json, id } = job?;
+        let id = id.map_err(|message| Error::InvalidJob {
             stage: stage.name.to_string(),
             index,
             message,
@@ -712,58 +1031,40 @@ fn assign_ids(
             span: origin.span(index),
             help: None,
         })?;
-        let hash = std::hash::BuildHasher::hash_one(&hasher, &id);
-        let duplicate = match seen.get(&hash) {
-            None => {
-                seen.insert(hash, index);
-                None
-            }
-            Some(&first) if jobs.get(first).is_some_and(|j: &Job| j.id == id) => Some(first),
-            Some(_) => {
-                let first = collided.get(&id).copied();
-                if first.is_none() {
-                    collided.insert(id.clone(), index);
-                }
-                first
-            }
-        };
-        if let Some(first) = duplicate {
-            let mut spans = Vec::new();
-            if let Some(s) = origin.span(first) {
-                spans.push(LabeledSpan::new_with_span(Some(format!("job {first}")), s));
-            }
-            if let Some(s) = origin.span(index) {
-                if spans.first().map(LabeledSpan::inner) != Some(&s) {
-                    spans.push(LabeledSpan::new_with_span(Some(format!("job {index}")), s));
-                }
-            }
-            return Err(Error::DuplicateJobId {
-                stage: stage.name.to_string(),
-                id: id.to_string(),
-                first,
-                second: index,
-                src: origin.src.clone(),
-                spans,
-            });
-        }
+        let id = id.as_str();
         // Only the canonical JSON is kept: a parsed value costs ~1 KiB per object, which is
-        // most of the memory of a large stage; `Job::value` parses it again when needed.
-        let job = Job {
-            index,
-            id,
-            value: Value::Null,
-            json,
+        // most of the memory of a large stage; `JobRef::value` parses it again when needed.
+        let job = match jobs.push(id, &json) {
+            Ok(job) => job,
+            Err(first) => {
+                let mut spans = Vec::new();
+                if let Some(s) = origin.span(first) {
+                    spans.push(LabeledSpan::new_with_span(Some(format!("job {first}")), s));
+                }
+                if let Some(s) = origin.span(index) {
+                    if spans.first().map(LabeledSpan::inner) != Some(&s) {
+                        spans.push(LabeledSpan::new_with_span(Some(format!("job {index}")), s));
+                    }
+                }
+                return Err(Error::DuplicateJobId {
+                    stage: stage.name.to_string(),
+                    id: id.to_owned(),
+                    first,
+                    second: index,
+                    src: origin.src.clone(),
+                    spans,
+                });
+            }
         };
-        visit(&job, value)?;
-        jobs.push(job);
+        visit(job, value)?;
     }
-    Ok(jobs)
+    Ok(jobs.finish())
 }
 
 /// The jobs of an element-wise stage: one per upstream job, same id and order.
 #[must_use]
-pub fn for_each(upstream: &[Job]) -> Vec<Job> {
-    upstream.to_vec()
+pub fn for_each(upstream: &Jobs) -> Jobs {
+    upstream.clone()
 }
 
 #[cfg(test)]
@@ -785,9 +1086,9 @@ mod tests {
         let m2 = manifest("jobs=[{a=2,b=1},[1,2]]");
         let j1 = expand_static(&m1, &m1.stages[0]).unwrap().unwrap();
         let j2 = expand_static(&m2, &m2.stages[0]).unwrap().unwrap();
-        assert_eq!(j1[0].id, j2[1].id);
-        assert_eq!(j1[1].id, j2[0].id);
-        assert_eq!(j1[1].json, r#"{"a":2,"b":1}"#);
+        assert_eq!(j1.at(0).id, j2.at(1).id);
+        assert_eq!(j1.at(1).id, j2.at(0).id);
+        assert_eq!(j1.at(1).json, r#"{"a":2,"b":1}"#);
     }
 
     #[test]
@@ -813,8 +1114,8 @@ mod tests {
         let m = manifest("matrix={x=[1,2],y=['a','b','c']}");
         let jobs = expand_static(&m, &m.stages[0]).unwrap().unwrap();
         assert_eq!(jobs.len(), 6);
-        assert_eq!(jobs[1].json, r#"{"x":1,"y":"b"}"#);
-        assert_eq!(jobs[3].json, r#"{"x":2,"y":"a"}"#);
+        assert_eq!(jobs.at(1).json, r#"{"x":1,"y":"b"}"#);
+        assert_eq!(jobs.at(3).json, r#"{"x":2,"y":"a"}"#);
     }
 
     #[test]
@@ -836,7 +1137,7 @@ mod tests {
         let m = manifest("generate='x'");
         let src = NamedSource::new("out", "[0.1, 12345678901234567890, 1e400]".to_owned());
         let jobs = parse_jobs(&m.stages[0], &src, "output").unwrap();
-        let texts: Vec<&str> = jobs.iter().map(|j| j.json.as_str()).collect();
+        let texts: Vec<&str> = jobs.iter().map(|j| j.json).collect();
         assert_eq!(texts, ["0.1", "12345678901234567890", "1e400"]);
     }
 
@@ -853,12 +1154,12 @@ mod tests {
         let a = parse_jobs(&m.stages[0], &src, "output").unwrap();
         let src = NamedSource::new("out", "{\"x\": 1e+2}\n".to_owned());
         let b = parse_jobs(&m.stages[0], &src, "output").unwrap();
-        assert_eq!(a[0].json, r#"{"x":1E2}"#);
-        assert_eq!(b[0].json, r#"{"x":1e+2}"#);
+        assert_eq!(a.at(0).json, r#"{"x":1E2}"#);
+        assert_eq!(b.at(0).json, r#"{"x":1e+2}"#);
         // Same number, same id; and the id earlier versions computed (from `1e+2`).
-        assert_eq!(a[0].id, b[0].id);
-        assert_eq!(a[0].id, JobId::from_canonical(r#"{"x":1e+2}"#));
-        assert_eq!(a[0].value().to_string(), r#"{"x":1E2}"#);
+        assert_eq!(a.at(0).id, b.at(0).id);
+        assert_eq!(a.at(0).id, JobId::from_canonical(r#"{"x":1e+2}"#).as_str());
+        assert_eq!(a.at(0).value().to_string(), r#"{"x":1E2}"#);
     }
 
     /// JSON text with written numbers: (the text with random spacing, its compact form).

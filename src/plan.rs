@@ -13,7 +13,7 @@ use miette::SourceSpan;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
-use crate::jobs::{Job, JobId};
+use crate::jobs::{JobId, JobRef, Jobs};
 use crate::manifest::{Manifest, RunSpec, Settings, Stage, StageName};
 use crate::store::Layout;
 use crate::template::{Quoting, TemplateFailure, Templates};
@@ -115,7 +115,7 @@ impl StagePlan {
     /// # Errors
     /// A template error naming the job (it rendered when the stage was planned, so only a
     /// job that was not part of that plan can fail here).
-    pub fn job(&self, job: &Job) -> Result<Arc<PlannedJob>> {
+    pub fn job<'a>(&self, job: impl Into<JobRef<'a>>) -> Result<Arc<PlannedJob>> {
         self.renderer.plan(job).map(Arc::new)
     }
 
@@ -123,7 +123,7 @@ impl StagePlan {
     ///
     /// # Errors
     /// As [`StagePlan::job`].
-    pub fn all_jobs(&self, jobs: &[Job]) -> Result<Vec<Arc<PlannedJob>>> {
+    pub fn all_jobs(&self, jobs: &Jobs) -> Result<Vec<Arc<PlannedJob>>> {
         jobs.iter().map(|j| self.job(j)).collect()
     }
 }
@@ -143,7 +143,15 @@ impl Fp {
         h.update([0]);
         match command {
             Command::Shell(s) => h.update(s.as_bytes()),
-            Command::Argv(_) => h.update(command.display().as_bytes()),
+            // The bytes of `command.display()`, without building it.
+            Command::Argv(args) => {
+                for (i, a) in args.iter().enumerate() {
+                    if i > 0 {
+                        h.update(b" ");
+                    }
+                    h.update(crate::template::shell_quote(a).as_bytes());
+                }
+            }
         }
         h.update([0]);
         h.update(settings_fp.as_bytes());
@@ -379,20 +387,13 @@ impl Renderer {
     ///
     /// # Errors
     /// An undefined variable or helper error, naming the job.
-    pub fn plan(&self, job: &Job) -> Result<PlannedJob> {
-        self.plan_value(job, job.value())
-    }
-
-    /// [`Renderer::plan`] with the job's parsed value given (so it is not parsed again).
-    ///
-    /// # Errors
-    /// As [`Renderer::plan`].
-    pub fn plan_value(&self, job: &Job, value: Value) -> Result<PlannedJob> {
-        let (command, fp) = self.render_job(job, value)?;
+    pub fn plan<'a>(&self, job: impl Into<JobRef<'a>>) -> Result<PlannedJob> {
+        let job = job.into();
+        let (command, fp) = self.render_job(job, job.value())?;
         Ok(PlannedJob {
             index: job.index,
-            id: job.id.clone(),
-            json: job.json.clone(),
+            id: job.job_id(),
+            json: job.json.to_owned(),
             command,
             fp: fp.as_str().to_owned(),
         })
@@ -402,10 +403,10 @@ impl Renderer {
     ///
     /// # Errors
     /// As [`Renderer::plan`].
-    pub fn render_job(&self, job: &Job, value: Value) -> Result<(Command, Fp)> {
+    pub fn render_job(&self, job: JobRef<'_>, value: Value) -> Result<(Command, Fp)> {
         if let Value::Object(m) = self.ctx.borrow_mut().data_mut() {
             m.insert("job".into(), value);
-            m.insert("job_id".into(), Value::String(job.id.to_string()));
+            m.insert("job_id".into(), Value::String(job.id.to_owned()));
             m.insert("index".into(), Value::from(job.index));
         }
         let rendered = self.render();
@@ -436,7 +437,7 @@ impl Renderer {
                 }),
             });
         }
-        let fp = Fp::of(&job.json, &command, &self.settings_fp);
+        let fp = Fp::of(job.json, &command, &self.settings_fp);
         Ok((command, fp))
     }
 
@@ -543,7 +544,7 @@ fn env_bytes(base: &Map<String, Value>) -> usize {
 /// Why `command` of `job` can never start, if it cannot: a NUL byte, an argument over
 /// `MAX_ARG_STRLEN`, or arguments and environment over `ARG_MAX`.
 #[must_use]
-pub fn unstartable(command: &Command, job: &Job, env_bytes: usize) -> Option<Unstartable> {
+pub fn unstartable(command: &Command, job: JobRef<'_>, env_bytes: usize) -> Option<Unstartable> {
     let args: Vec<&str> = match command {
         Command::Shell(s) => vec!["/bin/sh", "-c", s],
         Command::Argv(a) => a.iter().map(String::as_str).collect(),
@@ -562,7 +563,7 @@ pub fn unstartable(command: &Command, job: &Job, env_bytes: usize) -> Option<Uns
     let total = args.iter().map(|a| arg_cost(a.len())).sum::<usize>()
         + env_bytes
         + arg_cost("POOLPARTY_JOB=".len() + job_env)
-        + 4 * arg_cost(40 + job.id.as_str().len());
+        + 4 * arg_cost(40 + job.id.len());
     let max = arg_max();
     (total > max).then_some(Unstartable::TooLarge(total, max))
 }
@@ -631,18 +632,15 @@ pub fn render_generator(
 pub fn plan_stage(
     manifest: &Manifest,
     stage_index: usize,
-    jobs: &mut [Job],
+    jobs: &Jobs,
     layout: &Layout,
     upstream: &Upstream,
 ) -> Result<StagePlan> {
     let (_, plan) = expand_and_plan(manifest, stage_index, layout, upstream, |visit| {
-        for j in jobs.iter_mut() {
-            // The parsed value is most of a job's memory; `Job::value` parses it again.
-            let value = std::mem::take(&mut j.value);
-            let value = if value.is_null() { j.value() } else { value };
-            visit(j, value)?;
+        for j in jobs {
+            visit(j, j.value())?;
         }
-        Ok(Vec::new())
+        Ok(Jobs::default())
     })?;
     Ok(plan)
 }
@@ -658,13 +656,13 @@ pub fn expand_and_plan(
     stage_index: usize,
     layout: &Layout,
     upstream: &Upstream,
-    expand: impl FnOnce(&mut crate::jobs::Visit<'_>) -> Result<Vec<Job>>,
-) -> Result<(Vec<Job>, StagePlan)> {
+    expand: impl FnOnce(&mut crate::jobs::Visit<'_>) -> Result<Jobs>,
+) -> Result<(Jobs, StagePlan)> {
     let stage = &manifest.stages[stage_index];
     let base = base_context(manifest, stage, layout, upstream);
     let renderer = Renderer::new(manifest, stage, base)?;
     let mut fps = Vec::new();
-    let jobs = expand(&mut |job: &Job, value: Value| {
+    let jobs = expand(&mut |job: JobRef<'_>, value: Value| {
         let (_, fp) = renderer.render_job(job, value)?;
         // A jobs file read again after a bad line visits its jobs again from the first.
         fps.truncate(job.index);
@@ -698,9 +696,9 @@ mod tests {
             "[workflow]\nname='w'\n[stages.a]\njobs=[{x='a b'},{x='$(id)'}]\nrun='echo {{job.x}} {{index}}'\n".into(),
         )
         .unwrap();
-        let mut jobs = expand_static(&m, &m.stages[0]).unwrap().unwrap();
+        let jobs = expand_static(&m, &m.stages[0]).unwrap().unwrap();
         let layout = Layout::new("/tmp/.poolparty/w".into());
-        let plan = plan_stage(&m, 0, &mut jobs, &layout, &Upstream::default()).unwrap();
+        let plan = plan_stage(&m, 0, &jobs, &layout, &Upstream::default()).unwrap();
         let planned = plan.all_jobs(&jobs).unwrap();
         assert_eq!(planned[0].command, Command::Shell("echo 'a b' 0".into()));
         assert_eq!(planned[1].command, Command::Shell("echo '$(id)' 1".into()));
@@ -712,9 +710,9 @@ mod tests {
     fn undefined_variable_names_job_and_points_into_manifest() {
         let text = "[workflow]\nname='w'\n[stages.a]\njobs=[{x=1},{y=2}]\nrun='echo {{job.x}}'\n";
         let m = parse(Path::new("/tmp/p.toml"), text.into()).unwrap();
-        let mut jobs = expand_static(&m, &m.stages[0]).unwrap().unwrap();
+        let jobs = expand_static(&m, &m.stages[0]).unwrap().unwrap();
         let layout = Layout::new("/tmp/.poolparty/w".into());
-        match plan_stage(&m, 0, &mut jobs, &layout, &Upstream::default()).unwrap_err() {
+        match plan_stage(&m, 0, &jobs, &layout, &Upstream::default()).unwrap_err() {
             Error::Template { message, span, .. } => {
                 assert!(message.contains("job 1"), "{message}");
                 assert!(message.contains("`job.x` is not defined"), "{message}");

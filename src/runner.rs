@@ -17,7 +17,7 @@ use crate::backend::cluster::Submission;
 use crate::backend::{self, Adopt, Backend, CancelMode, Event, Launch, StageSpec};
 use crate::error::Result;
 use crate::graph::StageGraph;
-use crate::jobs::{self, Job};
+use crate::jobs::{self, Job, Jobs};
 use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure};
 use crate::outcome::{JobRecord, Outcome, ResultValue, Stats, Verdict};
 use crate::plan::{self, PlannedJob, StagePlan, Upstream, UpstreamStage};
@@ -44,7 +44,7 @@ pub struct RunOptions {
 }
 
 /// A stage's jobs, expanded before the run started (for validation), if they could be.
-pub type Prepared = Vec<Option<(Vec<Job>, StagePlan)>>;
+pub type Prepared = Vec<Option<(Jobs, StagePlan)>>;
 
 #[derive(Debug)]
 enum Phase {
@@ -57,7 +57,7 @@ enum Phase {
 
 struct StageState {
     phase: Phase,
-    jobs: Vec<Job>,
+    jobs: Jobs,
     plan: Option<StagePlan>,
     planned: Vec<Option<Arc<PlannedJob>>>,
     backend: Option<Box<dyn Backend>>,
@@ -87,7 +87,7 @@ impl StageState {
             } else {
                 Phase::Unselected
             },
-            jobs: Vec::new(),
+            jobs: Jobs::default(),
             plan: None,
             planned: Vec::new(),
             backend: None,
@@ -466,7 +466,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                 .iter()
                 .zip(&st.finals)
                 .filter(|(_, f)| !f.as_ref().is_some_and(Outcome::is_success))
-                .map(|(j, _)| j.id.to_string())
+                .map(|(j, _)| j.id.to_owned())
                 .collect();
             up.stages.insert(
                 name.to_owned(),
@@ -482,7 +482,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         up
     }
 
-    fn start_stage(&mut self, i: usize, prepared: Option<(Vec<Job>, StagePlan)>) -> Result<()> {
+    fn start_stage(&mut self, i: usize, prepared: Option<(Jobs, StagePlan)>) -> Result<()> {
         let manifest = self.manifest;
         let stage = &manifest.stages[i];
         let name = stage.name.to_string();
@@ -494,7 +494,8 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                 let n = self.graph.needs(i)[0];
                 debug_assert_eq!(manifest.stages[n].name, *up);
                 let jobs = jobs::for_each(&self.states[n].jobs);
-                let plan = plan::plan_stage(manifest, i, &mut [], &self.layout, &upstream)?;
+                let plan =
+                    plan::plan_stage(manifest, i, &Jobs::default(), &self.layout, &upstream)?;
                 (jobs, plan)
             }
             (_, source) => {
@@ -536,7 +537,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             let base: Vec<u32> = jobs
                 .iter()
                 .map(|j| {
-                    let id = j.id.as_str();
+                    let id = j.id;
                     let last = latest.get(id).map_or(0, |r| r.attempt);
                     last.max(higher.get(id).copied().unwrap_or(0))
                 })
@@ -560,7 +561,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             }
             let base: Vec<u32> = jobs
                 .iter()
-                .map(|j| last_attempt.get(j.id.as_str()).copied().unwrap_or(0))
+                .map(|j| last_attempt.get(j.id).copied().unwrap_or(0))
                 .collect();
             // Automatic bundling packs by the durations earlier runs recorded.
             let durations = plan
@@ -721,7 +722,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                         continue;
                     };
                     // A task submitted for another version of the job is not this job.
-                    let same_job = job.id.as_str() == j.id && (j.fp.is_empty() || j.fp == fp);
+                    let same_job = job.id == j.id && (j.fp.is_empty() || j.fp == fp);
                     if !same_job || recorded.contains(&(j.id.clone(), j.attempt)) {
                         continue;
                     }
@@ -782,7 +783,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         };
         let reused = st
             .prior
-            .get(st.jobs[idx].id.as_str())
+            .get(st.jobs.id(idx))
             .filter(|prev| prev.outcome.is_success() && (prev.fp == fp || self.opts.retry_failed))
             .map(|prev| prev.result.clone());
         if let Some(result) = reused {
@@ -803,7 +804,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             let plan = st.plan.as_ref()?;
             // The same renderer rendered this job when the stage was planned.
             let job = plan
-                .job(&st.jobs[idx])
+                .job(st.jobs.at(idx))
                 .expect("a job's command rendered when its stage was planned");
             st.planned[idx] = Some(job);
         }
@@ -814,7 +815,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
     /// (whatever its fingerprint), or as not run when it has none.
     fn take_recorded(&mut self, i: usize, idx: usize) {
         let st = &mut self.states[i];
-        let id = st.jobs[idx].id.to_string();
+        let id = st.jobs.id(idx).to_owned();
         match st.prior.get(&id).cloned() {
             Some(prev) if prev.outcome.is_success() => {
                 st.done_before += 1;
@@ -894,14 +895,14 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             return Ok(());
         }
         let up_name = self.manifest.stages[up].name.to_string();
-        let up_job = &self.states[up].jobs[idx];
+        let up_job = self.states[up].jobs.at(idx);
         let mut value = json!({
-            "id": up_job.id.as_str(),
+            "id": up_job.id,
             "index": idx,
             "exit_code": upstream.exit_code(),
             "outcome": upstream.describe(),
-            "stdout": self.layout.log_out(&up_name, up_job.id.as_str()),
-            "stderr": self.layout.log_err(&up_name, up_job.id.as_str()),
+            "stdout": self.layout.log_out(&up_name, up_job.id),
+            "stderr": self.layout.log_err(&up_name, up_job.id),
         });
         // Inserted as values, not through `json!`: its `to_value` would rewrite numbers
         // (`1E2` to `1e+2`), and numbers reach the command as written.
@@ -916,7 +917,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         }
         let element = Job {
             index: idx,
-            id: up_job.id.clone(),
+            id: up_job.job_id(),
             json: serde_json::to_string(&value).expect("serializes"),
             value,
         };
@@ -950,7 +951,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         outcome: Outcome,
     ) -> Result<()> {
         let st = &mut self.states[i];
-        let job = &st.jobs[idx];
+        let job = st.jobs.at(idx);
         let record = JobRecord {
             index: idx,
             id: job.id.to_string(),
@@ -1115,7 +1116,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             return;
         }
         if !outcome.is_success() && !matches!(outcome, Outcome::NotRun { .. }) {
-            let id = st.jobs[idx].id.to_string();
+            let id = st.jobs.id(idx).to_owned();
             let out = self.layout.log_out(&name, &id);
             let err = self.layout.log_err(&name, &id);
             let tail = if st.failed.len() < TAILS_SHOWN {
@@ -1126,7 +1127,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             st.failed.push(FailedJob {
                 index: idx,
                 id,
-                label: crate::summary::job_label(&st.jobs[idx].json),
+                label: crate::summary::job_label(st.jobs.json(idx)),
                 outcome: outcome.clone(),
                 attempts: record.map_or(0, |r| r.attempt),
                 exit_code: outcome.exit_code(),
@@ -1139,7 +1140,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         st.results[idx] = result;
         st.remaining -= 1;
         if let Some(r) = record {
-            let label = crate::summary::job_label(&self.states[i].jobs[idx].json);
+            let label = crate::summary::job_label(self.states[i].jobs.json(idx));
             self.reporter.job_finished(i, r, label.as_deref());
         } else {
             self.reporter.job_reused(i);
@@ -1192,20 +1193,20 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                 };
                 let line = json!({
                     "index": j.index,
-                    "id": j.id.as_str(),
+                    "id": j.id,
                     "outcome": f.as_ref().map(Outcome::describe),
                     "succeeded": f.as_ref().is_some_and(Outcome::is_success),
                     "exit_code": f.as_ref().and_then(Outcome::exit_code),
                     "attempts": st.attempts[j.index],
-                    "stdout": path(self.layout.log_out(&name, j.id.as_str())),
-                    "stderr": path(self.layout.log_err(&name, j.id.as_str())),
+                    "stdout": path(self.layout.log_out(&name, j.id)),
+                    "stderr": path(self.layout.log_err(&name, j.id)),
                 });
                 let mut text = serde_json::to_string(&line).expect("serializes");
                 // The job's value exactly as expanded, without parsing it again.
                 text.pop();
                 out.push_str(&text);
                 out.push_str(",\"job\":");
-                out.push_str(&j.json);
+                out.push_str(j.json);
                 out.push_str("}\n");
             }
             store::atomic_write(&self.layout.outcomes_file(&name), out.as_bytes())?;

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
-use crate::jobs::Job;
+use crate::jobs::Jobs;
 use crate::outcome::JobRecord;
 
 /// Version of the on-disk formats; readers accept this and older.
@@ -620,17 +620,13 @@ pub struct JobLine {
 ///
 /// # Errors
 /// On I/O failure.
-pub fn write_jobs(path: &Path, jobs: &[Job]) -> Result<()> {
+pub fn write_jobs(path: &Path, jobs: &Jobs) -> Result<()> {
     let mut buf = Vec::with_capacity(jobs.len() * 64);
     for j in jobs {
         buf.extend_from_slice(b"{\"index\":");
         buf.extend_from_slice(j.index.to_string().as_bytes());
         buf.extend_from_slice(b",\"id\":");
-        buf.extend_from_slice(
-            serde_json::to_string(j.id.as_str())
-                .expect("string")
-                .as_bytes(),
-        );
+        buf.extend_from_slice(serde_json::to_string(j.id).expect("string").as_bytes());
         buf.extend_from_slice(b",\"job\":");
         buf.extend_from_slice(j.json.as_bytes());
         buf.extend_from_slice(b"}\n");

@@ -56,6 +56,107 @@ pub struct Templates {
     raw: Handlebars<'static>,
     /// Each template's text, to turn a render error's line and column into an offset.
     texts: HashMap<String, String>,
+    /// The templates that are only text and plain `{{path}}` placeholders, rendered without
+    /// handlebars (see [`Direct`]).
+    direct: HashMap<String, Direct>,
+}
+
+/// A compiled template that is only literal text and placeholders of plain paths
+/// (`{{job.x}}`, `{{{job.x}}}`), rendered by looking the paths up and writing each value as
+/// its helper does, without handlebars: handlebars costs most of planning a large stage.
+/// Whatever it does not render the same way (a path that is missing or goes through an
+/// array, a value refused at its site) it leaves to handlebars, which renders it or says
+/// why not, so both give the same text and the same errors.
+#[derive(Debug)]
+struct Direct(Vec<Piece>);
+
+#[derive(Debug)]
+enum Piece {
+    /// Literal text.
+    Text(String),
+    /// A value: its path from the context's root, and the shell site it is quoted for
+    /// (`None`: inserted as it is).
+    Value(Vec<String>, Option<Site>),
+}
+
+impl Direct {
+    /// The direct form of a compiled (rewritten) template, if it has one.
+    fn of(tpl: &Template) -> Option<Self> {
+        let mut pieces = Vec::new();
+        for el in &tpl.elements {
+            match el {
+                TemplateElement::RawString(s) => pieces.push(Piece::Text(s.clone())),
+                TemplateElement::Comment(_) => {}
+                TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht)
+                    if !ht.block
+                        && ht.template.is_none()
+                        && ht.inverse.is_none()
+                        && ht.block_param.is_none() =>
+                {
+                    let Parameter::Name(helper) = &ht.name else {
+                        return None;
+                    };
+                    let [Parameter::Path(HbPath::Relative((segs, _)))] = ht.params.as_slice()
+                    else {
+                        return None;
+                    };
+                    let path = segs
+                        .iter()
+                        .map(|s| match s {
+                            handlebars::PathSeg::Named(n) => Some(n.clone()),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<String>>>()?;
+                    let site = match helper.as_str() {
+                        QUOTE => {
+                            let literal = |k: &str| match ht.hash.get(k) {
+                                Some(Parameter::Literal(v)) => Some(v),
+                                _ => None,
+                            };
+                            if ht
+                                .hash
+                                .values()
+                                .any(|v| !matches!(v, Parameter::Literal(_)))
+                            {
+                                return None;
+                            }
+                            Some(site_from(literal))
+                        }
+                        RAW if ht.hash.is_empty() => None,
+                        _ => return None,
+                    };
+                    pieces.push(Piece::Value(path, site));
+                }
+                _ => return None,
+            }
+        }
+        Some(Self(pieces))
+    }
+
+    /// The rendered text, or `None` to leave it to handlebars.
+    fn render(&self, root: &Value) -> Option<String> {
+        let mut out = String::new();
+        for piece in &self.0 {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Value(path, site) => {
+                    let mut v = root;
+                    for seg in path {
+                        v = match v {
+                            Value::Object(m) => m.get(seg)?,
+                            _ => return None,
+                        };
+                    }
+                    let text = value_text(v);
+                    match site {
+                        None => out.push_str(&text),
+                        Some(site) => out.push_str(&crate::quoting::emit(site, &text).ok()?),
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
 }
 
 impl Default for Templates {
@@ -87,6 +188,7 @@ impl Templates {
             shell: make(|s| shell_quote(s).into_owned()),
             raw: make(handlebars::no_escape),
             texts: HashMap::new(),
+            direct: HashMap::new(),
         }
     }
 
@@ -134,6 +236,10 @@ impl Templates {
         };
         rewrite(&mut tpl.elements, quoting, &mut sites.into_iter().flatten());
         self.texts.insert(name.to_owned(), text.to_owned());
+        match Direct::of(&tpl) {
+            Some(d) => self.direct.insert(name.to_owned(), d),
+            None => self.direct.remove(name),
+        };
         match quoting {
             Quoting::Shell => self.shell.register_template(name, tpl),
             Quoting::Raw => self.raw.register_template(name, tpl),
@@ -162,6 +268,19 @@ impl Templates {
     /// # Errors
     /// As [`Templates::render`].
     pub fn render_context(
+        &self,
+        name: &str,
+        quoting: Quoting,
+        ctx: &Context,
+    ) -> Result<String, TemplateFailure> {
+        if let Some(text) = self.direct.get(name).and_then(|d| d.render(ctx.data())) {
+            return Ok(text);
+        }
+        self.render_handlebars(name, quoting, ctx)
+    }
+
+    /// [`Templates::render_context`] through handlebars, always.
+    fn render_handlebars(
         &self,
         name: &str,
         quoting: Quoting,
@@ -452,10 +571,12 @@ fn site_hash(site: &Site) -> HashMap<String, Parameter> {
 
 /// The site a quoting helper call was compiled for (a plain bare word without hash).
 fn site_of(h: &Helper<'_>) -> Site {
-    let s = |k: &str| {
-        h.hash_get(k)
-            .and_then(|v| v.value().as_str().map(str::to_owned))
-    };
+    site_from(|k| h.hash_get(k).map(|v| v.value()))
+}
+
+/// The site that the hash arguments `get` returns describe (see [`site_hash`]).
+fn site_from<'a>(get: impl Fn(&str) -> Option<&'a Value>) -> Site {
+    let s = |k: &str| get(k).and_then(|v| v.as_str().map(str::to_owned));
     let context = match s("q").as_deref() {
         Some("dq") => ShellContext::DoubleQuoted,
         Some("pw") => ShellContext::ParamWord,
@@ -464,14 +585,8 @@ fn site_of(h: &Helper<'_>) -> Site {
         Some("arith") => ShellContext::Arithmetic,
         Some("heredoc") => ShellContext::Heredoc {
             delim: s("delim").unwrap_or_default(),
-            strip_tabs: h
-                .hash_get("strip")
-                .and_then(|v| v.value().as_bool())
-                .unwrap_or(false),
-            in_subst: h
-                .hash_get("sub")
-                .and_then(|v| v.value().as_bool())
-                .unwrap_or(false),
+            strip_tabs: get("strip").and_then(Value::as_bool).unwrap_or(false),
+            in_subst: get("sub").and_then(Value::as_bool).unwrap_or(false),
             line: s("pre").zip(s("post")),
         },
         _ => ShellContext::Bare,
@@ -642,6 +757,67 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, r#"x 'a b'\''c' 0.1 '[1,"x"]' '{"k":1}' ok.txt a b'c"#);
+    }
+
+    /// Direct rendering (no handlebars) gives handlebars' text, or leaves the template to it.
+    #[test]
+    fn direct_rendering_is_handlebars_rendering() {
+        let values = [
+            r#"{"s": "a b'c", "n": 1E2, "f": -0.5, "t": true, "z": null, "e": "", "nl": "x\ny", "arr": [1, "x y"], "o": {"k": "v w", "n": 2}, "plain": "ok.txt", "id": 7}"#,
+            r#"{"s": "$(id) `x` \"q\" \\", "n": 3, "arr": [], "o": {}, "nl": "END", "plain": "-rf", "e": "*"}"#,
+        ];
+        let templates = [
+            (
+                "x {{job.s}} {{job.n}} {{job.arr}} {{job.o}} {{job.plain}} {{{job.s}}} {{index}}",
+                true,
+            ),
+            (
+                "echo \"in dq {{job.s}} {{job.o.k}}\" '{{job.n}}' {{!a comment}}",
+                true,
+            ),
+            (
+                "echo ${X:-{{job.s}}} `echo {{job.s}}` \"`echo {{job.plain}}`\"",
+                true,
+            ),
+            ("cat <<EOF\n{{job.nl}}\nline {{job.s}}\nEOF\n", true),
+            ("echo $(( {{job.n}} + 1 )) # {{job.nl}}", true),
+            (
+                "{{job}} {{job_id}} {{job.t}} {{job.z}} {{job.e}} {{job.f}}",
+                true,
+            ),
+            ("{{job.missing}}", true),
+            ("{{job.arr.0}} {{job.s.x}}", true),
+            ("{{#if job.t}}{{job.s}}{{/if}}", false),
+            ("{{#each job.arr}}[{{this}}]{{/each}}", false),
+            ("{{lookup job \"s\"}}", false),
+        ];
+        let mut compared = 0;
+        for quoting in [Quoting::Shell, Quoting::Raw] {
+            for (n, (text, direct)) in templates.iter().enumerate() {
+                let mut t = Templates::new();
+                let name = format!("t{n}");
+                if t.add(&name, text, quoting).is_err() {
+                    continue;
+                }
+                assert_eq!(t.direct.contains_key(&name), *direct, "{text:?}");
+                for job in values {
+                    let mut ctx = serde_json::Map::new();
+                    ctx.insert("job".into(), crate::jobs::parse_value(job).unwrap());
+                    ctx.insert("job_id".into(), json!("abc"));
+                    ctx.insert("index".into(), json!(3));
+                    let ctx = Context::wraps(Value::Object(ctx)).unwrap();
+                    let slow = t.render_handlebars(&name, quoting, &ctx);
+                    if let Some(d) = t.direct.get(&name) {
+                        if let Some(fast) = d.render(ctx.data()) {
+                            assert_eq!(Ok(fast), slow, "{text:?} with {job}");
+                            compared += 1;
+                        }
+                    }
+                    assert_eq!(t.render_context(&name, quoting, &ctx), slow, "{text:?}");
+                }
+            }
+        }
+        assert!(compared >= 15, "only {compared} direct renderings compared");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (<https://github.com/poolparty/poolparty/issues/14>).
 //!
 //! Not timed: speed lives in `bench/million.sh`. Memory is the peak resident set
-//! (`VmHWM` in `/proc/<pid>/status`), sampled while `poolparty validate` runs.
+//! (`VmHWM` in `/proc/<pid>/status`), sampled while `poolparty validate` or `plan` runs.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -30,8 +30,13 @@ fn workflow(n: usize) -> Test {
 
 /// Runs `poolparty validate` and returns the largest `VmHWM` (KiB) seen while it ran.
 fn validate_peak_kib(t: &Test) -> u64 {
+    peak_kib(t, &["validate"])
+}
+
+/// Runs poolparty with `args` and returns the largest `VmHWM` (KiB) seen while it ran.
+fn peak_kib(t: &Test, args: &[&str]) -> u64 {
     let mut child = t
-        .command(&["validate"])
+        .command(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -50,7 +55,7 @@ fn validate_peak_kib(t: &Test) -> u64 {
             }
         }
         if let Some(status) = child.try_wait().expect("waits") {
-            assert!(status.success(), "validate failed: {status}");
+            assert!(status.success(), "{args:?} failed: {status}");
             break;
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -74,4 +79,26 @@ fn issue_14_plan_memory_per_job_is_small() {
         per_job < 400,
         "{per_job} bytes per job (peak {small_peak} KiB for {small} jobs, {large_peak} KiB for {large})"
     );
+}
+
+/// issue 14: `plan` (text and `--json`) of 200,000 jobs holds a small fixed record per job:
+/// well under 300 bytes per job more than 20,000 jobs (each job's canonical JSON, ~85 bytes
+/// here, its id, offsets and fingerprint), never a parsed value or a rendered command per
+/// job, and `--json` writes its document as it goes.
+#[test]
+fn issue_14_plan_memory_stays_flat() {
+    let (small, large) = (20_000, 200_000);
+    let (small_t, large_t) = (workflow(small), workflow(large));
+    for args in [&["plan"][..], &["--json", "plan"], &["-v", "plan"]] {
+        let small_peak = peak_kib(&small_t, args);
+        let large_peak = peak_kib(&large_t, args);
+        let per_job = large_peak.saturating_sub(small_peak) * 1024 / (large - small) as u64;
+        eprintln!(
+            "{args:?}: {small_peak} KiB for {small} jobs, {large_peak} KiB for {large}: {per_job} B/job"
+        );
+        assert!(
+            per_job < 300,
+            "{args:?}: {per_job} bytes per job (peak {small_peak} KiB for {small} jobs, {large_peak} KiB for {large})"
+        );
+    }
 }

@@ -194,10 +194,10 @@ pub(crate) fn prepare(
                     let renderer = crate::plan::Renderer::new(m, stage, base)?;
                     for j in up_jobs {
                         let mut value = serde_json::json!({
-                            "id": j.id.as_str(), "index": j.index,
+                            "id": j.id, "index": j.index,
                             "exit_code": 0, "outcome": "succeeded", "result": null,
-                            "stdout": layout.log_out(m.stages[up].name.as_str(), j.id.as_str()),
-                            "stderr": layout.log_err(m.stages[up].name.as_str(), j.id.as_str()),
+                            "stdout": layout.log_out(m.stages[up].name.as_str(), j.id),
+                            "stderr": layout.log_err(m.stages[up].name.as_str(), j.id),
                         });
                         // Not through `json!`, which would rewrite its numbers (`1E2`).
                         if let serde_json::Value::Object(map) = &mut value {
@@ -205,7 +205,7 @@ pub(crate) fn prepare(
                         }
                         let probe = Job {
                             index: j.index,
-                            id: j.id.clone(),
+                            id: j.job_id(),
                             json: String::new(),
                             value,
                         };

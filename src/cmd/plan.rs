@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{self, EXIT_SUCCESS, Error, Result};
 use crate::graph::StageGraph;
-use crate::jobs::Job;
+use crate::jobs::Jobs;
 use crate::manifest::{self, JobSource, Manifest};
 use crate::runner::Prepared;
 use crate::store::{self, Layout};
@@ -47,30 +47,35 @@ pub(crate) fn run(
         let _ = stdout.write_all(s.as_bytes());
         return Ok(EXIT_SUCCESS);
     }
-    let text = if g.json {
-        plan_json(&m, &graph, &layout, &prepared, &selected)?
+    // Written as it is made (a stage of a million jobs lists a million commands), after
+    // everything that can fail has been read.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout);
+    if g.json {
+        plan_json(&m, &graph, &layout, &prepared, &selected, &mut out)?;
     } else {
-        plan_text(&m, &graph, &layout, &prepared, &selected, verbosity)?
-    };
-    let _ = stdout.write_all(text.as_bytes());
+        plan_text(
+            &m, &graph, &layout, &prepared, &selected, verbosity, &mut out,
+        )?;
+    }
+    let _ = out.flush();
     Ok(EXIT_SUCCESS)
 }
 
 fn resume_counts(
     layout: &Layout,
     name: &str,
-    jobs: &[Job],
+    jobs: &Jobs,
     p: &plan::StagePlan,
 ) -> Result<(usize, usize, usize, usize)> {
     let latest = store::read_latest(&layout.ledger(name))?;
     let staged = bundle::staged_outcomes(layout, name)?;
     let (mut new, mut changed, mut failed, mut done) = (0, 0, 0, 0);
     for (j, fp) in jobs.iter().zip(&p.fps) {
-        let rec = latest.get(j.id.as_str());
+        let rec = latest.get(j.id);
         // An outcome waiting in the staging folder (from a bundle, or a killed runner) is
         // newer than the ledger: `run` collects it instead of running the job.
         let staged = staged
-            .get(j.id.as_str())
+            .get(j.id)
             .filter(|s| rec.is_none_or(|r| s.attempt > r.attempt));
         // (succeeded, with the job's current fingerprint)
         let state = match (staged, rec) {
@@ -94,7 +99,7 @@ fn resume_counts(
 fn auto_bundling(
     layout: &Layout,
     name: &str,
-    jobs: &[Job],
+    jobs: &Jobs,
     p: &plan::StagePlan,
     kind: manifest::BackendKind,
 ) -> Result<Option<serde_json::Value>> {
@@ -113,10 +118,10 @@ fn auto_bundling(
         .zip(&p.fps)
         .filter(|(j, fp)| {
             latest
-                .get(j.id.as_str())
+                .get(j.id)
                 .is_none_or(|r| !r.outcome.is_success() || **fp != *r.fp.as_str())
         })
-        .map(|(j, _)| j.id.as_str())
+        .map(|(j, _)| j.id)
         .collect();
     if ids.is_empty() {
         return Ok(None);
@@ -178,13 +183,16 @@ fn plan_text(
     prepared: &Prepared,
     selected: &[bool],
     verbosity: Verbosity,
-) -> Result<String> {
+    stdout: &mut impl Write,
+) -> Result<()> {
     use std::fmt::Write as _;
-    let mut out = String::new();
+    // Each stage's lines before its jobs, all made first: reading the state can fail.
+    let mut heads = Vec::new();
     for &i in graph.order() {
         if !selected[i] {
             continue;
         }
+        let mut out = String::new();
         let s = &m.stages[i];
         let backend = s.settings.backend;
         let needs: Vec<&str> = s.needs.iter().map(|n| n.stage.as_str()).collect();
@@ -205,24 +213,6 @@ fn plan_text(
                 if let Some(v) = auto_bundling(layout, s.name.as_str(), jobs, p, backend)? {
                     let _ = writeln!(out, "{}", auto_bundling_line(&v));
                 }
-                let limit = if verbosity == Verbosity::Verbose {
-                    usize::MAX
-                } else {
-                    10
-                };
-                for job in jobs.iter().take(limit) {
-                    let j = p.job(job)?;
-                    let _ = writeln!(
-                        out,
-                        "  [{}] {}: {}",
-                        j.index,
-                        j.id,
-                        report::text::clean(&j.command.display().to_string())
-                    );
-                }
-                if jobs.len() > limit {
-                    let _ = writeln!(out, "  … {} more (use -v to list all)", jobs.len() - limit);
-                }
             }
             None => {
                 let why = match &s.source {
@@ -234,8 +224,91 @@ fn plan_text(
                 let _ = writeln!(out, "  {why}");
             }
         }
+        heads.push((i, out));
     }
-    Ok(out)
+    let limit = if verbosity == Verbosity::Verbose {
+        usize::MAX
+    } else {
+        10
+    };
+    for (i, head) in heads {
+        let _ = stdout.write_all(head.as_bytes());
+        let Some((jobs, p)) = &prepared[i] else {
+            continue;
+        };
+        let mut line = String::new();
+        for job in jobs.iter().take(limit) {
+            let j = p.job(job)?;
+            line.clear();
+            let _ = writeln!(
+                line,
+                "  [{}] {}: {}",
+                j.index,
+                j.id,
+                report::text::clean(&j.command.display().to_string())
+            );
+            let _ = stdout.write_all(line.as_bytes());
+        }
+        if jobs.len() > limit {
+            let _ = writeln!(
+                stdout,
+                "  … {} more (use -v to list all)",
+                jobs.len() - limit
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The jobs of a stage in `plan --json`, each planned again as it is written.
+struct JobsJson<'a> {
+    jobs: &'a Jobs,
+    plan: &'a plan::StagePlan,
+    /// The error that stopped the writing, if one did.
+    failed: &'a std::cell::RefCell<Option<Error>>,
+}
+
+impl serde::Serialize for JobsJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeSeq};
+        let mut seq = s.serialize_seq(Some(self.jobs.len()))?;
+        for job in self.jobs {
+            match self.plan.job(job) {
+                Ok(j) => seq.serialize_element(&serde_json::json!({
+                    "index": j.index,
+                    "id": j.id.as_str(),
+                    "command": j.command.display(),
+                    "fingerprint": j.fp,
+                }))?,
+                Err(e) => {
+                    let message = e.to_string();
+                    *self.failed.borrow_mut() = Some(e);
+                    return Err(S::Error::custom(message));
+                }
+            }
+        }
+        seq.end()
+    }
+}
+
+/// A stage in `plan --json`: its fields in order, `jobs` written by [`JobsJson`].
+struct StageJson<'a> {
+    fields: serde_json::Map<String, serde_json::Value>,
+    jobs: Option<JobsJson<'a>>,
+}
+
+impl serde::Serialize for StageJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.fields.len()))?;
+        for (k, v) in &self.fields {
+            match (k.as_str(), &self.jobs) {
+                ("jobs", Some(jobs)) => map.serialize_entry(k, jobs)?,
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
+    }
 }
 
 fn plan_json(
@@ -244,7 +317,9 @@ fn plan_json(
     layout: &Layout,
     prepared: &Prepared,
     selected: &[bool],
-) -> Result<String> {
+    stdout: &mut impl Write,
+) -> Result<()> {
+    let stopped = std::cell::RefCell::new(None);
     let mut stages = Vec::new();
     for &i in graph.order() {
         if !selected[i] {
@@ -256,6 +331,7 @@ fn plan_json(
             "backend": s.settings.backend,
             "needs": s.needs.iter().map(|n| n.stage.as_str()).collect::<Vec<_>>(),
         });
+        let mut jobs_json = None;
         if let Some((jobs, p)) = &prepared[i] {
             let (new, changed, failed, done) = resume_counts(layout, s.name.as_str(), jobs, p)?;
             v["counts"] =
@@ -264,18 +340,42 @@ fn plan_json(
             if let Some(b) = auto_bundling(layout, s.name.as_str(), jobs, p, kind)? {
                 v["bundling"] = b;
             }
-            v["jobs"] = jobs
-                .iter()
-                .map(|job| {
-                    p.job(job).map(|j| serde_json::json!({"index": j.index, "id": j.id.as_str(), "command": j.command.display(), "fingerprint": j.fp}))
-                })
-                .collect::<Result<_>>()?;
+            // Holds the place of the jobs, which are written as they are planned.
+            v["jobs"] = serde_json::Value::Null;
+            jobs_json = Some(JobsJson {
+                jobs,
+                plan: p,
+                failed: &stopped,
+            });
         }
-        stages.push(v);
+        let serde_json::Value::Object(fields) = v else {
+            unreachable!("a stage is a JSON object")
+        };
+        stages.push(StageJson {
+            fields,
+            jobs: jobs_json,
+        });
     }
-    Ok(
-        serde_json::to_string_pretty(&serde_json::json!({"workflow": m.name, "stages": stages}))
-            .expect("serializes")
-            + "\n",
-    )
+    // The keys sorted, as `serde_json::Map` (and so a `json!` document) keeps them.
+    let written = serde_json::to_writer_pretty(&mut *stdout, &DocJson(&m.name, &stages));
+    if let Some(e) = stopped.into_inner() {
+        return Err(e);
+    }
+    if written.is_ok() {
+        let _ = stdout.write_all(b"\n");
+    }
+    Ok(())
+}
+
+/// The `plan --json` document: its stages and the workflow's name.
+struct DocJson<'a>(&'a str, &'a [StageJson<'a>]);
+
+impl serde::Serialize for DocJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("stages", self.1)?;
+        map.serialize_entry("workflow", self.0)?;
+        map.end()
+    }
 }
