@@ -13,16 +13,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::backend::cluster::Submission;
 use crate::backend::{self, Adopt, Backend, CancelMode, Event, Launch, StageSpec};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::StageGraph;
 use crate::jobs::{self, Job};
 use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure};
 use crate::outcome::{JobRecord, Outcome, ResultValue, Stats, Verdict};
 use crate::plan::{self, PlannedJob, StagePlan, Upstream, UpstreamStage};
+use crate::resume::{self, Collect, Decision, Policy, ResultSpec, StageHistory};
 use crate::signals::Signals;
-use crate::store::{self, Layout, Ledger};
+use crate::store::{self, Layout, Ledger, LedgerReader};
 use crate::summary::{FailedJob, Reporter, RunReport, StageReport};
 
 /// Choices that come from the command line.
@@ -63,16 +63,19 @@ struct StageState {
     backend: Option<Box<dyn Backend>>,
     ledger: Option<Ledger>,
     finals: Vec<Option<Outcome>>,
-    results: Vec<Option<ResultValue>>,
+    /// Where each ended job's result is: the offset of its record in the stage's ledger.
+    results: Vec<Option<u64>>,
     attempts: Vec<u32>,
     failures: Vec<u32>,
     queued: Vec<Launch>,
-    base_attempt: Vec<u32>,
     losses: Vec<u32>,
     remaining: usize,
     in_flight: usize,
     done_before: usize,
-    prior: HashMap<String, JobRecord>,
+    history: StageHistory,
+    policy: Policy,
+    /// Reads results back from the ledger by offset.
+    reader: Option<LedgerReader>,
     started: Option<Instant>,
     wall: Option<f64>,
     failed: Vec<FailedJob>,
@@ -97,12 +100,13 @@ impl StageState {
             attempts: Vec::new(),
             failures: Vec::new(),
             queued: Vec::new(),
-            base_attempt: Vec::new(),
             losses: Vec::new(),
             remaining: 0,
             in_flight: 0,
             done_before: 0,
-            prior: HashMap::new(),
+            history: StageHistory::default(),
+            policy: Policy::default(),
+            reader: None,
             started: None,
             wall: None,
             failed: Vec::new(),
@@ -141,7 +145,6 @@ pub struct Runner<'a> {
     interrupted: bool,
     last_sync: Instant,
     started: f64,
-    staged: Vec<PathBuf>,
     /// Arrays an interrupt could not cancel (their jobs may still run), per stage.
     uncancelled: Vec<(usize, backend::Uncancelled)>,
     live: Option<Arc<store::LiveGroups>>,
@@ -180,7 +183,6 @@ impl<'a> Runner<'a> {
             interrupted: false,
             last_sync: Instant::now(),
             started: store::now(),
-            staged: Vec::new(),
             uncancelled: Vec::new(),
             live: None,
         }
@@ -331,12 +333,14 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                         self.handle(ev)?;
                     }
                     self.submit_queued()?;
-                    if !self.staged.is_empty() {
-                        // Outcome files go only once their records are on disk.
+                    if self
+                        .states
+                        .iter()
+                        .any(|s| s.ledger.as_ref().is_some_and(Ledger::has_consumed))
+                    {
+                        // Outcome files are deleted by the sync that makes their records
+                        // durable: do it now rather than at the next tick.
                         self.sync_ledgers()?;
-                        for p in self.staged.drain(..) {
-                            let _ = std::fs::remove_file(p);
-                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -522,57 +526,25 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         };
         self.layout.create_stage_dirs(&name)?;
         store::write_jobs(&self.layout.jobs_file(&name), &jobs)?;
-        let submissions: Vec<Submission> = store::read_lines(&self.layout.submissions(&name))?;
-        let staged_waiting =
-            std::fs::read_dir(self.layout.staging_dir(&name)).is_ok_and(|mut d| d.next().is_some());
-        // Attempts are numbered per job across runs, so outcome files never collide.
-        let quiet =
-            submissions.is_empty() && !staged_waiting && plan.settings.auto_bundle.is_none();
-        let (latest, base_attempt, recorded, durations) = if quiet {
-            // Nothing submitted or staged to reconcile (a local stage, or a first run): the
-            // ledger is read one record at a time, keeping only each job's latest record.
-            let (latest, higher) = store::read_latest_with_max_attempt(&self.layout.ledger(&name))?;
-            let base: Vec<u32> = jobs
-                .iter()
-                .map(|j| {
-                    let id = j.id.as_str();
-                    let last = latest.get(id).map_or(0, |r| r.attempt);
-                    last.max(higher.get(id).copied().unwrap_or(0))
-                })
-                .collect();
-            (latest, base, HashSet::new(), HashMap::new())
-        } else {
-            let mut records = store::read_ledger(&self.layout.ledger(&name))?;
-            records.extend(self.collect_staged(&name, &plan.settings, &submissions, &records)?);
-            let mut last_attempt: HashMap<String, u32> = HashMap::new();
-            let mut recorded: HashSet<(String, u32)> = HashSet::new();
-            for r in &records {
-                let a = last_attempt.entry(r.id.clone()).or_default();
-                *a = (*a).max(r.attempt);
-                recorded.insert((r.id.clone(), r.attempt));
-            }
-            for s in &submissions {
-                for j in s.tasks.iter().flatten() {
-                    let a = last_attempt.entry(j.id.clone()).or_default();
-                    *a = (*a).max(j.attempt);
-                }
-            }
-            let base: Vec<u32> = jobs
-                .iter()
-                .map(|j| last_attempt.get(j.id.as_str()).copied().unwrap_or(0))
-                .collect();
-            // Automatic bundling packs by the durations earlier runs recorded.
-            let durations = plan
-                .settings
-                .auto_bundle
-                .map(|_| backend::packing::recorded_durations(&records))
-                .unwrap_or_default();
-            (store::latest(records), base, recorded, durations)
+        // Outcome files an earlier run left (killed, detached, a bundle submitted by hand)
+        // count like any recorded attempt, with the fingerprint the job had when submitted.
+        let result = ResultSpec {
+            mode: plan.settings.result,
+            max_bytes: plan.settings.result_max_bytes,
         };
-        let prior = if self.opts.force {
-            HashMap::new()
-        } else {
-            latest
+        resume::collect_staged(&self.layout, &name, result, &self.run_id, Collect::All)?;
+        let history = StageHistory::load(&self.layout, &name)?;
+        // Automatic bundling packs by the durations earlier runs recorded.
+        let durations = match plan.settings.auto_bundle {
+            Some(_) => backend::packing::recorded_durations(&store::read_ledger(
+                &self.layout.ledger(&name),
+            )?),
+            None => HashMap::new(),
+        };
+        let policy = Policy {
+            force: self.opts.force,
+            retry_failed: self.opts.retry_failed,
+            recorded: self.opts.recorded.contains(&i),
         };
         let ledger = Ledger::open(self.layout.ledger(&name))?;
         let kind = self.opts.backend.unwrap_or(plan.settings.backend);
@@ -598,12 +570,13 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         st.plan = Some(plan);
         st.finals = vec![None; n];
         st.results = vec![None; n];
+        st.reader = Some(LedgerReader::open(self.layout.ledger(&name))?);
         st.attempts = vec![0; n];
         st.failures = vec![0; n];
-        st.base_attempt = base_attempt;
         st.losses = vec![0; n];
         st.remaining = n;
-        st.prior = prior;
+        st.history = history;
+        st.policy = policy;
         st.ledger = Some(ledger);
         st.next_poll = backend.next_poll().map(|d| Instant::now() + d);
         st.backend = Some(backend);
@@ -620,7 +593,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                 }
             }
         } else {
-            let adopted = self.adopt(i, &submissions, &recorded);
+            let adopted = self.adopt(i);
             let launches: Vec<Launch> = (0..n)
                 .filter(|idx| !adopted.contains(idx))
                 .filter_map(|idx| self.launch_or_reuse(i, idx))
@@ -630,119 +603,27 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         Ok(())
     }
 
-    /// Records the outcome files that an earlier run (killed, detached, or a bundle submitted by
-    /// hand) left in the staging folder, with the fingerprint the job had when submitted, so
-    /// that they count like any recorded attempt: a success with an unchanged fingerprint is
-    /// reused, a failure runs again.
-    fn collect_staged(
-        &mut self,
-        name: &str,
-        settings: &crate::manifest::Settings,
-        submissions: &[Submission],
-        records: &[JobRecord],
-    ) -> Result<Vec<JobRecord>> {
-        let dir = self.layout.staging_dir(name);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(Vec::new());
-        };
-        let recorded: HashSet<(&str, u32)> =
-            records.iter().map(|r| (r.id.as_str(), r.attempt)).collect();
-        let fps: HashMap<(&str, u32), &str> = submissions
-            .iter()
-            .flat_map(|s| s.tasks.iter().flatten())
-            .map(|j| ((j.id.as_str(), j.attempt), j.fp.as_str()))
-            .collect();
-        let mut found = Vec::new();
-        let mut files = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Some(staged) = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|t| crate::outcome::StagedOutcome::parse(&t))
-            else {
-                continue;
-            };
-            if recorded.contains(&(staged.id.as_str(), staged.attempt)) {
-                files.push(path);
-                continue;
-            }
-            let result = match settings.result {
-                crate::manifest::ResultMode::None => None,
-                crate::manifest::ResultMode::File => backend::take_result_file(
-                    &self.layout.result_path(name, &staged.id),
-                    settings.result_max_bytes,
-                ),
-                crate::manifest::ResultMode::Stdout => backend::read_result_file(
-                    &self.layout.log_out(name, &staged.id),
-                    settings.result_max_bytes,
-                ),
-            };
-            let fp = fps
-                .get(&(staged.id.as_str(), staged.attempt))
-                .copied()
-                .unwrap_or_default()
-                .to_owned();
-            found.push(staged.record(self.run_id.clone(), fp, result));
-            files.push(path);
-        }
-        if !found.is_empty() {
-            let mut ledger = Ledger::open(self.layout.ledger(name))?;
-            for r in &found {
-                ledger.append(r)?;
-            }
-            ledger.sync()?;
-        }
-        for f in files {
-            let _ = std::fs::remove_file(f);
-        }
-        Ok(found)
-    }
-
     /// Hands tasks of earlier runs that have no recorded outcome to the backend; returns the
     /// job indices it took over (they are in flight now).
-    fn adopt(
-        &mut self,
-        i: usize,
-        submissions: &[Submission],
-        recorded: &HashSet<(String, u32)>,
-    ) -> HashSet<usize> {
+    fn adopt(&mut self, i: usize) -> HashSet<usize> {
         let st = &mut self.states[i];
+        let Some(plan) = st.plan.as_ref() else {
+            return HashSet::new();
+        };
+        let adoptable = st.history.adoptable(&st.jobs, &plan.fps, st.policy);
         let mut open = Vec::new();
-        for s in submissions {
-            for (position, task) in s.tasks.iter().enumerate() {
-                for j in task {
-                    let Some((job, fp)) = st.jobs.get(j.index).zip(
-                        st.plan
-                            .as_ref()
-                            .and_then(|p| p.fps.get(j.index))
-                            .map(plan::Fp::as_str),
-                    ) else {
-                        continue;
-                    };
-                    // A task submitted for another version of the job is not this job.
-                    let same_job = job.id.as_str() == j.id && (j.fp.is_empty() || j.fp == fp);
-                    if !same_job || recorded.contains(&(j.id.clone(), j.attempt)) {
-                        continue;
-                    }
-                    let reusable = st
-                        .prior
-                        .get(&j.id)
-                        .is_some_and(|p| p.outcome.is_success() && p.fp == fp);
-                    if !reusable {
-                        let Some(job) = Self::planned_job(st, j.index) else {
-                            continue;
-                        };
-                        open.push(Adopt {
-                            launch: Launch {
-                                job,
-                                attempt: j.attempt,
-                            },
-                            job_id: s.job_id.clone(),
-                            position,
-                        });
-                    }
-                }
-            }
+        for a in adoptable {
+            let Some(job) = Self::planned_job(st, a.index) else {
+                continue;
+            };
+            open.push(Adopt {
+                launch: Launch {
+                    job,
+                    attempt: a.attempt,
+                },
+                job_id: a.job_id,
+                position: a.position,
+            });
         }
         if open.is_empty() {
             return HashSet::new();
@@ -769,30 +650,60 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
     /// The first launch of a job, or `None` when a recorded success with the same
     /// fingerprint is reused (and the job is finalized here).
     fn launch_or_reuse(&mut self, i: usize, idx: usize) -> Option<Launch> {
-        if self.opts.recorded.contains(&i) {
-            self.take_recorded(i, idx);
-            return None;
-        }
         let st = &mut self.states[i];
         let fp = match (&st.planned[idx], &st.plan) {
             (Some(p), _) => p.fp.as_str(),
             (None, Some(plan)) => plan.fps[idx].as_str(),
             (None, None) => "",
         };
-        let reused = st
-            .prior
-            .get(st.jobs[idx].id.as_str())
-            .filter(|prev| prev.outcome.is_success() && (prev.fp == fp || self.opts.retry_failed))
-            .map(|prev| prev.result.clone());
-        if let Some(result) = reused {
-            st.done_before += 1;
-            self.finalize(i, idx, Outcome::Succeeded, result, None);
-            return None;
+        match st.history.decide(st.jobs[idx].id.as_str(), fp, st.policy) {
+            Decision::Recorded(prev) if prev.succeeded() => {
+                st.done_before += 1;
+                self.finalize(i, idx, Outcome::Succeeded, Some(prev.offset), None);
+                None
+            }
+            Decision::Recorded(prev) => {
+                // A stage taken as recorded keeps its latest failure.
+                match self.read_record(i, prev.offset) {
+                    Ok(r) => self.finalize(i, idx, r.outcome.clone(), Some(prev.offset), Some(&r)),
+                    Err(e) => self.reporter.diagnostic(&e),
+                }
+                None
+            }
+            Decision::NotRecorded => {
+                let reason = "it has no recorded outcome".to_owned();
+                if let Err(e) = self.record_not_run(i, idx, reason) {
+                    self.reporter.diagnostic(&e);
+                }
+                None
+            }
+            Decision::Launch { attempt } => {
+                let job = Self::planned_job(st, idx)?;
+                st.attempts[idx] = attempt;
+                Some(Launch { job, attempt })
+            }
         }
-        let job = Self::planned_job(st, idx)?;
-        let attempt = st.base_attempt[idx] + 1;
-        st.attempts[idx] = attempt;
-        Some(Launch { job, attempt })
+    }
+
+    /// The ledger record of stage `i` at `offset`.
+    fn read_record(&mut self, i: usize, offset: u64) -> Result<JobRecord> {
+        let name = self.manifest.stages[i].name.as_str();
+        let st = &mut self.states[i];
+        let reader = match st.reader.as_mut() {
+            Some(r) => r,
+            None => st
+                .reader
+                .insert(LedgerReader::open(self.layout.ledger(name))?),
+        };
+        reader.read_at(offset)
+    }
+
+    /// The result recorded at `offset` of stage `i`'s ledger.
+    fn read_result(&mut self, i: usize, offset: Option<u64>) -> Result<Option<ResultValue>> {
+        match offset {
+            Some(o) => Ok(self.read_record(i, o)?.result),
+            None => Ok(None),
+        }
     }
 
     /// A job ready to launch: planned already (element-wise jobs, retries), or its command
@@ -807,29 +718,6 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             st.planned[idx] = Some(job);
         }
         st.planned[idx].clone()
-    }
-
-    /// Finalizes job `idx` of a stage taken as recorded with its latest recorded outcome
-    /// (whatever its fingerprint), or as not run when it has none.
-    fn take_recorded(&mut self, i: usize, idx: usize) {
-        let st = &mut self.states[i];
-        let id = st.jobs[idx].id.to_string();
-        match st.prior.get(&id).cloned() {
-            Some(prev) if prev.outcome.is_success() => {
-                st.done_before += 1;
-                self.finalize(i, idx, Outcome::Succeeded, prev.result, None);
-            }
-            Some(prev) => {
-                let (outcome, result) = (prev.outcome.clone(), prev.result.clone());
-                self.finalize(i, idx, outcome, result, Some(&prev));
-            }
-            None => {
-                let reason = "it has no recorded outcome".to_owned();
-                if let Err(e) = self.record_not_run(i, idx, reason) {
-                    self.reporter.diagnostic(&e);
-                }
-            }
-        }
     }
 
     /// Submits the retries and element-wise jobs that handling a batch of events produced:
@@ -904,11 +792,11 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         });
         // Inserted as values, not through `json!`: its `to_value` would rewrite numbers
         // (`1E2` to `1e+2`), and numbers reach the command as written.
-        let result = self.states[up].results[idx]
-            .as_ref()
-            .map_or(Value::Null, |r| {
-                jobs::parse_value(&r.to_json()).unwrap_or(Value::Null)
-            });
+        let offset = self.states[up].results[idx];
+        let result = self.read_result(up, offset)?.map_or(Value::Null, |r| {
+            jobs::parse_value(&r.to_json()).unwrap_or(Value::Null)
+        });
+        let up_job = &self.states[up].jobs[idx];
         if let Value::Object(map) = &mut value {
             map.insert("upstream".to_owned(), up_job.value());
             map.insert("result".to_owned(), result);
@@ -961,8 +849,8 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             fp: String::new(),
             result: None,
         };
-        st.ledger.as_mut().expect("running").append(&record)?;
-        self.finalize(i, idx, outcome, None, Some(&record));
+        let offset = st.ledger.as_mut().expect("running").append(&record)?;
+        self.finalize(i, idx, outcome, Some(offset), Some(&record));
         Ok(())
     }
 
@@ -987,8 +875,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                 record,
                 staged,
             } => {
-                self.finished(stage, record)?;
-                self.staged.extend(staged);
+                self.finished(stage, record, staged)?;
             }
         }
         Ok(())
@@ -1037,10 +924,15 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         Ok(())
     }
 
-    fn finished(&mut self, i: usize, record: JobRecord) -> Result<()> {
+    fn finished(&mut self, i: usize, record: JobRecord, staged: Option<PathBuf>) -> Result<()> {
         let st = &mut self.states[i];
         st.in_flight -= 1;
-        st.ledger.as_mut().expect("running stage").append(&record)?;
+        // The outcome file it came from goes with the sync that makes the record durable.
+        let offset = st
+            .ledger
+            .as_mut()
+            .expect("running stage")
+            .append_staged(&record, staged)?;
         let kind = st
             .plan
             .as_ref()
@@ -1080,8 +972,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             return Ok(());
         }
         let outcome = record.outcome.clone();
-        let result = record.result.clone();
-        self.finalize(i, idx, outcome, result, Some(&record));
+        self.finalize(i, idx, outcome, Some(offset), Some(&record));
         if let Outcome::OutputLost { .. } = &record.outcome {
             // A full disk: every further job would lose its output too.
             let dir = self.layout.logs_dir(self.manifest.stages[i].name.as_str());
@@ -1100,12 +991,14 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         Ok(())
     }
 
+    /// Job `idx` of stage `i` ended for this run with `outcome`; its result is in the record
+    /// at `result` in the stage's ledger.
     fn finalize(
         &mut self,
         i: usize,
         idx: usize,
         outcome: Outcome,
-        result: Option<ResultValue>,
+        result: Option<u64>,
         record: Option<&JobRecord>,
     ) {
         let name = self.manifest.stages[i].name.to_string();
@@ -1166,38 +1059,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                 continue;
             }
             let name = self.manifest.stages[i].name.to_string();
-            let mut buf = Vec::new();
-            for r in &st.results {
-                match r {
-                    Some(r) => buf.extend_from_slice(r.to_json().as_bytes()),
-                    None => buf.extend_from_slice(b"null"),
-                }
-                buf.push(b'\n');
-            }
-            store::atomic_write(&self.layout.results_file(&name), &buf)?;
-            // One line per job, in job order: what a stage that needs this one gets to read.
-            let mut out = String::with_capacity(st.jobs.len() * 160);
-            for (j, f) in st.jobs.iter().zip(&st.finals) {
-                let path = |p: std::path::PathBuf| if p.exists() { json!(p) } else { Value::Null };
-                let line = json!({
-                    "index": j.index,
-                    "id": j.id.as_str(),
-                    "outcome": f.as_ref().map(Outcome::describe),
-                    "succeeded": f.as_ref().is_some_and(Outcome::is_success),
-                    "exit_code": f.as_ref().and_then(Outcome::exit_code),
-                    "attempts": st.attempts[j.index],
-                    "stdout": path(self.layout.log_out(&name, j.id.as_str())),
-                    "stderr": path(self.layout.log_err(&name, j.id.as_str())),
-                });
-                let mut text = serde_json::to_string(&line).expect("serializes");
-                // The job's value exactly as expanded, without parsing it again.
-                text.pop();
-                out.push_str(&text);
-                out.push_str(",\"job\":");
-                out.push_str(&j.json);
-                out.push_str("}\n");
-            }
-            store::atomic_write(&self.layout.outcomes_file(&name), out.as_bytes())?;
+            self.write_stage_files(i, &name)?;
             let st = &mut self.states[i];
             if let Some(mut b) = st.backend.take() {
                 b.close();
@@ -1212,6 +1074,61 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             any = true;
         }
         Ok(any)
+    }
+
+    /// Writes a stage's `results.jsonl` and `outcomes.jsonl` in job order, one job at a time
+    /// (results are read back from the ledger).
+    fn write_stage_files(&mut self, i: usize, name: &str) -> Result<()> {
+        // Records appended by this run are read back through another handle.
+        let results_path = self.layout.results_file(name);
+        let st = &mut self.states[i];
+        let mut reader = match st.reader.take() {
+            Some(r) => r,
+            None => LedgerReader::open(self.layout.ledger(name))?,
+        };
+        let io = |e| Error::store("write", &results_path, e);
+        let written = store::atomic_write_with(&results_path, |w| {
+            for offset in &st.results {
+                match offset {
+                    Some(o) => match reader.result_at(*o)? {
+                        Some(r) => w.write_all(r.to_json().as_bytes()).map_err(io)?,
+                        None => w.write_all(b"null").map_err(io)?,
+                    },
+                    None => w.write_all(b"null").map_err(io)?,
+                }
+                w.write_all(b"\n").map_err(io)?;
+            }
+            Ok(())
+        });
+        st.reader = Some(reader);
+        written?;
+        // One line per job, in job order: what a stage that needs this one gets to read.
+        let outcomes_path = self.layout.outcomes_file(name);
+        let io = |e| Error::store("write", &outcomes_path, e);
+        let layout = &self.layout;
+        store::atomic_write_with(&outcomes_path, |w| {
+            for (j, f) in st.jobs.iter().zip(&st.finals) {
+                let path = |p: std::path::PathBuf| if p.exists() { json!(p) } else { Value::Null };
+                let line = json!({
+                    "index": j.index,
+                    "id": j.id.as_str(),
+                    "outcome": f.as_ref().map(Outcome::describe),
+                    "succeeded": f.as_ref().is_some_and(Outcome::is_success),
+                    "exit_code": f.as_ref().and_then(Outcome::exit_code),
+                    "attempts": st.attempts[j.index],
+                    "stdout": path(layout.log_out(name, j.id.as_str())),
+                    "stderr": path(layout.log_err(name, j.id.as_str())),
+                });
+                let mut text = serde_json::to_string(&line).expect("serializes");
+                // The job's value exactly as expanded, without parsing it again.
+                text.pop();
+                text.push_str(",\"job\":");
+                text.push_str(&j.json);
+                text.push_str("}\n");
+                w.write_all(text.as_bytes()).map_err(io)?;
+            }
+            Ok(())
+        })
     }
 
     fn stage_report(&self, i: usize) -> StageReport {
@@ -1402,14 +1319,8 @@ pub fn recover(layout: &Layout) -> Result<Option<Recovered>> {
     }
     let mut jobs = 0;
     for (stage, lines) in by_stage {
-        let dir = layout.stage_dir(stage);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::store("create", dir, e))?;
-        let recorded: HashSet<(String, u32)> = store::read_ledger(&layout.ledger(stage))?
-            .into_iter()
-            .map(|r| (r.id, r.attempt))
-            .collect();
-        let mut ledger = Ledger::open(layout.ledger(stage))?;
-        for l in lines {
+        let states = store::read_states(&layout.ledger(stage))?;
+        let records = lines.into_iter().filter_map(|l| {
             let (LiveLine::Started {
                 index,
                 id,
@@ -1425,12 +1336,16 @@ pub fn recover(layout: &Layout) -> Result<Option<Recovered>> {
                 ..
             }) = l
             else {
-                continue;
+                return None;
             };
-            if recorded.contains(&(id.clone(), *attempt)) {
-                continue;
+            // Recorded already (or a later attempt is).
+            if states
+                .get(id.as_str())
+                .is_some_and(|s| s.max_attempt >= *attempt)
+            {
+                return None;
             }
-            ledger.append(&JobRecord {
+            let record = JobRecord {
                 index: *index,
                 id: id.clone(),
                 attempt: *attempt,
@@ -1440,10 +1355,10 @@ pub fn recover(layout: &Layout) -> Result<Option<Recovered>> {
                 run: run.clone(),
                 fp: String::new(),
                 result: None,
-            })?;
-            jobs += 1;
-        }
-        ledger.sync()?;
+            };
+            Some((record, None))
+        });
+        jobs += store::record(layout, stage, records)?;
     }
     std::fs::remove_file(&path).map_err(|e| Error::store("remove", &path, e))?;
     Ok(Some(Recovered { run, jobs, stopped }))

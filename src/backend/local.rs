@@ -23,7 +23,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use super::{Backend, CancelMode, Event, Launch, StageSpec, take_result_file};
+use super::{Backend, CancelMode, Event, Launch, StageSpec};
 use crate::error::Result;
 use crate::manifest::ResultMode;
 use crate::outcome::{JobRecord, Outcome, ResultValue};
@@ -376,7 +376,13 @@ fn run_one(shared: &Shared, launch: &Launch) -> JobRecord {
                 ResultValue::from_bytes(c.kept)
             }
         }),
-        ResultMode::File => take_result_file(&result_path, spec.settings.result_max_bytes),
+        ResultMode::File => crate::store::read_result(
+            ResultMode::File,
+            &result_path,
+            &result_path,
+            spec.settings.result_max_bytes,
+            true,
+        ),
     };
     record(outcome, result)
 }
