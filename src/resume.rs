@@ -440,7 +440,7 @@ mod tests {
     fn a_success_with_the_same_fingerprint_is_reused() {
         let (_d, layout) = layout();
         let (fp, other) = fps();
-        let (fa, fb) = (fp.as_str(), other.as_str());
+        let (fa, _) = (fp.as_str(), other.as_str());
         record(&layout, vec![rec("a", 1, Outcome::Succeeded, fa)]);
         let h = StageHistory::load(&layout, "s").unwrap();
         assert!(matches!(
@@ -484,7 +484,7 @@ mod tests {
     fn a_stage_taken_as_recorded_launches_nothing() {
         let (_d, layout) = layout();
         let (fp, other) = fps();
-        let (fa, fb) = (fp.as_str(), other.as_str());
+        let (fa, _) = (fp.as_str(), other.as_str());
         record(&layout, vec![rec("b", 1, Outcome::Failed { code: 3 }, fa)]);
         let h = StageHistory::load(&layout, "s").unwrap();
         let p = Policy {
@@ -626,7 +626,7 @@ mod tests {
         // stays (it used to be deleted when the outcome was collected).
         let (_d, layout) = layout();
         let (fp, other) = fps();
-        let (fa, fb) = (fp.as_str(), other.as_str());
+        let (fa, _) = (fp.as_str(), other.as_str());
         std::fs::create_dir_all(layout.logs_dir("s")).unwrap();
         std::fs::write(layout.log_out("s", "a"), "42\n").unwrap();
         std::fs::write(
