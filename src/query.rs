@@ -188,6 +188,13 @@ impl Recorded {
             .iter()
             .map(|(id, s)| (s.index, id.to_string()))
             .collect();
+        known.extend(
+            self.history
+                .staged_all()
+                .iter()
+                .filter(|(id, _)| self.history.state(id).is_none())
+                .map(|(id, s)| (s.outcome.index, id.clone())),
+        );
         known.sort();
         for (index, id) in known {
             let job = JobLine {

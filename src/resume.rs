@@ -178,6 +178,11 @@ impl StageHistory {
         self.staged.get(id)
     }
 
+    /// Every outcome file newer than its job's latest record, by job id.
+    pub(crate) fn staged_all(&self) -> &HashMap<String, Staged> {
+        &self.staged
+    }
+
     /// Whether outcome files wait to be collected.
     pub(crate) fn has_staged(&self) -> bool {
         !self.staged.is_empty()
