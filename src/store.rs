@@ -1393,6 +1393,57 @@ mod tests {
     }
 
     #[test]
+    fn results_are_read_as_the_stage_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("result");
+        let log = dir.path().join("a.out");
+        std::fs::write(&file, "[1, 2]").unwrap();
+        std::fs::write(&log, "text\n").unwrap();
+        // `none` reads nothing; peeking keeps the file; consuming removes it.
+        assert!(read_result(ResultMode::None, &file, &log, 100, true).is_none());
+        let peek = read_result(ResultMode::File, &file, &log, 100, false).unwrap();
+        assert_eq!(peek.to_json(), "[1, 2]");
+        assert!(file.exists());
+        read_result(ResultMode::File, &file, &log, 100, true).unwrap();
+        assert!(!file.exists());
+        // A result larger than the limit stays where it is and is pointed to.
+        std::fs::write(&file, "x".repeat(200)).unwrap();
+        let large = read_result(ResultMode::File, &file, &log, 100, true).unwrap();
+        assert!(matches!(large, ResultValue::File { bytes: 200, .. }));
+        assert!(file.exists());
+        // `stdout` reads the log and never removes it; no log is the empty text.
+        let out = read_result(ResultMode::Stdout, &file, &log, 100, true).unwrap();
+        assert_eq!(out.to_json(), "\"text\\n\"");
+        assert!(log.exists());
+        let none = dir.path().join("b.out");
+        let empty = read_result(ResultMode::Stdout, &file, &none, 100, true).unwrap();
+        assert_eq!(empty.to_json(), "\"\"");
+    }
+
+    #[test]
+    fn outcome_files_go_only_with_the_sync_of_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let staged = dir.path().join("a.1.json");
+        std::fs::write(&staged, "{}").unwrap();
+        let mut l = Ledger::open(path.clone()).unwrap();
+        let first = l.append(&rec("x", 1, Outcome::Failed { code: 1 })).unwrap();
+        let second = l
+            .append_staged(&rec("a", 1, Outcome::Succeeded), Some(staged.clone()))
+            .unwrap();
+        assert_eq!(first, 0);
+        assert!(second > first);
+        assert!(staged.exists() && l.has_consumed());
+        l.sync().unwrap();
+        assert!(!staged.exists() && !l.has_consumed());
+        let mut reader = LedgerReader::open(path).unwrap();
+        let r: JobRecord = reader.read_at(second).unwrap();
+        assert_eq!(r.id, "a");
+        let r: JobRecord = reader.read_at(first).unwrap();
+        assert_eq!(r.id, "x");
+    }
+
+    #[test]
     fn time_format() {
         assert_eq!(format_time(0.0), "1970-01-01 00:00:00 UTC");
         assert_eq!(format_time(1_795_000_000.0), "2026-11-18 11:06:40 UTC");
