@@ -21,20 +21,17 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use crate::backend::cluster::{ArrayLimit, Submission, SubmittedJob};
+use crate::backend::cluster::{ArrayLimit, SubmittedJob};
 use crate::backend::syntax::ArrayScript;
 use crate::backend::{self, Launch, StageSpec, packing};
 use crate::error::{Error, Result};
 use crate::graph::StageGraph;
-use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure, ResultMode};
-use crate::outcome::{JobRecord, Outcome};
-use crate::plan::PlannedJob;
+use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure};
+use crate::resume::{self, Collect, ResultSpec, StageHistory};
 use crate::runner::Prepared;
 use crate::store::{self, Layout};
 use crate::template::shell_quote;
-use serde::Deserialize;
 
 /// The run label of bundled submissions: fixed, so two bundles of the same state diff cleanly.
 pub const BUNDLE_RUN: &str = "bundle";
@@ -61,30 +58,13 @@ pub struct BundleSummary {
     pub limits: Vec<(BackendKind, ArrayLimit)>,
 }
 
-/// One line of a stage's `bundled.jsonl`: a local script that `submit.sh` ran.
-#[derive(Debug, Deserialize)]
-struct Bundled {
-    tasks: Vec<Vec<SubmittedJob>>,
-}
-
-/// A stage's file of local bundle scripts that ran.
-fn bundled_file(layout: &Layout, stage: &str) -> PathBuf {
-    layout.stage_dir(stage).join("bundled.jsonl")
-}
-
-/// A stage's file of submitted driver jobs.
-#[must_use]
-pub fn drivers_file(layout: &Layout, stage: &str) -> PathBuf {
-    layout.stage_dir(stage).join("drivers.jsonl")
-}
-
 /// The driver jobs of a stage that were submitted and have not ended (or been cancelled):
 /// (scheduler, job id).
 ///
 /// # Errors
 /// When `drivers.jsonl` cannot be read.
 pub fn open_drivers(layout: &Layout, stage: &str) -> Result<Vec<(String, String)>> {
-    let lines: Vec<serde_json::Value> = store::read_lines(&drivers_file(layout, stage))?;
+    let lines: Vec<serde_json::Value> = store::read_lines(&layout.drivers(stage))?;
     let done: HashSet<&str> = lines
         .iter()
         .filter(|v| v["done"].as_bool() == Some(true))
@@ -114,7 +94,7 @@ pub fn close_drivers(layout: &Layout, stage: &str, ids: &[String]) -> Result<()>
         .iter()
         .map(|id| serde_json::json!({"job_id": id, "done": true, "cancelled": true}).to_string())
         .collect();
-    store::append_lines(&drivers_file(layout, stage), &lines)
+    store::append_lines(&layout.drivers(stage), &lines)
 }
 
 /// Moves the outcomes of jobs that local bundle scripts ran (outcome files in a stage's
@@ -128,140 +108,16 @@ pub fn collect_local(m: &Manifest, layout: &Layout) -> Result<usize> {
     let mut n = 0;
     for stage in &m.stages {
         let name = stage.name.as_str();
-        let bundled: Vec<Bundled> = store::read_lines(&bundled_file(layout, name))?;
-        if bundled.is_empty() {
+        if !layout.bundled(name).exists() {
             continue;
         }
-        let recorded: HashSet<(String, u32)> = store::read_ledger(&layout.ledger(name))?
-            .into_iter()
-            .map(|r| (r.id, r.attempt))
-            .collect();
-        let staging = layout.staging_dir(name);
-        let mut ledger: Option<store::Ledger> = None;
-        let mut collected = Vec::new();
-        for j in bundled.iter().flat_map(|b| b.tasks.iter().flatten()) {
-            if recorded.contains(&(j.id.clone(), j.attempt)) {
-                continue;
-            }
-            let path = staging.join(format!("{}.{}.json", j.id, j.attempt));
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-                continue;
-            };
-            let Some(rc) = v["rc"].as_i64().and_then(|c| i32::try_from(c).ok()) else {
-                continue;
-            };
-            let settings = &stage.settings;
-            let result = match settings.result {
-                ResultMode::None => None,
-                ResultMode::File => crate::backend::take_result_file(
-                    &layout.result_path(name, &j.id),
-                    settings.result_max_bytes,
-                ),
-                ResultMode::Stdout => crate::backend::take_result_file(
-                    &layout.log_out(name, &j.id),
-                    settings.result_max_bytes,
-                )
-                .or_else(|| Some(crate::outcome::ResultValue::Text(String::new()))),
-            };
-            let record = JobRecord {
-                index: j.index,
-                id: j.id.clone(),
-                attempt: j.attempt,
-                outcome: if rc == 0 {
-                    Outcome::Succeeded
-                } else {
-                    Outcome::Failed { code: rc }
-                },
-                start: v["start"].as_f64(),
-                end: v["end"].as_f64(),
-                run: BUNDLE_RUN.to_owned(),
-                fp: j.fp.clone(),
-                result,
-            };
-            if ledger.is_none() {
-                ledger = Some(store::Ledger::open(layout.ledger(name))?);
-            }
-            ledger.as_mut().expect("opened").append(&record)?;
-            collected.push(path);
-        }
-        if let Some(mut l) = ledger {
-            l.sync()?;
-        }
-        n += collected.len();
-        for p in collected {
-            let _ = std::fs::remove_file(p);
-        }
+        let result = ResultSpec {
+            mode: stage.settings.result,
+            max_bytes: stage.settings.result_max_bytes,
+        };
+        n += resume::collect_staged(layout, name, result, BUNDLE_RUN, Collect::Bundled)?;
     }
     Ok(n)
-}
-
-/// An outcome waiting in a stage's staging folder (written by a bundle's or a killed
-/// runner's job, not yet in the ledger).
-#[derive(Debug)]
-pub struct StagedOutcome {
-    /// The attempt.
-    pub attempt: u32,
-    /// Whether it exited 0.
-    pub success: bool,
-    /// The fingerprint the job was bundled with, for local bundles (clusters' are adopted
-    /// whatever it was).
-    pub fp: Option<String>,
-}
-
-/// The latest staged outcome of each job of a stage, by job id.
-///
-/// # Errors
-/// When `bundled.jsonl` cannot be read.
-pub fn staged_outcomes(layout: &Layout, stage: &str) -> Result<HashMap<String, StagedOutcome>> {
-    let mut out: HashMap<String, StagedOutcome> = HashMap::new();
-    let Ok(dir) = std::fs::read_dir(layout.staging_dir(stage)) else {
-        return Ok(out);
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with('.') || !name.ends_with(".json") {
-            continue;
-        }
-        let Ok(text) = std::fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-            continue;
-        };
-        let (Some(id), Some(attempt), Some(rc)) = (
-            v["id"].as_str(),
-            v["attempt"].as_u64().and_then(|a| u32::try_from(a).ok()),
-            v["rc"].as_i64(),
-        ) else {
-            continue;
-        };
-        if out.get(id).is_some_and(|o| o.attempt >= attempt) {
-            continue;
-        }
-        out.insert(
-            id.to_owned(),
-            StagedOutcome {
-                attempt,
-                success: rc == 0,
-                fp: None,
-            },
-        );
-    }
-    if !out.is_empty() {
-        let bundled: Vec<Bundled> = store::read_lines(&bundled_file(layout, stage))?;
-        for j in bundled.iter().flat_map(|b| b.tasks.iter().flatten()) {
-            if let Some(o) = out.get_mut(&j.id) {
-                if o.attempt == j.attempt {
-                    o.fp = Some(j.fp.clone());
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -270,40 +126,6 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 
 fn q(p: &Path) -> String {
     shell_quote(&p.display().to_string()).into_owned()
-}
-
-/// The jobs of a planned stage that `run` would launch now (not reusable successes), with
-/// the attempt number each would get.
-fn launches(layout: &Layout, stage: &str, jobs: &[Arc<PlannedJob>]) -> Result<Vec<Launch>> {
-    let records = store::read_ledger(&layout.ledger(stage))?;
-    let subs: Vec<Submission> = store::read_lines(&layout.submissions(stage))?;
-    let mut last: HashMap<String, u32> = HashMap::new();
-    for r in &records {
-        let a = last.entry(r.id.clone()).or_default();
-        *a = (*a).max(r.attempt);
-    }
-    for j in subs.iter().flat_map(|s| s.tasks.iter().flatten()) {
-        let a = last.entry(j.id.clone()).or_default();
-        *a = (*a).max(j.attempt);
-    }
-    let bundled: Vec<Bundled> = store::read_lines(&bundled_file(layout, stage))?;
-    for j in bundled.iter().flat_map(|b| b.tasks.iter().flatten()) {
-        let a = last.entry(j.id.clone()).or_default();
-        *a = (*a).max(j.attempt);
-    }
-    let latest = store::latest(records);
-    Ok(jobs
-        .iter()
-        .filter(|j| {
-            !latest
-                .get(j.id.as_str())
-                .is_some_and(|r| r.outcome.is_success() && r.fp == j.fp)
-        })
-        .map(|j| Launch {
-            job: Arc::clone(j),
-            attempt: last.get(j.id.as_str()).copied().unwrap_or(0) + 1,
-        })
-        .collect())
 }
 
 /// Writes a bundle.
@@ -389,7 +211,7 @@ pub fn write(
         match static_plan {
             Some((jobs, plan)) => {
                 store::write_jobs(&dir.join("jobs.jsonl"), jobs)?;
-                let launches = launches(layout, name, &plan.all_jobs(jobs)?)?;
+                let launches = StageHistory::load(layout, name)?.launches(&plan.all_jobs(jobs)?);
                 let workers = crate::backend::local_workers(
                     opts.max_parallel.or(plan.settings.max_parallel),
                     jobs.len(),
@@ -603,7 +425,7 @@ pub fn write(
                     // Not `exec`: the driver marks itself done in drivers.jsonl when the run
                     // ends (a cancelled driver is killed before that, with its runner, which
                     // gets the scheduler's SIGTERM too).
-                    let drivers = drivers_file(layout, name);
+                    let drivers = layout.drivers(name);
                     let script = format!(
                         "#!/bin/bash\n# poolparty driver of stage `{name}`: its jobs are known only once what it needs is done.\n{header}\n{cmd}\nrc=$?\nprintf '{{\"job_id\":\"%s\",\"done\":true}}\\n' \"${{{}:-}}\" >> {}\nexit \"$rc\"\n",
                         syntax.job_id_var(),

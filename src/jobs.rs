@@ -1061,6 +1061,18 @@ fn assign_prepared(
     Ok(jobs.finish())
 }
 
+#[cfg(test)]
+impl Jobs {
+    /// Jobs with these ids and `{}` values (for tests).
+    pub(crate) fn with_ids(ids: &[&str]) -> Self {
+        let mut b = JobsBuilder::new(ids.len(), ids.len() * 2);
+        for id in ids {
+            b.push(id, "{}").expect("distinct ids");
+        }
+        b.finish()
+    }
+}
+
 /// The jobs of an element-wise stage: one per upstream job, same id and order.
 #[must_use]
 pub fn for_each(upstream: &Jobs) -> Jobs {

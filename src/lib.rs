@@ -25,6 +25,7 @@ pub(crate) mod process;
 pub(crate) mod query;
 pub(crate) mod quoting;
 pub(crate) mod report;
+pub(crate) mod resume;
 pub(crate) mod runner;
 pub(crate) mod signals;
 pub(crate) mod store;

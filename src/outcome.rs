@@ -97,6 +97,64 @@ impl Outcome {
     }
 }
 
+/// The kind of an [`Outcome`] without its details: one byte, for per-job state that must
+/// stay small ([`crate::store::JobState`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// [`Outcome::Succeeded`].
+    Succeeded,
+    /// [`Outcome::Failed`].
+    Failed,
+    /// [`Outcome::Signaled`].
+    Signaled,
+    /// [`Outcome::ExecFailed`].
+    ExecFailed,
+    /// [`Outcome::TimedOut`].
+    TimedOut,
+    /// [`Outcome::Lost`].
+    Lost,
+    /// [`Outcome::Interrupted`].
+    Interrupted,
+    /// [`Outcome::NotRun`].
+    NotRun,
+    /// [`Outcome::OutputLost`].
+    OutputLost,
+}
+
+impl OutcomeKind {
+    /// The kind of an outcome.
+    #[must_use]
+    pub fn of(o: &Outcome) -> Self {
+        match o {
+            Outcome::Succeeded => Self::Succeeded,
+            Outcome::Failed { .. } => Self::Failed,
+            Outcome::Signaled { .. } => Self::Signaled,
+            Outcome::ExecFailed { .. } => Self::ExecFailed,
+            Outcome::TimedOut => Self::TimedOut,
+            Outcome::Lost => Self::Lost,
+            Outcome::Interrupted => Self::Interrupted,
+            Outcome::NotRun { .. } => Self::NotRun,
+            Outcome::OutputLost { .. } => Self::OutputLost,
+        }
+    }
+
+    /// The `kind` the ledger writes for it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Signaled => "signaled",
+            Self::ExecFailed => "exec_failed",
+            Self::TimedOut => "timed_out",
+            Self::Lost => "lost",
+            Self::Interrupted => "interrupted",
+            Self::NotRun => "not_run",
+            Self::OutputLost => "output_lost",
+        }
+    }
+}
+
 /// A job's result, as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -257,18 +315,23 @@ pub struct Stats {
 impl Stats {
     /// Counts one final outcome.
     pub fn add(&mut self, outcome: Option<&Outcome>) {
+        self.add_kind(outcome.map(OutcomeKind::of));
+    }
+
+    /// Counts one final outcome, by its kind.
+    pub fn add_kind(&mut self, kind: Option<OutcomeKind>) {
         self.total += 1;
-        match outcome {
-            Some(Outcome::Succeeded) => self.succeeded += 1,
-            Some(Outcome::Interrupted) => self.interrupted += 1,
-            Some(Outcome::NotRun { .. }) | None => self.not_run += 1,
+        match kind {
+            Some(OutcomeKind::Succeeded) => self.succeeded += 1,
+            Some(OutcomeKind::Interrupted) => self.interrupted += 1,
+            Some(OutcomeKind::NotRun) | None => self.not_run += 1,
             Some(
-                Outcome::Failed { .. }
-                | Outcome::Signaled { .. }
-                | Outcome::ExecFailed { .. }
-                | Outcome::OutputLost { .. }
-                | Outcome::TimedOut
-                | Outcome::Lost,
+                OutcomeKind::Failed
+                | OutcomeKind::Signaled
+                | OutcomeKind::ExecFailed
+                | OutcomeKind::OutputLost
+                | OutcomeKind::TimedOut
+                | OutcomeKind::Lost,
             ) => self.failed += 1,
         }
     }

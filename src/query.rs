@@ -4,25 +4,26 @@
 //! Reads only the store (jobs and ledger files), never the scheduler, so both work during a
 //! run, after a killed run, after a resumed run and after a detached one.
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::io::Write;
 
 use serde_json::Value;
 
 use crate::cli::ResultsFormat;
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
-use crate::outcome::{JobRecord, Outcome, Stats, Verdict};
-use crate::store::{self, JobLine, Layout};
+use crate::manifest::ResultMode;
+use crate::outcome::{JobRecord, OutcomeKind, ResultValue, StagedOutcome, Stats, Verdict};
+use crate::resume::{ResultSpec, StageHistory};
+use crate::store::{self, JobLine, JobState, Layout, LedgerReader};
 use crate::summary::{FailedJob, RunReport, StageReport};
 
-/// What `results` printed and how it ends.
+/// How `results` ended, besides what it wrote.
 #[derive(Debug)]
 pub struct ResultsOutput {
-    /// The text for stdout.
-    pub stdout: String,
-    /// One line per job without a result, for stderr.
+    /// One line per job without a result (the first [`MISSING_SHOWN`]), for stderr.
     pub missing: Vec<String>,
+    /// How many jobs have no result.
+    pub missing_total: usize,
     /// Notes for stderr (results kept as files).
     pub notes: Vec<String>,
 }
@@ -63,79 +64,169 @@ fn stage_name<'a>(manifest: &'a Manifest, wanted: Option<&'a str>) -> Result<&'a
     }
 }
 
-/// A stage's jobs and the latest record of each.
-type Recorded = (Vec<JobLine>, HashMap<String, JobRecord>);
-
-fn load_stage(layout: &Layout, name: &str, result_max_bytes: u64) -> Result<Option<Recorded>> {
-    let jobs = store::read_jobs(&layout.jobs_file(name))?;
-    let mut latest = store::read_latest(&layout.ledger(name))?;
-    // Outcome files no runner has collected yet (a detached or hand-submitted bundle, or a
-    // killed runner) count too; a later attempt wins.
-    if let Ok(dir) = std::fs::read_dir(layout.staging_dir(name)) {
-        for entry in dir.flatten() {
-            let Ok(text) = std::fs::read_to_string(entry.path()) else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-                continue;
-            };
-            let (Some(index), Some(id), Some(attempt), Some(rc)) = (
-                v["index"].as_u64(),
-                v["id"].as_str(),
-                v["attempt"].as_u64().and_then(|a| u32::try_from(a).ok()),
-                v["rc"].as_i64().and_then(|c| i32::try_from(c).ok()),
-            ) else {
-                continue;
-            };
-            if latest.get(id).is_some_and(|r| r.attempt >= attempt) {
-                continue;
-            }
-            // A large result stays a file: only its size is read.
-            let result =
-                crate::backend::read_result_file(&layout.result_path(name, id), result_max_bytes);
-            latest.insert(
-                id.to_owned(),
-                JobRecord {
-                    index: usize::try_from(index).unwrap_or(usize::MAX),
-                    id: id.to_owned(),
-                    attempt,
-                    outcome: if rc == 0 {
-                        Outcome::Succeeded
-                    } else {
-                        Outcome::Failed { code: rc }
-                    },
-                    start: v["start"].as_f64(),
-                    end: v["end"].as_f64(),
-                    run: "staged".to_owned(),
-                    fp: String::new(),
-                    result,
-                },
-            );
-        }
-    }
-    let jobs = match jobs {
-        Some(jobs) => jobs,
-        None if latest.is_empty() => return Ok(None),
-        // `jobs.jsonl` is gone but outcomes were recorded: the recorded jobs are still known
-        // (without their values), so their outcomes are shown rather than "not started".
-        None => {
-            let mut known: Vec<JobLine> = latest
-                .values()
-                .map(|r| JobLine {
-                    index: r.index,
-                    id: r.id.clone(),
-                    job: serde_json::value::RawValue::from_string("null".to_owned())
-                        .expect("`null` is JSON"),
-                })
-                .collect();
-            known.sort_by_key(|j| j.index);
-            known
-        }
-    };
-    Ok(Some((jobs, latest)))
+/// What is recorded of one job: its latest ledger record, or an outcome file newer than it.
+#[derive(Clone, Copy)]
+enum Latest<'a> {
+    Ledger(&'a JobState),
+    Staged(&'a StagedOutcome),
 }
 
-/// A stage's results in job order.
+impl Latest<'_> {
+    fn kind(self) -> OutcomeKind {
+        match self {
+            Self::Ledger(s) => s.kind,
+            Self::Staged(s) if s.rc == 0 => OutcomeKind::Succeeded,
+            Self::Staged(_) => OutcomeKind::Failed,
+        }
+    }
+
+    fn exit_code(self) -> Option<i32> {
+        match self {
+            Self::Ledger(s) => s.exit_code,
+            Self::Staged(s) => Some(s.rc),
+        }
+    }
+
+    fn succeeded(self) -> bool {
+        self.kind() == OutcomeKind::Succeeded
+    }
+
+    fn span(self) -> Option<(f64, f64)> {
+        match self {
+            Self::Ledger(s) => s.span(),
+            Self::Staged(s) => Some((s.start, s.end)),
+        }
+    }
+}
+
+/// A stage's recorded state, read back: the latest state of each job (small, fixed-size per
+/// job) and a reader that fetches a job's full record or result from the ledger when needed.
+struct Recorded {
+    name: String,
+    history: StageHistory,
+    ledger: LedgerReader,
+    result: ResultSpec,
+}
+
+impl Recorded {
+    /// `None` when the stage has no jobs file and nothing recorded.
+    fn open(layout: &Layout, name: &str, result: ResultSpec) -> Result<Option<Self>> {
+        let history = StageHistory::load(layout, name)?;
+        if !layout.jobs_file(name).exists() && history.states().is_empty() && !history.has_staged()
+        {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            name: name.to_owned(),
+            history,
+            ledger: LedgerReader::open(layout.ledger(name))?,
+            result,
+        }))
+    }
+
+    fn latest(&self, id: &str) -> Option<Latest<'_>> {
+        match self.history.staged(id) {
+            Some(s) => Some(Latest::Staged(&s.outcome)),
+            None => self.history.state(id).map(Latest::Ledger),
+        }
+    }
+
+    /// The job's latest record in full.
+    fn record(&mut self, layout: &Layout, id: &str) -> Result<Option<JobRecord>> {
+        if let Some(s) = self.history.staged(id) {
+            let result = self.staged_result(layout, id);
+            return Ok(Some(s.outcome.record(
+                "staged".to_owned(),
+                String::new(),
+                result,
+            )));
+        }
+        match self.history.state(id) {
+            Some(s) => Ok(Some(self.ledger.read_at(s.offset)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The job's recorded result.
+    fn result(&mut self, layout: &Layout, id: &str) -> Result<Option<ResultValue>> {
+        if self.history.staged(id).is_some() {
+            return Ok(self.staged_result(layout, id));
+        }
+        match self.history.state(id) {
+            Some(s) => self.ledger.result_at(s.offset),
+            None => Ok(None),
+        }
+    }
+
+    /// The result of an outcome no runner collected yet, read as a runner would (a large
+    /// result stays a file: only its size is read), without consuming anything.
+    fn staged_result(&self, layout: &Layout, id: &str) -> Option<ResultValue> {
+        store::read_result(
+            self.result.mode,
+            &layout.result_path(&self.name, id),
+            &layout.log_out(&self.name, id),
+            self.result.max_bytes,
+            false,
+        )
+    }
+
+    /// Calls `f` with each job of the stage in order: from `jobs.jsonl`, or, when it is gone
+    /// but outcomes were recorded, the recorded jobs (without their values), so their
+    /// outcomes are shown rather than "not started".
+    fn for_each_job(
+        &mut self,
+        layout: &Layout,
+        mut f: impl FnMut(&mut Self, JobLine) -> Result<()>,
+    ) -> Result<()> {
+        let path = layout.jobs_file(&self.name);
+        if store::for_each_job(&path, |j| f(self, j))? {
+            return Ok(());
+        }
+        let mut known: Vec<(usize, String)> = self
+            .history
+            .states()
+            .iter()
+            .map(|(id, s)| (s.index, id.to_string()))
+            .collect();
+        known.extend(
+            self.history
+                .staged_all()
+                .iter()
+                .filter(|(id, _)| self.history.state(id).is_none())
+                .map(|(id, s)| (s.outcome.index, id.clone())),
+        );
+        known.sort();
+        for (index, id) in known {
+            let job = JobLine {
+                index,
+                id,
+                job: serde_json::value::RawValue::from_string("null".to_owned())
+                    .expect("`null` is JSON"),
+            };
+            f(self, job)?;
+        }
+        Ok(())
+    }
+}
+
+fn result_spec(manifest: &Manifest, name: &str) -> ResultSpec {
+    manifest.stage(name).map_or(
+        ResultSpec {
+            mode: ResultMode::None,
+            max_bytes: 1 << 20,
+        },
+        |s| ResultSpec {
+            mode: s.settings.result,
+            max_bytes: s.settings.result_max_bytes,
+        },
+    )
+}
+
+/// How many jobs without a result `results` names; the rest are counted.
+pub const MISSING_SHOWN: usize = 50;
+
+/// A stage's results in job order, written to `out` as they are read (one job's result in
+/// memory at a time; a table reads the results twice, once for its columns).
 ///
 /// # Errors
 /// An unknown stage, a stage that never ran, or unreadable state.
@@ -143,146 +234,205 @@ pub fn results(
     manifest: &Manifest,
     layout: &Layout,
     opts: &ResultsOptions,
+    out: &mut dyn Write,
 ) -> Result<ResultsOutput> {
     let name = stage_name(manifest, opts.stage.as_deref())?;
-    let max = manifest
-        .stage(name)
-        .map_or(1 << 20, |s| s.settings.result_max_bytes);
-    let (jobs, latest) = load_stage(layout, name, max)?.ok_or_else(|| Error::Usage {
+    let spec = result_spec(manifest, name);
+    let mut rec = Recorded::open(layout, name, spec)?.ok_or_else(|| Error::Usage {
         message: format!("stage `{name}` has not run yet: there are no results"),
         help: Some("run it first with `poolparty run`".to_owned()),
     })?;
-    let mut out = String::with_capacity(jobs.len() * 24);
-    let mut missing = Vec::new();
-    let mut notes = Vec::new();
-    // (line, record, result text or None)
-    let rows: Vec<(&JobLine, Option<&JobRecord>, Option<String>)> = jobs
-        .iter()
-        .map(|j| {
-            let rec = latest.get(&j.id);
-            let result = rec
-                .and_then(|r| r.result.as_ref())
-                .map(crate::outcome::ResultValue::to_json);
-            (j, rec, result)
-        })
-        .collect();
-    let records_results = manifest
-        .stage(name)
-        .is_some_and(|s| s.settings.result != crate::manifest::ResultMode::None);
-    for (j, rec, result) in &rows {
-        let ok = rec.is_some_and(|r| r.outcome.is_success());
+    let mut summary = ResultsOutput {
+        missing: Vec::new(),
+        missing_total: 0,
+        notes: Vec::new(),
+    };
+    // A stage with `result = "none"` records no results by design.
+    let records_results = spec.mode != ResultMode::None;
+    let columns = match opts.format {
+        ResultsFormat::Csv | ResultsFormat::Tsv => {
+            let mut columns = Columns::default();
+            rec.for_each_job(layout, |rec, j| {
+                if let Some(r) = rec.result(layout, &j.id)? {
+                    if let Ok(v) = crate::jobs::parse_value(&r.to_json()) {
+                        columns.add(&v);
+                    }
+                }
+                Ok(())
+            })?;
+            let header = columns.header(opts);
+            let _ = writeln!(out, "{}", row(&header, opts.format));
+            Some(columns)
+        }
+        ResultsFormat::Json => {
+            let _ = out.write_all(b"[");
+            None
+        }
+        ResultsFormat::Jsonl => None,
+    };
+    let mut n = 0usize;
+    rec.for_each_job(layout, |rec, j| {
+        let latest = rec.latest(&j.id).map(|l| (l.succeeded(), l.kind(), l.exit_code()));
+        let ok = latest.is_some_and(|(s, _, _)| s);
+        let result = rec.result(layout, &j.id)?;
         let who = || {
             let label = crate::summary::job_label(j.job.get())
                 .map_or_else(String::new, |l| format!(" {l}"));
             format!("job {} `{}`{label}", j.index, j.id)
         };
-        match (rec, result) {
-            (Some(r), _) if !ok => missing.push(format!("{}: {}", who(), r.outcome.describe())),
-            (None, _) => missing.push(format!("{}: no outcome recorded", who())),
-            // A stage with `result = "none"` records no results by design.
-            (Some(_), None) if !records_results => {}
-            (Some(_), None) => missing.push(format!("{}: succeeded but wrote no result", who())),
-            _ => {}
+        let missing = match (latest, &result) {
+            (Some(_), _) if !ok => {
+                let describe = if summary.missing.len() < MISSING_SHOWN {
+                    rec.record(layout, &j.id)?
+                        .map_or_else(String::new, |r| r.outcome.describe())
+                } else {
+                    String::new()
+                };
+                Some(describe)
+            }
+            (None, _) => Some("no outcome recorded".to_owned()),
+            (Some(_), None) if !records_results => None,
+            (Some(_), None) => Some("succeeded but wrote no result".to_owned()),
+            _ => None,
+        };
+        if let Some(why) = missing {
+            if summary.missing.len() < MISSING_SHOWN {
+                summary.missing.push(format!("{}: {why}", who()));
+            }
+            summary.missing_total += 1;
         }
-        if let Some(crate::outcome::ResultValue::File { path, bytes }) =
-            rec.and_then(|r| r.result.as_ref())
-        {
-            notes.push(format!(
+        if let Some(ResultValue::File { path, bytes }) = &result {
+            summary.notes.push(format!(
                 "job {} `{}`: result of {bytes} bytes kept as a file: {path}",
                 j.index, j.id
             ));
         }
-    }
-    match opts.format {
-        ResultsFormat::Json => {
-            out.push('[');
-            for (n, (_, rec, result)) in rows.iter().enumerate() {
+        let text = result.as_ref().map(ResultValue::to_json);
+        match opts.format {
+            ResultsFormat::Json => {
                 if n > 0 {
-                    out.push_str(", ");
+                    let _ = out.write_all(b", ");
                 }
-                let ok = rec.is_some_and(|r| r.outcome.is_success());
-                match result {
-                    Some(t) if ok => out.push_str(t),
-                    _ => out.push_str("null"),
+                match &text {
+                    Some(t) if ok => {
+                        let _ = out.write_all(t.as_bytes());
+                    }
+                    _ => {
+                        let _ = out.write_all(b"null");
+                    }
                 }
             }
-            out.push_str("]\n");
-        }
-        ResultsFormat::Jsonl => {
-            for (j, rec, result) in &rows {
-                let code = rec
-                    .and_then(|r| r.outcome.exit_code())
+            ResultsFormat::Jsonl => {
+                let code = latest
+                    .and_then(|(_, _, c)| c)
                     .map_or_else(|| "null".to_owned(), |c| c.to_string());
-                let outcome = rec.map_or("not_run", |r| outcome_kind(&r.outcome));
+                let outcome = latest.map_or("not_run", |(_, k, _)| k.as_str());
                 let _ = write!(
                     out,
                     "{{\"index\":{},\"id\":{},\"outcome\":\"{outcome}\",\"exit_code\":{code},\"result\":{}",
                     j.index,
                     serde_json::to_string(&j.id).expect("string"),
-                    result.as_deref().unwrap_or("null")
+                    text.as_deref().unwrap_or("null")
                 );
                 if opts.with_job {
                     let _ = write!(out, ",\"job\":{}", j.job.get());
                 }
-                out.push_str("}\n");
+                let _ = out.write_all(b"}\n");
+            }
+            ResultsFormat::Csv | ResultsFormat::Tsv => {
+                let columns = columns.as_ref().expect("columns are read first");
+                let value = text
+                    .as_deref()
+                    .and_then(|t| crate::jobs::parse_value(t).ok());
+                let cells = columns.cells(&j, latest.and_then(|(_, _, c)| c), value.as_ref(), opts);
+                let _ = writeln!(out, "{}", row(&cells, opts.format));
             }
         }
-        ResultsFormat::Csv | ResultsFormat::Tsv => table(&rows, opts, &mut out),
-    }
-    Ok(ResultsOutput {
-        stdout: out,
-        missing,
-        notes,
+        n += 1;
+        Ok(())
     })
-}
-
-fn outcome_kind(o: &Outcome) -> &'static str {
-    match o {
-        Outcome::Succeeded => "succeeded",
-        Outcome::Failed { .. } => "failed",
-        Outcome::Signaled { .. } => "signaled",
-        Outcome::ExecFailed { .. } => "exec_failed",
-        Outcome::TimedOut => "timed_out",
-        Outcome::Lost => "lost",
-        Outcome::Interrupted => "interrupted",
-        Outcome::NotRun { .. } => "not_run",
-        Outcome::OutputLost { .. } => "output_lost",
+    ?;
+    if opts.format == ResultsFormat::Json {
+        let _ = out.write_all(b"]\n");
     }
+    Ok(summary)
 }
 
-fn table(
-    rows: &[(&JobLine, Option<&JobRecord>, Option<String>)],
-    opts: &ResultsOptions,
-    out: &mut String,
-) {
-    let tsv = opts.format == ResultsFormat::Tsv;
-    let parsed: Vec<Option<Value>> = rows
-        .iter()
-        .map(|(_, _, r)| r.as_deref().and_then(|t| crate::jobs::parse_value(t).ok()))
-        .collect();
-    let mut keys: Vec<String> = Vec::new();
-    let mut scalar = false;
-    for v in parsed.iter().flatten() {
+/// The columns of a `csv`/`tsv` table: the fields of object results, in order of appearance,
+/// and a `result` column when some result is not an object.
+#[derive(Default)]
+struct Columns {
+    keys: Vec<String>,
+    scalar: bool,
+}
+
+impl Columns {
+    fn add(&mut self, v: &Value) {
         match v {
             Value::Object(m) => {
                 for k in m.keys() {
-                    if !keys.contains(k) {
-                        keys.push(k.clone());
+                    if !self.keys.contains(k) {
+                        self.keys.push(k.clone());
                     }
                 }
             }
-            _ => scalar = true,
+            _ => self.scalar = true,
         }
     }
-    let mut header: Vec<String> = vec!["index".into(), "id".into(), "exit_code".into()];
-    if scalar || keys.is_empty() {
-        header.push("result".into());
+
+    fn whole(&self) -> bool {
+        self.scalar || self.keys.is_empty()
     }
-    // Object fields get a `result.` prefix so they never collide with the fixed columns.
-    header.extend(keys.iter().map(|k| format!("result.{k}")));
-    if opts.with_job {
-        header.push("job".into());
+
+    fn header(&self, opts: &ResultsOptions) -> Vec<String> {
+        let mut header: Vec<String> = vec!["index".into(), "id".into(), "exit_code".into()];
+        if self.whole() {
+            header.push("result".into());
+        }
+        // Object fields get a `result.` prefix so they never collide with the fixed columns.
+        header.extend(self.keys.iter().map(|k| format!("result.{k}")));
+        if opts.with_job {
+            header.push("job".into());
+        }
+        header
     }
+
+    fn cells(
+        &self,
+        j: &JobLine,
+        code: Option<i32>,
+        v: Option<&Value>,
+        opts: &ResultsOptions,
+    ) -> Vec<String> {
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        let mut cells = vec![
+            j.index.to_string(),
+            j.id.clone(),
+            code.map_or_else(String::new, |c| c.to_string()),
+        ];
+        if self.whole() {
+            cells.push(match v {
+                Some(Value::Object(_)) | None => String::new(),
+                Some(other) => text(other),
+            });
+        }
+        for k in &self.keys {
+            cells.push(v.and_then(|v| v.get(k)).map_or_else(String::new, text));
+        }
+        if opts.with_job {
+            cells.push(j.job.get().to_owned());
+        }
+        cells
+    }
+}
+
+/// One table line: cells quoted for csv or escaped for tsv, joined.
+fn row(cells: &[String], format: ResultsFormat) -> String {
+    let tsv = format == ResultsFormat::Tsv;
     let cell = |s: &str| -> String {
         if tsv {
             s.replace('\\', "\\\\")
@@ -296,39 +446,7 @@ fn table(
         }
     };
     let sep = if tsv { "\t" } else { "," };
-    let text = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    };
-    out.push_str(&header.iter().map(|h| cell(h)).collect::<Vec<_>>().join(sep));
-    out.push('\n');
-    for ((j, rec, _), v) in rows.iter().zip(&parsed) {
-        let mut cells = vec![
-            j.index.to_string(),
-            j.id.clone(),
-            rec.and_then(|r| r.outcome.exit_code())
-                .map_or_else(String::new, |c| c.to_string()),
-        ];
-        if scalar || keys.is_empty() {
-            cells.push(match v {
-                Some(Value::Object(_)) | None => String::new(),
-                Some(other) => text(other),
-            });
-        }
-        for k in &keys {
-            cells.push(
-                v.as_ref()
-                    .and_then(|v| v.get(k))
-                    .map_or_else(String::new, text),
-            );
-        }
-        if opts.with_job {
-            cells.push(j.job.get().to_owned());
-        }
-        out.push_str(&cells.iter().map(|c| cell(c)).collect::<Vec<_>>().join(sep));
-        out.push('\n');
-    }
+    cells.iter().map(|c| cell(c)).collect::<Vec<_>>().join(sep)
 }
 
 /// The newest run that started in this state folder, with its start time: the newest
@@ -372,8 +490,8 @@ pub fn status(manifest: &Manifest, layout: &Layout) -> Result<RunReport> {
     let mut all = Vec::new();
     for stage in &manifest.stages {
         let name = stage.name.as_str();
-        let Some((jobs, latest)) = load_stage(layout, name, stage.settings.result_max_bytes)?
-        else {
+        let spec = result_spec(manifest, name);
+        let Some(mut rec) = Recorded::open(layout, name, spec)? else {
             stages.push(StageReport {
                 name: name.to_owned(),
                 backend: stage.settings.backend,
@@ -395,40 +513,48 @@ pub fn status(manifest: &Manifest, layout: &Layout) -> Result<RunReport> {
         let mut stats = Stats::default();
         let mut failed = Vec::new();
         let (mut first, mut last) = (f64::MAX, 0.0f64);
-        for j in &jobs {
-            let rec = latest.get(&j.id);
-            stats.add(rec.map(|r| &r.outcome));
-            if let Some(r) = rec {
-                if let (Some(s), Some(e)) = (r.start, r.end) {
-                    first = first.min(s);
-                    last = last.max(e);
-                }
-                if !r.outcome.is_success() && !matches!(r.outcome, Outcome::NotRun { .. }) {
-                    let out = layout.log_out(name, &j.id);
-                    let err = layout.log_err(name, &j.id);
-                    failed.push(FailedJob {
-                        index: j.index,
-                        id: j.id.clone(),
-                        label: crate::summary::job_label(j.job.get()),
-                        outcome: r.outcome.clone(),
-                        attempts: r.attempt,
-                        exit_code: r.outcome.exit_code(),
-                        stderr_tail: if failed.len() < 20 {
-                            store::tail(&err, 5)
-                        } else {
-                            None
-                        },
-                        stdout_log: out.exists().then_some(out),
-                        stderr_log: err.exists().then_some(err),
-                    });
-                }
+        let mut jobs = 0;
+        rec.for_each_job(layout, |rec, j| {
+            jobs += 1;
+            let Some(latest) = rec.latest(&j.id) else {
+                stats.add_kind(None);
+                return Ok(());
+            };
+            let kind = latest.kind();
+            stats.add_kind(Some(kind));
+            if let Some((s, e)) = latest.span() {
+                first = first.min(s);
+                last = last.max(e);
             }
-        }
+            if kind != OutcomeKind::Succeeded && kind != OutcomeKind::NotRun {
+                let Some(r) = rec.record(layout, &j.id)? else {
+                    return Ok(());
+                };
+                let out = layout.log_out(name, &j.id);
+                let err = layout.log_err(name, &j.id);
+                failed.push(FailedJob {
+                    index: j.index,
+                    id: j.id.clone(),
+                    label: crate::summary::job_label(j.job.get()),
+                    exit_code: r.outcome.exit_code(),
+                    outcome: r.outcome,
+                    attempts: r.attempt,
+                    stderr_tail: if failed.len() < 20 {
+                        store::tail(&err, 5)
+                    } else {
+                        None
+                    },
+                    stdout_log: out.exists().then_some(out),
+                    stderr_log: err.exists().then_some(err),
+                });
+            }
+            Ok(())
+        })?;
         all.push(stats);
         stages.push(StageReport {
             name: name.to_owned(),
             backend: stage.settings.backend,
-            jobs: Some(jobs.len()),
+            jobs: Some(jobs),
             stats,
             reused: 0,
             wall_seconds: (last > 0.0).then_some(last - first),

@@ -12,10 +12,15 @@
 //! <state>/<stage>/results.jsonl  ordered results, written when the stage ends
 //! <state>/<stage>/logs/<id>.out|.err   a job's output (only when it printed something)
 //! <state>/<stage>/results/<id>   $POOLPARTY_RESULT; large results stay here
-//! <state>/<stage>/staging/       outcome files written by cluster job wrappers
+//! <state>/<stage>/staging/<id>.<attempt>.json   outcome files written by job wrappers
+//! <state>/<stage>/submissions.jsonl  arrays submitted (by a runner or a bundle)
+//! <state>/<stage>/bundled.jsonl  local bundle scripts that ran; drivers.jsonl: driver jobs
 //! ```
 //! Small files that change as a whole go through [`atomic_write`]; outcomes are appended to
-//! the ledger, never rewritten.
+//! the ledger, never rewritten, and only through [`Ledger`] (during a run) or [`record`]
+//! (outside one), which keep its durability rules. Readers get each job's latest state as a
+//! small [`JobState`] ([`read_states`]) and fetch a record or result by its offset
+//! ([`LedgerReader`]); a job's result is read from its files by [`read_result`] alone.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -27,7 +32,8 @@ use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 use crate::jobs::Jobs;
-use crate::outcome::JobRecord;
+use crate::manifest::ResultMode;
+use crate::outcome::{JobRecord, OutcomeKind, ResultValue, StagedOutcome};
 
 /// Version of the on-disk formats; readers accept this and older.
 pub const FORMAT_VERSION: u32 = 1;
@@ -115,6 +121,21 @@ impl Layout {
     pub fn submissions(&self, stage: &str) -> PathBuf {
         self.stage_dir(stage).join("submissions.jsonl")
     }
+    /// The outcome file a job's wrapper writes for one attempt (`<id>.<attempt>.json`).
+    #[must_use]
+    pub fn staged_outcome(&self, stage: &str, id: &str, attempt: u32) -> PathBuf {
+        self.staging_dir(stage).join(format!("{id}.{attempt}.json"))
+    }
+    /// The record of a stage's local bundle scripts that `submit.sh` ran.
+    #[must_use]
+    pub fn bundled(&self, stage: &str) -> PathBuf {
+        self.stage_dir(stage).join("bundled.jsonl")
+    }
+    /// The record of a stage's submitted driver jobs.
+    #[must_use]
+    pub fn drivers(&self, stage: &str) -> PathBuf {
+        self.stage_dir(stage).join("drivers.jsonl")
+    }
     /// The last run's summary.
     #[must_use]
     pub fn summary(&self) -> PathBuf {
@@ -175,6 +196,35 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         // A full disk must not also leave the half-written temporary file behind.
         let _ = std::fs::remove_file(&tmp);
         Error::store("write", path, e)
+    })
+}
+
+/// [`atomic_write`] for content written piece by piece (through a buffer) rather than held
+/// whole: `f` writes it to the temporary file.
+///
+/// # Errors
+/// Any I/O error naming the path, or an error from `f` (the temporary file is removed).
+pub fn atomic_write_with(path: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::store("create", dir, e))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let write = || -> Result<()> {
+        let file = File::create(&tmp).map_err(|e| Error::store("write", path, e))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
+        f(&mut w)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| Error::store("write", path, e.into_error()))?;
+        file.sync_data()
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| Error::store("write", path, e))
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
     })
 }
 
@@ -318,7 +368,13 @@ pub fn format_time(t: f64) -> String {
     )
 }
 
-/// An open, append-only ledger.
+/// An open, append-only ledger: the one way records get into a stage's ledger.
+///
+/// Its durability rules: one `write` per record (a killed writer leaves whole lines), a
+/// partial record (a full disk) is cut off again, and the outcome files records were made
+/// from ([`Ledger::append_staged`]) are deleted only by the [`Ledger::sync`] that made those
+/// records durable. During a run the runner syncs at most every 200 ms and at the end;
+/// writers outside a run use [`record`], which syncs once.
 #[derive(Debug)]
 pub struct Ledger {
     file: File,
@@ -328,6 +384,8 @@ pub struct Ledger {
     len: u64,
     /// Device and inode of the open file, to notice the path being deleted or replaced.
     identity: (u64, u64),
+    /// Outcome files whose records are appended but not yet synced.
+    consumed: Vec<PathBuf>,
 }
 
 impl Ledger {
@@ -350,14 +408,16 @@ impl Ledger {
             unsynced: false,
             len: meta.len(),
             identity: identity(&meta),
+            consumed: Vec::new(),
         })
     }
 
-    /// Appends one record with a single `write` (so a killed runner leaves whole lines).
+    /// Appends one record with a single `write` (so a killed runner leaves whole lines);
+    /// returns the byte offset of its line, where [`LedgerReader::read_at`] finds it again.
     ///
     /// # Errors
     /// When the write fails.
-    pub fn append(&mut self, record: &JobRecord) -> Result<()> {
+    pub fn append(&mut self, record: &JobRecord) -> Result<u64> {
         let mut line = serde_json::to_vec(record).expect("a record serializes");
         line.push(b'\n');
         if let Err(e) = self.file.write_all(&line) {
@@ -375,12 +435,31 @@ impl Ledger {
             );
             return Err(Error::store("append to", &self.path, what));
         }
+        let offset = self.len;
         self.len += line.len() as u64;
         self.unsynced = true;
-        Ok(())
+        Ok(offset)
     }
 
-    /// Flushes appended records to stable storage.
+    /// [`Ledger::append`] for a record made from an outcome file, which the next successful
+    /// [`Ledger::sync`] deletes (never before its record is durable).
+    ///
+    /// # Errors
+    /// When the write fails.
+    pub fn append_staged(&mut self, record: &JobRecord, staged: Option<PathBuf>) -> Result<u64> {
+        let offset = self.append(record)?;
+        self.consumed.extend(staged);
+        Ok(offset)
+    }
+
+    /// Outcome files that wait for the next sync to be deleted.
+    #[must_use]
+    pub fn has_consumed(&self) -> bool {
+        !self.consumed.is_empty()
+    }
+
+    /// Flushes appended records to stable storage, then deletes the outcome files they were
+    /// made from.
     ///
     /// # Errors
     /// When fsync fails.
@@ -404,13 +483,293 @@ impl Ledger {
                 .map_err(|e| Error::store("sync", &self.path, e))?;
             self.unsynced = false;
         }
+        for p in self.consumed.drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
         Ok(())
     }
+}
+
+/// Appends records to a stage's ledger outside a run (recovering a dead runner's jobs,
+/// `cancel`, collecting outcome files), syncs them once, then deletes the outcome files they
+/// were made from. Call it holding the workflow lock.
+///
+/// # Errors
+/// When the stage folder or the ledger cannot be written.
+pub fn record(
+    layout: &Layout,
+    stage: &str,
+    records: impl IntoIterator<Item = (JobRecord, Option<PathBuf>)>,
+) -> Result<usize> {
+    let mut ledger: Option<Ledger> = None;
+    let mut n = 0;
+    for (record, staged) in records {
+        if ledger.is_none() {
+            let dir = layout.stage_dir(stage);
+            std::fs::create_dir_all(&dir).map_err(|e| Error::store("create", dir, e))?;
+            ledger = Some(Ledger::open(layout.ledger(stage))?);
+        }
+        let l = ledger.as_mut().expect("opened above");
+        l.append_staged(&record, staged)?;
+        n += 1;
+    }
+    if let Some(mut l) = ledger {
+        l.sync()?;
+    }
+    Ok(n)
+}
+
+/// Reads records back by the offsets [`Ledger::append`] returned and [`JobState::offset`]
+/// holds. Reading in ascending offsets (job order, for a ledger written in job order) stays
+/// within the read buffer.
+#[derive(Debug)]
+pub struct LedgerReader {
+    reader: Option<BufReader<File>>,
+    path: PathBuf,
+    /// Offset of the reader's position.
+    pos: u64,
+    line: Vec<u8>,
+}
+
+impl LedgerReader {
+    /// A reader of a stage's ledger (one that does not exist yet reads nothing).
+    ///
+    /// # Errors
+    /// When it exists but cannot be opened.
+    pub fn open(path: PathBuf) -> Result<Self> {
+        let reader = match File::open(&path) {
+            Ok(f) => Some(BufReader::with_capacity(1 << 16, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::store("read", &path, e)),
+        };
+        Ok(Self {
+            reader,
+            path,
+            pos: 0,
+            line: Vec::new(),
+        })
+    }
+
+    /// The record whose line starts at `offset`, parsed as `T` (a part of a record, such as
+    /// [`RecordResult`], skips the rest).
+    ///
+    /// # Errors
+    /// When the line cannot be read or is not a record.
+    pub fn read_at<T: serde::de::DeserializeOwned>(&mut self, offset: u64) -> Result<T> {
+        use std::io::{Seek, SeekFrom};
+        let path = &self.path;
+        let reader = match self.reader.as_mut() {
+            Some(r) => r,
+            None => {
+                let f = File::open(path).map_err(|e| Error::store("read", path, e))?;
+                self.pos = 0;
+                self.reader.insert(BufReader::with_capacity(1 << 16, f))
+            }
+        };
+        if offset != self.pos {
+            let delta = i64::try_from(offset).unwrap_or(i64::MAX)
+                - i64::try_from(self.pos).unwrap_or(i64::MAX);
+            // Within the buffer when close ahead (or behind); else a real seek.
+            reader
+                .seek_relative(delta)
+                .or_else(|_| reader.seek(SeekFrom::Start(offset)).map(|_| ()))
+                .map_err(|e| Error::store("read", path, e))?;
+        }
+        self.line.clear();
+        let n = reader
+            .read_until(b'\n', &mut self.line)
+            .map_err(|e| Error::store("read", path, e))?;
+        self.pos = offset + n as u64;
+        serde_json::from_slice(&self.line).map_err(|e| {
+            Error::store(
+                "read",
+                path,
+                std::io::Error::other(format!("no record at byte {offset}: {e}")),
+            )
+        })
+    }
+
+    /// The result recorded in the line at `offset`.
+    ///
+    /// # Errors
+    /// As [`LedgerReader::read_at`].
+    pub fn result_at(&mut self, offset: u64) -> Result<Option<ResultValue>> {
+        Ok(self.read_at::<RecordResult>(offset)?.result)
+    }
+}
+
+/// The result of a ledger line, without the rest of the record.
+#[derive(Debug, Deserialize)]
+pub struct RecordResult {
+    /// The job's result.
+    #[serde(default)]
+    pub result: Option<ResultValue>,
+}
+
+/// What the ledger says of one job, in a small fixed record (no strings, no result): its
+/// latest record's outcome kind, exit code, attempt, times and fingerprint, the highest
+/// attempt of any of its records, and where its latest record is, to read the result from
+/// when it is needed. A stage of a million jobs keeps a million of these.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct JobState {
+    /// Byte offset of the latest record's line in the ledger.
+    pub offset: u64,
+    /// The job's index in that record.
+    pub index: usize,
+    /// Start and end of the latest attempt (NaN when not recorded).
+    pub start: f64,
+    /// See `start`.
+    pub end: f64,
+    /// The latest record's outcome.
+    pub kind: OutcomeKind,
+    /// Its exit code ([`crate::outcome::Outcome::exit_code`]).
+    pub exit_code: Option<i32>,
+    /// The latest record's attempt.
+    pub attempt: u32,
+    /// The highest attempt of any record of the job (new attempts are numbered above it).
+    pub max_attempt: u32,
+    /// The latest record's fingerprint, when it has one of the current form.
+    fp: Option<[u8; 16]>,
+}
+
+impl JobState {
+    /// The compact state of a record found at `offset`.
+    #[must_use]
+    pub fn of(r: &JobRecord, offset: u64) -> Self {
+        Self {
+            offset,
+            index: r.index,
+            start: r.start.unwrap_or(f64::NAN),
+            end: r.end.unwrap_or(f64::NAN),
+            kind: OutcomeKind::of(&r.outcome),
+            exit_code: r.outcome.exit_code(),
+            attempt: r.attempt,
+            max_attempt: r.attempt,
+            fp: r.fp.as_bytes().try_into().ok(),
+        }
+    }
+
+    /// Whether the latest record succeeded.
+    #[must_use]
+    pub fn succeeded(&self) -> bool {
+        self.kind == OutcomeKind::Succeeded
+    }
+
+    /// Whether the latest record was made with fingerprint `fp`.
+    #[must_use]
+    pub fn fp_is(&self, fp: &str) -> bool {
+        self.fp.is_some_and(|f| f == fp.as_bytes())
+    }
+
+    /// The start and end, when both are recorded.
+    #[must_use]
+    pub fn span(&self) -> Option<(f64, f64)> {
+        (!self.start.is_nan() && !self.end.is_nan()).then_some((self.start, self.end))
+    }
+}
+
+/// The latest state of every job of a ledger, by job id ([`JobState`]).
+pub type JobStates = HashMap<Box<str>, JobState>;
+
+/// Reads a ledger one record at a time into the [`JobState`] of each job id: the latest
+/// record wins, and the highest attempt is kept too.
+///
+/// # Errors
+/// As [`read_ledger`].
+pub fn read_states(path: &Path) -> Result<JobStates> {
+    let mut map: JobStates = HashMap::new();
+    for_each_record_at(path, |r: JobRecord, offset| {
+        let mut st = JobState::of(&r, offset);
+        match map.get_mut(r.id.as_str()) {
+            Some(slot) => {
+                st.max_attempt = st.max_attempt.max(slot.max_attempt);
+                *slot = st;
+            }
+            None => {
+                map.insert(r.id.into_boxed_str(), st);
+            }
+        }
+    })?;
+    Ok(map)
 }
 
 fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
     (meta.dev(), meta.ino())
+}
+
+/// Reads a job's result as its stage's `result` setting says: the one place a recorded
+/// result is read from disk (the local backend's `stdout` results are captured from the pipe
+/// instead).
+/// - `file`: `$POOLPARTY_RESULT`. With `consume` (its value goes into a record), the file is
+///   removed once read; one larger than `max` is never read: it stays, and the result points
+///   to it.
+/// - `stdout`: the job's stdout log, never removed (it is the job's log too); a job that
+///   printed nothing has the empty text as its result.
+/// - `none`: no result.
+#[must_use]
+pub fn read_result(
+    mode: ResultMode,
+    result_file: &Path,
+    stdout_log: &Path,
+    max: u64,
+    consume: bool,
+) -> Option<ResultValue> {
+    match mode {
+        ResultMode::None => None,
+        ResultMode::File => {
+            let value = read_result_bytes(result_file, max)?;
+            if consume && !matches!(value, ResultValue::File { .. }) {
+                let _ = std::fs::remove_file(result_file);
+            }
+            Some(value)
+        }
+        ResultMode::Stdout => {
+            read_result_bytes(stdout_log, max).or_else(|| Some(ResultValue::Text(String::new())))
+        }
+    }
+}
+
+/// A result file's value, or a pointer to it when it is larger than `max`.
+fn read_result_bytes(path: &Path, max: u64) -> Option<ResultValue> {
+    use std::io::Read;
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    if len > max {
+        return Some(ResultValue::File {
+            path: path.display().to_string(),
+            bytes: len,
+        });
+    }
+    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    f.read_to_end(&mut buf).ok()?;
+    Some(ResultValue::from_bytes(buf))
+}
+
+/// The outcome files waiting in a stage's staging folder (one `read_dir`), with their paths.
+/// Anything that is not a whole outcome file (a temporary file, a foreign file) is skipped.
+#[must_use]
+pub fn read_staged(staging_dir: &Path) -> Vec<(PathBuf, StagedOutcome)> {
+    let Ok(dir) = std::fs::read_dir(staging_dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        let path = entry.path();
+        let Some(staged) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| StagedOutcome::parse(&t))
+        else {
+            continue;
+        };
+        out.push((path, staged));
+    }
+    out
 }
 
 /// Appends lines to a file and syncs it (small durable logs such as `submissions.jsonl`).
@@ -458,52 +817,6 @@ pub fn read_ledger(path: &Path) -> Result<Vec<JobRecord>> {
     read_records(path)
 }
 
-/// The latest record of each job id in a ledger, read one line at a time so that only one
-/// record per job is ever held (the ledger of a million jobs is ~250 MB).
-///
-/// # Errors
-/// As [`read_ledger`].
-pub fn read_latest(path: &Path) -> Result<HashMap<String, JobRecord>> {
-    let mut map: HashMap<String, JobRecord> = HashMap::new();
-    for_each_record(path, |r: JobRecord| match map.get_mut(r.id.as_str()) {
-        Some(slot) => *slot = r,
-        None => {
-            map.insert(r.id.clone(), r);
-        }
-    })?;
-    Ok(map)
-}
-
-/// [`read_latest`], and the highest attempt of each job whose latest record is not its
-/// highest attempt (a job recorded as not run after it ran, for one): attempt numbers of
-/// new attempts go above both.
-///
-/// # Errors
-/// As [`read_ledger`].
-pub fn read_latest_with_max_attempt(
-    path: &Path,
-) -> Result<(HashMap<String, JobRecord>, HashMap<String, u32>)> {
-    let mut map: HashMap<String, JobRecord> = HashMap::new();
-    let mut higher: HashMap<String, u32> = HashMap::new();
-    for_each_record(path, |r: JobRecord| match map.get_mut(r.id.as_str()) {
-        Some(slot) => {
-            let max = slot
-                .attempt
-                .max(higher.get(r.id.as_str()).copied().unwrap_or(0));
-            if max > r.attempt {
-                higher.insert(r.id.clone(), max);
-            } else {
-                higher.remove(r.id.as_str());
-            }
-            *slot = r;
-        }
-        None => {
-            map.insert(r.id.clone(), r);
-        }
-    })?;
-    Ok((map, higher))
-}
-
 fn read_records<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     let mut out = Vec::new();
     for_each_record(path, |r| out.push(r))?;
@@ -514,6 +827,14 @@ fn for_each_record<T: serde::de::DeserializeOwned>(
     path: &Path,
     mut f: impl FnMut(T),
 ) -> Result<()> {
+    for_each_record_at(path, |r, _| f(r))
+}
+
+/// Calls `f` with each record of a JSON Lines state file and the byte offset of its line.
+fn for_each_record_at<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    mut f: impl FnMut(T, u64),
+) -> Result<()> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -522,6 +843,7 @@ fn for_each_record<T: serde::de::DeserializeOwned>(
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut buf = Vec::new();
     let mut n = 0;
+    let mut offset = 0u64;
     loop {
         buf.clear();
         let read = reader
@@ -530,6 +852,8 @@ fn for_each_record<T: serde::de::DeserializeOwned>(
         if read == 0 {
             break;
         }
+        let at = offset;
+        offset += read as u64;
         n += 1;
         let complete = buf.last() == Some(&b'\n');
         let nul = buf.contains(&0);
@@ -540,7 +864,7 @@ fn for_each_record<T: serde::de::DeserializeOwned>(
             return Err(corrupt(path, n, "NUL bytes instead of a record".to_owned()));
         }
         match serde_json::from_slice::<T>(&buf) {
-            Ok(r) => f(r),
+            Ok(r) => f(r, at),
             Err(_) if !complete => {}
             Err(e) => return Err(corrupt(path, n, e.to_string())),
         }
@@ -595,16 +919,6 @@ pub fn set_aside_if_corrupt(path: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(to))
 }
 
-/// The last record of each job id.
-#[must_use]
-pub fn latest(records: Vec<JobRecord>) -> HashMap<String, JobRecord> {
-    let mut map: HashMap<String, JobRecord> = HashMap::with_capacity(records.len());
-    for r in records {
-        map.insert(r.id.clone(), r);
-    }
-    map
-}
-
 /// One line of `jobs.jsonl`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JobLine {
@@ -656,6 +970,39 @@ pub fn read_jobs(path: &Path) -> Result<Option<Vec<JobLine>>> {
         out.push(job);
     }
     Ok(Some(out))
+}
+
+/// Calls `f` with each line of a stage's `jobs.jsonl`, in order, one at a time (nothing of
+/// the file is held); `false` when the stage was never expanded.
+///
+/// # Errors
+/// On I/O failure, a corrupt line, or an error from `f`.
+pub fn for_each_job(path: &Path, mut f: impl FnMut(JobLine) -> Result<()>) -> Result<bool> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::store("read", path, e)),
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut line = String::new();
+    let mut n = 0;
+    loop {
+        line.clear();
+        let read = reader
+            .read_line(&mut line)
+            .map_err(|e| Error::store("read", path, e))?;
+        if read == 0 {
+            break;
+        }
+        n += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let job: JobLine =
+            serde_json::from_str(&line).map_err(|e| corrupt(path, n, e.to_string()))?;
+        f(job)?;
+    }
+    Ok(true)
 }
 
 /// The last `n` lines of a file, if it exists and is not empty.
@@ -873,8 +1220,13 @@ mod tests {
             .unwrap();
         let recs = read_ledger(&path).unwrap();
         assert_eq!(recs.len(), 2);
-        let last = latest(recs);
+        let last = read_states(&path).unwrap();
         assert_eq!(last["a"].attempt, 2);
+        assert!(last["a"].succeeded());
+        // The latest record is found again by its offset.
+        let mut reader = LedgerReader::open(path.clone()).unwrap();
+        let r: JobRecord = reader.read_at(last["a"].offset).unwrap();
+        assert_eq!((r.id.as_str(), r.attempt), ("a", 2));
     }
 
     #[test]
@@ -1034,6 +1386,57 @@ mod tests {
             l => panic!("{l:?}"),
         }
         assert!(read_live(&dir.path().join("none")).unwrap().is_none());
+    }
+
+    #[test]
+    fn results_are_read_as_the_stage_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("result");
+        let log = dir.path().join("a.out");
+        std::fs::write(&file, "[1, 2]").unwrap();
+        std::fs::write(&log, "text\n").unwrap();
+        // `none` reads nothing; peeking keeps the file; consuming removes it.
+        assert!(read_result(ResultMode::None, &file, &log, 100, true).is_none());
+        let peek = read_result(ResultMode::File, &file, &log, 100, false).unwrap();
+        assert_eq!(peek.to_json(), "[1, 2]");
+        assert!(file.exists());
+        read_result(ResultMode::File, &file, &log, 100, true).unwrap();
+        assert!(!file.exists());
+        // A result larger than the limit stays where it is and is pointed to.
+        std::fs::write(&file, "x".repeat(200)).unwrap();
+        let large = read_result(ResultMode::File, &file, &log, 100, true).unwrap();
+        assert!(matches!(large, ResultValue::File { bytes: 200, .. }));
+        assert!(file.exists());
+        // `stdout` reads the log and never removes it; no log is the empty text.
+        let out = read_result(ResultMode::Stdout, &file, &log, 100, true).unwrap();
+        assert_eq!(out.to_json(), "\"text\\n\"");
+        assert!(log.exists());
+        let none = dir.path().join("b.out");
+        let empty = read_result(ResultMode::Stdout, &file, &none, 100, true).unwrap();
+        assert_eq!(empty.to_json(), "\"\"");
+    }
+
+    #[test]
+    fn outcome_files_go_only_with_the_sync_of_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let staged = dir.path().join("a.1.json");
+        std::fs::write(&staged, "{}").unwrap();
+        let mut l = Ledger::open(path.clone()).unwrap();
+        let first = l.append(&rec("x", 1, Outcome::Failed { code: 1 })).unwrap();
+        let second = l
+            .append_staged(&rec("a", 1, Outcome::Succeeded), Some(staged.clone()))
+            .unwrap();
+        assert_eq!(first, 0);
+        assert!(second > first);
+        assert!(staged.exists() && l.has_consumed());
+        l.sync().unwrap();
+        assert!(!staged.exists() && !l.has_consumed());
+        let mut reader = LedgerReader::open(path).unwrap();
+        let r: JobRecord = reader.read_at(second).unwrap();
+        assert_eq!(r.id, "a");
+        let r: JobRecord = reader.read_at(first).unwrap();
+        assert_eq!(r.id, "x");
     }
 
     #[test]

@@ -18,10 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::syntax::{ArrayScript, Syntax};
-use super::{
-    Backend, CancelMode, Event, Launch, StageSpec, Uncancelled, packing, read_result_file,
-    take_result_file,
-};
+use super::{Backend, CancelMode, Event, Launch, StageSpec, Uncancelled, packing};
 use crate::error::{Error, Result};
 use crate::outcome::StagedOutcome;
 use crate::outcome::{JobRecord, Outcome};
@@ -654,19 +651,13 @@ impl ClusterBackend {
                 }
                 self.measured.insert(staged.id.clone(), d);
             }
-            let result = match self.spec.settings.result {
-                crate::manifest::ResultMode::None => None,
-                crate::manifest::ResultMode::File => take_result_file(
-                    &self.spec.results_dir.join(t.launch.job.id.as_str()),
-                    self.spec.settings.result_max_bytes,
-                ),
-                // The stdout log stays: it is the job's log as well as its result.
-                crate::manifest::ResultMode::Stdout => read_result_file(
-                    &self.spec.logs_dir.join(format!("{}.out", t.launch.job.id)),
-                    self.spec.settings.result_max_bytes,
-                )
-                .or_else(|| Some(crate::outcome::ResultValue::Text(String::new()))),
-            };
+            let result = crate::store::read_result(
+                self.spec.settings.result,
+                &self.spec.results_dir.join(t.launch.job.id.as_str()),
+                &self.spec.logs_dir.join(format!("{}.out", t.launch.job.id)),
+                self.spec.settings.result_max_bytes,
+                true,
+            );
             let record = staged.record(self.spec.run.clone(), t.launch.job.fp.clone(), result);
             let _ = self.events.send(Event::Finished {
                 stage: self.spec.stage,

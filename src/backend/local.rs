@@ -27,7 +27,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use super::syntax::Syntax;
-use super::{Backend, CancelMode, Event, Launch, StageSpec, take_result_file};
+use super::{Backend, CancelMode, Event, Launch, StageSpec};
 use crate::error::Result;
 use crate::manifest::{ResultMode, WallTime};
 use crate::outcome::{JobRecord, Outcome, ResultValue};
@@ -540,7 +540,13 @@ fn run_one(shared: &Shared, launch: &Launch, scratch: &mut Scratch) -> JobRecord
                 ResultValue::from_bytes(c.kept)
             }
         }),
-        ResultMode::File => take_result_file(&result_path, spec.settings.result_max_bytes),
+        ResultMode::File => crate::store::read_result(
+            ResultMode::File,
+            &result_path,
+            &result_path,
+            spec.settings.result_max_bytes,
+            true,
+        ),
     };
     record(outcome, result)
 }

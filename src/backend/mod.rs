@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::manifest::{BackendKind, Settings};
-use crate::outcome::{JobRecord, Outcome, ResultValue};
+use crate::outcome::{JobRecord, Outcome};
 use crate::plan::{PlannedJob, StagePlan};
 
 /// What a backend (or the signal handler) tells the runner.
@@ -335,31 +335,6 @@ pub fn cancel_arrays(scheduler: &str, job_ids: &[String]) -> Result<()> {
         message: "cancelling failed".into(),
         detail: Some(e.message),
     })
-}
-
-/// Reads and removes a small result file; leaves a large one in place and points to it.
-pub(crate) fn take_result_file(path: &std::path::Path, max: u64) -> Option<ResultValue> {
-    let value = read_result_file(path, max)?;
-    if !matches!(value, ResultValue::File { .. }) {
-        let _ = std::fs::remove_file(path);
-    }
-    Some(value)
-}
-
-/// Reads a result file, or points to it when it is larger than `max`.
-pub(crate) fn read_result_file(path: &std::path::Path, max: u64) -> Option<ResultValue> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    if len > max {
-        return Some(ResultValue::File {
-            path: path.display().to_string(),
-            bytes: len,
-        });
-    }
-    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    f.read_to_end(&mut buf).ok()?;
-    Some(ResultValue::from_bytes(buf))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::cli::GlobalArgs;
 use crate::error::{self, EXIT_SUCCESS, Error, Result};
 use crate::manifest::Manifest;
+use crate::resume::StageHistory;
 use crate::store::{self, Layout};
 use crate::{backend, bundle, outcome, runner};
 
@@ -24,7 +25,7 @@ pub(crate) fn run(manifest: Option<&Path>, g: &GlobalArgs) -> Result<u8> {
 /// ended (first, so none starts) and the arrays recorded in `submissions.jsonl` that have
 /// jobs without an outcome, and records those jobs as interrupted.
 fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
-    use std::collections::{BTreeMap, HashSet};
+    use std::collections::BTreeMap;
     let (lock, stopped_runner) = stop_live_runner(layout)?;
     let recovered = runner::recover(layout)?;
     if let Some(r) = &recovered {
@@ -51,39 +52,18 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
     let mut open_jobs = 0;
     for stage in &m.stages {
         let name = stage.name.as_str();
-        let subs: Vec<backend::cluster::Submission> = store::read_lines(&layout.submissions(name))?;
-        if subs.is_empty() {
+        if !layout.submissions(name).exists() {
             continue;
         }
-        let records = store::read_ledger(&layout.ledger(name))?;
-        let recorded: HashSet<(String, u32)> =
-            records.iter().map(|r| (r.id.clone(), r.attempt)).collect();
-        let mut ledger = store::Ledger::open(layout.ledger(name))?;
-        for s in subs {
-            let open: Vec<&backend::cluster::SubmittedJob> = s
-                .tasks
-                .iter()
-                .flatten()
-                .filter(|j| !recorded.contains(&(j.id.clone(), j.attempt)))
-                // An outcome file waiting in staging means the job ended: the next run
-                // collects it.
-                .filter(|j| {
-                    !layout
-                        .staging_dir(name)
-                        .join(format!("{}.{}.json", j.id, j.attempt))
-                        .exists()
-                })
-                .collect();
-            if open.is_empty() {
-                continue;
-            }
+        let history = StageHistory::load(layout, name)?;
+        let mut records = Vec::new();
+        for (s, open) in history.unfinished(layout, name) {
             by_scheduler
                 .entry(s.scheduler.clone())
                 .or_default()
                 .push(s.job_id.clone());
             for j in open {
-                open_jobs += 1;
-                ledger.append(&outcome::JobRecord {
+                let record = outcome::JobRecord {
                     index: j.index,
                     id: j.id.clone(),
                     attempt: j.attempt,
@@ -93,10 +73,11 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
                     run: run.clone(),
                     fp: String::new(),
                     result: None,
-                })?;
+                };
+                records.push((record, None));
             }
         }
-        ledger.sync()?;
+        open_jobs += store::record(layout, name, records)?;
     }
     for (scheduler, ids) in &by_scheduler {
         backend::cancel_arrays(scheduler, ids)?;

@@ -8,10 +8,11 @@ use crate::error::{self, EXIT_SUCCESS, Error, Result};
 use crate::graph::StageGraph;
 use crate::jobs::Jobs;
 use crate::manifest::{self, JobSource, Manifest};
+use crate::resume::StageHistory;
 use crate::runner::Prepared;
 use crate::store::{self, Layout};
 use crate::summary::Verbosity;
-use crate::{bundle, plan, report};
+use crate::{plan, report};
 
 use super::Ctx;
 
@@ -67,30 +68,8 @@ fn resume_counts(
     jobs: &Jobs,
     p: &plan::StagePlan,
 ) -> Result<(usize, usize, usize, usize)> {
-    let latest = store::read_latest(&layout.ledger(name))?;
-    let staged = bundle::staged_outcomes(layout, name)?;
-    let (mut new, mut changed, mut failed, mut done) = (0, 0, 0, 0);
-    for (j, fp) in jobs.iter().zip(&p.fps) {
-        let rec = latest.get(j.id);
-        // An outcome waiting in the staging folder (from a bundle, or a killed runner) is
-        // newer than the ledger: `run` collects it instead of running the job.
-        let staged = staged
-            .get(j.id)
-            .filter(|s| rec.is_none_or(|r| s.attempt > r.attempt));
-        // (succeeded, with the job's current fingerprint)
-        let state = match (staged, rec) {
-            (Some(s), _) => Some((s.success, s.fp.as_deref().is_none_or(|f| fp == f))),
-            (None, Some(r)) => Some((r.outcome.is_success(), fp == r.fp.as_str())),
-            (None, None) => None,
-        };
-        match state {
-            None => new += 1,
-            Some((true, true)) => done += 1,
-            Some((true, false)) => changed += 1,
-            Some((false, _)) => failed += 1,
-        }
-    }
-    Ok((new, changed, failed, done))
+    let c = StageHistory::load(layout, name)?.counts(jobs, &p.fps);
+    Ok((c.new, c.changed, c.failed, c.done))
 }
 
 /// How `bundle = "auto"` would pack a cluster stage's jobs that would run: by the durations
@@ -110,16 +89,15 @@ fn auto_bundling(
     if kind == manifest::BackendKind::Local {
         return Ok(None);
     }
-    let records = store::read_ledger(&layout.ledger(name))?;
-    let known = packing::recorded_durations(&records);
-    let latest = store::latest(records);
+    let known = packing::recorded_durations(&store::read_ledger(&layout.ledger(name))?);
+    let history = StageHistory::load(layout, name)?;
     let ids: Vec<&str> = jobs
         .iter()
         .zip(&p.fps)
         .filter(|(j, fp)| {
-            latest
-                .get(j.id)
-                .is_none_or(|r| !r.outcome.is_success() || **fp != *r.fp.as_str())
+            history
+                .state(j.id)
+                .is_none_or(|r| !r.succeeded() || !r.fp_is(fp.as_str()))
         })
         .map(|(j, _)| j.id)
         .collect();

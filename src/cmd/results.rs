@@ -19,26 +19,34 @@ pub(crate) fn run(
     stdout: &mut impl Write,
 ) -> Result<u8> {
     let (m, _, layout) = super::load(manifest, g)?;
-    let out = query::results(&m, &layout, &options)?;
-    let _ = stdout.write_all(out.stdout.as_bytes());
+    let out = {
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 16, &mut *stdout);
+        let out = query::results(&m, &layout, &options, &mut buffered)?;
+        let _ = buffered.flush();
+        out
+    };
     let mut err = std::io::stderr().lock();
     for n in &out.notes {
         let _ = writeln!(err, "poolparty: {n}");
     }
-    if out.missing.is_empty() {
+    if out.missing_total == 0 {
         return Ok(EXIT_SUCCESS);
     }
     if !g.quiet {
         let _ = writeln!(
             err,
             "poolparty: {} without a result:",
-            error::count(out.missing.len(), "job")
+            error::count(out.missing_total, "job")
         );
-        for line in out.missing.iter().take(50) {
+        for line in &out.missing {
             let _ = writeln!(err, "  {line}");
         }
-        if out.missing.len() > 50 {
-            let _ = writeln!(err, "  … and {} more", out.missing.len() - 50);
+        if out.missing_total > out.missing.len() {
+            let _ = writeln!(
+                err,
+                "  … and {} more",
+                out.missing_total - out.missing.len()
+            );
         }
     }
     Ok(if allow_missing {

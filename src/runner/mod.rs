@@ -1,0 +1,1031 @@
+//! The runner drives a run: it starts each stage when what it needs is done, hands planned jobs
+//! to the stage's backend, and is the one consumer of the backends' [`Event`]s. For each event
+//! it alone appends the record to the store's ledger (durable first), retries or finalizes the
+//! job, feeds element-wise stages, and only then tells the reporter.
+//!
+//! Reads `plan`, `graph`, `store`, `backend` and `summary`; those never call each other.
+//!
+//! By role, as nextest splits executor, dispatcher and reporter: this file is the drive loop
+//! and event handling; [`stage`] holds each stage's phase, whose variants own the data that
+//! exists in them; [`outputs`] writes a stage's results and outcomes files and the run report;
+//! [`recover`] cleans up after a runner that died, and starts the watchdog.
+
+mod outputs;
+mod recover;
+mod stage;
+
+pub use outputs::write_report;
+pub use recover::{recover, watchdog};
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::backend::{self, Adopt, CancelMode, Event, Launch, StageSpec};
+use crate::error::{Error, Result};
+use crate::graph::StageGraph;
+use crate::jobs::{self, Job, Jobs};
+use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure};
+use crate::outcome::{JobRecord, Outcome};
+use crate::plan::{self, StagePlan, Upstream, UpstreamStage};
+use crate::resume::{self, Collect, Decision, Policy, ResultSpec, StageHistory};
+use crate::signals::Signals;
+use crate::store::{self, Layout, Ledger, LedgerReader};
+use crate::summary::{FailedJob, Reporter, RunReport, StageReport};
+
+use recover::start_watchdog;
+use stage::{Ended, JobSlot, Phase, Running, StageJobs};
+
+/// Choices that come from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Overrides every stage's backend.
+    pub backend: Option<BackendKind>,
+    /// Overrides every stage's `max_parallel`.
+    pub max_parallel: Option<u32>,
+    /// Rerun jobs that already succeeded.
+    pub force: bool,
+    /// Keep every recorded success, even with a changed fingerprint.
+    pub retry_failed: bool,
+    /// Stages taken as recorded (indices): their submitted tasks are adopted and waited for
+    /// and their recorded outcomes count, but none of their jobs is launched or retried. A
+    /// detached run's driver job runs its stage this way, so the stage sees its needs as an
+    /// attached run would have left them.
+    pub recorded: Vec<usize>,
+}
+
+/// A stage's jobs, expanded before the run started (for validation), if they could be.
+pub type Prepared = Vec<Option<(Jobs, StagePlan)>>;
+
+/// How many failed jobs get their stderr tail read for the summary.
+const TAILS_SHOWN: usize = 20;
+
+/// One run of a manifest.
+pub struct Runner<'a> {
+    manifest: &'a Manifest,
+    graph: &'a StageGraph,
+    layout: Layout,
+    run_id: String,
+    opts: RunOptions,
+    /// Each stage's phase, by stage index.
+    states: Vec<Phase>,
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+    reporter: &'a mut Reporter,
+    signals: &'a Signals,
+    interrupted: bool,
+    last_sync: Instant,
+    started: f64,
+    /// Arrays an interrupt could not cancel (their jobs may still run), per stage.
+    uncancelled: Vec<(usize, backend::Uncancelled)>,
+    live: Option<Arc<store::LiveGroups>>,
+}
+
+impl<'a> Runner<'a> {
+    /// Prepares a run of the `selected` stages.
+    #[must_use]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the run's inputs, each borrowed for the run's lifetime"
+    )]
+    pub fn new(
+        manifest: &'a Manifest,
+        graph: &'a StageGraph,
+        layout: Layout,
+        run_id: String,
+        opts: RunOptions,
+        selected: &[bool],
+        reporter: &'a mut Reporter,
+        signals: &'a Signals,
+    ) -> Self {
+        let (tx, rx) = channel();
+        let states = selected
+            .iter()
+            .map(|&s| if s { Phase::Waiting } else { Phase::Unselected })
+            .collect();
+        Self {
+            manifest,
+            graph,
+            layout,
+            run_id,
+            opts,
+            states,
+            tx,
+            rx,
+            reporter,
+            signals,
+            interrupted: false,
+            last_sync: Instant::now(),
+            started: store::now(),
+            uncancelled: Vec::new(),
+            live: None,
+        }
+    }
+
+    /// Runs until every selected stage is done, skipped or interrupted.
+    ///
+    /// # Errors
+    /// Only errors that make the state untrustworthy (the ledger cannot be written) or a
+    /// backend failure; job failures are outcomes, not errors.
+    pub fn run(mut self, mut prepared: Prepared) -> Result<RunReport> {
+        let tx = Mutex::new(self.tx.clone());
+        let subscription = self.signals.subscribe(move |signal, count| {
+            let _ = tx
+                .lock()
+                .expect("signal sender")
+                .send(Event::Signal { signal, count });
+        });
+        // A signal that arrived while the run was being prepared counts too.
+        if self.signals.count() > 0 {
+            let (signal, count) = (self.signals.last().unwrap_or(2), self.signals.count());
+            self.tx
+                .send(Event::Signal { signal, count })
+                .expect("the runner holds the receiver");
+        }
+        let header = store::LiveLine::Runner {
+            run: self.run_id.clone(),
+            host: store::hostname(),
+            boot: crate::process::boot_id(),
+        };
+        self.live = Some(Arc::new(store::LiveGroups::create(
+            self.layout.live_file(),
+            &header,
+        )?));
+        // A runner killed outright takes its jobs along through this process.
+        let watchdog = start_watchdog(&self.layout.live_file());
+        let result = self.drive(&mut prepared);
+        // Stop whatever still runs if we leave on an error, and say so: those jobs get no
+        // record (the state cannot be trusted to take one) and run again next time.
+        if result.is_err() {
+            for (i, phase) in self.states.iter_mut().enumerate() {
+                if let Some(r) = phase.running() {
+                    r.backend.cancel(CancelMode::Kill);
+                    if r.in_flight > 0 {
+                        self.reporter.message(&format!(
+                            "stage `{}`: stopped {} that had not ended; not recorded, {} again next time",
+                            self.manifest.stages[i].name,
+                            crate::error::count(r.in_flight, "job"),
+                            if r.in_flight == 1 { "it runs" } else { "they run" }
+                        ));
+                    }
+                }
+            }
+        }
+        let mut synced = Ok(());
+        for phase in &mut self.states {
+            if let Some(r) = phase.running() {
+                if let Err(e) = r.ledger.sync() {
+                    synced = synced.and(Err(e));
+                }
+            }
+            // Only a run that stops on an error leaves stages running: their backends go.
+            if let Phase::Running(_) = phase {
+                *phase = Phase::Skipped("the run stopped on an error".to_owned());
+            }
+        }
+        // Dropping a backend reaps every job it started (on an error they were killed just
+        // above), so nothing is left for the watchdog or a later command to stop, even when
+        // the run ends in an error.
+        if let Some(live) = self.live.take() {
+            let _ = std::fs::remove_file(live.path());
+        }
+        if let Some((mut child, write)) = watchdog {
+            drop(write);
+            let _ = child.wait();
+        }
+        drop(subscription);
+        result?;
+        synced?;
+        if !self.uncancelled.is_empty() {
+            return Err(self.uncancelled_error());
+        }
+        Ok(self.report())
+    }
+
+    /// The run's report, from the stages' phases.
+    fn report(&self) -> RunReport {
+        let stages: Vec<StageReport> = (0..self.states.len())
+            .filter(|&i| !matches!(self.states[i], Phase::Unselected))
+            .map(|i| self.stage_report(i))
+            .collect();
+        outputs::run_report(
+            self.manifest,
+            &self.layout,
+            &self.run_id,
+            self.started,
+            self.interrupted,
+            stages,
+        )
+    }
+
+    fn stage_report(&self, i: usize) -> StageReport {
+        let stage = &self.manifest.stages[i];
+        outputs::stage_report(
+            &self.layout,
+            stage.name.as_str(),
+            self.opts.backend.unwrap_or(stage.settings.backend),
+            &self.states[i],
+        )
+    }
+
+    /// The error for arrays that an interrupt could not cancel: which, why, and how to
+    /// cancel them later.
+    fn uncancelled_error(&self) -> crate::error::Error {
+        let mut ids = Vec::new();
+        let mut lines = Vec::new();
+        let mut backend = "cluster";
+        for (i, u) in &self.uncancelled {
+            backend = u.scheduler;
+            lines.push(format!(
+                "stage `{}`: {} {} ({}): {}",
+                self.manifest.stages[*i].name,
+                u.scheduler,
+                if u.job_ids.len() == 1 {
+                    "array"
+                } else {
+                    "arrays"
+                },
+                u.job_ids.join(", "),
+                u.error
+            ));
+            ids.extend(u.job_ids.iter().cloned());
+        }
+        let jobs: usize = self.uncancelled.iter().map(|(_, u)| u.launches.len()).sum();
+        let command = crate::backend::scheduler_named(backend)
+            .map_or("scancel", |s| s.syntax.cancel_command());
+        crate::error::Error::Backend {
+            backend,
+            message: format!(
+                "the run was interrupted but cancelling failed: {} may still be running on the cluster and {} no recorded outcome",
+                crate::error::count(ids.len(), "array"),
+                if jobs == 1 { "its job has".to_owned() } else { format!("their {jobs} jobs have") }
+            ),
+            detail: Some(format!(
+                "{}
+cancel them with `poolparty cancel {}` once the scheduler answers (or `{command} {}`); until then `poolparty run` adopts them",
+                lines.join("\n"),
+                self.manifest.path.display(),
+                ids.join(" ")
+            )),
+        }
+    }
+
+    fn drive(&mut self, prepared: &mut Prepared) -> Result<()> {
+        outputs::write_provenance(self.manifest, &self.layout, &self.run_id, self.started)?;
+        loop {
+            if !self.interrupted {
+                self.start_ready(prepared)?;
+                self.submit_queued()?;
+            }
+            // A stage that just ended may let others start: go round again at once rather
+            // than waiting for the next event or poll.
+            if self.finish_done_stages()? && !self.interrupted {
+                continue;
+            }
+            if self
+                .states
+                .iter()
+                .all(|s| !matches!(s, Phase::Waiting | Phase::Running(_)))
+            {
+                break;
+            }
+            let timeout = self.wait_time();
+            match self.rx.recv_timeout(timeout) {
+                Ok(ev) => {
+                    self.handle(ev)?;
+                    while let Ok(ev) = self.rx.try_recv() {
+                        self.handle(ev)?;
+                    }
+                    self.submit_queued()?;
+                    if self
+                        .states
+                        .iter()
+                        .any(|s| matches!(s, Phase::Running(r) if r.ledger.has_consumed()))
+                    {
+                        // Outcome files are deleted by the sync that makes their records
+                        // durable: do it now rather than at the next tick.
+                        self.sync_ledgers()?;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => unreachable!("the runner holds a sender"),
+            }
+            self.poll_backends()?;
+            if self.last_sync.elapsed() >= Duration::from_millis(200) {
+                self.sync_ledgers()?;
+            }
+        }
+        self.sync_ledgers()?;
+        Ok(())
+    }
+
+    fn wait_time(&self) -> Duration {
+        let now = Instant::now();
+        self.states
+            .iter()
+            .filter_map(|s| match s {
+                Phase::Running(r) => r.next_poll,
+                _ => None,
+            })
+            .map(|t| t.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1))
+    }
+
+    fn sync_ledgers(&mut self) -> Result<()> {
+        for phase in &mut self.states {
+            if let Some(r) = phase.running() {
+                r.ledger.sync()?;
+            }
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    fn poll_backends(&mut self) -> Result<()> {
+        let now = Instant::now();
+        for phase in &mut self.states {
+            if let Some(r) = phase.running() {
+                if r.next_poll.is_some_and(|t| now >= t) {
+                    r.backend.poll()?;
+                    r.next_poll = r.backend.next_poll().map(|d| Instant::now() + d);
+                }
+            }
+        }
+        for i in 0..self.states.len() {
+            self.record_submissions(i)?;
+        }
+        Ok(())
+    }
+
+    /// Starts every waiting stage whose needs allow it.
+    fn start_ready(&mut self, prepared: &mut Prepared) -> Result<()> {
+        for &i in self.graph.order() {
+            if !matches!(self.states[i], Phase::Waiting) {
+                continue;
+            }
+            let stage = &self.manifest.stages[i];
+            let needs = self.graph.needs(i);
+            let element_wise = matches!(stage.source, JobSource::ForEach(_));
+            let mut ready = true;
+            let mut blocked: Option<String> = None;
+            for &n in &needs {
+                let name = &self.manifest.stages[n].name;
+                match &self.states[n] {
+                    Phase::Ended(up) => {
+                        if !up.jobs.stats().all_succeeded()
+                            && stage.on_failure == OnFailure::Stop
+                            && !element_wise
+                        {
+                            blocked = Some(format!("needed stage `{name}` had failed jobs"));
+                        }
+                    }
+                    Phase::Skipped(_) => {
+                        blocked = Some(format!("needed stage `{name}` did not run"));
+                    }
+                    Phase::Running(_) if element_wise => {}
+                    Phase::Unselected => {}
+                    Phase::Waiting | Phase::Running(_) => ready = false,
+                }
+            }
+            if let Some(reason) = blocked {
+                self.skip(i, reason);
+                continue;
+            }
+            if ready {
+                if let Err(e) = self.start_stage(i, prepared[i].take()) {
+                    if let Error::Interrupted { signal, .. } = e {
+                        // The generator was stopped: stop the rest as the signal's event
+                        // would (it skips this stage, still waiting, too).
+                        if self.interrupted {
+                            self.skip(i, "run interrupted".to_owned());
+                        } else {
+                            let count = self.signals.count().max(1);
+                            self.handle(Event::Signal { signal, count })?;
+                        }
+                        return Ok(());
+                    }
+                    if e.exit_code() == crate::error::EXIT_INVALID_INPUT {
+                        // A generator or template failing at run time fails its stage only.
+                        self.reporter.diagnostic(&e);
+                        self.skip(i, format!("could not plan its jobs: {e}"));
+                    } else {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, i: usize, reason: String) {
+        self.reporter
+            .stage_skipped(self.manifest.stages[i].name.as_str(), &reason);
+        self.states[i] = Phase::Skipped(reason);
+    }
+
+    fn upstream(&self, i: usize) -> Upstream {
+        let mut up = Upstream::default();
+        for n in self.graph.needs(i) {
+            let name = self.manifest.stages[n].name.as_str();
+            let failed = self.states[n]
+                .jobs()
+                .map(StageJobs::failed_ids)
+                .unwrap_or_default();
+            up.stages.insert(
+                name.to_owned(),
+                UpstreamStage {
+                    dir: self.layout.stage_dir(name),
+                    outcomes: self.layout.outcomes_file(name),
+                    results: self.layout.results_file(name),
+                    jobs: self.layout.jobs_file(name),
+                    failed,
+                },
+            );
+        }
+        up
+    }
+
+    /// The stage's jobs and plan: prepared before the run, or expanded and planned now.
+    fn plan_stage(
+        &self,
+        i: usize,
+        prepared: Option<(Jobs, StagePlan)>,
+    ) -> Result<(Jobs, StagePlan)> {
+        let manifest = self.manifest;
+        let stage = &manifest.stages[i];
+        let upstream = self.upstream(i);
+        let any_upstream_failed = upstream.stages.values().any(|u| !u.failed.is_empty());
+        let layout = &self.layout;
+        Ok(match (prepared, &stage.source) {
+            (Some(p), _) if !any_upstream_failed => p,
+            (_, JobSource::ForEach(up)) => {
+                let n = self.graph.needs(i)[0];
+                debug_assert_eq!(manifest.stages[n].name, *up);
+                let jobs = self.states[n]
+                    .jobs()
+                    .map_or_else(Jobs::default, |j| jobs::for_each(&j.jobs));
+                let plan = plan::plan_stage(manifest, i, &Jobs::default(), layout, &upstream)?;
+                (jobs, plan)
+            }
+            (_, JobSource::Generate(cmd)) => {
+                let base = plan::base_context(manifest, stage, layout, &upstream);
+                let rendered = plan::render_generator(manifest, stage, cmd, &base)?;
+                let env = plan::stage_env(manifest, stage, layout, &upstream);
+                plan::expand_and_plan(manifest, i, layout, &upstream, |visit| {
+                    jobs::run_generator_with(manifest, stage, &rendered, &env, self.signals, visit)
+                })?
+            }
+            _ => plan::expand_and_plan(manifest, i, layout, &upstream, |visit| {
+                jobs::expand_static_with(manifest, stage, visit).expect("static source")
+            })?,
+        })
+    }
+
+    fn start_stage(&mut self, i: usize, prepared: Option<(Jobs, StagePlan)>) -> Result<()> {
+        let manifest = self.manifest;
+        let stage = &manifest.stages[i];
+        let name = stage.name.to_string();
+        let (jobs, plan) = self.plan_stage(i, prepared)?;
+        self.layout.create_stage_dirs(&name)?;
+        store::write_jobs(&self.layout.jobs_file(&name), &jobs)?;
+        // Outcome files an earlier run left (killed, detached, a bundle submitted by hand)
+        // count like any recorded attempt, with the fingerprint the job had when submitted.
+        let result = ResultSpec {
+            mode: plan.settings.result,
+            max_bytes: plan.settings.result_max_bytes,
+        };
+        resume::collect_staged(&self.layout, &name, result, &self.run_id, Collect::All)?;
+        let history = StageHistory::load(&self.layout, &name)?;
+        // Automatic bundling packs by the durations earlier runs recorded.
+        let durations = match plan.settings.auto_bundle {
+            Some(_) => backend::packing::recorded_durations(&store::read_ledger(
+                &self.layout.ledger(&name),
+            )?),
+            None => HashMap::new(),
+        };
+        let policy = Policy {
+            force: self.opts.force,
+            retry_failed: self.opts.retry_failed,
+            recorded: self.opts.recorded.contains(&i),
+        };
+        let ledger = Ledger::open(self.layout.ledger(&name))?;
+        let reader = LedgerReader::open(self.layout.ledger(&name))?;
+        let kind = self.opts.backend.unwrap_or(plan.settings.backend);
+        let workers = backend::local_workers(
+            self.opts.max_parallel.or(plan.settings.max_parallel),
+            jobs.len(),
+        );
+        let mut spec = StageSpec::new(&plan, &self.layout, &manifest.name, &self.run_id, workers);
+        spec.durations = Arc::new(durations);
+        if kind == BackendKind::Local {
+            spec.live.clone_from(&self.live);
+        }
+        let mut backend = backend::create(kind, spec, self.tx.clone())?;
+        let record_to = self.layout.submissions(&name);
+        backend.set_recorder(Box::new(move |s| {
+            store::append_lines(&record_to, &[serde_json::to_string(s).expect("serializes")])
+        }));
+        let n = jobs.len();
+        // Commands are rendered again when a job is launched (`planned_job`), not kept.
+        let next_poll = backend.next_poll().map(|d| Instant::now() + d);
+        self.states[i] = Phase::Running(Box::new(Running {
+            jobs: StageJobs {
+                jobs,
+                slots: vec![JobSlot::default(); n],
+                failed: Vec::new(),
+                done_before: 0,
+                reader,
+            },
+            plan,
+            backend,
+            ledger,
+            history,
+            policy,
+            queued: Vec::new(),
+            remaining: n,
+            in_flight: 0,
+            started: Instant::now(),
+            next_poll,
+        }));
+        self.reporter.stage_started(i, &name, n, kind);
+
+        if let JobSource::ForEach(_) = stage.source {
+            // Feed the elements whose upstream job already ended.
+            let up = self.graph.needs(i)[0];
+            for idx in 0..n {
+                let ended = self.states[up]
+                    .jobs()
+                    .and_then(|j| j.slots[idx].outcome.clone());
+                if let Some(o) = ended {
+                    self.feed_element(i, idx, &o)?;
+                }
+            }
+        } else {
+            let adopted = self.adopt(i);
+            let launches: Vec<Launch> = (0..n)
+                .filter(|idx| !adopted.contains(idx))
+                .filter_map(|idx| self.launch_or_reuse(i, idx))
+                .collect();
+            self.submit(i, launches)?;
+        }
+        Ok(())
+    }
+
+    /// Hands tasks of earlier runs that have no recorded outcome to the backend; returns the
+    /// job indices it took over (they are in flight now).
+    fn adopt(&mut self, i: usize) -> HashSet<usize> {
+        let Some(r) = self.states[i].running() else {
+            return HashSet::new();
+        };
+        let adoptable = r.history.adoptable(&r.jobs.jobs, &r.plan.fps, r.policy);
+        if adoptable.is_empty() {
+            return HashSet::new();
+        }
+        let open: Vec<Adopt> = adoptable
+            .into_iter()
+            .map(|a| Adopt {
+                launch: Launch {
+                    job: r.planned_job(a.index),
+                    attempt: a.attempt,
+                },
+                job_id: a.job_id,
+                position: a.position,
+            })
+            .collect();
+        let attempts: HashMap<usize, u32> = open
+            .iter()
+            .map(|a| (a.launch.job.index, a.launch.attempt))
+            .collect();
+        let kept = r.backend.adopt(open);
+        for &idx in &kept {
+            r.jobs.slots[idx].attempt = attempts[&idx];
+        }
+        r.in_flight += kept.len();
+        if !kept.is_empty() {
+            self.reporter.message(&format!(
+                "stage `{}`: reattached to {} of an earlier run",
+                self.manifest.stages[i].name,
+                crate::error::count(kept.len(), "job")
+            ));
+        }
+        kept.into_iter().collect()
+    }
+
+    /// The first launch of a job, or `None` when its recorded outcome stands (a success with
+    /// the same fingerprint is reused; the job is finalized here).
+    fn launch_or_reuse(&mut self, i: usize, idx: usize) -> Option<Launch> {
+        let r = self.states[i].running()?;
+        match r.history.decide(r.jobs.jobs.id(idx), r.fp(idx), r.policy) {
+            Decision::Recorded(prev) if prev.succeeded() => {
+                r.jobs.done_before += 1;
+                self.finalize(i, idx, Outcome::Succeeded, Some(prev.offset), None);
+                None
+            }
+            Decision::Recorded(prev) => {
+                // A stage taken as recorded keeps its latest failure.
+                match r.jobs.record_at(prev.offset) {
+                    Ok(rec) => {
+                        let outcome = rec.outcome.clone();
+                        self.finalize(i, idx, outcome, Some(prev.offset), Some(&rec));
+                    }
+                    Err(e) => self.reporter.diagnostic(&e),
+                }
+                None
+            }
+            Decision::NotRecorded => {
+                let reason = "it has no recorded outcome".to_owned();
+                if let Err(e) = self.record_not_run(i, idx, reason) {
+                    self.reporter.diagnostic(&e);
+                }
+                None
+            }
+            Decision::Launch { attempt } => {
+                let job = r.planned_job(idx);
+                r.jobs.slots[idx].attempt = attempt;
+                Some(Launch { job, attempt })
+            }
+        }
+    }
+
+    /// Submits the retries and element-wise jobs that handling a batch of events produced:
+    /// one submission per stage, not one per job.
+    fn submit_queued(&mut self) -> Result<()> {
+        for i in 0..self.states.len() {
+            let Some(r) = self.states[i].running() else {
+                continue;
+            };
+            let queued = std::mem::take(&mut r.queued);
+            if self.interrupted {
+                for l in queued {
+                    self.record_not_run(i, l.job.index, "run interrupted".to_owned())?;
+                }
+            } else {
+                self.submit(i, queued)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, i: usize, launches: Vec<Launch>) -> Result<()> {
+        if launches.is_empty() {
+            return Ok(());
+        }
+        let Some(r) = self.states[i].running() else {
+            return Ok(());
+        };
+        let n = launches.len();
+        r.in_flight += n;
+        if let Err(e) = r.backend.submit(launches) {
+            r.in_flight -= n;
+            return Err(e);
+        }
+        self.record_submissions(i)
+    }
+
+    /// Appends the arrays a backend submitted to the stage's `submissions.jsonl`, synced,
+    /// before anything else happens.
+    fn record_submissions(&mut self, i: usize) -> Result<()> {
+        let Some(r) = self.states[i].running() else {
+            return Ok(());
+        };
+        let subs = r.backend.take_submissions();
+        if subs.is_empty() {
+            return Ok(());
+        }
+        let lines: Vec<String> = subs
+            .iter()
+            .map(|s| serde_json::to_string(s).expect("serializes"))
+            .collect();
+        let manifest = self.manifest;
+        let name = manifest.stages[i].name.as_str();
+        store::append_lines(&self.layout.submissions(name), &lines)
+    }
+
+    /// Job `idx` of element-wise stage `i` may go: its upstream job ended with `upstream`.
+    fn feed_element(&mut self, i: usize, idx: usize, upstream: &Outcome) -> Result<()> {
+        let stage = &self.manifest.stages[i];
+        let up = self.graph.needs(i)[0];
+        if !upstream.is_success() && stage.on_failure == OnFailure::Stop {
+            let reason = format!(
+                "upstream job of `{}` did not succeed",
+                self.manifest.stages[up].name
+            );
+            self.record_not_run(i, idx, reason)?;
+            return Ok(());
+        }
+        let manifest = self.manifest;
+        let up_name = manifest.stages[up].name.as_str();
+        let Some(up_jobs) = self.states[up].jobs_mut() else {
+            return Ok(());
+        };
+        // Inserted as values, not through `json!`: its `to_value` would rewrite numbers
+        // (`1E2` to `1e+2`), and numbers reach the command as written.
+        let result = up_jobs.result(idx)?.map_or(Value::Null, |r| {
+            jobs::parse_value(&r.to_json()).unwrap_or(Value::Null)
+        });
+        let up_job = up_jobs.jobs.at(idx);
+        let mut value = json!({
+            "id": up_job.id,
+            "index": idx,
+            "exit_code": upstream.exit_code(),
+            "outcome": upstream.describe(),
+            "stdout": self.layout.log_out(up_name, up_job.id),
+            "stderr": self.layout.log_err(up_name, up_job.id),
+        });
+        if let Value::Object(map) = &mut value {
+            map.insert("upstream".to_owned(), up_job.value());
+            map.insert("result".to_owned(), result);
+        }
+        let element = Job {
+            index: idx,
+            id: up_job.job_id(),
+            json: serde_json::to_string(&value).expect("serializes"),
+            value,
+        };
+        let Some(r) = self.states[i].running() else {
+            return Ok(());
+        };
+        match r.plan.renderer.plan(&element) {
+            Ok(p) => {
+                r.jobs.slots[idx].planned = Some(Arc::new(p));
+                if let Some(l) = self.launch_or_reuse(i, idx) {
+                    if let Some(r) = self.states[i].running() {
+                        r.queued.push(l);
+                    }
+                }
+            }
+            Err(e) => {
+                self.reporter.diagnostic(&e);
+                self.record_not_run(i, idx, "its command could not be rendered".to_owned())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn record_not_run(&mut self, i: usize, idx: usize, reason: String) -> Result<()> {
+        self.record_outcome(i, idx, 0, Outcome::NotRun { reason })
+    }
+
+    /// Records an outcome the runner decided itself (not run, interrupted).
+    fn record_outcome(
+        &mut self,
+        i: usize,
+        idx: usize,
+        attempt: u32,
+        outcome: Outcome,
+    ) -> Result<()> {
+        let Some(r) = self.states[i].running() else {
+            return Ok(());
+        };
+        let record = JobRecord {
+            index: idx,
+            id: r.jobs.jobs.id(idx).to_owned(),
+            attempt,
+            outcome: outcome.clone(),
+            start: None,
+            end: None,
+            run: self.run_id.clone(),
+            fp: String::new(),
+            result: None,
+        };
+        let offset = r.ledger.append(&record)?;
+        self.finalize(i, idx, outcome, Some(offset), Some(&record));
+        Ok(())
+    }
+
+    fn handle(&mut self, ev: Event) -> Result<()> {
+        match ev {
+            Event::Signal { signal, count } => {
+                let mode = if count >= 2 {
+                    CancelMode::Kill
+                } else {
+                    CancelMode::Graceful
+                };
+                if !self.interrupted {
+                    self.reporter.message(&format!(
+                        "received signal {signal}: stopping running jobs (send it again to kill them at once)"
+                    ));
+                }
+                self.interrupted = true;
+                self.cancel_all(mode)?;
+            }
+            Event::Finished {
+                stage,
+                record,
+                staged,
+            } => self.finished(stage, record, staged)?,
+        }
+        Ok(())
+    }
+
+    fn cancel_all(&mut self, mode: CancelMode) -> Result<()> {
+        for i in 0..self.states.len() {
+            if let Phase::Waiting = self.states[i] {
+                self.skip(i, "run interrupted".to_owned());
+                continue;
+            }
+            let Some(r) = self.states[i].running() else {
+                continue;
+            };
+            let dropped = r.backend.cancel(mode);
+            r.in_flight -= dropped.len();
+            if let Some(u) = r.backend.uncancelled() {
+                // No outcome for these: they may still run.
+                r.in_flight -= u.launches.len();
+                r.remaining -= u.launches.len();
+                self.uncancelled.push((i, u));
+            }
+            for (l, outcome) in dropped {
+                self.record_outcome(i, l.job.index, l.attempt, outcome)?;
+            }
+            // Element-wise jobs not yet fed will never be.
+            let missing: Vec<usize> = self.states[i].jobs().map_or_else(Vec::new, |j| {
+                (0..j.slots.len())
+                    .filter(|&idx| j.slots[idx].outcome.is_none() && j.slots[idx].attempt == 0)
+                    .collect()
+            });
+            for idx in missing {
+                self.record_not_run(i, idx, "run interrupted".to_owned())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finished(&mut self, i: usize, record: JobRecord, staged: Option<PathBuf>) -> Result<()> {
+        let manifest = self.manifest;
+        let name = manifest.stages[i].name.as_str();
+        let Some(r) = self.states[i].running() else {
+            return Ok(());
+        };
+        r.in_flight -= 1;
+        // The outcome file it came from goes with the sync that makes the record durable.
+        let offset = r.ledger.append_staged(&record, staged)?;
+        let kind = self.opts.backend.unwrap_or(r.plan.settings.backend);
+        if let (Some(live), BackendKind::Local) = (&self.live, kind) {
+            // Only now may recovery forget the job's group.
+            live.append(&store::LiveLine::Recorded {
+                stage: name.to_owned(),
+                id: record.id.clone(),
+                attempt: record.attempt,
+            })
+            .map_err(|e| Error::store("append to", live.path(), e))?;
+        }
+        let idx = record.index;
+        let settings = &r.plan.settings;
+        let (retries, resubmit_lost) = (settings.retries, settings.resubmit_lost);
+        let slot = &mut r.jobs.slots[idx];
+        // Lost tasks are resubmitted up to `resubmit_lost` times; failures are retried
+        // `retries` times; the two budgets are separate.
+        let again = if record.outcome == Outcome::Lost {
+            slot.losses += 1;
+            slot.losses <= resubmit_lost
+        } else if record.outcome.is_retryable() {
+            slot.failures += 1;
+            slot.failures <= retries
+        } else {
+            false
+        };
+        if again && !self.interrupted && !r.policy.recorded {
+            let label = slot
+                .planned
+                .as_ref()
+                .and_then(|p| crate::summary::job_label(&p.json));
+            self.reporter.job_retrying(i, &record, label.as_deref());
+            let attempt = record.attempt + 1;
+            let job = r.planned_job(idx);
+            r.jobs.slots[idx].attempt = attempt;
+            r.queued.push(Launch { job, attempt });
+            return Ok(());
+        }
+        let outcome = record.outcome.clone();
+        self.finalize(i, idx, outcome, Some(offset), Some(&record));
+        if let Outcome::OutputLost { .. } = &record.outcome {
+            // A full disk: every further job would lose its output too.
+            let dir = self.layout.logs_dir(name);
+            let what = format!(
+                "job {} `{}` {} (recorded so); the run stops",
+                record.index,
+                record.id,
+                record.outcome.describe()
+            );
+            return Err(Error::store(
+                "store job output in",
+                dir,
+                std::io::Error::other(what),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Job `idx` of running stage `i` ended for this run with `outcome`; its result is in the
+    /// record at `result` in the stage's ledger.
+    fn finalize(
+        &mut self,
+        i: usize,
+        idx: usize,
+        outcome: Outcome,
+        result: Option<u64>,
+        record: Option<&JobRecord>,
+    ) {
+        let manifest = self.manifest;
+        let name = manifest.stages[i].name.as_str();
+        let Some(r) = self.states[i].running() else {
+            return;
+        };
+        if r.jobs.slots[idx].outcome.is_some() {
+            return;
+        }
+        let job = r.jobs.jobs.at(idx);
+        let label = crate::summary::job_label(job.json);
+        if !outcome.is_success() && !matches!(outcome, Outcome::NotRun { .. }) {
+            let id = job.id.to_owned();
+            let out = self.layout.log_out(name, &id);
+            let err = self.layout.log_err(name, &id);
+            let tail = if r.jobs.failed.len() < TAILS_SHOWN {
+                store::tail(&err, 5)
+            } else {
+                None
+            };
+            r.jobs.failed.push(FailedJob {
+                index: idx,
+                id,
+                label: label.clone(),
+                outcome: outcome.clone(),
+                attempts: record.map_or(0, |r| r.attempt),
+                exit_code: outcome.exit_code(),
+                stdout_log: out.exists().then_some(out),
+                stderr_log: err.exists().then_some(err),
+                stderr_tail: tail,
+            });
+        }
+        let slot = &mut r.jobs.slots[idx];
+        slot.outcome = Some(outcome.clone());
+        slot.result = result;
+        r.remaining -= 1;
+        if let Some(rec) = record {
+            self.reporter.job_finished(i, rec, label.as_deref());
+        } else {
+            self.reporter.job_reused(i);
+        }
+        // Element-wise dependents that are already running get their element now.
+        let dependents: Vec<usize> = (0..self.states.len())
+            .filter(|&d| {
+                matches!(self.states[d], Phase::Running(_))
+                    && matches!(&self.manifest.stages[d].source, JobSource::ForEach(up) if up.as_str() == name)
+            })
+            .collect();
+        for d in dependents {
+            if let Err(e) = self.feed_element(d, idx, &outcome) {
+                self.reporter.diagnostic(&e);
+            }
+        }
+    }
+
+    /// Ends every running stage whose jobs have all ended (its files written, its backend
+    /// closed, its ledger synced); true when one did.
+    fn finish_done_stages(&mut self) -> Result<bool> {
+        let mut any = false;
+        for i in 0..self.states.len() {
+            let manifest = self.manifest;
+            let name = manifest.stages[i].name.as_str();
+            let Some(r) = self.states[i].running() else {
+                continue;
+            };
+            if r.remaining > 0 || r.in_flight > 0 {
+                continue;
+            }
+            outputs::write_stage_files(&self.layout, name, &mut r.jobs)?;
+            r.backend.close();
+            r.ledger.sync()?;
+            let wall = r.started.elapsed().as_secs_f64();
+            let phase = std::mem::replace(&mut self.states[i], Phase::Waiting);
+            self.states[i] = match phase {
+                Phase::Running(r) => Phase::Ended(Box::new(Ended { jobs: r.jobs, wall })),
+                other => other,
+            };
+            let report = self.stage_report(i);
+            self.reporter.stage_finished(i, &report);
+            any = true;
+        }
+        Ok(any)
+    }
+}
+
+/// A fresh run id: UTC time plus the process id.
+#[must_use]
+pub fn new_run_id() -> String {
+    let t = store::format_time(store::now());
+    let compact: String = t.chars().filter(char::is_ascii_digit).collect();
+    format!(
+        "{}T{}-{}",
+        &compact[..8],
+        &compact[8..14],
+        std::process::id()
+    )
+}
