@@ -405,9 +405,28 @@ impl Renderer {
     /// As [`Renderer::plan`].
     pub fn render_job(&self, job: JobRef<'_>, value: Value) -> Result<(Command, Fp)> {
         if let Value::Object(m) = self.ctx.borrow_mut().data_mut() {
-            m.insert("job".into(), value);
-            m.insert("job_id".into(), Value::String(job.id.to_owned()));
-            m.insert("index".into(), Value::from(job.index));
+            // The previous job's slots are reused: no new keys, no new id string.
+            match m.get_mut("job") {
+                Some(slot) => *slot = value,
+                None => {
+                    m.insert("job".into(), value);
+                }
+            }
+            match m.get_mut("job_id") {
+                Some(Value::String(id)) => {
+                    id.clear();
+                    id.push_str(job.id);
+                }
+                _ => {
+                    m.insert("job_id".into(), Value::String(job.id.to_owned()));
+                }
+            }
+            match m.get_mut("index") {
+                Some(slot) => *slot = Value::from(job.index),
+                None => {
+                    m.insert("index".into(), Value::from(job.index));
+                }
+            }
         }
         let rendered = self.render();
         let command = rendered.map_err(|(f, text)| {
