@@ -11,7 +11,7 @@
 //! `pub(crate)` (so the compiler finds dead code) except `backend`, whose scheduler the
 //! Grid Engine tests drive, and [`testing`], the few items the property tests call.
 
-pub mod backend;
+pub(crate) mod backend;
 pub(crate) mod bundle;
 pub(crate) mod cli;
 mod cmd;
@@ -36,6 +36,8 @@ pub(crate) mod template;
 /// not a stable interface. poolparty is a program, and [`run`] is its API.
 #[doc(hidden)]
 pub mod testing {
+    /// The Grid Engine client, for the test that sees `qstat` forget a job.
+    pub use crate::backend::{cluster::Client, sge::Sge};
     pub use crate::graph::StageGraph;
     pub use crate::jobs::expand_static;
     pub use crate::manifest::parse;

@@ -96,8 +96,6 @@ pub struct StagePlan {
     pub settings: Settings,
     /// Working directory of its jobs (the manifest's folder).
     pub cwd: PathBuf,
-    /// Its state folder.
-    pub dir: PathBuf,
     /// Environment shared by all its jobs (settings `env`, `POOLPARTY_*` stage variables).
     pub env: Vec<(String, String)>,
     /// Each job's fingerprint, in job order (empty for element-wise stages, whose jobs are
@@ -694,7 +692,6 @@ pub fn expand_and_plan(
         name: stage.name.clone(),
         settings: stage.settings.clone(),
         cwd: manifest.dir.clone(),
-        dir: layout.stage_dir(stage.name.as_str()),
         env: stage_env(manifest, stage, layout, upstream),
         fps,
         renderer,

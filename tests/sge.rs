@@ -935,7 +935,7 @@ impl Drop for QmasterBack {
 /// retrying.
 #[test]
 fn qmaster_outage_is_survived() {
-    use poolparty::backend::cluster::Client;
+    use poolparty::testing::Client;
 
     let _c = cluster("sgeoutage");
     let n = 20;
@@ -963,7 +963,7 @@ fn qmaster_outage_is_survived() {
         (ran.lines().count() as u64) < n,
         "every job ran before the qmaster stopped: the test tests nothing"
     );
-    let mut sge = poolparty::backend::sge::Sge;
+    let mut sge = poolparty::testing::Sge;
     match sge.query(&["1".to_owned()]) {
         Ok(m) => panic!("qstat answered while the qmaster is down: {m:?}"),
         Err(e) => assert!(e.transient, "qstat failure not transient: {}", e.message),

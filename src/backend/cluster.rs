@@ -689,12 +689,6 @@ impl ClusterBackend {
             });
         }
     }
-
-    /// Scheduler calls made so far.
-    #[must_use]
-    pub fn calls(&self) -> usize {
-        self.calls
-    }
 }
 
 impl Backend for ClusterBackend {

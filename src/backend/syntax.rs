@@ -148,7 +148,6 @@ pub fn job_name(spec: &StageSpec) -> String {
 pub struct ArrayScript {
     syntax: &'static dyn Syntax,
     templates: Templates,
-    template_text: String,
 }
 
 impl ArrayScript {
@@ -176,23 +175,7 @@ impl ArrayScript {
                     detail: None,
                 })?;
         }
-        Ok(Self {
-            syntax,
-            templates,
-            template_text,
-        })
-    }
-
-    /// The syntax it renders with.
-    #[must_use]
-    pub fn syntax(&self) -> &'static dyn Syntax {
-        self.syntax
-    }
-
-    /// The template text in use.
-    #[must_use]
-    pub fn template_text(&self) -> &str {
-        &self.template_text
+        Ok(Self { syntax, templates })
     }
 
     /// Renders the array script for `tasks` (each a list of launches) and its task file.
