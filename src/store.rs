@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -226,6 +226,128 @@ pub fn atomic_write_with(path: &Path, f: impl FnOnce(&mut dyn Write) -> Result<(
     write().inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
+}
+
+/// As [`atomic_write_with`], but a file that already holds exactly the bytes `f` writes is
+/// left as it is (not written, not renamed, its time unchanged): `f`'s output is compared
+/// with the file as it comes, and only from the first difference on does a temporary file
+/// get written (the equal prefix copied from the old file first), synced and renamed over
+/// it. A resumed run that finds everything done thus writes none of its per-job files again.
+/// Returns whether the file was written.
+///
+/// # Errors
+/// As [`atomic_write_with`].
+pub fn write_if_changed_with(
+    path: &Path,
+    f: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<bool> {
+    let Ok(old) = File::open(path) else {
+        return atomic_write_with(path, f).map(|()| true);
+    };
+    let mut w = Diverging {
+        path,
+        old: Some(BufReader::with_capacity(1 << 16, old)),
+        matched: 0,
+        out: None,
+        scratch: Vec::new(),
+    };
+    let written = f(&mut w).and_then(|()| w.finish());
+    if written.is_err() {
+        if let Some((tmp, _)) = w.out.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+    written
+}
+
+/// The writer of [`write_if_changed_with`]: compares with the old file until the first
+/// difference, then writes a temporary file.
+struct Diverging<'a> {
+    path: &'a Path,
+    /// The old file, while everything so far matched it.
+    old: Option<BufReader<File>>,
+    /// Bytes that matched.
+    matched: u64,
+    /// The temporary file, once the content differs.
+    out: Option<(PathBuf, std::io::BufWriter<File>)>,
+    scratch: Vec<u8>,
+}
+
+impl Diverging<'_> {
+    /// Starts the temporary file with the matched prefix.
+    fn diverge(&mut self) -> std::io::Result<&mut std::io::BufWriter<File>> {
+        if self.out.is_none() {
+            self.old = None;
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            let tmp = dir.join(format!(
+                ".{}.tmp{}",
+                self.path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("file"),
+                std::process::id()
+            ));
+            let file = File::create(&tmp)?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
+            if self.matched > 0 {
+                let mut prefix = File::open(self.path)?.take(self.matched);
+                let copied = std::io::copy(&mut prefix, &mut w)?;
+                if copied != self.matched {
+                    return Err(std::io::Error::other(
+                        "the file shrank while being compared",
+                    ));
+                }
+            }
+            self.out = Some((tmp, w));
+        }
+        Ok(&mut self.out.as_mut().expect("set above").1)
+    }
+
+    /// Ends the write: nothing when the old file matched to its end, else the temporary
+    /// file synced and renamed over it.
+    fn finish(&mut self) -> Result<bool> {
+        let path = self.path;
+        let io = |e| Error::store("write", path, e);
+        if let Some(old) = self.old.as_mut() {
+            let mut byte = [0u8; 1];
+            if matches!(old.read(&mut byte), Ok(0)) {
+                return Ok(false);
+            }
+        }
+        self.diverge().map_err(io)?;
+        let (tmp, w) = self.out.take().expect("diverged");
+        let file = w.into_inner().map_err(|e| io(e.into_error()));
+        let done = file.and_then(|file| {
+            file.sync_data()
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(io)
+        });
+        if done.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        done.map(|()| true)
+    }
+}
+
+impl Write for Diverging<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(old) = self.old.as_mut() {
+            self.scratch.resize(buf.len(), 0);
+            if old.read_exact(&mut self.scratch).is_ok() && self.scratch == buf {
+                self.matched += buf.len() as u64;
+                return Ok(buf.len());
+            }
+        }
+        self.diverge()?.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.out.as_mut() {
+            Some((_, w)) => w.flush(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Who holds the lock.
@@ -935,17 +1057,24 @@ pub struct JobLine {
 /// # Errors
 /// On I/O failure.
 pub fn write_jobs(path: &Path, jobs: &Jobs) -> Result<()> {
-    let mut buf = Vec::with_capacity(jobs.len() * 64);
-    for j in jobs {
-        buf.extend_from_slice(b"{\"index\":");
-        buf.extend_from_slice(j.index.to_string().as_bytes());
-        buf.extend_from_slice(b",\"id\":");
-        buf.extend_from_slice(serde_json::to_string(j.id).expect("string").as_bytes());
-        buf.extend_from_slice(b",\"job\":");
-        buf.extend_from_slice(j.json.as_bytes());
-        buf.extend_from_slice(b"}\n");
-    }
-    atomic_write(path, &buf)
+    // Streamed (never the whole file in memory), and left as it is when unchanged.
+    let io = |e| Error::store("write", path, e);
+    let mut line = Vec::with_capacity(256);
+    write_if_changed_with(path, |w| {
+        for j in jobs {
+            line.clear();
+            line.extend_from_slice(b"{\"index\":");
+            line.extend_from_slice(j.index.to_string().as_bytes());
+            line.extend_from_slice(b",\"id\":");
+            serde_json::to_writer(&mut line, j.id).expect("string");
+            line.extend_from_slice(b",\"job\":");
+            line.extend_from_slice(j.json.as_bytes());
+            line.extend_from_slice(b"}\n");
+            w.write_all(&line).map_err(io)?;
+        }
+        Ok(())
+    })
+    .map(|_| ())
 }
 
 /// Reads a stage's expanded jobs (`None` when the stage was never expanded).
@@ -1188,6 +1317,40 @@ pub fn read_live(path: &Path) -> Result<Option<(Option<LiveLine>, Vec<LiveLine>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_if_changed_writes_only_what_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.jsonl");
+        let write = |chunks: &[&str]| {
+            write_if_changed_with(&path, |w| {
+                for c in chunks {
+                    w.write_all(c.as_bytes()).unwrap();
+                }
+                Ok(())
+            })
+            .unwrap()
+        };
+        // No file yet: written.
+        assert!(write(&["ab", "cd\n", "ef\n"]));
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let before = inode(&path);
+        // The same bytes, cut differently: left as it is (same inode, no rename).
+        assert!(!write(&["a", "bcd\ne", "f\n"]));
+        assert_eq!(inode(&path), before);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "abcd\nef\n");
+        // A difference in the middle, a shorter and a longer content: each written whole.
+        for (chunks, want) in [
+            (&["ab", "Xd\n", "ef\n"][..], "abXd\nef\n"),
+            (&["ab", "Xd\n"][..], "abXd\n"),
+            (&["ab", "Xd\n", "more\n"][..], "abXd\nmore\n"),
+        ] {
+            assert!(write(chunks));
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
+        }
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
     use crate::outcome::Outcome;
 
     fn rec(id: &str, attempt: u32, outcome: Outcome) -> JobRecord {
