@@ -22,7 +22,6 @@
 //! small [`JobState`] ([`read_states`]) and fetch a record or result by its offset
 //! ([`LedgerReader`]); a job's result is read from its files by [`read_result`] alone.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -790,8 +789,86 @@ impl JobState {
     }
 }
 
-/// The latest state of every job of a ledger, by job id ([`JobState`]).
-pub type JobStates = HashMap<Box<str>, JobState>;
+/// The latest state of every job of a ledger, by job id ([`JobState`]): the states in one
+/// vector, the ids one after the other in one string, and a table of one 4-byte index per
+/// job to find them by id (compared by the ids themselves, so a hash collision never mixes
+/// two jobs up). No allocation per job: a million jobs take about 90 bytes each.
+#[derive(Default)]
+pub struct JobStates {
+    states: Vec<JobState>,
+    /// Every id, one after the other.
+    ids: String,
+    /// Where each id ends in `ids`.
+    ends: Vec<usize>,
+    table: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl std::fmt::Debug for JobStates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl JobStates {
+    fn id(&self, i: usize) -> &str {
+        let start = i.checked_sub(1).map_or(0, |p| self.ends[p]);
+        &self.ids[start..self.ends[i]]
+    }
+
+    fn find(&self, id: &str) -> Option<usize> {
+        let hash = std::hash::BuildHasher::hash_one(&self.hasher, id);
+        self.table
+            .find(hash, |&i| self.id(i as usize) == id)
+            .map(|&i| i as usize)
+    }
+
+    /// The latest state of job `id`.
+    #[must_use]
+    pub fn get(&self, id: &str) -> Option<&JobState> {
+        self.find(id).map(|i| &self.states[i])
+    }
+
+    /// Whether no job has a record.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    /// Every job's id and latest state, in the order of their first records.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &JobState)> {
+        self.states.iter().enumerate().map(|(i, s)| (self.id(i), s))
+    }
+
+    /// Records `state` as job `id`'s latest (keeping the highest attempt seen).
+    fn update(&mut self, id: &str, mut state: JobState) {
+        if let Some(i) = self.find(id) {
+            let slot = &mut self.states[i];
+            state.max_attempt = state.max_attempt.max(slot.max_attempt);
+            *slot = state;
+            return;
+        }
+        let slot = u32::try_from(self.states.len()).expect("fewer than 2^32 jobs");
+        let hash = std::hash::BuildHasher::hash_one(&self.hasher, id);
+        self.ids.push_str(id);
+        self.ends.push(self.ids.len());
+        self.states.push(state);
+        let (ids, ends, hasher) = (&self.ids, &self.ends, &self.hasher);
+        self.table.insert_unique(hash, slot, |&i| {
+            let i = i as usize;
+            let start = i.checked_sub(1).map_or(0, |p| ends[p]);
+            std::hash::BuildHasher::hash_one(hasher, &ids[start..ends[i]])
+        });
+    }
+}
+
+impl std::ops::Index<&str> for JobStates {
+    type Output = JobState;
+
+    fn index(&self, id: &str) -> &JobState {
+        self.get(id).expect("a job with a record")
+    }
+}
 
 /// Reads a ledger one record at a time into the [`JobState`] of each job id: the latest
 /// record wins, and the highest attempt is kept too.
@@ -799,20 +876,11 @@ pub type JobStates = HashMap<Box<str>, JobState>;
 /// # Errors
 /// As [`read_ledger`].
 pub fn read_states(path: &Path) -> Result<JobStates> {
-    let mut map: JobStates = HashMap::new();
+    let mut states = JobStates::default();
     for_each_record_at(path, |r: JobRecord, offset| {
-        let mut st = JobState::of(&r, offset);
-        match map.get_mut(r.id.as_str()) {
-            Some(slot) => {
-                st.max_attempt = st.max_attempt.max(slot.max_attempt);
-                *slot = st;
-            }
-            None => {
-                map.insert(r.id.into_boxed_str(), st);
-            }
-        }
+        states.update(&r.id, JobState::of(&r, offset));
     })?;
-    Ok(map)
+    Ok(states)
 }
 
 fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
