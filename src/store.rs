@@ -32,7 +32,7 @@ use serde_json::value::RawValue;
 use crate::error::{Error, Result};
 use crate::jobs::Jobs;
 use crate::manifest::ResultMode;
-use crate::outcome::{JobRecord, OutcomeKind, ResultValue, StagedOutcome};
+use crate::outcome::{JobRecord, Outcome, OutcomeKind, ResultValue, StagedOutcome};
 
 /// Version of the on-disk formats; readers accept this and older.
 pub const FORMAT_VERSION: u32 = 1;
@@ -754,22 +754,6 @@ pub struct JobState {
 }
 
 impl JobState {
-    /// The compact state of a record found at `offset`.
-    #[must_use]
-    pub fn of(r: &JobRecord, offset: u64) -> Self {
-        Self {
-            offset,
-            index: r.index,
-            start: r.start.unwrap_or(f64::NAN),
-            end: r.end.unwrap_or(f64::NAN),
-            kind: OutcomeKind::of(&r.outcome),
-            exit_code: r.outcome.exit_code(),
-            attempt: r.attempt,
-            max_attempt: r.attempt,
-            fp: r.fp.as_bytes().try_into().ok(),
-        }
-    }
-
     /// Whether the latest record succeeded.
     #[must_use]
     pub fn succeeded(&self) -> bool {
@@ -877,10 +861,48 @@ impl std::ops::Index<&str> for JobStates {
 /// As [`read_ledger`].
 pub fn read_states(path: &Path) -> Result<JobStates> {
     let mut states = JobStates::default();
-    for_each_record_at(path, |r: JobRecord, offset| {
-        states.update(&r.id, JobState::of(&r, offset));
+    for_each_line_at(path, |line, offset| {
+        let r: StateRecord<'_> = serde_json::from_slice(line)?;
+        states.update(
+            &r.id,
+            JobState {
+                offset,
+                index: r.index,
+                start: r.start.unwrap_or(f64::NAN),
+                end: r.end.unwrap_or(f64::NAN),
+                kind: OutcomeKind::of(&r.outcome),
+                exit_code: r.outcome.exit_code(),
+                attempt: r.attempt,
+                max_attempt: r.attempt,
+                fp: r.fp.as_bytes().try_into().ok(),
+            },
+        );
+        Ok(())
     })?;
     Ok(states)
+}
+
+/// A ledger record as [`read_states`] reads it: the same fields as a [`JobRecord`], checked
+/// the same way, but its strings borrowed from the line where they need no unescaping.
+#[derive(Deserialize)]
+struct StateRecord<'a> {
+    index: usize,
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    attempt: u32,
+    outcome: Outcome,
+    #[serde(default)]
+    start: Option<f64>,
+    #[serde(default)]
+    end: Option<f64>,
+    #[expect(dead_code, reason = "checked as a record's, not kept")]
+    #[serde(borrow)]
+    run: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    fp: std::borrow::Cow<'a, str>,
+    #[expect(dead_code, reason = "checked as a record's, not kept")]
+    #[serde(default)]
+    result: Option<ResultValue>,
 }
 
 fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
@@ -1025,6 +1047,17 @@ fn for_each_record_at<T: serde::de::DeserializeOwned>(
     path: &Path,
     mut f: impl FnMut(T, u64),
 ) -> Result<()> {
+    for_each_line_at(path, |line, at| {
+        serde_json::from_slice::<T>(line).map(|r| f(r, at))
+    })
+}
+
+/// Calls `parse` with each line of a JSON Lines state file that holds something, and the byte
+/// offset of the line; a line it cannot parse is corrupt, unless it is a torn last line.
+fn for_each_line_at(
+    path: &Path,
+    mut parse: impl FnMut(&[u8], u64) -> serde_json::Result<()>,
+) -> Result<()> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -1053,8 +1086,8 @@ fn for_each_record_at<T: serde::de::DeserializeOwned>(
         if nul {
             return Err(corrupt(path, n, "NUL bytes instead of a record".to_owned()));
         }
-        match serde_json::from_slice::<T>(&buf) {
-            Ok(r) => f(r, at),
+        match parse(&buf, at) {
+            Ok(()) => {}
             Err(_) if !complete => {}
             Err(e) => return Err(corrupt(path, n, e.to_string())),
         }
