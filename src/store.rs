@@ -794,10 +794,15 @@ impl std::fmt::Debug for JobStates {
     }
 }
 
+/// Id `i` of ids stored one after the other in `ids`, each ending at its `ends` entry.
+fn id_at<'a>(ids: &'a str, ends: &[usize], i: usize) -> &'a str {
+    let start = i.checked_sub(1).map_or(0, |p| ends[p]);
+    &ids[start..ends[i]]
+}
+
 impl JobStates {
     fn id(&self, i: usize) -> &str {
-        let start = i.checked_sub(1).map_or(0, |p| self.ends[p]);
-        &self.ids[start..self.ends[i]]
+        id_at(&self.ids, &self.ends, i)
     }
 
     fn find(&self, id: &str) -> Option<usize> {
@@ -824,6 +829,17 @@ impl JobStates {
         self.states.iter().enumerate().map(|(i, s)| (self.id(i), s))
     }
 
+    /// Makes room for `n` more jobs with ids of about `id_len` bytes.
+    fn reserve(&mut self, n: usize, id_len: usize) {
+        self.states.reserve(n);
+        self.ends.reserve(n);
+        self.ids.reserve(n.saturating_mul(id_len));
+        let (ids, ends, hasher) = (&self.ids, &self.ends, &self.hasher);
+        self.table.reserve(n, |&i| {
+            std::hash::BuildHasher::hash_one(hasher, id_at(ids, ends, i as usize))
+        });
+    }
+
     /// Records `state` as job `id`'s latest (keeping the highest attempt seen).
     fn update(&mut self, id: &str, mut state: JobState) {
         if let Some(i) = self.find(id) {
@@ -839,9 +855,7 @@ impl JobStates {
         self.states.push(state);
         let (ids, ends, hasher) = (&self.ids, &self.ends, &self.hasher);
         self.table.insert_unique(hash, slot, |&i| {
-            let i = i as usize;
-            let start = i.checked_sub(1).map_or(0, |p| ends[p]);
-            std::hash::BuildHasher::hash_one(hasher, &ids[start..ends[i]])
+            std::hash::BuildHasher::hash_one(hasher, id_at(ids, ends, i as usize))
         });
     }
 }
@@ -861,8 +875,15 @@ impl std::ops::Index<&str> for JobStates {
 /// As [`read_ledger`].
 pub fn read_states(path: &Path) -> Result<JobStates> {
     let mut states = JobStates::default();
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
     for_each_line_at(path, |line, offset| {
         let r: StateRecord<'_> = serde_json::from_slice(line)?;
+        if states.is_empty() {
+            // Sized once, for as many records as lines like the first (no record is shorter
+            // than 64 bytes), rather than grown a table at a time.
+            let lines = size / (line.len() as u64).max(64);
+            states.reserve(usize::try_from(lines).unwrap_or(0), r.id.len());
+        }
         states.update(
             &r.id,
             JobState {
