@@ -22,9 +22,8 @@
 //! small [`JobState`] ([`read_states`]) and fetch a record or result by its offset
 //! ([`LedgerReader`]); a job's result is read from its files by [`read_result`] alone.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -33,7 +32,7 @@ use serde_json::value::RawValue;
 use crate::error::{Error, Result};
 use crate::jobs::Jobs;
 use crate::manifest::ResultMode;
-use crate::outcome::{JobRecord, OutcomeKind, ResultValue, StagedOutcome};
+use crate::outcome::{JobRecord, Outcome, OutcomeKind, ResultValue, StagedOutcome};
 
 /// Version of the on-disk formats; readers accept this and older.
 pub const FORMAT_VERSION: u32 = 1;
@@ -226,6 +225,128 @@ pub fn atomic_write_with(path: &Path, f: impl FnOnce(&mut dyn Write) -> Result<(
     write().inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
+}
+
+/// As [`atomic_write_with`], but a file that already holds exactly the bytes `f` writes is
+/// left as it is (not written, not renamed, its time unchanged): `f`'s output is compared
+/// with the file as it comes, and only from the first difference on does a temporary file
+/// get written (the equal prefix copied from the old file first), synced and renamed over
+/// it. A resumed run that finds everything done thus writes none of its per-job files again.
+/// Returns whether the file was written.
+///
+/// # Errors
+/// As [`atomic_write_with`].
+pub fn write_if_changed_with(
+    path: &Path,
+    f: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<bool> {
+    let Ok(old) = File::open(path) else {
+        return atomic_write_with(path, f).map(|()| true);
+    };
+    let mut w = Diverging {
+        path,
+        old: Some(BufReader::with_capacity(1 << 16, old)),
+        matched: 0,
+        out: None,
+        scratch: Vec::new(),
+    };
+    let written = f(&mut w).and_then(|()| w.finish());
+    if written.is_err() {
+        if let Some((tmp, _)) = w.out.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+    written
+}
+
+/// The writer of [`write_if_changed_with`]: compares with the old file until the first
+/// difference, then writes a temporary file.
+struct Diverging<'a> {
+    path: &'a Path,
+    /// The old file, while everything so far matched it.
+    old: Option<BufReader<File>>,
+    /// Bytes that matched.
+    matched: u64,
+    /// The temporary file, once the content differs.
+    out: Option<(PathBuf, std::io::BufWriter<File>)>,
+    scratch: Vec<u8>,
+}
+
+impl Diverging<'_> {
+    /// Starts the temporary file with the matched prefix.
+    fn diverge(&mut self) -> std::io::Result<&mut std::io::BufWriter<File>> {
+        if self.out.is_none() {
+            self.old = None;
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            let tmp = dir.join(format!(
+                ".{}.tmp{}",
+                self.path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("file"),
+                std::process::id()
+            ));
+            let file = File::create(&tmp)?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
+            if self.matched > 0 {
+                let mut prefix = File::open(self.path)?.take(self.matched);
+                let copied = std::io::copy(&mut prefix, &mut w)?;
+                if copied != self.matched {
+                    return Err(std::io::Error::other(
+                        "the file shrank while being compared",
+                    ));
+                }
+            }
+            self.out = Some((tmp, w));
+        }
+        Ok(&mut self.out.as_mut().expect("set above").1)
+    }
+
+    /// Ends the write: nothing when the old file matched to its end, else the temporary
+    /// file synced and renamed over it.
+    fn finish(&mut self) -> Result<bool> {
+        let path = self.path;
+        let io = |e| Error::store("write", path, e);
+        if let Some(old) = self.old.as_mut() {
+            let mut byte = [0u8; 1];
+            if matches!(old.read(&mut byte), Ok(0)) {
+                return Ok(false);
+            }
+        }
+        self.diverge().map_err(io)?;
+        let (tmp, w) = self.out.take().expect("diverged");
+        let file = w.into_inner().map_err(|e| io(e.into_error()));
+        let done = file.and_then(|file| {
+            file.sync_data()
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(io)
+        });
+        if done.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        done.map(|()| true)
+    }
+}
+
+impl Write for Diverging<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(old) = self.old.as_mut() {
+            self.scratch.resize(buf.len(), 0);
+            if old.read_exact(&mut self.scratch).is_ok() && self.scratch == buf {
+                self.matched += buf.len() as u64;
+                return Ok(buf.len());
+            }
+        }
+        self.diverge()?.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.out.as_mut() {
+            Some((_, w)) => w.flush(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Who holds the lock.
@@ -633,22 +754,6 @@ pub struct JobState {
 }
 
 impl JobState {
-    /// The compact state of a record found at `offset`.
-    #[must_use]
-    pub fn of(r: &JobRecord, offset: u64) -> Self {
-        Self {
-            offset,
-            index: r.index,
-            start: r.start.unwrap_or(f64::NAN),
-            end: r.end.unwrap_or(f64::NAN),
-            kind: OutcomeKind::of(&r.outcome),
-            exit_code: r.outcome.exit_code(),
-            attempt: r.attempt,
-            max_attempt: r.attempt,
-            fp: r.fp.as_bytes().try_into().ok(),
-        }
-    }
-
     /// Whether the latest record succeeded.
     #[must_use]
     pub fn succeeded(&self) -> bool {
@@ -668,8 +773,100 @@ impl JobState {
     }
 }
 
-/// The latest state of every job of a ledger, by job id ([`JobState`]).
-pub type JobStates = HashMap<Box<str>, JobState>;
+/// The latest state of every job of a ledger, by job id ([`JobState`]): the states in one
+/// vector, the ids one after the other in one string, and a table of one 4-byte index per
+/// job to find them by id (compared by the ids themselves, so a hash collision never mixes
+/// two jobs up). No allocation per job: a million jobs take about 90 bytes each.
+#[derive(Default)]
+pub struct JobStates {
+    states: Vec<JobState>,
+    /// Every id, one after the other.
+    ids: String,
+    /// Where each id ends in `ids`.
+    ends: Vec<usize>,
+    table: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl std::fmt::Debug for JobStates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// Id `i` of ids stored one after the other in `ids`, each ending at its `ends` entry.
+fn id_at<'a>(ids: &'a str, ends: &[usize], i: usize) -> &'a str {
+    let start = i.checked_sub(1).map_or(0, |p| ends[p]);
+    &ids[start..ends[i]]
+}
+
+impl JobStates {
+    fn id(&self, i: usize) -> &str {
+        id_at(&self.ids, &self.ends, i)
+    }
+
+    fn find(&self, id: &str) -> Option<usize> {
+        let hash = std::hash::BuildHasher::hash_one(&self.hasher, id);
+        self.table
+            .find(hash, |&i| self.id(i as usize) == id)
+            .map(|&i| i as usize)
+    }
+
+    /// The latest state of job `id`.
+    #[must_use]
+    pub fn get(&self, id: &str) -> Option<&JobState> {
+        self.find(id).map(|i| &self.states[i])
+    }
+
+    /// Whether no job has a record.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    /// Every job's id and latest state, in the order of their first records.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &JobState)> {
+        self.states.iter().enumerate().map(|(i, s)| (self.id(i), s))
+    }
+
+    /// Makes room for `n` more jobs with ids of about `id_len` bytes.
+    fn reserve(&mut self, n: usize, id_len: usize) {
+        self.states.reserve(n);
+        self.ends.reserve(n);
+        self.ids.reserve(n.saturating_mul(id_len));
+        let (ids, ends, hasher) = (&self.ids, &self.ends, &self.hasher);
+        self.table.reserve(n, |&i| {
+            std::hash::BuildHasher::hash_one(hasher, id_at(ids, ends, i as usize))
+        });
+    }
+
+    /// Records `state` as job `id`'s latest (keeping the highest attempt seen).
+    fn update(&mut self, id: &str, mut state: JobState) {
+        if let Some(i) = self.find(id) {
+            let slot = &mut self.states[i];
+            state.max_attempt = state.max_attempt.max(slot.max_attempt);
+            *slot = state;
+            return;
+        }
+        let slot = u32::try_from(self.states.len()).expect("fewer than 2^32 jobs");
+        let hash = std::hash::BuildHasher::hash_one(&self.hasher, id);
+        self.ids.push_str(id);
+        self.ends.push(self.ids.len());
+        self.states.push(state);
+        let (ids, ends, hasher) = (&self.ids, &self.ends, &self.hasher);
+        self.table.insert_unique(hash, slot, |&i| {
+            std::hash::BuildHasher::hash_one(hasher, id_at(ids, ends, i as usize))
+        });
+    }
+}
+
+impl std::ops::Index<&str> for JobStates {
+    type Output = JobState;
+
+    fn index(&self, id: &str) -> &JobState {
+        self.get(id).expect("a job with a record")
+    }
+}
 
 /// Reads a ledger one record at a time into the [`JobState`] of each job id: the latest
 /// record wins, and the highest attempt is kept too.
@@ -677,20 +874,56 @@ pub type JobStates = HashMap<Box<str>, JobState>;
 /// # Errors
 /// As [`read_ledger`].
 pub fn read_states(path: &Path) -> Result<JobStates> {
-    let mut map: JobStates = HashMap::new();
-    for_each_record_at(path, |r: JobRecord, offset| {
-        let mut st = JobState::of(&r, offset);
-        match map.get_mut(r.id.as_str()) {
-            Some(slot) => {
-                st.max_attempt = st.max_attempt.max(slot.max_attempt);
-                *slot = st;
-            }
-            None => {
-                map.insert(r.id.into_boxed_str(), st);
-            }
+    let mut states = JobStates::default();
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    for_each_line_at(path, |line, offset| {
+        let r: StateRecord<'_> = serde_json::from_slice(line)?;
+        if states.is_empty() {
+            // Sized once, for as many records as lines like the first (no record is shorter
+            // than 64 bytes), rather than grown a table at a time.
+            let lines = size / (line.len() as u64).max(64);
+            states.reserve(usize::try_from(lines).unwrap_or(0), r.id.len());
         }
+        states.update(
+            &r.id,
+            JobState {
+                offset,
+                index: r.index,
+                start: r.start.unwrap_or(f64::NAN),
+                end: r.end.unwrap_or(f64::NAN),
+                kind: OutcomeKind::of(&r.outcome),
+                exit_code: r.outcome.exit_code(),
+                attempt: r.attempt,
+                max_attempt: r.attempt,
+                fp: r.fp.as_bytes().try_into().ok(),
+            },
+        );
+        Ok(())
     })?;
-    Ok(map)
+    Ok(states)
+}
+
+/// A ledger record as [`read_states`] reads it: the same fields as a [`JobRecord`], checked
+/// the same way, but its strings borrowed from the line where they need no unescaping.
+#[derive(Deserialize)]
+struct StateRecord<'a> {
+    index: usize,
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    attempt: u32,
+    outcome: Outcome,
+    #[serde(default)]
+    start: Option<f64>,
+    #[serde(default)]
+    end: Option<f64>,
+    #[expect(dead_code, reason = "checked as a record's, not kept")]
+    #[serde(borrow)]
+    run: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    fp: std::borrow::Cow<'a, str>,
+    #[expect(dead_code, reason = "checked as a record's, not kept")]
+    #[serde(default)]
+    result: Option<ResultValue>,
 }
 
 fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
@@ -835,6 +1068,17 @@ fn for_each_record_at<T: serde::de::DeserializeOwned>(
     path: &Path,
     mut f: impl FnMut(T, u64),
 ) -> Result<()> {
+    for_each_line_at(path, |line, at| {
+        serde_json::from_slice::<T>(line).map(|r| f(r, at))
+    })
+}
+
+/// Calls `parse` with each line of a JSON Lines state file that holds something, and the byte
+/// offset of the line; a line it cannot parse is corrupt, unless it is a torn last line.
+fn for_each_line_at(
+    path: &Path,
+    mut parse: impl FnMut(&[u8], u64) -> serde_json::Result<()>,
+) -> Result<()> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -863,8 +1107,8 @@ fn for_each_record_at<T: serde::de::DeserializeOwned>(
         if nul {
             return Err(corrupt(path, n, "NUL bytes instead of a record".to_owned()));
         }
-        match serde_json::from_slice::<T>(&buf) {
-            Ok(r) => f(r, at),
+        match parse(&buf, at) {
+            Ok(()) => {}
             Err(_) if !complete => {}
             Err(e) => return Err(corrupt(path, n, e.to_string())),
         }
@@ -935,17 +1179,24 @@ pub struct JobLine {
 /// # Errors
 /// On I/O failure.
 pub fn write_jobs(path: &Path, jobs: &Jobs) -> Result<()> {
-    let mut buf = Vec::with_capacity(jobs.len() * 64);
-    for j in jobs {
-        buf.extend_from_slice(b"{\"index\":");
-        buf.extend_from_slice(j.index.to_string().as_bytes());
-        buf.extend_from_slice(b",\"id\":");
-        buf.extend_from_slice(serde_json::to_string(j.id).expect("string").as_bytes());
-        buf.extend_from_slice(b",\"job\":");
-        buf.extend_from_slice(j.json.as_bytes());
-        buf.extend_from_slice(b"}\n");
-    }
-    atomic_write(path, &buf)
+    // Streamed (never the whole file in memory), and left as it is when unchanged.
+    let io = |e| Error::store("write", path, e);
+    let mut line = Vec::with_capacity(256);
+    write_if_changed_with(path, |w| {
+        for j in jobs {
+            line.clear();
+            line.extend_from_slice(b"{\"index\":");
+            line.extend_from_slice(j.index.to_string().as_bytes());
+            line.extend_from_slice(b",\"id\":");
+            serde_json::to_writer(&mut line, j.id).expect("string");
+            line.extend_from_slice(b",\"job\":");
+            line.extend_from_slice(j.json.as_bytes());
+            line.extend_from_slice(b"}\n");
+            w.write_all(&line).map_err(io)?;
+        }
+        Ok(())
+    })
+    .map(|_| ())
 }
 
 /// Reads a stage's expanded jobs (`None` when the stage was never expanded).
@@ -1188,6 +1439,40 @@ pub fn read_live(path: &Path) -> Result<Option<(Option<LiveLine>, Vec<LiveLine>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_if_changed_writes_only_what_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.jsonl");
+        let write = |chunks: &[&str]| {
+            write_if_changed_with(&path, |w| {
+                for c in chunks {
+                    w.write_all(c.as_bytes()).unwrap();
+                }
+                Ok(())
+            })
+            .unwrap()
+        };
+        // No file yet: written.
+        assert!(write(&["ab", "cd\n", "ef\n"]));
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let before = inode(&path);
+        // The same bytes, cut differently: left as it is (same inode, no rename).
+        assert!(!write(&["a", "bcd\ne", "f\n"]));
+        assert_eq!(inode(&path), before);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "abcd\nef\n");
+        // A difference in the middle, a shorter and a longer content: each written whole.
+        for (chunks, want) in [
+            (&["ab", "Xd\n", "ef\n"][..], "abXd\nef\n"),
+            (&["ab", "Xd\n"][..], "abXd\n"),
+            (&["ab", "Xd\n", "more\n"][..], "abXd\nmore\n"),
+        ] {
+            assert!(write(chunks));
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
+        }
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
     use crate::outcome::Outcome;
 
     fn rec(id: &str, attempt: u32, outcome: Outcome) -> JobRecord {

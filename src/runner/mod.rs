@@ -942,7 +942,10 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             return;
         }
         let job = r.jobs.jobs.at(idx);
-        let label = crate::summary::job_label(job.json);
+        // Parsed from the job's value only when something shows it (not for a reused job).
+        let label = (record.is_some() || !outcome.is_success())
+            .then(|| crate::summary::job_label(job.json))
+            .flatten();
         if !outcome.is_success() && !matches!(outcome, Outcome::NotRun { .. }) {
             let id = job.id.to_owned();
             let out = self.layout.log_out(name, &id);

@@ -3,9 +3,11 @@
 //! the [`RunReport`] built from the stages' phases. The drive loop decides when; this module
 //! only writes and reports.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::manifest::{BackendKind, Manifest};
@@ -13,14 +15,18 @@ use crate::outcome::{Outcome, Stats, Verdict};
 use crate::store::{self, Layout};
 use crate::summary::{RunReport, StageReport};
 
-use super::stage::{Phase, StageJobs};
+use crate::jobs::JobRef;
+
+use super::stage::{JobSlot, Phase, StageJobs};
 
 /// Writes a stage's `results.jsonl` and `outcomes.jsonl` in job order, one job at a time
 /// (results are read back from the ledger by offset).
 pub(super) fn write_stage_files(layout: &Layout, name: &str, jobs: &mut StageJobs) -> Result<()> {
+    // Each file is compared with what an earlier run left and written only when it differs:
+    // a resumed run that finds everything done rewrites nothing.
     let results_path = layout.results_file(name);
     let io = |e| Error::store("write", &results_path, e);
-    store::atomic_write_with(&results_path, |w| {
+    store::write_if_changed_with(&results_path, |w| {
         for idx in 0..jobs.slots.len() {
             match jobs.result(idx)? {
                 Some(r) => w.write_all(r.to_json().as_bytes()).map_err(io)?,
@@ -34,40 +40,78 @@ pub(super) fn write_stage_files(layout: &Layout, name: &str, jobs: &mut StageJob
     let outcomes_path = layout.outcomes_file(name);
     let io = |e| Error::store("write", &outcomes_path, e);
     // One listing of the logs rather than two `stat`s per job.
-    let logs: std::collections::HashSet<std::ffi::OsString> =
-        std::fs::read_dir(layout.logs_dir(name))
-            .map(|d| d.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
-    store::atomic_write_with(&outcomes_path, |w| {
+    let logs: HashSet<OsString> = std::fs::read_dir(layout.logs_dir(name))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let mut line = Vec::with_capacity(512);
+    store::write_if_changed_with(&outcomes_path, |w| {
         for (j, slot) in jobs.jobs.iter().zip(&jobs.slots) {
-            let f = slot.outcome.as_ref();
-            let path = |p: PathBuf| {
-                if p.file_name().is_some_and(|n| logs.contains(n)) {
-                    json!(p)
-                } else {
-                    Value::Null
-                }
-            };
-            let line = json!({
-                "index": j.index,
-                "id": j.id,
-                "outcome": f.map(Outcome::describe),
-                "succeeded": f.is_some_and(Outcome::is_success),
-                "exit_code": f.and_then(Outcome::exit_code),
-                "attempts": slot.attempt,
-                "stdout": path(layout.log_out(name, j.id)),
-                "stderr": path(layout.log_err(name, j.id)),
-            });
-            let mut text = serde_json::to_string(&line).expect("serializes");
-            // The job's value exactly as expanded, without parsing it again.
-            text.pop();
-            text.push_str(",\"job\":");
-            text.push_str(j.json);
-            text.push_str("}\n");
-            w.write_all(text.as_bytes()).map_err(io)?;
+            line.clear();
+            outcome_line(&mut line, layout, name, &logs, &j, slot);
+            w.write_all(&line).map_err(io)?;
         }
         Ok(())
-    })
+    })?;
+    Ok(())
+}
+
+/// One line of `outcomes.jsonl`, written field by field in the order (sorted by key) and
+/// form `serde_json` gives the object `{"attempts", "exit_code", "id", "index", "outcome",
+/// "stderr", "stdout", "succeeded"}`, then the job's value exactly as expanded under `"job"`.
+fn outcome_line(
+    line: &mut Vec<u8>,
+    layout: &Layout,
+    name: &str,
+    logs: &HashSet<OsString>,
+    j: &JobRef<'_>,
+    slot: &JobSlot,
+) {
+    let f = slot.outcome.as_ref();
+    let string = |line: &mut Vec<u8>, s: &str| serde_json::to_writer(line, s).expect("serializes");
+    // A log's path when the log exists (no path built for a job without logs).
+    let log = |line: &mut Vec<u8>, path: fn(&Layout, &str, &str) -> PathBuf| {
+        let p = path(layout, name, j.id);
+        if p.file_name().is_some_and(|n| logs.contains(n)) {
+            serde_json::to_writer(line, &p).expect("serializes");
+        } else {
+            line.extend_from_slice(b"null");
+        }
+    };
+    line.extend_from_slice(b"{\"attempts\":");
+    line.extend_from_slice(slot.attempt.to_string().as_bytes());
+    line.extend_from_slice(b",\"exit_code\":");
+    match f.and_then(Outcome::exit_code) {
+        Some(c) => line.extend_from_slice(c.to_string().as_bytes()),
+        None => line.extend_from_slice(b"null"),
+    }
+    line.extend_from_slice(b",\"id\":");
+    string(line, j.id);
+    line.extend_from_slice(b",\"index\":");
+    line.extend_from_slice(j.index.to_string().as_bytes());
+    line.extend_from_slice(b",\"outcome\":");
+    match f {
+        Some(Outcome::Succeeded) => line.extend_from_slice(b"\"succeeded\""),
+        Some(o) => string(line, &o.describe()),
+        None => line.extend_from_slice(b"null"),
+    }
+    line.extend_from_slice(b",\"stderr\":");
+    if logs.is_empty() {
+        line.extend_from_slice(b"null,\"stdout\":null");
+    } else {
+        log(line, Layout::log_err);
+        line.extend_from_slice(b",\"stdout\":");
+        log(line, Layout::log_out);
+    }
+    line.extend_from_slice(b",\"succeeded\":");
+    line.extend_from_slice(if f.is_some_and(Outcome::is_success) {
+        b"true"
+    } else {
+        b"false"
+    });
+    // The job's value exactly as expanded, without parsing it again.
+    line.extend_from_slice(b",\"job\":");
+    line.extend_from_slice(j.json.as_bytes());
+    line.extend_from_slice(b"}\n");
 }
 
 /// What the report says of one stage, from its phase.
@@ -167,4 +211,92 @@ pub fn write_report(layout: &Layout, report: &RunReport) -> Result<()> {
         text.as_bytes(),
     )?;
     store::atomic_write(&layout.summary(), text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The line as it was built before: a `json!` object serialized, the job appended.
+    fn json_line(
+        layout: &Layout,
+        name: &str,
+        logs: &HashSet<OsString>,
+        j: &JobRef<'_>,
+        slot: &JobSlot,
+    ) -> String {
+        let f = slot.outcome.as_ref();
+        let path = |p: PathBuf| {
+            if p.file_name().is_some_and(|n| logs.contains(n)) {
+                json!(p)
+            } else {
+                serde_json::Value::Null
+            }
+        };
+        let line = json!({
+            "index": j.index,
+            "id": j.id,
+            "outcome": f.map(Outcome::describe),
+            "succeeded": f.is_some_and(Outcome::is_success),
+            "exit_code": f.and_then(Outcome::exit_code),
+            "attempts": slot.attempt,
+            "stdout": path(layout.log_out(name, j.id)),
+            "stderr": path(layout.log_err(name, j.id)),
+        });
+        let mut text = serde_json::to_string(&line).expect("serializes");
+        text.pop();
+        format!("{text},\"job\":{}}}\n", j.json)
+    }
+
+    #[test]
+    fn outcome_lines_are_those_serde_json_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().join("state"));
+        let outcomes = [
+            None,
+            Some(Outcome::Succeeded),
+            Some(Outcome::Failed { code: -3 }),
+            Some(Outcome::Signaled { signal: 9 }),
+            Some(Outcome::ExecFailed {
+                error: "no \"such\" file\n\u{1}é".to_owned(),
+            }),
+            Some(Outcome::TimedOut),
+            Some(Outcome::Lost),
+            Some(Outcome::Interrupted),
+            Some(Outcome::NotRun {
+                reason: "upstream `a` failed".to_owned(),
+            }),
+            Some(Outcome::OutputLost {
+                ran: "exit code 0".to_owned(),
+                error: "disk full".to_owned(),
+            }),
+        ];
+        let all_logs: HashSet<OsString> = ["j\"1.out", "j\"1.err", "other.out"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        for logs in [HashSet::new(), all_logs] {
+            for (n, outcome) in outcomes.iter().enumerate() {
+                for id in ["j\"1", "plain", "a/b"] {
+                    let j = JobRef {
+                        index: n * 1000,
+                        id,
+                        json: r#"{"x":[1,2.5e3,"é"]}"#,
+                        parsed: None,
+                    };
+                    let slot = JobSlot {
+                        outcome: outcome.clone(),
+                        attempt: u32::try_from(n).unwrap(),
+                        ..JobSlot::default()
+                    };
+                    let mut line = Vec::new();
+                    outcome_line(&mut line, &layout, "st", &logs, &j, &slot);
+                    assert_eq!(
+                        String::from_utf8(line).unwrap(),
+                        json_line(&layout, "st", &logs, &j, &slot)
+                    );
+                }
+            }
+        }
+    }
 }
