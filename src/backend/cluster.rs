@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Proc, Stdio};
+use std::sync::OnceLock;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,59 @@ pub struct ArrayLimit {
     pub tasks: usize,
     /// Where it came from, for people: "the cluster's `MaxArraySize`".
     pub source: String,
+}
+
+/// Where a scheduler keeps its array limit: the command that prints it, how to read the
+/// number, and what to say about each source.
+pub struct LimitQuery {
+    /// The command and its arguments (`scontrol show config`).
+    pub command: (&'static str, &'static [&'static str]),
+    /// The scheduler's transient error texts (see [`call`]).
+    pub transient: &'static [&'static str],
+    /// Finds the limit in the command's output.
+    pub parse: fn(&str) -> Option<usize>,
+    /// The source named when the output has it: "the cluster's `MaxArraySize` (…)".
+    pub found: &'static str,
+    /// The scheduler's documented default, and the source named when the output has none.
+    pub default: (usize, &'static str),
+}
+
+impl LimitQuery {
+    /// Asks once per process: every stage of a run submits to the same cluster, and a stage
+    /// starting while the controller is unreachable then needs no answer from it. A command
+    /// that fails is not remembered (the next stage asks again); what to do then is the
+    /// scheduler's choice.
+    ///
+    /// # Errors
+    /// The failed call.
+    pub fn ask(&self, cache: &OnceLock<ArrayLimit>) -> std::result::Result<ArrayLimit, CallError> {
+        if let Some(n) = cache.get() {
+            return Ok(n.clone());
+        }
+        let (program, args) = self.command;
+        let out = call(program, args, self.transient)?;
+        let limit = match (self.parse)(&out) {
+            Some(tasks) => ArrayLimit {
+                tasks,
+                source: self.found.into(),
+            },
+            None => ArrayLimit {
+                tasks: self.default.0,
+                source: self.default.1.into(),
+            },
+        };
+        Ok(cache.get_or_init(|| limit).clone())
+    }
+
+    /// The documented default (`what`) when `who` (the cluster, the server) could not be
+    /// asked, saying why.
+    #[must_use]
+    pub fn fallback(&self, what: &str, who: &str, e: &CallError) -> ArrayLimit {
+        ArrayLimit {
+            tasks: self.default.0,
+            source: format!("{what} ({who} could not be asked: {})", e.message),
+        }
+    }
 }
 
 /// The I/O half of a cluster backend: the only part that runs scheduler commands (`sbatch`,

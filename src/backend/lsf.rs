@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use super::cluster::{ArrayLimit, CallError, Client, TaskState, call};
+use super::cluster::{ArrayLimit, CallError, Client, LimitQuery, TaskState, call};
 use super::syntax::Syntax;
 use crate::error::Result;
 use crate::manifest::WallTime;
@@ -299,31 +299,19 @@ impl Client for Lsf {
         // Asked once per process (every stage of a run submits to the same cluster). A cluster
         // that cannot be asked gives LSF's documented default, not remembered.
         static MAX_JOB_ARRAY_SIZE: OnceLock<ArrayLimit> = OnceLock::new();
-        if let Some(n) = MAX_JOB_ARRAY_SIZE.get() {
-            return Ok(n.clone());
-        }
-        match call("bparams", &["-a"], TRANSIENT) {
-            Ok(out) => {
-                let limit = match parse_max_job_array_size(&out) {
-                    Some(tasks) => ArrayLimit {
-                        tasks,
-                        source: "the cluster's `MAX_JOB_ARRAY_SIZE` (`bparams -a`)".into(),
-                    },
-                    None => ArrayLimit {
-                        tasks: DEFAULT_MAX_JOB_ARRAY_SIZE,
-                        source: "LSF's default `MAX_JOB_ARRAY_SIZE` (`bparams -a` has none)".into(),
-                    },
-                };
-                Ok(MAX_JOB_ARRAY_SIZE.get_or_init(|| limit).clone())
-            }
-            Err(e) => Ok(ArrayLimit {
-                tasks: DEFAULT_MAX_JOB_ARRAY_SIZE,
-                source: format!(
-                    "LSF's default `MAX_JOB_ARRAY_SIZE` (the cluster could not be asked: {})",
-                    e.message
-                ),
-            }),
-        }
+        let query = LimitQuery {
+            command: ("bparams", &["-a"]),
+            transient: TRANSIENT,
+            parse: parse_max_job_array_size,
+            found: "the cluster's `MAX_JOB_ARRAY_SIZE` (`bparams -a`)",
+            default: (
+                DEFAULT_MAX_JOB_ARRAY_SIZE,
+                "LSF's default `MAX_JOB_ARRAY_SIZE` (`bparams -a` has none)",
+            ),
+        };
+        Ok(query.ask(&MAX_JOB_ARRAY_SIZE).unwrap_or_else(|e| {
+            query.fallback("LSF's default `MAX_JOB_ARRAY_SIZE`", "the cluster", &e)
+        }))
     }
     fn submit(&mut self, script: &Path) -> std::result::Result<String, CallError> {
         // bsub reads #BSUB lines only from its standard input; `call` gives none, so a shell

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use super::cluster::{ArrayLimit, CallError, Client, TaskState, call};
+use super::cluster::{ArrayLimit, CallError, Client, LimitQuery, TaskState, call};
 use super::syntax::Syntax;
 use crate::error::Result;
 use crate::manifest::WallTime;
@@ -311,31 +311,19 @@ impl Client for Pbs {
         // Asked once per process (every stage of a run submits to the same server). A server
         // that cannot be asked gives PBS's documented default, not remembered.
         static MAX_ARRAY_SIZE: OnceLock<ArrayLimit> = OnceLock::new();
-        if let Some(n) = MAX_ARRAY_SIZE.get() {
-            return Ok(n.clone());
-        }
-        match call("qmgr", &["-c", "list server"], TRANSIENT) {
-            Ok(out) => {
-                let limit = match parse_max_array_size(&out) {
-                    Some(tasks) => ArrayLimit {
-                        tasks,
-                        source: "the server's `max_array_size` (`qmgr -c \"list server\"`)".into(),
-                    },
-                    None => ArrayLimit {
-                        tasks: DEFAULT_MAX_ARRAY_SIZE,
-                        source: "PBS's default `max_array_size` (the server sets none)".into(),
-                    },
-                };
-                Ok(MAX_ARRAY_SIZE.get_or_init(|| limit).clone())
-            }
-            Err(e) => Ok(ArrayLimit {
-                tasks: DEFAULT_MAX_ARRAY_SIZE,
-                source: format!(
-                    "PBS's default `max_array_size` (the server could not be asked: {})",
-                    e.message
-                ),
-            }),
-        }
+        let query = LimitQuery {
+            command: ("qmgr", &["-c", "list server"]),
+            transient: TRANSIENT,
+            parse: parse_max_array_size,
+            found: "the server's `max_array_size` (`qmgr -c \"list server\"`)",
+            default: (
+                DEFAULT_MAX_ARRAY_SIZE,
+                "PBS's default `max_array_size` (the server sets none)",
+            ),
+        };
+        Ok(query
+            .ask(&MAX_ARRAY_SIZE)
+            .unwrap_or_else(|e| query.fallback("PBS's default `max_array_size`", "the server", &e)))
     }
     fn submit(&mut self, script: &Path) -> std::result::Result<String, CallError> {
         let path = script.display().to_string();

@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use super::cluster::{ArrayLimit, CallError, Client, TaskState, call};
+use super::cluster::{ArrayLimit, CallError, Client, LimitQuery, TaskState, call};
 use super::syntax::Syntax;
 use crate::error::Result;
 use crate::manifest::WallTime;
@@ -92,32 +92,19 @@ impl Client for Sge {
         // read falls back to Grid Engine's default (not remembered, so the next stage asks
         // again); 0 means unlimited.
         static MAX_AJ_TASKS: OnceLock<ArrayLimit> = OnceLock::new();
-        if let Some(n) = MAX_AJ_TASKS.get() {
-            return Ok(n.clone());
-        }
-        match call("qconf", &["-sconf"], TRANSIENT) {
-            Ok(out) => {
-                let limit = match parse_max_aj_tasks(&out) {
-                    Some(tasks) => ArrayLimit {
-                        tasks,
-                        source: "the cluster's `max_aj_tasks` (`qconf -sconf`)".into(),
-                    },
-                    None => ArrayLimit {
-                        tasks: DEFAULT_MAX_AJ_TASKS,
-                        source: "Grid Engine's default `max_aj_tasks` (`qconf -sconf` has none)"
-                            .into(),
-                    },
-                };
-                Ok(MAX_AJ_TASKS.get_or_init(|| limit).clone())
-            }
-            Err(e) => Ok(ArrayLimit {
-                tasks: DEFAULT_MAX_AJ_TASKS,
-                source: format!(
-                    "Grid Engine's default `max_aj_tasks` (the cluster could not be asked: {})",
-                    e.message
-                ),
-            }),
-        }
+        let query = LimitQuery {
+            command: ("qconf", &["-sconf"]),
+            transient: TRANSIENT,
+            parse: parse_max_aj_tasks,
+            found: "the cluster's `max_aj_tasks` (`qconf -sconf`)",
+            default: (
+                DEFAULT_MAX_AJ_TASKS,
+                "Grid Engine's default `max_aj_tasks` (`qconf -sconf` has none)",
+            ),
+        };
+        Ok(query.ask(&MAX_AJ_TASKS).unwrap_or_else(|e| {
+            query.fallback("Grid Engine's default `max_aj_tasks`", "the cluster", &e)
+        }))
     }
     fn submit(&mut self, script: &Path) -> std::result::Result<String, CallError> {
         let path = script.display().to_string();

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use super::cluster::{ArrayLimit, CallError, Client, TaskState, call};
+use super::cluster::{ArrayLimit, CallError, Client, LimitQuery, TaskState, call};
 use super::syntax::Syntax;
 use crate::error::{Error, Result};
 use crate::manifest::WallTime;
@@ -93,25 +93,21 @@ impl Client for Slurm {
         // Asked once per process: every stage of a run submits to the same cluster, and a
         // stage starting while the controller is unreachable then needs no answer from it.
         static MAX_ARRAY_SIZE: OnceLock<ArrayLimit> = OnceLock::new();
-        if let Some(n) = MAX_ARRAY_SIZE.get() {
-            return Ok(n.clone());
-        }
-        let out = call("scontrol", &["show", "config"], TRANSIENT).map_err(|e| Error::Backend {
+        let query = LimitQuery {
+            command: ("scontrol", &["show", "config"]),
+            transient: TRANSIENT,
+            parse: parse_max_array_size,
+            found: "the cluster's `MaxArraySize` (`scontrol show config`)",
+            default: (
+                DEFAULT_MAX_ARRAY_SIZE,
+                "Slurm's default `MaxArraySize` (`scontrol show config` has none)",
+            ),
+        };
+        query.ask(&MAX_ARRAY_SIZE).map_err(|e| Error::Backend {
             backend: "slurm",
             message: "cannot read the cluster's configuration".into(),
             detail: Some(e.message),
-        })?;
-        let limit = match parse_max_array_size(&out) {
-            Some(tasks) => ArrayLimit {
-                tasks,
-                source: "the cluster's `MaxArraySize` (`scontrol show config`)".into(),
-            },
-            None => ArrayLimit {
-                tasks: DEFAULT_MAX_ARRAY_SIZE,
-                source: "Slurm's default `MaxArraySize` (`scontrol show config` has none)".into(),
-            },
-        };
-        Ok(MAX_ARRAY_SIZE.get_or_init(|| limit).clone())
+        })
     }
     fn submit(&mut self, script: &Path) -> std::result::Result<String, CallError> {
         let path = script.display().to_string();
