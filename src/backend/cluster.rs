@@ -104,6 +104,37 @@ impl LimitQuery {
     }
 }
 
+/// One status call for these arrays, for schedulers that refuse the whole call when one id
+/// is no longer known (PBS without job history, LSF after `CLEAN_PERIOD`): the ids the error
+/// names (`forgotten(error, id)`) are dropped and the call made once more for the rest, so a
+/// poll normally costs at most two calls.
+///
+/// # Errors
+/// The last failed call, when it named none of the ids asked for.
+pub fn query_known_ids<T: Default>(
+    job_ids: &[String],
+    mut ask: impl FnMut(&[&str]) -> std::result::Result<T, CallError>,
+    forgotten: impl Fn(&CallError, &str) -> bool,
+) -> std::result::Result<T, CallError> {
+    let mut ids: Vec<&str> = job_ids.iter().map(String::as_str).collect();
+    loop {
+        if ids.is_empty() {
+            return Ok(T::default());
+        }
+        match ask(&ids) {
+            Ok(v) => return Ok(v),
+            Err(e) if !e.transient => {
+                let before = ids.len();
+                ids.retain(|id| !forgotten(&e, id));
+                if ids.len() == before {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The I/O half of a cluster backend: the only part that runs scheduler commands (`sbatch`,
 /// `squeue`, `scancel`...) and reads their output. How scripts are written is its
 /// [`Syntax`]; what to submit, when to ask, and what an answer means for a job is
@@ -988,6 +1019,47 @@ impl Backend for ClusterBackend {
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn forgotten_ids_are_dropped_for_one_more_call() {
+        let err = |m: &str, transient| CallError {
+            message: m.into(),
+            transient,
+        };
+        let ids: Vec<String> = ["1", "2", "3"].map(String::from).to_vec();
+        let mut asked = Vec::new();
+        let got = query_known_ids(
+            &ids,
+            |ids| {
+                asked.push(ids.join(","));
+                if ids.contains(&"2") {
+                    Err(err("Unknown Job Id 2", false))
+                } else {
+                    Ok(ids.len())
+                }
+            },
+            |e, id| e.message.ends_with(id),
+        );
+        assert_eq!(got.unwrap(), 2);
+        assert_eq!(asked, ["1,2,3", "1,3"]);
+        // An error naming none of them, or a transient one, is the answer.
+        let got: std::result::Result<usize, _> = query_known_ids(
+            &ids,
+            |_| Err(err("denied", false)),
+            |e, id| e.message.ends_with(id),
+        );
+        assert_eq!(got.unwrap_err().message, "denied");
+        let got: std::result::Result<usize, _> = query_known_ids(
+            &ids,
+            |_| Err(err("timed out 2", true)),
+            |e, id| e.message.ends_with(id),
+        );
+        assert!(got.unwrap_err().transient);
+        // Every id forgotten: nothing left to ask.
+        let got: std::result::Result<usize, _> =
+            query_known_ids(&ids, |_| Err(err("gone", false)), |_, _| true);
+        assert_eq!(got.unwrap(), 0);
+    }
 
     use super::*;
     use crate::jobs::JobId;

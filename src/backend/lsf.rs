@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use super::cluster::{ArrayLimit, CallError, Client, LimitQuery, TaskState, call};
+use super::cluster::{ArrayLimit, CallError, Client, LimitQuery, TaskState, call, query_known_ids};
 use super::syntax::Syntax;
 use crate::error::Result;
 use crate::manifest::WallTime;
@@ -266,31 +266,22 @@ impl Lsf {
     fn bjobs(
         job_ids: &[String],
     ) -> std::result::Result<HashMap<(String, usize), TaskState>, CallError> {
-        let mut ids: Vec<&str> = job_ids.iter().map(String::as_str).collect();
-        loop {
-            if ids.is_empty() {
-                return Ok(HashMap::new());
-            }
-            let mut args = vec!["-a", "-json", "-o", BJOBS_FIELDS];
-            args.extend(&ids);
-            match call("bjobs", &args, TRANSIENT) {
-                Ok(out) => {
-                    return parse_bjobs_json(&out).map_err(|message| CallError {
-                        message,
-                        transient: false,
-                    });
-                }
-                Err(e) if !e.transient && e.message.contains("is not found") => {
-                    let gone = not_found_ids(&e.message);
-                    let before = ids.len();
-                    ids.retain(|id| !gone.iter().any(|g| g == id));
-                    if ids.len() == before {
-                        return Err(e);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        query_known_ids(
+            job_ids,
+            |ids| {
+                let mut args = vec!["-a", "-json", "-o", BJOBS_FIELDS];
+                args.extend(ids);
+                let out = call("bjobs", &args, TRANSIENT)?;
+                parse_bjobs_json(&out).map_err(|message| CallError {
+                    message,
+                    transient: false,
+                })
+            },
+            |e, id| {
+                e.message.contains("is not found")
+                    && not_found_ids(&e.message).iter().any(|g| g == id)
+            },
+        )
     }
 }
 

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use super::cluster::{ArrayLimit, CallError, Client, LimitQuery, TaskState, call};
+use super::cluster::{ArrayLimit, CallError, Client, LimitQuery, TaskState, call, query_known_ids};
 use super::syntax::Syntax;
 use crate::error::Result;
 use crate::manifest::WallTime;
@@ -278,31 +278,24 @@ impl Pbs {
     fn qstat(
         job_ids: &[String],
     ) -> std::result::Result<HashMap<(String, usize), TaskState>, CallError> {
-        let mut ids: Vec<&str> = job_ids.iter().map(String::as_str).collect();
-        loop {
-            if ids.is_empty() {
-                return Ok(HashMap::new());
-            }
-            let mut args = vec!["-f", "-F", "json", "-x", "-t"];
-            args.extend(&ids);
-            match call("qstat", &args, TRANSIENT) {
-                Ok(out) => {
-                    return parse_qstat_json(&out).map_err(|message| CallError {
-                        message,
-                        transient: false,
-                    });
-                }
-                Err(e) if !e.transient && e.message.contains(UNKNOWN) => {
-                    let unknown = unknown_ids(&e.message);
-                    let before = ids.len();
-                    ids.retain(|id| !unknown.iter().any(|u| sequence(u) == sequence(id)));
-                    if ids.len() == before {
-                        return Err(e);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        query_known_ids(
+            job_ids,
+            |ids| {
+                let mut args = vec!["-f", "-F", "json", "-x", "-t"];
+                args.extend(ids);
+                let out = call("qstat", &args, TRANSIENT)?;
+                parse_qstat_json(&out).map_err(|message| CallError {
+                    message,
+                    transient: false,
+                })
+            },
+            |e, id| {
+                e.message.contains(UNKNOWN)
+                    && unknown_ids(&e.message)
+                        .iter()
+                        .any(|u| sequence(u) == sequence(id))
+            },
+        )
     }
 }
 
