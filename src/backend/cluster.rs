@@ -366,8 +366,12 @@ pub struct ClusterBackend {
     status_step: Duration,
     /// When the scheduler is asked next.
     next_status: Instant,
-    /// When the grace period of the first task seen gone from the queue ends.
+    /// When the grace period of the first task seen gone from the queue ends (and the
+    /// scheduler has not been asked since).
     next_lost: Option<Instant>,
+    /// When the scheduler was last asked, and last answered.
+    last_ask: Option<Instant>,
+    last_answer: Option<Instant>,
     grace: Duration,
     polls: usize,
     calls: usize,
@@ -449,6 +453,8 @@ impl ClusterBackend {
             status_step: interval,
             next_status: now + interval,
             next_lost: None,
+            last_ask: None,
+            last_answer: None,
             grace: spec.settings.lost_grace,
             polls: 0,
             calls: 0,
@@ -797,7 +803,11 @@ impl Backend for ClusterBackend {
     fn poll(&mut self) -> Result<()> {
         self.polls += 1;
         let now = self.clock.now();
-        let ask = !self.active_jobs.is_empty() && now >= self.next_status;
+        // A task's grace period ending is a reason to ask too: it is lost only if the
+        // scheduler, asked after the grace period, still does not list it and cannot say how
+        // it ended (Grid Engine's accounting may take 15 s to know a task hit `h_rt`).
+        let grace_over = self.next_lost.is_some_and(|l| now >= l);
+        let ask = !self.active_jobs.is_empty() && (now >= self.next_status || grace_over);
         // Asked before harvesting: a task the scheduler no longer lists has written its
         // outcome file by then, so it is harvested below rather than suspected lost.
         let queue = ask.then(|| {
@@ -806,12 +816,17 @@ impl Backend for ClusterBackend {
             self.client.query(&ids)
         });
         if ask {
-            self.next_status = now + self.status_step;
-            self.status_step = (self.status_step * 2).min(self.spec.settings.status_interval);
+            self.last_ask = Some(now);
+            if queue.as_ref().is_some_and(Result::is_ok) {
+                self.last_answer = Some(now);
+            }
+            if now >= self.next_status {
+                self.next_status = now + self.status_step;
+                self.status_step = (self.status_step * 2).min(self.spec.settings.status_interval);
+            }
         }
         let harvested = self.harvest();
         let mut progress = harvested > 0;
-        let now = self.clock.now();
         let mut finished = Vec::new();
         if let Some(Ok(states)) = &queue {
             let mut errors = Vec::new();
@@ -844,11 +859,11 @@ impl Backend for ClusterBackend {
                 finished.push((key, Outcome::Lost));
             }
         }
-        // Gone from the queue (at the last status call) and still no outcome file after the
-        // grace period: checked at every poll, so the grace does not wait for a status call.
+        // Gone from the queue, still gone at a status call made once the grace period was
+        // over, and still no outcome file: lost (or timed out, if the scheduler said so).
         for (key, t) in &self.tracked {
             if let Some((since, timed_out)) = t.gone_since
-                && now.duration_since(since) >= self.grace
+                && self.last_answer.is_some_and(|a| a >= since + self.grace)
                 && !finished.iter().any(|(k, _)| k == key)
             {
                 let outcome = if timed_out {
@@ -867,9 +882,13 @@ impl Backend for ClusterBackend {
         let tracked = &self.tracked;
         self.active_jobs
             .retain(|j| tracked.values().any(|t| &t.job_id == j));
+        // Grace periods that ended before the last status call wait for the next regular one
+        // (the scheduler could not be asked, or tracked tasks remain only through them).
+        let last_ask = self.last_ask;
         self.next_lost = tracked
             .values()
             .filter_map(|t| t.gone_since.map(|(since, _)| since + self.grace))
+            .filter(|&l| last_ask.is_none_or(|a| a < l))
             .min();
         if !self.cancelled {
             self.flush()?;
@@ -1205,7 +1224,8 @@ mod tests {
     }
 
     /// A task the scheduler no longer lists and whose outcome file never comes is lost once
-    /// the grace period has passed, without waiting for another status call.
+    /// the grace period has passed, at a status call made then (not at the next one of the
+    /// regular, hour-long cadence).
     #[test]
     fn tasks_gone_from_the_queue_are_lost_after_the_grace_period() {
         let dir = tempfile::tempdir().unwrap();

@@ -431,6 +431,40 @@ fn a_task_past_its_time_limit_is_timed_out() {
     assert_eq!(r.outcome("j1"), Outcome::TimedOut);
 }
 
+/// A task killed at its time limit leaves the queue at once, but the scheduler's accounting
+/// says so only later (Grid Engine's `qacct`, up to 15 s): the task is asked about once more
+/// when its grace period ends, so it is timed out, not lost, even when the regular status
+/// cadence has grown past the grace period.
+#[test]
+fn a_late_accounting_record_still_makes_a_task_timed_out() {
+    let mut r = Rig::new(1000, |s| {
+        s.poll_interval = secs(1);
+        s.poll_max = secs(2);
+        s.status_interval = secs(30);
+        s.lost_grace = secs(20);
+    });
+    r.submit(launches(2)).unwrap();
+    r.step_until(10, |r| r.calls("query") == 1);
+    r.vanish("1", 1);
+    r.complete("1", 0, 0);
+    let vanished = r.clock.now();
+    // The accounting knows 16 s later: after the status calls at 3, 7 and 15 s, before the
+    // one at 31 s, and before the grace period (20 s from the call that saw it gone) ends.
+    r.step_until(100, |r| r.clock.now() >= vanished + secs(16));
+    assert!(
+        r.done.iter().all(|(j, _)| j.id != "j1"),
+        "decided too early"
+    );
+    r.cluster()
+        .queue
+        .insert(("1".into(), 1), TaskState::TimedOut);
+    r.step_until(100, |r| r.done.len() == 2);
+    assert_eq!(r.outcome("j0"), Outcome::Succeeded);
+    assert_eq!(r.outcome("j1"), Outcome::TimedOut);
+    let queries = r.call_times("query");
+    assert!(queries.len() <= 6, "status calls at {queries:?}");
+}
+
 /// Tasks stuck in an error state (Grid Engine `Eqw`) are removed with one call per array,
 /// whatever their number, and reported lost (the runner resubmits lost jobs).
 #[test]
