@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Local backend throughput: the same 2,000 no-op jobs with 2 workers through a Rust spawn floor
-# (Command("true") on 2 threads, nothing recorded), poolparty (shell and argv `run`), xargs -P2,
-# GNU parallel -j2 and Python multiprocessing.Pool(2); each median is also shown as × the floor.
+# (Command("true") on 2 threads, nothing recorded), the same floor running `/bin/sh -c true`
+# (what a shell `run` costs before poolparty does anything), poolparty (shell and argv `run`),
+# xargs -P2, GNU parallel -j2 and Python multiprocessing.Pool(2). The minimum, the median and
+# the CPU time are each also shown as × the floor's.
 #
 # Rounds are interleaved (round 1 of every tool, then round 2, ...) so that load from other
 # processes on a shared machine drifts over all tools alike; one warm-up round is not counted.
 # Each measurement is one hyperfine run (or `date +%s.%N` around the command when hyperfine
 # is missing). Prints a markdown table: min and median wall seconds, and median CPU seconds
-# (user + system, children included; hyperfine only).
+# (user + system, children included; hyperfine only). On a shared machine the minimum is the
+# run least disturbed by other load, and CPU time depends little on it: compare all three.
 #
 # Usage: bench/local.sh            (JOBS=2000 ROUNDS=3 WORKERS=2 by default)
 #        BASELINE=/path/to/older/poolparty bench/local.sh
@@ -52,7 +55,10 @@ TOML
 done
 # The spawn floor (/work/shared/clusters.md): Rust `Command::new("true")` on WORKERS threads,
 # output to /dev/null, nothing recorded.
-cat >"$WORK/floor.rs" <<RS
+# floor NAME COMMAND: the spawn floor (/work/shared/clusters.md), Rust `COMMAND` on WORKERS
+# threads, output to /dev/null, nothing recorded.
+floor() {
+    cat >"$WORK/$1.rs" <<RS
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 fn main() {
@@ -61,7 +67,7 @@ fn main() {
         for _ in 0..$WORKERS {
             s.spawn(|| {
                 while next.fetch_add(1, Ordering::Relaxed) < $JOBS {
-                    let st = Command::new("true")
+                    let st = $2
                         .stdin(Stdio::null())
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
@@ -74,7 +80,10 @@ fn main() {
     });
 }
 RS
-rustc -O -o "$WORK/floor" "$WORK/floor.rs"
+    rustc -O -o "$WORK/$1" "$WORK/$1.rs"
+}
+floor floor 'Command::new("true")'
+floor floor-sh 'Command::new("/bin/sh").arg("-c").arg("true")'
 cat >"$WORK/pool.py" <<PY
 import multiprocessing, subprocess, sys
 
@@ -89,6 +98,7 @@ PY
 
 NAMES=(
     "Rust spawn floor: Command(\"true\") on $WORKERS threads, nothing recorded"
+    "Rust spawn floor, shell: Command(\"/bin/sh\").args([\"-c\", \"true\"])"
     "poolparty, run = \"true\" (/bin/sh -c true)"
     "poolparty, run = [\"true\"] (argv)"
     "xargs -P$WORKERS -n1 sh -c true"
@@ -98,6 +108,7 @@ NAMES=(
 )
 CMDS=(
     "$WORK/floor"
+    "$WORK/floor-sh"
     "$BIN -q run $WORK/shell/poolparty.toml"
     "$BIN -q run $WORK/argv/poolparty.toml"
     "seq $JOBS | xargs -P$WORKERS -n1 sh -c true"
@@ -107,6 +118,7 @@ CMDS=(
 )
 # run before each round, not timed: poolparty starts from fresh state
 PREPS=(
+    true
     true
     "rm -rf $WORK/shell/.poolparty"
     "rm -rf $WORK/argv/.poolparty"
@@ -154,19 +166,22 @@ echo "### $JOBS no-op jobs, $WORKERS workers, $ROUNDS interleaved rounds ($(comm
 echo
 echo "Load average before: $load0; after: $load1."
 echo
-echo "| tool | min s | median s | × floor (median) | jobs/s (median) | CPU s (median) |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+echo "| tool | min s | median s | × floor (min) | × floor (median) | jobs/s (median) | CPU s (median) | × floor (CPU) |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for i in "${!CMDS[@]}"; do
     python3 - "$WORK/t.$i" "${NAMES[$i]}" "$JOBS" "$WORK/t.0" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
-floor = statistics.median(float(l.split()[0]) for l in open(sys.argv[4]))
+floor_rows = [l.split() for l in open(sys.argv[4])]
+floor_wall = [float(r[0]) for r in floor_rows]
+floor_cpu = statistics.median(float(r[1]) for r in floor_rows)
 wall = [float(r[0]) for r in rows]
 cpu = [float(r[1]) for r in rows]
 med = statistics.median(wall)
 c = statistics.median(cpu)
 cpu_s = "n/a" if c != c else "%.2f" % c
-print("| %s | %.3f | %.3f | %.2f | %d | %s |" % (sys.argv[2], min(wall), med, med / floor, round(int(sys.argv[3]) / med), cpu_s))
+cpu_x = "n/a" if c != c or floor_cpu != floor_cpu else "%.2f" % (c / floor_cpu)
+print("| %s | %.3f | %.3f | %.2f | %.2f | %d | %s | %s |" % (sys.argv[2], min(wall), med, min(wall) / min(floor_wall), med / statistics.median(floor_wall), round(int(sys.argv[3]) / med), cpu_s, cpu_x))
 PY
 done
 echo

@@ -358,3 +358,36 @@ env = {{ PATH = "{}:/usr/bin:/bin" }}
     t.run(&["run"]).code(0);
     assert_eq!(t.read(".poolparty/w/a/logs/x.out"), "found\n");
 }
+
+/// A `$POOLPARTY_RESULT` file left in the results folder by an earlier run is not taken for a
+/// new attempt's result: the local backend lists the folder once when the stage starts and
+/// removes such a file before its job runs (#14 item 6: no `unlink` for the other jobs).
+#[test]
+fn a_result_file_left_by_an_earlier_run_is_not_a_new_result() {
+    let t = Test::new()
+        .manifest(
+            "[workflow]\nname='w'\n[stages.a]\njobs=[{id='a'},{id='b'},{id='c'}]\nrun='[ {{job.id}} = a ] && echo 2 > $POOLPARTY_RESULT; true'\n",
+        )
+        .file(".poolparty/w/a/results/a", "1\n")
+        .file(".poolparty/w/a/results/b", "1\n");
+    t.run(&["run", "-q"]).code(0);
+    let r = t.run(&["results"]);
+    r.code(1)
+        .stderr_has("job 1 `b`: succeeded but wrote no result");
+    assert_eq!(r.stdout, "[2, null, null]\n");
+    assert!(!t.state("w").join("a/results/b").exists());
+}
+
+/// A retry never sees the result file of its job's earlier attempt, even one too large to be
+/// read (which stays in place as the failed attempt's result).
+#[test]
+fn a_retry_does_not_inherit_the_result_file_of_its_failed_attempt() {
+    let t = Test::new().manifest(
+        "[workflow]\nname='w'\n[stages.a]\njobs=[{id='a'}]\nretries=1\nresult_max_bytes=10\nrun='if [ -e tried ]; then exit 0; fi; touch tried; seq 100 > $POOLPARTY_RESULT; exit 3'\n",
+    );
+    t.run(&["run", "-q"]).code(0);
+    let r = t.run(&["results"]);
+    r.code(1)
+        .stderr_has("job 0 `a`: succeeded but wrote no result");
+    assert_eq!(r.stdout, "[null]\n");
+}

@@ -9,7 +9,8 @@
 //! [`LocalScript`] is the [`Syntax`] of the script a bundle (`plan --out`, `run --detach`)
 //! runs a local stage with: the same wrapper and task file as an array script, run by `xargs`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
@@ -116,6 +117,55 @@ struct Shared {
     stop: AtomicU8,
     spec: StageSpec,
     events: Sender<Event>,
+    /// What may be a stale `$POOLPARTY_RESULT` (see [`Stale`]).
+    stale: Stale,
+}
+
+/// The files in the stage's results folder when its workers started (`result = "file"`). A
+/// job's `$POOLPARTY_RESULT` left there by an earlier run (or a result too large to read,
+/// which stays) must not pass for this attempt's result, so it is removed before the job
+/// starts; one `read_dir` here spares every other job that `unlink`. In this run, only a
+/// job's own earlier attempts write its file: a retry removes it always.
+enum Stale {
+    /// Results are not files: nothing to remove.
+    None,
+    /// The names found (a job id is a file name).
+    Listed(HashSet<OsString>),
+    /// The folder could not be listed: every job removes its file first.
+    Unknown,
+}
+
+impl Stale {
+    fn list(spec: &StageSpec) -> Self {
+        if spec.settings.result != ResultMode::File {
+            return Self::None;
+        }
+        match std::fs::read_dir(&spec.results_dir) {
+            Ok(dir) => {
+                let mut names = HashSet::new();
+                for entry in dir {
+                    match entry {
+                        Ok(e) => {
+                            names.insert(e.file_name());
+                        }
+                        Err(_) => return Self::Unknown,
+                    }
+                }
+                Self::Listed(names)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Self::Listed(HashSet::new()),
+            Err(_) => Self::Unknown,
+        }
+    }
+
+    /// Whether attempt `attempt` of job `id` must remove its result file before it starts.
+    fn must_remove(&self, id: &str, attempt: u32) -> bool {
+        match self {
+            Self::None => false,
+            Self::Listed(names) => attempt > 1 || names.contains(std::ffi::OsStr::new(id)),
+            Self::Unknown => true,
+        }
+    }
 }
 
 /// A pool of `spec.workers` threads.
@@ -139,6 +189,7 @@ impl LocalBackend {
             }),
             ready: Condvar::new(),
             stop: AtomicU8::new(RUNNING),
+            stale: Stale::list(&spec),
             spec,
             events,
         });
@@ -367,7 +418,7 @@ fn run_one(shared: &Shared, launch: &Launch, scratch: &mut Scratch) -> JobRecord
             None,
         );
     }
-    if spec.settings.result == ResultMode::File {
+    if shared.stale.must_remove(id, launch.attempt) {
         let _ = std::fs::remove_file(&result_path);
     }
     let job_file = if job.json.len() <= JOB_ENV_MAX {
