@@ -101,7 +101,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
     };
     // Commands that start child processes answer SIGINT/SIGTERM in every phase (exit 130).
     let signals = match &cli.command {
-        Cmd::Validate { .. } | Cmd::Plan { .. } | Cmd::Run { .. } => Signals::install(),
+        Cmd::Validate { .. } | Cmd::Plan { .. } | Cmd::Run(_) => Signals::install(),
         _ => Signals::none(),
     };
     let ctx = cmd::Ctx {
@@ -124,43 +124,9 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             Ok(EXIT_SUCCESS)
         }
         Cmd::Cancel { manifest } => cmd::cancel::run(manifest.as_deref(), g),
-        Cmd::Run {
-            manifest,
-            stages,
-            force,
-            retry_failed,
-            detach,
-            wait,
-            report,
-            recorded_needs,
-        } => {
-            let args = cmd::run::RunArgs {
-                manifest: manifest.as_deref(),
-                stages,
-                force: *force,
-                retry_failed: *retry_failed,
-                detach: *detach,
-                wait: *wait,
-                report: report.as_ref(),
-                recorded_needs: *recorded_needs,
-            };
-            cmd::run::run(&args, &ctx, &mut stdout)
-        }
+        Cmd::Run(args) => cmd::run::run(args, &ctx, &mut stdout),
         Cmd::Status { manifest } => cmd::status::run(manifest.as_deref(), &ctx, &mut stdout),
-        Cmd::Results {
-            manifest,
-            stage,
-            format,
-            with_job,
-            allow_missing,
-        } => {
-            let options = query::ResultsOptions {
-                stage: stage.clone(),
-                format: *format,
-                with_job: *with_job,
-            };
-            cmd::results::run(manifest.as_deref(), options, *allow_missing, g, &mut stdout)
-        }
+        Cmd::Results(args) => cmd::results::run(args, g, &mut stdout),
         Cmd::Report(args) => cmd::report::run(args, g),
         Cmd::Logs(args) => cmd::logs::run(args, g, &mut stdout),
         Cmd::Init { dir, force } => cmd::init::run(dir.as_deref(), *force, &mut stdout),

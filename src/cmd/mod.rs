@@ -75,8 +75,7 @@ pub(crate) fn write_bundle(
     let exe = std::env::current_exe().map_err(|e| Error::store("find", "poolparty", e))?;
     let opts = bundle::BundleOptions {
         out: out.to_path_buf(),
-        backend: g.backend,
-        max_parallel: g.max_parallel,
+        driver_flags: driver_flags(g),
         exe,
     };
     let summary = bundle::write(m, graph, layout, prepared, selected, &opts)?;
@@ -106,6 +105,20 @@ pub(crate) fn write_bundle(
         out.join("submit.sh").display()
     );
     Ok(s)
+}
+
+/// The overrides `load` resolved into the settings, as flags for a bundle's driver jobs, which
+/// load the manifest again: empty, or starting with a space.
+fn driver_flags(g: &GlobalArgs) -> String {
+    use std::fmt::Write as _;
+    let mut flags = String::new();
+    if let Some(b) = g.backend {
+        let _ = write!(flags, " --backend {b}");
+    }
+    if let Some(n) = g.max_parallel {
+        let _ = write!(flags, " --max-parallel {n}");
+    }
+    flags
 }
 
 /// The stages to run: those named with `--stage` plus everything they need (resume makes a

@@ -40,13 +40,10 @@ use crate::summary::{FailedJob, Reporter, RunReport, StageReport};
 use recover::start_watchdog;
 use stage::{Ended, JobSlot, Phase, Running, StageJobs};
 
-/// Choices that come from the command line.
+/// Choices that come from the command line (`--backend` and `--max-parallel` are already in
+/// each stage's settings: `cmd::load` resolved them).
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
-    /// Overrides every stage's backend.
-    pub backend: Option<BackendKind>,
-    /// Overrides every stage's `max_parallel`.
-    pub max_parallel: Option<u32>,
     /// Rerun jobs that already succeeded.
     pub force: bool,
     /// Keep every recorded success, even with a changed fingerprint.
@@ -227,7 +224,7 @@ impl<'a> Runner<'a> {
         outputs::stage_report(
             &self.layout,
             stage.name.as_str(),
-            self.opts.backend.unwrap_or(stage.settings.backend),
+            stage.settings.backend,
             &self.states[i],
         )
     }
@@ -516,11 +513,8 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         };
         let ledger = Ledger::open(self.layout.ledger(&name))?;
         let reader = LedgerReader::open(self.layout.ledger(&name))?;
-        let kind = self.opts.backend.unwrap_or(plan.settings.backend);
-        let workers = backend::local_workers(
-            self.opts.max_parallel.or(plan.settings.max_parallel),
-            jobs.len(),
-        );
+        let kind = plan.settings.backend;
+        let workers = backend::local_workers(plan.settings.max_parallel, jobs.len());
         let mut spec = StageSpec::new(&plan, &self.layout, &manifest.name, &self.run_id, workers);
         spec.durations = Arc::new(durations);
         if kind == BackendKind::Local {
@@ -866,8 +860,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         r.in_flight -= 1;
         // The outcome file it came from goes with the sync that makes the record durable.
         let offset = r.ledger.append_staged(&record, staged)?;
-        let kind = self.opts.backend.unwrap_or(r.plan.settings.backend);
-        if let (Some(live), BackendKind::Local) = (&self.live, kind) {
+        if let (Some(live), BackendKind::Local) = (&self.live, r.plan.settings.backend) {
             // Only now may recovery forget the job's group.
             live.append(&store::LiveLine::Recorded {
                 stage: name.to_owned(),
