@@ -354,9 +354,6 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                 }
             }
         }
-        for i in 0..self.states.len() {
-            self.record_submissions(i)?;
-        }
         Ok(())
     }
 
@@ -464,9 +461,10 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             (_, JobSource::ForEach(up)) => {
                 let n = self.graph.needs(i)[0];
                 debug_assert_eq!(manifest.stages[n].name, *up);
+                // One job per upstream job, same id and order.
                 let jobs = self.states[n]
                     .jobs()
-                    .map_or_else(Jobs::default, |j| jobs::for_each(&j.jobs));
+                    .map_or_else(Jobs::default, |j| j.jobs.clone());
                 let plan = plan::plan_stage(manifest, i, &Jobs::default(), layout, &upstream)?;
                 (jobs, plan)
             }
@@ -520,11 +518,11 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         if kind == BackendKind::Local {
             spec.live.clone_from(&self.live);
         }
-        let mut backend = backend::create(kind, spec, self.tx.clone())?;
         let record_to = self.layout.submissions(&name);
-        backend.set_recorder(Box::new(move |s| {
+        let recorder: backend::Recorder = Box::new(move |s| {
             store::append_lines(&record_to, &[serde_json::to_string(s).expect("serializes")])
-        }));
+        });
+        let backend = backend::create(kind, spec, self.tx.clone(), recorder)?;
         let n = jobs.len();
         // Commands are rendered again when a job is launched (`planned_job`), not kept.
         let next_poll = backend.next_poll().map(|d| Instant::now() + d);
@@ -679,26 +677,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             r.in_flight -= n;
             return Err(e);
         }
-        self.record_submissions(i)
-    }
-
-    /// Appends the arrays a backend submitted to the stage's `submissions.jsonl`, synced,
-    /// before anything else happens.
-    fn record_submissions(&mut self, i: usize) -> Result<()> {
-        let Some(r) = self.states[i].running() else {
-            return Ok(());
-        };
-        let subs = r.backend.take_submissions();
-        if subs.is_empty() {
-            return Ok(());
-        }
-        let lines: Vec<String> = subs
-            .iter()
-            .map(|s| serde_json::to_string(s).expect("serializes"))
-            .collect();
-        let manifest = self.manifest;
-        let name = manifest.stages[i].name.as_str();
-        store::append_lines(&self.layout.submissions(name), &lines)
+        Ok(())
     }
 
     /// Job `idx` of element-wise stage `i` may go: its upstream job ended with `upstream`.
@@ -814,6 +793,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                 record,
                 staged,
             } => self.finished(stage, record, staged)?,
+            Event::Warning { message } => self.reporter.message(&message),
         }
         Ok(())
     }
