@@ -1073,12 +1073,6 @@ impl Jobs {
     }
 }
 
-/// The jobs of an element-wise stage: one per upstream job, same id and order.
-#[must_use]
-pub fn for_each(upstream: &Jobs) -> Jobs {
-    upstream.clone()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,12 +40,6 @@ impl Command {
                 .join(" "),
         }
     }
-
-    /// The command as a shell script fragment (argv quoted, shell text as written).
-    #[must_use]
-    pub fn shell_text(&self) -> String {
-        self.display()
-    }
 }
 
 /// One job, ready to launch.
