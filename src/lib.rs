@@ -32,17 +32,69 @@ pub(crate) mod store;
 pub(crate) mod summary;
 pub(crate) mod template;
 
-/// The library items the property tests drive directly (`tests/fuzz.rs`, `tests/quoting.rs`):
-/// not a stable interface. poolparty is a program, and [`run`] is its API.
+/// The library entry points the property tests (`tests/fuzz.rs`, `tests/quoting.rs`) and one
+/// Grid Engine test drive directly: not a stable interface. poolparty is a program, and
+/// [`run`] is its API. Only the template engine is exported as it is; the rest are wrapper
+/// functions, so no internal type (manifest, plan, scheduler client) becomes public.
 #[doc(hidden)]
 pub mod testing {
-    /// The Grid Engine client, for the test that sees `qstat` forget a job.
-    pub use crate::backend::{cluster::Client, sge::Sge};
-    pub use crate::graph::StageGraph;
-    pub use crate::jobs::expand_static;
-    pub use crate::manifest::parse;
-    pub use crate::plan::Renderer;
+    use std::path::Path;
+
+    use serde_json::{Map, Value};
+
+    use crate::backend::cluster::Client as _;
+
+    pub use crate::backend::cluster::CallError;
     pub use crate::template::{Quoting, Templates, shell_quote};
+
+    /// What `validate` does with a manifest's text: parses it as the manifest at `path`,
+    /// builds the stage graph, and for each stage compiles its command with `base` as the
+    /// context, expands its static jobs and renders the command of up to `max_jobs` of them.
+    /// Returns, per stage, whether its command compiled.
+    ///
+    /// # Errors
+    /// The parse error's text when the manifest does not parse.
+    pub fn plan_manifest(
+        path: &Path,
+        text: String,
+        base: &Map<String, Value>,
+        max_jobs: usize,
+    ) -> Result<Vec<bool>, String> {
+        let m = crate::manifest::parse(path, text).map_err(|e| e.to_string())?;
+        let _ = crate::graph::StageGraph::build(&m);
+        Ok(m.stages
+            .iter()
+            .map(|stage| {
+                let Ok(r) = crate::plan::Renderer::new(&m, stage, base.clone()) else {
+                    return false;
+                };
+                if let Some(Ok(jobs)) = crate::jobs::expand_static(&m, stage) {
+                    for j in jobs.iter().take(max_jobs) {
+                        let _ = r.plan(j);
+                    }
+                }
+                true
+            })
+            .collect())
+    }
+
+    /// Asks Grid Engine (`qstat`) for these arrays; the tasks it lists, as text.
+    ///
+    /// # Errors
+    /// The failed call.
+    pub fn sge_query(job_ids: &[String]) -> Result<String, CallError> {
+        crate::backend::sge::Sge
+            .query(job_ids)
+            .map(|tasks| format!("{tasks:?}"))
+    }
+
+    /// Submits a script to Grid Engine (`qsub`); its job id.
+    ///
+    /// # Errors
+    /// The failed call.
+    pub fn sge_submit(script: &Path) -> Result<String, CallError> {
+        crate::backend::sge::Sge.submit(script)
+    }
 }
 
 use std::ffi::OsString;
