@@ -8,8 +8,8 @@
 //!
 //! [`run`] is the whole program: parse the command line, dispatch to the command in one line,
 //! print an error once, and return the exit code (`error` has the table). Every module is
-//! `pub(crate)` (so the compiler finds dead code) except `backend`, whose scheduler the
-//! Grid Engine tests drive, and [`testing`], the few items the property tests call.
+//! `pub(crate)` (so the compiler finds dead code); [`testing`] holds the few entry points the
+//! property tests and one Grid Engine test call.
 
 pub(crate) mod backend;
 pub(crate) mod bundle;

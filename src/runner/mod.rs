@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::backend::{self, Adopt, CancelMode, Event, Launch, StageSpec};
 use crate::error::{Error, Result};
 use crate::graph::StageGraph;
-use crate::jobs::{self, Job, Jobs};
+use crate::jobs::{self, Job, Jobs, SourceKind};
 use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure};
 use crate::outcome::{JobRecord, Outcome};
 use crate::plan::{self, StagePlan, Upstream, UpstreamStage};
@@ -456,9 +456,9 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         let upstream = self.upstream(i);
         let any_upstream_failed = upstream.stages.values().any(|u| !u.failed.is_empty());
         let layout = &self.layout;
-        Ok(match (prepared, &stage.source) {
+        Ok(match (prepared, SourceKind::of(&stage.source)) {
             (Some(p), _) if !any_upstream_failed => p,
-            (_, JobSource::ForEach(up)) => {
+            (_, SourceKind::ForEach(up)) => {
                 let n = self.graph.needs(i)[0];
                 debug_assert_eq!(manifest.stages[n].name, *up);
                 // One job per upstream job, same id and order.
@@ -468,7 +468,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                 let plan = plan::plan_stage(manifest, i, &Jobs::default(), layout, &upstream)?;
                 (jobs, plan)
             }
-            (_, JobSource::Generate(cmd)) => {
+            (_, SourceKind::Generate(cmd)) => {
                 let base = plan::base_context(manifest, stage, layout, &upstream);
                 let rendered = plan::render_generator(manifest, stage, cmd, &base)?;
                 let env = plan::stage_env(manifest, stage, layout, &upstream);
@@ -476,9 +476,11 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                     jobs::run_generator_with(manifest, stage, &rendered, &env, self.signals, visit)
                 })?
             }
-            _ => plan::expand_and_plan(manifest, i, layout, &upstream, |visit| {
-                jobs::expand_static_with(manifest, stage, visit).expect("static source")
-            })?,
+            (_, SourceKind::Static(source)) => {
+                plan::expand_and_plan(manifest, i, layout, &upstream, |visit| {
+                    jobs::expand_static_with(manifest, stage, source, visit)
+                })?
+            }
         })
     }
 
