@@ -41,10 +41,10 @@ pub const BUNDLE_RUN: &str = "bundle";
 pub struct BundleOptions {
     /// Where to write.
     pub out: PathBuf,
-    /// `--backend` override.
-    pub backend: Option<BackendKind>,
-    /// `--max-parallel` override.
-    pub max_parallel: Option<u32>,
+    /// The command line's overrides (`--backend`, `--max-parallel`), already in the stages'
+    /// settings, as flags for the driver jobs' `poolparty run` (which loads the manifest
+    /// again): empty, or starting with a space.
+    pub driver_flags: String,
     /// The poolparty executable drivers run.
     pub exe: PathBuf,
 }
@@ -158,7 +158,7 @@ pub fn write(
             .order()
             .iter()
             .filter(|&&i| selected[i])
-            .map(|&i| opts.backend.unwrap_or(m.stages[i].settings.backend)),
+            .map(|&i| m.stages[i].settings.backend),
     ));
     // Shell variable holding the scheduler ids of each stage, and its scheduler.
     let mut ids_var: HashMap<usize, (String, BackendKind)> = HashMap::new();
@@ -168,7 +168,7 @@ pub fn write(
         }
         let stage = &m.stages[i];
         let name = stage.name.as_str();
-        let kind = opts.backend.unwrap_or(stage.settings.backend);
+        let kind = stage.settings.backend;
         let var = format!("ids_{}", name.replace('-', "_"));
         let dir = opts.out.join(name);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
@@ -212,15 +212,8 @@ pub fn write(
             Some((jobs, plan)) => {
                 store::write_jobs(&dir.join("jobs.jsonl"), jobs)?;
                 let launches = StageHistory::load(layout, name)?.launches(&plan.all_jobs(jobs)?);
-                let workers = crate::backend::local_workers(
-                    opts.max_parallel.or(plan.settings.max_parallel),
-                    jobs.len(),
-                );
-                let mut settings_plan_spec =
-                    StageSpec::new(plan, layout, &m.name, BUNDLE_RUN, workers);
-                if let Some(mp) = opts.max_parallel {
-                    settings_plan_spec.settings.max_parallel = Some(mp);
-                }
+                let workers = crate::backend::local_workers(plan.settings.max_parallel, jobs.len());
+                let settings_plan_spec = StageSpec::new(plan, layout, &m.name, BUNDLE_RUN, workers);
                 let throttled = settings_plan_spec.settings.max_parallel.is_some();
                 let bundle = settings_plan_spec.settings.bundle.max(1) as usize;
                 // `bundle = "auto"`: packed by the durations earlier runs recorded (a bundle
@@ -375,17 +368,12 @@ pub fn write(
             }
             None => {
                 let mut cmd = format!(
-                    "{} run {} --stage {} --wait --recorded-needs -q",
+                    "{} run {} --stage {} --wait --recorded-needs -q{}",
                     q(&opts.exe),
                     q(&m.path),
-                    shell_quote(name)
+                    shell_quote(name),
+                    opts.driver_flags
                 );
-                if let Some(b) = opts.backend {
-                    let _ = write!(cmd, " --backend {b}");
-                }
-                if let Some(n) = opts.max_parallel {
-                    let _ = write!(cmd, " --max-parallel {n}");
-                }
                 // With `on_failure = "stop"`, a need with a job that did not succeed keeps the
                 // stage from running. Checked here (from the needs' recorded and staged
                 // outcomes) because the driver's `run --stage` would otherwise run the failed

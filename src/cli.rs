@@ -71,34 +71,7 @@ pub enum ColorChoice {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Run the manifest's stages (jobs that already succeeded unchanged are reused).
-    Run {
-        /// The manifest, or a folder holding `poolparty.toml` (default: `./poolparty.toml`).
-        manifest: Option<PathBuf>,
-        /// Run only these stages (and what they need). Repeatable.
-        #[arg(long = "stage", value_name = "NAME")]
-        stages: Vec<String>,
-        /// Rerun every job, even those recorded as succeeded.
-        #[arg(long, conflicts_with = "retry_failed")]
-        force: bool,
-        /// Rerun only jobs that did not succeed: recorded successes are kept even if the
-        /// manifest changed what they would run.
-        #[arg(long)]
-        retry_failed: bool,
-        /// Submit the whole DAG with scheduler dependencies and exit (see `plan --out`);
-        /// follow it with `poolparty status`.
-        #[arg(long)]
-        detach: bool,
-        /// Wait for another run holding the workflow to end instead of refusing.
-        #[arg(long)]
-        wait: bool,
-        /// At the end, write the run's HTML report (as `poolparty report -o FILE`) here.
-        #[arg(long, value_name = "FILE")]
-        report: Option<PathBuf>,
-        /// Take the stages that the `--stage` stages need as recorded: wait for their
-        /// submitted jobs, launch or retry none (what a detached run's driver job uses).
-        #[arg(long, hide = true, requires = "stages")]
-        recorded_needs: bool,
-    },
+    Run(RunArgs),
     /// Stop a run: a live runner is asked to stop (it cancels its jobs); arrays left on a
     /// cluster by a killed runner are cancelled with one call per scheduler.
     Cancel {
@@ -128,22 +101,7 @@ pub enum Cmd {
         manifest: Option<PathBuf>,
     },
     /// Print a stage's results in job order (the `Pool.map` list).
-    Results {
-        /// The manifest or its folder.
-        manifest: Option<PathBuf>,
-        /// The stage (required when the manifest has several).
-        #[arg(long)]
-        stage: Option<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = ResultsFormat::Json)]
-        format: ResultsFormat,
-        /// Add each job's value (jsonl, csv, tsv).
-        #[arg(long)]
-        with_job: bool,
-        /// Exit 0 even when some job has no result.
-        #[arg(long)]
-        allow_missing: bool,
-    },
+    Results(ResultsArgs),
     /// Print the stage graph.
     Graph {
         /// The manifest or its folder.
@@ -192,6 +150,56 @@ pub enum Cmd {
         /// The run's `.live.jsonl`.
         live: PathBuf,
     },
+}
+
+/// Arguments of `poolparty run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The manifest, or a folder holding `poolparty.toml` (default: `./poolparty.toml`).
+    pub manifest: Option<PathBuf>,
+    /// Run only these stages (and what they need). Repeatable.
+    #[arg(long = "stage", value_name = "NAME")]
+    pub stages: Vec<String>,
+    /// Rerun every job, even those recorded as succeeded.
+    #[arg(long, conflicts_with = "retry_failed")]
+    pub force: bool,
+    /// Rerun only jobs that did not succeed: recorded successes are kept even if the
+    /// manifest changed what they would run.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Submit the whole DAG with scheduler dependencies and exit (see `plan --out`);
+    /// follow it with `poolparty status`.
+    #[arg(long)]
+    pub detach: bool,
+    /// Wait for another run holding the workflow to end instead of refusing.
+    #[arg(long)]
+    pub wait: bool,
+    /// At the end, write the run's HTML report (as `poolparty report -o FILE`) here.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Take the stages that the `--stage` stages need as recorded: wait for their
+    /// submitted jobs, launch or retry none (what a detached run's driver job uses).
+    #[arg(long, hide = true, requires = "stages")]
+    pub recorded_needs: bool,
+}
+
+/// Arguments of `poolparty results`.
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    /// The manifest or its folder.
+    pub manifest: Option<PathBuf>,
+    /// The stage (required when the manifest has several).
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ResultsFormat::Json)]
+    pub format: ResultsFormat,
+    /// Add each job's value (jsonl, csv, tsv).
+    #[arg(long)]
+    pub with_job: bool,
+    /// Exit 0 even when some job has no result.
+    #[arg(long)]
+    pub allow_missing: bool,
 }
 
 /// Arguments of `poolparty report`.

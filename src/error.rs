@@ -234,6 +234,8 @@ pub enum Error {
         /// Did you mean, or the variables that exist.
         #[help]
         help: Option<String>,
+        /// The undefined variable's path (`job.result.x`), when that is what failed.
+        undefined: Option<String>,
     },
 
     /// Usage error that is not about the manifest (flags, stage selection).

@@ -1,8 +1,8 @@
 //! The stage graph: stages as nodes, `needs` as edges (from the needed stage to the stage that
 //! needs it), checked for unknown names, self-dependencies and cycles before anything runs.
 //!
-//! Reads a [`Manifest`]; pure. The runner asks it which stages are ready and which lie
-//! downstream of a failure; `poolparty graph` prints it.
+//! Reads a [`Manifest`]; pure. The runner asks it the order of the stages and what each
+//! needs (a stage starts when its needs allow it); `poolparty graph` prints it.
 
 use miette::LabeledSpan;
 use petgraph::algo::tarjan_scc;
@@ -102,19 +102,6 @@ impl StageGraph {
             .edges_directed(NodeIndex::new(stage), petgraph::Direction::Incoming)
             .map(|e| e.source().index())
             .collect()
-    }
-
-    /// Every stage that depends on `stage`, directly or not.
-    #[must_use]
-    pub fn downstream(&self, stage: usize) -> Vec<usize> {
-        let mut out = Vec::new();
-        let mut dfs = petgraph::visit::Dfs::new(&self.graph, NodeIndex::new(stage));
-        while let Some(n) = dfs.next(&self.graph) {
-            if n.index() != stage {
-                out.push(n.index());
-            }
-        }
-        out
     }
 
     /// Every stage `stage` depends on, directly or not.
@@ -320,7 +307,6 @@ mod tests {
             .map(|&i| m.stages[i].name.as_str())
             .collect();
         assert_eq!(names, ["a", "b", "c"]);
-        assert_eq!(g.downstream(2).len(), 2);
         assert_eq!(g.upstream(0).len(), 2);
     }
 

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result, Source};
-use crate::manifest::{JobSource, Manifest, Stage};
+use crate::manifest::{JobSource, Manifest, Stage, StageName};
 use crate::process;
 use crate::signals::Signals;
 
@@ -516,13 +516,57 @@ fn json_lines_numbered(text: &str) -> impl Iterator<Item = (usize, &str, usize)>
         })
 }
 
+/// A stage's job source, by when its jobs are known: static ones before anything runs, a
+/// generator's when it runs, an element-wise stage's as its upstream jobs end.
+#[derive(Clone, Copy, Debug)]
+pub enum SourceKind<'a> {
+    /// Inline, matrix or file: expanded by [`expand_static_with`].
+    Static(StaticSource<'a>),
+    /// A generator command (a template).
+    Generate(&'a str),
+    /// One job per job of this stage.
+    ForEach(&'a StageName),
+}
+
+/// A job source whose jobs are known without running anything.
+#[derive(Clone, Copy, Debug)]
+pub enum StaticSource<'a> {
+    /// Inline values.
+    Inline(&'a [Value]),
+    /// The cartesian product of named value lists.
+    Matrix(&'a indexmap::IndexMap<String, Vec<Value>>),
+    /// A `.json` or `.jsonl` file.
+    File(&'a Path),
+}
+
+impl<'a> SourceKind<'a> {
+    /// A stage's source, split by when its jobs are known.
+    #[must_use]
+    pub fn of(source: &'a JobSource) -> Self {
+        match source {
+            JobSource::Inline(values) => Self::Static(StaticSource::Inline(values)),
+            JobSource::Matrix(m) => Self::Static(StaticSource::Matrix(m)),
+            JobSource::File(path) => Self::Static(StaticSource::File(path)),
+            JobSource::Generate(cmd) => Self::Generate(cmd),
+            JobSource::ForEach(up) => Self::ForEach(up),
+        }
+    }
+}
+
 /// Expands a stage whose jobs are known without running anything (inline, matrix, file).
 /// Returns `None` for generator and element-wise stages.
 ///
 /// # Errors
 /// A bad job, duplicate id, or unreadable / unparsable jobs file.
 pub fn expand_static(manifest: &Manifest, stage: &Stage) -> Option<Result<Jobs>> {
-    expand_static_with(manifest, stage, &mut |_, _| Ok(()))
+    match SourceKind::of(&stage.source) {
+        SourceKind::Static(source) => {
+            Some(expand_static_with(manifest, stage, source, &mut |_, _| {
+                Ok(())
+            }))
+        }
+        SourceKind::Generate(_) | SourceKind::ForEach(_) => None,
+    }
 }
 
 /// Sees each job once, with its parsed value, while the jobs are expanded; the value is
@@ -536,10 +580,11 @@ pub type Visit<'a> = dyn FnMut(JobRef<'_>, Value) -> Result<()> + 'a;
 pub fn expand_static_with(
     manifest: &Manifest,
     stage: &Stage,
+    source: StaticSource<'_>,
     visit: &mut Visit<'_>,
-) -> Option<Result<Jobs>> {
-    match &stage.source {
-        JobSource::Inline(values) => {
+) -> Result<Jobs> {
+    match source {
+        StaticSource::Inline(values) => {
             let spans = if stage.job_spans.len() == values.len() {
                 stage.job_spans.clone()
             } else {
@@ -549,32 +594,24 @@ pub fn expand_static_with(
                 src: &manifest.src,
                 spans: Spans::Each(spans),
             };
-            Some(assign_ids(
+            assign_ids(
                 stage,
                 values.iter().cloned().map(Ok),
                 values.len(),
                 0,
                 &origin,
                 visit,
-            ))
+            )
         }
-        JobSource::Matrix(m) => {
+        StaticSource::Matrix(m) => {
             let origin = Origin {
                 src: &manifest.src,
                 spans: Spans::Each(vec![stage.source_span]),
             };
             let n = m.values().map(Vec::len).product();
-            Some(assign_ids(
-                stage,
-                cartesian(m, n).map(Ok),
-                n,
-                0,
-                &origin,
-                visit,
-            ))
+            assign_ids(stage, cartesian(m, n).map(Ok), n, 0, &origin, visit)
         }
-        JobSource::File(path) => Some(read_jobs_file(manifest, stage, path, visit)),
-        JobSource::Generate(_) | JobSource::ForEach(_) => None,
+        StaticSource::File(path) => read_jobs_file(manifest, stage, path, visit),
     }
 }
 
@@ -1071,12 +1108,6 @@ impl Jobs {
         }
         b.finish()
     }
-}
-
-/// The jobs of an element-wise stage: one per upstream job, same id and order.
-#[must_use]
-pub fn for_each(upstream: &Jobs) -> Jobs {
-    upstream.clone()
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@
 //!
 //! [`run`] is the whole program: parse the command line, dispatch to the command in one line,
 //! print an error once, and return the exit code (`error` has the table). Every module is
-//! `pub(crate)` (so the compiler finds dead code) except `backend`, whose scheduler the
-//! Grid Engine tests drive, and [`testing`], the few items the property tests call.
+//! `pub(crate)` (so the compiler finds dead code); [`testing`] holds the few entry points the
+//! property tests and one Grid Engine test call.
 
 pub(crate) mod backend;
 pub(crate) mod bundle;
@@ -32,17 +32,69 @@ pub(crate) mod store;
 pub(crate) mod summary;
 pub(crate) mod template;
 
-/// The library items the property tests drive directly (`tests/fuzz.rs`, `tests/quoting.rs`):
-/// not a stable interface. poolparty is a program, and [`run`] is its API.
+/// The library entry points the property tests (`tests/fuzz.rs`, `tests/quoting.rs`) and one
+/// Grid Engine test drive directly: not a stable interface. poolparty is a program, and
+/// [`run`] is its API. Only the template engine is exported as it is; the rest are wrapper
+/// functions, so no internal type (manifest, plan, scheduler client) becomes public.
 #[doc(hidden)]
 pub mod testing {
-    /// The Grid Engine client, for the test that sees `qstat` forget a job.
-    pub use crate::backend::{cluster::Client, sge::Sge};
-    pub use crate::graph::StageGraph;
-    pub use crate::jobs::expand_static;
-    pub use crate::manifest::parse;
-    pub use crate::plan::Renderer;
+    use std::path::Path;
+
+    use serde_json::{Map, Value};
+
+    use crate::backend::cluster::Client as _;
+
+    pub use crate::backend::cluster::CallError;
     pub use crate::template::{Quoting, Templates, shell_quote};
+
+    /// What `validate` does with a manifest's text: parses it as the manifest at `path`,
+    /// builds the stage graph, and for each stage compiles its command with `base` as the
+    /// context, expands its static jobs and renders the command of up to `max_jobs` of them.
+    /// Returns, per stage, whether its command compiled.
+    ///
+    /// # Errors
+    /// The parse error's text when the manifest does not parse.
+    pub fn plan_manifest(
+        path: &Path,
+        text: String,
+        base: &Map<String, Value>,
+        max_jobs: usize,
+    ) -> Result<Vec<bool>, String> {
+        let m = crate::manifest::parse(path, text).map_err(|e| e.to_string())?;
+        let _ = crate::graph::StageGraph::build(&m);
+        Ok(m.stages
+            .iter()
+            .map(|stage| {
+                let Ok(r) = crate::plan::Renderer::new(&m, stage, base.clone()) else {
+                    return false;
+                };
+                if let Some(Ok(jobs)) = crate::jobs::expand_static(&m, stage) {
+                    for j in jobs.iter().take(max_jobs) {
+                        let _ = r.plan(j);
+                    }
+                }
+                true
+            })
+            .collect())
+    }
+
+    /// Asks Grid Engine (`qstat`) for these arrays; the tasks it lists, as text.
+    ///
+    /// # Errors
+    /// The failed call.
+    pub fn sge_query(job_ids: &[String]) -> Result<String, CallError> {
+        crate::backend::sge::Sge
+            .query(job_ids)
+            .map(|tasks| format!("{tasks:?}"))
+    }
+
+    /// Submits a script to Grid Engine (`qsub`); its job id.
+    ///
+    /// # Errors
+    /// The failed call.
+    pub fn sge_submit(script: &Path) -> Result<String, CallError> {
+        crate::backend::sge::Sge.submit(script)
+    }
 }
 
 use std::ffi::OsString;
@@ -101,7 +153,7 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
     };
     // Commands that start child processes answer SIGINT/SIGTERM in every phase (exit 130).
     let signals = match &cli.command {
-        Cmd::Validate { .. } | Cmd::Plan { .. } | Cmd::Run { .. } => Signals::install(),
+        Cmd::Validate { .. } | Cmd::Plan { .. } | Cmd::Run(_) => Signals::install(),
         _ => Signals::none(),
     };
     let ctx = cmd::Ctx {
@@ -124,43 +176,9 @@ fn dispatch(cli: &Cli, color: bool) -> Result<u8> {
             Ok(EXIT_SUCCESS)
         }
         Cmd::Cancel { manifest } => cmd::cancel::run(manifest.as_deref(), g),
-        Cmd::Run {
-            manifest,
-            stages,
-            force,
-            retry_failed,
-            detach,
-            wait,
-            report,
-            recorded_needs,
-        } => {
-            let args = cmd::run::RunArgs {
-                manifest: manifest.as_deref(),
-                stages,
-                force: *force,
-                retry_failed: *retry_failed,
-                detach: *detach,
-                wait: *wait,
-                report: report.as_ref(),
-                recorded_needs: *recorded_needs,
-            };
-            cmd::run::run(&args, &ctx, &mut stdout)
-        }
+        Cmd::Run(args) => cmd::run::run(args, &ctx, &mut stdout),
         Cmd::Status { manifest } => cmd::status::run(manifest.as_deref(), &ctx, &mut stdout),
-        Cmd::Results {
-            manifest,
-            stage,
-            format,
-            with_job,
-            allow_missing,
-        } => {
-            let options = query::ResultsOptions {
-                stage: stage.clone(),
-                format: *format,
-                with_job: *with_job,
-            };
-            cmd::results::run(manifest.as_deref(), options, *allow_missing, g, &mut stdout)
-        }
+        Cmd::Results(args) => cmd::results::run(args, g, &mut stdout),
         Cmd::Report(args) => cmd::report::run(args, g),
         Cmd::Logs(args) => cmd::logs::run(args, g, &mut stdout),
         Cmd::Init { dir, force } => cmd::init::run(dir.as_deref(), *force, &mut stdout),

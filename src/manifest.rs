@@ -1048,7 +1048,7 @@ fn check_script_template(stage: &Stage, src: &Source) -> Result<()> {
 }
 
 /// Refuses a stage's custom `template` written for another scheduler than the backend the
-/// stage runs on (`over` is `--backend`): a Slurm script submitted to Grid Engine (or run as a
+/// stage runs on: a Slurm script submitted to Grid Engine (or run as a
 /// local bundle) fails every job of the stage on the cluster instead of at `validate`. A
 /// template is taken to be written for a scheduler when it reads that scheduler's array task
 /// variable (`marks`: `SLURM_ARRAY_TASK_ID`, `SGE_TASK_ID`...), as the ejected templates do. Local stages
@@ -1059,7 +1059,6 @@ fn check_script_template(stage: &Stage, src: &Source) -> Result<()> {
 /// A template that reads another scheduler's task variable; an unreadable template.
 pub fn check_template_backends(
     m: &Manifest,
-    over: Option<BackendKind>,
     bundle: bool,
     marks: &[(BackendKind, &str)],
 ) -> Result<()> {
@@ -1067,7 +1066,7 @@ pub fn check_template_backends(
         let Some((path, span)) = &stage.settings.template else {
             continue;
         };
-        let kind = over.unwrap_or(stage.settings.backend);
+        let kind = stage.settings.backend;
         if kind == BackendKind::Local && !bundle {
             continue;
         }

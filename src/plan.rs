@@ -40,12 +40,6 @@ impl Command {
                 .join(" "),
         }
     }
-
-    /// The command as a shell script fragment (argv quoted, shell text as written).
-    #[must_use]
-    pub fn shell_text(&self) -> String {
-        self.display()
-    }
 }
 
 /// One job, ready to launch.
@@ -328,6 +322,7 @@ pub fn template_error(
         span,
         label: "in this template".to_owned(),
         help: failure.help,
+        undefined: failure.undefined,
     }
 }
 
@@ -452,6 +447,7 @@ impl Renderer {
                     Unstartable::Nul(_) => "remove the NUL byte from the job's value; no program can receive one in its arguments".to_owned(),
                     _ => "pass large values through a file, or read them from `$POOLPARTY_JOB` in the job, instead of putting them on the command line".to_owned(),
                 }),
+                undefined: None,
             });
         }
         let fp = Fp::of(job.json, &command, &self.settings_fp);
@@ -637,6 +633,7 @@ pub fn render_generator(
             span: stage.source_span,
             label: "this command".to_owned(),
             help: Some("keep the generator's command short and free of NUL bytes; pass large inputs in files".to_owned()),
+            undefined: None,
         });
     }
     Ok(rendered)

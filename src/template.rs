@@ -48,6 +48,8 @@ pub struct TemplateFailure {
     pub offset: Option<usize>,
     /// Did-you-mean for an undefined variable.
     pub help: Option<String>,
+    /// The undefined variable's path (`job.result.x`), when that is what failed.
+    pub undefined: Option<String>,
 }
 
 /// A set of compiled templates.
@@ -209,6 +211,7 @@ impl Templates {
                             message: "invalid template: `{{` is not closed by `}}`".to_owned(),
                             offset: Some(at),
                             help: Some("write values as `{{job.field}}`".to_owned()),
+                            undefined: None,
                         };
                     }
                 }
@@ -220,6 +223,7 @@ impl Templates {
                             ),
                             offset: Some(at),
                             help: Some(format!("close it with `{{{{/{block}}}}}`")),
+                            undefined: None,
                         };
                     }
                 }
@@ -228,6 +232,7 @@ impl Templates {
                 message: format!("invalid template: {}", e.reason()),
                 offset,
                 help: None,
+                undefined: None,
             }
         })?;
         let sites = match quoting {
@@ -324,6 +329,7 @@ fn render_failure(e: &RenderError, ctx: &Value) -> TemplateFailure {
             message: format!("`{path}` is not defined"),
             offset: None,
             help: suggest_path(ctx, path),
+            undefined: Some(path.clone()),
         };
     }
     let message = e.reason().to_string();
@@ -332,12 +338,14 @@ fn render_failure(e: &RenderError, ctx: &Value) -> TemplateFailure {
             message: message.to_owned(),
             offset: None,
             help: Some(help.to_owned()),
+            undefined: None,
         };
     }
     TemplateFailure {
         message,
         offset: None,
         help: None,
+        undefined: None,
     }
 }
 
@@ -487,6 +495,7 @@ fn shell_sites(tpl: &Template, text: &str) -> Result<Vec<Site>, TemplateFailure>
             message: format!("unsafe placeholder in a shell command: {}", r.message),
             offset: Some(at),
             help: Some(r.help),
+            undefined: None,
         }),
     }
 }

@@ -14,10 +14,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 use serde_json::{Map, Value, json};
 
-use poolparty::testing::Renderer;
-use poolparty::testing::StageGraph;
-use poolparty::testing::expand_static;
-use poolparty::testing::parse;
+use poolparty::testing::plan_manifest;
 use poolparty::testing::{Quoting, Templates};
 
 fn config(cases: u32) -> Config {
@@ -250,29 +247,15 @@ proptest! {
         std::fs::write(dir.path().join("jobs.jsonl"), &text).expect("written");
         let manifest = "[workflow]\nname = \"w\"\n[stages.a]\njobs_file = \"jobs.jsonl\"\nrun = \"echo {{job}}\"\n";
         let path = dir.path().join("poolparty.toml");
-        let m = parse(&path, manifest.to_owned()).expect("the manifest is valid");
-        if let Some(Ok(jobs)) = expand_static(&m, &m.stages[0]) {
-            let r = Renderer::new(&m, &m.stages[0], Map::new()).expect("compiles");
-            for j in &jobs {
-                let _ = r.plan(j);
-            }
-        }
+        let compiled = plan_manifest(&path, manifest.to_owned(), &Map::new(), usize::MAX)
+            .expect("the manifest is valid");
+        assert!(compiled[0], "compiles");
     }
 }
 
 fn exercise_manifest(text: String) {
     let path = Path::new("/nonexistent/poolparty-fuzz/poolparty.toml");
-    let Ok(m) = parse(path, text) else { return };
-    let _ = StageGraph::build(&m);
-    for stage in &m.stages {
-        if let Ok(r) = Renderer::new(&m, stage, base()) {
-            if let Some(Ok(jobs)) = expand_static(&m, stage) {
-                for j in jobs.iter().take(50) {
-                    let _ = r.plan(j);
-                }
-            }
-        }
-    }
+    let _ = plan_manifest(path, text, &base(), 50);
 }
 
 fn base() -> Map<String, Value> {

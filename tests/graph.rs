@@ -215,3 +215,21 @@ run = "cp $POOLPARTY_NEEDS_A_OUTCOMES seen.jsonl"
     assert_eq!(std::fs::read_to_string(out).unwrap(), "out-bad\n");
     assert!(lines[1]["stderr"].is_null());
 }
+
+/// `validate` renders an element-wise stage's command for every upstream job before any
+/// result exists: a field of the upstream result (`job.result.name`) cannot be checked yet
+/// and passes, while any other undefined variable is refused.
+#[test]
+fn validate_lets_upstream_result_fields_pass_but_not_other_undefined_variables() {
+    let manifest = |run: &str| {
+        format!(
+            "[workflow]\nname = \"w\"\n[stages.a]\njobs = [1, 2]\nrun = \"true\"\n[stages.b]\nfor_each = \"a\"\nrun = \"echo {run}\"\n"
+        )
+    };
+    let t = Test::new().manifest(&manifest("{{job.result.name}}"));
+    t.run(&["validate"]).code(0);
+    let t = Test::new().manifest(&manifest("{{job.nosuch}}"));
+    t.run(&["validate"])
+        .code(2)
+        .stderr_has("`job.nosuch` is not");
+}

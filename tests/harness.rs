@@ -1,7 +1,5 @@
 //! A builder for running the `poolparty` binary in a temporary folder.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -9,10 +7,9 @@ use serde_json::Value;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-/// A temporary project folder and a command line to run in it.
+/// A temporary project folder, and the environment the binary runs with in it.
 pub struct Test {
     dir: tempfile::TempDir,
-    args: Vec<String>,
     env: Vec<(String, String)>,
 }
 
@@ -79,7 +76,6 @@ impl Test {
     pub fn new() -> Self {
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
-            args: Vec::new(),
             env: Vec::new(),
         }
     }

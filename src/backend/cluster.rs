@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::syntax::{ArrayScript, Syntax};
-use super::{Backend, CancelMode, Event, Launch, StageSpec, Uncancelled, packing};
+use super::{Backend, CancelMode, Event, Launch, Recorder, StageSpec, Uncancelled, packing};
 use crate::error::{Error, Result};
 use crate::outcome::StagedOutcome;
 use crate::outcome::{JobRecord, Outcome};
@@ -347,7 +347,6 @@ pub struct ClusterBackend {
     script: ArrayScript,
     spec: StageSpec,
     events: Sender<Event>,
-    scripts_dir: PathBuf,
     pending: VecDeque<Launch>,
     /// Tasks packed and waiting for submission, in order.
     packed: VecDeque<Vec<Launch>>,
@@ -358,7 +357,6 @@ pub struct ClusterBackend {
     /// Keyed by (job index, attempt).
     tracked: HashMap<(usize, u32), Tracked>,
     active_jobs: Vec<String>,
-    submissions: Vec<Submission>,
     max_tasks: Option<usize>,
     interval: Duration,
     next: Instant,
@@ -373,13 +371,12 @@ pub struct ClusterBackend {
     last_ask: Option<Instant>,
     last_answer: Option<Instant>,
     grace: Duration,
-    polls: usize,
-    calls: usize,
     cancelled: bool,
     arrays: usize,
     /// Since when submissions fail with errors worth retrying (an unreachable controller).
     submit_failing: Option<Instant>,
-    recorder: Option<super::Recorder>,
+    /// Records each submitted array durably (in `submissions.jsonl`, in a run).
+    recorder: Recorder,
     uncancelled: Option<Uncancelled>,
 }
 
@@ -397,7 +394,8 @@ const CANCEL_BACKOFF: [Duration; 3] = [
 pub const SUBMIT_PATIENCE: Duration = Duration::from_secs(600);
 
 impl ClusterBackend {
-    /// A backend writing scripts in `syntax` and submitting through `client`.
+    /// A backend writing scripts in `syntax` (into `spec.scripts_dir`) and submitting through
+    /// `client`; each submitted array goes to `recorder` as soon as the scheduler took it.
     ///
     /// # Errors
     /// A custom template that cannot be read or compiled.
@@ -406,16 +404,9 @@ impl ClusterBackend {
         client: Box<dyn Client>,
         spec: StageSpec,
         events: Sender<Event>,
-        scripts_dir: PathBuf,
+        recorder: Recorder,
     ) -> Result<Self> {
-        Self::with_clock(
-            syntax,
-            client,
-            Box::new(RealClock),
-            spec,
-            events,
-            scripts_dir,
-        )
+        Self::with_clock(syntax, client, Box::new(RealClock), spec, events, recorder)
     }
 
     /// [`ClusterBackend::new`] reading the time from `clock`.
@@ -428,7 +419,7 @@ impl ClusterBackend {
         clock: Box<dyn Clock>,
         spec: StageSpec,
         events: Sender<Event>,
-        scripts_dir: PathBuf,
+        recorder: Recorder,
     ) -> Result<Self> {
         let script = ArrayScript::new(syntax, &spec)?;
         let interval = spec.settings.poll_interval;
@@ -439,14 +430,12 @@ impl ClusterBackend {
             clock,
             script,
             events,
-            scripts_dir,
             pending: VecDeque::new(),
             packed: VecDeque::new(),
             wave: None,
             measured: HashMap::new(),
             tracked: HashMap::new(),
             active_jobs: Vec::new(),
-            submissions: Vec::new(),
             max_tasks: None,
             interval,
             next: now + interval,
@@ -456,11 +445,9 @@ impl ClusterBackend {
             last_ask: None,
             last_answer: None,
             grace: spec.settings.lost_grace,
-            polls: 0,
-            calls: 0,
             cancelled: false,
             arrays: 0,
-            recorder: None,
+            recorder,
             submit_failing: None,
             uncancelled: None,
             spec,
@@ -471,7 +458,6 @@ impl ClusterBackend {
     fn cancel_with_retries(&mut self) -> std::result::Result<(), CallError> {
         let mut pauses = CANCEL_BACKOFF.iter();
         loop {
-            self.calls += 1;
             match self.client.cancel(&self.active_jobs) {
                 Ok(()) => return Ok(()),
                 Err(e) => match pauses.next() {
@@ -491,6 +477,24 @@ impl ClusterBackend {
         }
     }
 
+    /// Removes tasks stuck in an error state from the queue, one call per array. A call that
+    /// fails does not stop the run (the tasks' jobs count as lost already): it is reported
+    /// as a warning, since the tasks may stay in the queue.
+    fn remove_stuck(&mut self, stuck: std::collections::BTreeMap<String, Vec<usize>>) {
+        for (job_id, tasks) in stuck {
+            if let Err(e) = self.client.cancel_tasks(&job_id, &tasks) {
+                let _ = self.events.send(Event::Warning {
+                    message: format!(
+                        "stage `{}`: could not remove tasks {tasks:?} of {} array {job_id}, stuck in an error state (they may stay in the queue): {}",
+                        self.spec.name,
+                        self.syntax.name(),
+                        e.message
+                    ),
+                });
+            }
+        }
+    }
+
     /// Submits as much of the pending queue as the throttle allows: everything at once when
     /// unthrottled, otherwise one array at a time (so `max_parallel` bounds the whole stage).
     fn flush(&mut self) -> Result<()> {
@@ -503,10 +507,7 @@ impl ClusterBackend {
                 None => {
                     let m = match self.spec.settings.max_array_size {
                         Some(n) => n as usize,
-                        None => {
-                            self.calls += 1;
-                            self.client.max_array_tasks()?.tasks.max(1)
-                        }
+                        None => self.client.max_array_tasks()?.tasks.max(1),
                     };
                     self.max_tasks = Some(m);
                     m
@@ -532,11 +533,12 @@ impl ClusterBackend {
             let tasks: Vec<Vec<Launch>> = self.packed.drain(..take).collect();
             self.arrays += 1;
             let name = format!("{}-{}", self.spec.run, self.arrays);
-            std::fs::create_dir_all(&self.scripts_dir)
-                .map_err(|e| Error::store("create", &self.scripts_dir, e))?;
-            let path = self.scripts_dir.join(format!("{name}.sh"));
+            let scripts_dir = &self.spec.scripts_dir;
+            std::fs::create_dir_all(scripts_dir)
+                .map_err(|e| Error::store("create", scripts_dir, e))?;
+            let path = scripts_dir.join(format!("{name}.sh"));
             // Task files live beside the scripts folder, one per array.
-            let tasks_dir = self.scripts_dir.with_file_name("tasks");
+            let tasks_dir = scripts_dir.with_file_name("tasks");
             std::fs::create_dir_all(&tasks_dir)
                 .map_err(|e| Error::store("create", &tasks_dir, e))?;
             let data = tasks_dir.join(format!("{name}.jobs"));
@@ -545,7 +547,6 @@ impl ClusterBackend {
                     .render(&self.spec, &tasks, &name, &data.display().to_string())?;
             crate::store::atomic_write(&data, &rendered.task_file)?;
             crate::store::atomic_write(&path, rendered.script.as_bytes())?;
-            self.calls += 1;
             let submitted = crate::store::now();
             let job_id = match self.client.submit(&path) {
                 Ok(id) => id,
@@ -636,10 +637,7 @@ impl ClusterBackend {
                 submitted: Some(submitted),
             };
             // Recorded durably before the next array is submitted or anything else happens.
-            match self.recorder.as_mut() {
-                Some(record) => record(&submission)?,
-                None => self.submissions.push(submission),
-            }
+            (self.recorder)(&submission)?;
         }
         Ok(())
     }
@@ -801,7 +799,6 @@ impl Backend for ClusterBackend {
     /// time, or are stuck in an error state. An array is over when every task's outcome file
     /// arrived, whatever the scheduler was last seen to say.
     fn poll(&mut self) -> Result<()> {
-        self.polls += 1;
         let now = self.clock.now();
         // A task's grace period ending is a reason to ask too: it is lost only if the
         // scheduler, asked after the grace period, still does not list it and cannot say how
@@ -811,7 +808,6 @@ impl Backend for ClusterBackend {
         // Asked before harvesting: a task the scheduler no longer lists has written its
         // outcome file by then, so it is harvested below rather than suspected lost.
         let queue = ask.then(|| {
-            self.calls += 1;
             let ids = self.active_jobs.clone();
             self.client.query(&ids)
         });
@@ -849,12 +845,11 @@ impl Backend for ClusterBackend {
             for (_, job_id, task, _) in &errors {
                 stuck.entry(job_id.clone()).or_default().push(*task);
             }
-            for (job_id, mut tasks) in stuck {
+            for tasks in stuck.values_mut() {
                 tasks.sort_unstable();
                 tasks.dedup();
-                self.calls += 1;
-                let _ = self.client.cancel_tasks(&job_id, &tasks);
             }
+            self.remove_stuck(stuck);
             for (key, _, _, _) in errors {
                 finished.push((key, Outcome::Lost));
             }
@@ -929,7 +924,6 @@ impl Backend for ClusterBackend {
         let mut ids: Vec<String> = adopted.iter().map(|a| a.job_id.clone()).collect();
         ids.sort();
         ids.dedup();
-        self.calls += 1;
         // If the scheduler cannot be asked now, keep everything: tasks that are really gone
         // are found lost after the grace period.
         let states = self.client.query(&ids).ok();
@@ -971,20 +965,9 @@ impl Backend for ClusterBackend {
                 );
             }
         }
-        for (job_id, tasks) in stuck {
-            self.calls += 1;
-            let _ = self.client.cancel_tasks(&job_id, &tasks);
-        }
+        self.remove_stuck(stuck);
         self.next = self.clock.now();
         kept
-    }
-
-    fn set_recorder(&mut self, recorder: super::Recorder) {
-        self.recorder = Some(recorder);
-    }
-
-    fn take_submissions(&mut self) -> Vec<Submission> {
-        std::mem::take(&mut self.submissions)
     }
 
     fn uncancelled(&mut self) -> Option<Uncancelled> {
@@ -1081,6 +1064,7 @@ mod tests {
     }
 
     use super::*;
+    use crate::backend::fake::{Recorded, recording, taken};
     use crate::jobs::JobId;
     use crate::plan::{Command, PlannedJob};
 
@@ -1128,6 +1112,7 @@ mod tests {
         ClusterBackend,
         std::sync::mpsc::Receiver<Event>,
         Arc<Mutex<Vec<&'static str>>>,
+        Recorded,
     ) {
         let text =
             "[workflow]\nname = \"w\"\n[stages.a]\nbackend = \"slurm\"\njobs = [1]\nrun = \"true\"\n"
@@ -1156,16 +1141,17 @@ mod tests {
         };
         settings(&mut spec.settings);
         let (tx, rx) = std::sync::mpsc::channel();
+        let (recorder, recorded) = recording();
         let b = ClusterBackend::with_clock(
             &crate::backend::slurm::Slurm,
             Box::new(sched),
             Box::new(crate::backend::fake::FakeClock::new()),
             spec,
             tx,
-            dir.join("scripts"),
+            recorder,
         )
         .unwrap();
-        (b, rx, log)
+        (b, rx, log, recorded)
     }
 
     fn launches(n: usize) -> Vec<Launch> {
@@ -1199,7 +1185,7 @@ mod tests {
     #[test]
     fn status_calls_back_off_while_polls_harvest() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut b, _rx, log) = backend(
+        let (mut b, _rx, log, _) = backend(
             dir.path(),
             |s| {
                 s.poll_interval = ms(10);
@@ -1229,7 +1215,7 @@ mod tests {
     #[test]
     fn tasks_gone_from_the_queue_are_lost_after_the_grace_period() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut b, rx, log) = backend(
+        let (mut b, rx, log, _) = backend(
             dir.path(),
             |s| {
                 s.poll_interval = ms(10);
@@ -1267,7 +1253,7 @@ mod tests {
     #[test]
     fn auto_bundling_measures_a_first_wave_then_packs_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut b, _rx, _) = backend(
+        let (mut b, _rx, _, recorded) = backend(
             dir.path(),
             |s| {
                 s.auto_bundle = Some(Duration::from_secs(600));
@@ -1278,13 +1264,13 @@ mod tests {
         );
         std::fs::create_dir_all(dir.path().join("staging")).unwrap();
         b.submit(launches(300)).unwrap();
-        let subs = b.take_submissions();
+        let subs = taken(&recorded);
         assert_eq!(subs.len(), 1);
         let wave: Vec<usize> = subs[0].tasks.iter().map(Vec::len).collect();
         assert_eq!(wave, [1; packing::FIRST_WAVE]);
         // Nothing more until the wave is measured.
         b.poll().unwrap();
-        assert!(b.take_submissions().is_empty());
+        assert!(taken(&recorded).is_empty());
         for j in subs[0].tasks.iter().flatten() {
             std::fs::write(
                 dir.path().join(format!("staging/{}.{}.json", j.id, j.attempt)),
@@ -1296,7 +1282,7 @@ mod tests {
             .unwrap();
         }
         b.poll().unwrap();
-        let subs = b.take_submissions();
+        let subs = taken(&recorded);
         assert_eq!(subs.len(), 1);
         let sizes: Vec<usize> = subs[0].tasks.iter().map(Vec::len).collect();
         // 295 jobs of about 0.5 s: far below 10 min, spread over the minimum of 10 tasks.
@@ -1312,7 +1298,7 @@ mod tests {
     #[test]
     fn auto_bundling_does_not_wait_for_a_straggler_of_the_wave() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut b, _rx, _) = backend(
+        let (mut b, _rx, _, recorded) = backend(
             dir.path(),
             |s| {
                 s.auto_bundle = Some(Duration::from_secs(600));
@@ -1323,7 +1309,7 @@ mod tests {
         );
         std::fs::create_dir_all(dir.path().join("staging")).unwrap();
         b.submit(launches(300)).unwrap();
-        let wave = b.take_submissions().remove(0).tasks;
+        let wave = taken(&recorded).remove(0).tasks;
         assert_eq!(wave.len(), packing::FIRST_WAVE);
         for j in wave.iter().flatten().skip(1) {
             std::fs::write(
@@ -1337,14 +1323,14 @@ mod tests {
         }
         b.poll().unwrap();
         assert!(
-            b.take_submissions().is_empty(),
+            taken(&recorded).is_empty(),
             "packed before the wave settled"
         );
         // The wave's outcomes are looked for often while it holds the stage back.
         assert!(b.next_poll().unwrap() <= packing::WAVE_POLL);
         std::thread::sleep(packing::WAVE_SETTLE + ms(100));
         b.poll().unwrap();
-        let subs = b.take_submissions();
+        let subs = taken(&recorded);
         assert_eq!(subs.len(), 1, "the rest waited for the straggler");
         let sizes: Vec<usize> = subs[0].tasks.iter().map(Vec::len).collect();
         assert_eq!(sizes.iter().sum::<usize>(), 295, "{sizes:?}");
@@ -1356,7 +1342,7 @@ mod tests {
     #[test]
     fn auto_bundling_packs_recorded_durations_longest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut b, _rx, _) = backend(
+        let (mut b, _rx, _, recorded) = backend(
             dir.path(),
             |s| s.auto_bundle = Some(Duration::from_secs(60)),
             true,
@@ -1365,7 +1351,7 @@ mod tests {
         d.insert("j7".into(), 55.0);
         b.spec.durations = Arc::new(d);
         b.submit(launches(100)).unwrap();
-        let subs = b.take_submissions();
+        let subs = taken(&recorded);
         assert_eq!(subs.len(), 1);
         let tasks = &subs[0].tasks;
         // 154 s of work for tasks of 60 s: 3 by time, raised to the minimum of 10.

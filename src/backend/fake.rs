@@ -15,7 +15,7 @@ use super::cluster::{
     ArrayLimit, CallError, Client, Clock, ClusterBackend, SUBMIT_PATIENCE, Submission, TaskState,
 };
 use super::syntax::testing::{launches, spec};
-use super::{Adopt, Backend, CancelMode, Event, Launch};
+use super::{Adopt, Backend, CancelMode, Event, Launch, Recorder};
 use crate::error::Result;
 use crate::manifest::Settings;
 use crate::outcome::{JobRecord, Outcome};
@@ -41,6 +41,26 @@ impl Clock for FakeClock {
     fn sleep(&self, d: Duration) {
         self.advance(d);
     }
+}
+
+/// Submitted arrays, as a backend's recorder saw them, in order.
+pub(super) type Recorded = Arc<Mutex<Vec<Submission>>>;
+
+/// A recorder that keeps what it is given in memory, where [`taken`] finds it (a run's
+/// recorder appends to `submissions.jsonl`).
+pub(super) fn recording() -> (Recorder, Recorded) {
+    let recorded = Recorded::default();
+    let into = Arc::clone(&recorded);
+    let recorder: Recorder = Box::new(move |s| {
+        into.lock().unwrap().push(s.clone());
+        Ok(())
+    });
+    (recorder, recorded)
+}
+
+/// The arrays recorded since the last call.
+pub(super) fn taken(recorded: &Recorded) -> Vec<Submission> {
+    std::mem::take(&mut *recorded.lock().unwrap())
 }
 
 /// The cluster the fake client talks to.
@@ -152,6 +172,7 @@ impl Client for FakeClient {
 struct Rig {
     b: ClusterBackend,
     rx: Receiver<Event>,
+    recorded: Recorded,
     cluster: Arc<Mutex<Cluster>>,
     clock: FakeClock,
     dir: tempfile::TempDir,
@@ -159,6 +180,8 @@ struct Rig {
     subs: Vec<Submission>,
     /// Every outcome reported so far, with the fake time it was reported at.
     done: Vec<(JobRecord, Instant)>,
+    /// Every warning reported so far.
+    warnings: Vec<String>,
     start: Instant,
 }
 
@@ -179,25 +202,27 @@ impl Rig {
             clock: clock.clone(),
         }));
         let (tx, rx) = std::sync::mpsc::channel();
-        let scripts = spec.scripts_dir.clone();
+        let (recorder, recorded) = recording();
         let b = ClusterBackend::with_clock(
             &super::slurm::Slurm,
             Box::new(FakeClient(Arc::clone(&cluster))),
             Box::new(clock.clone()),
             spec,
             tx,
-            scripts,
+            recorder,
         )
         .unwrap();
         let start = clock.now();
         Self {
             b,
             rx,
+            recorded,
             cluster,
             clock,
             dir,
             subs: Vec::new(),
             done: Vec::new(),
+            warnings: Vec::new(),
             start,
         }
     }
@@ -212,14 +237,18 @@ impl Rig {
     }
 
     fn collect(&mut self) {
-        self.subs.extend(self.b.take_submissions());
+        self.subs.extend(taken(&self.recorded));
         while let Ok(e) = self.rx.try_recv() {
-            if let Event::Finished { record, staged, .. } = e {
-                if let Some(p) = staged {
-                    // The runner deletes an outcome file once its record is durable.
-                    std::fs::remove_file(p).unwrap();
+            match e {
+                Event::Finished { record, staged, .. } => {
+                    if let Some(p) = staged {
+                        // The runner deletes an outcome file once its record is durable.
+                        std::fs::remove_file(p).unwrap();
+                    }
+                    self.done.push((record, self.clock.now()));
                 }
-                self.done.push((record, self.clock.now()));
+                Event::Warning { message } => self.warnings.push(message),
+                Event::Signal { .. } => {}
             }
         }
     }
@@ -488,6 +517,40 @@ fn stuck_tasks_are_removed_with_one_call_and_reported_lost() {
     r.complete("1", 3, 0);
     r.step_until(5, |r| r.done.len() == 4);
     assert_eq!(r.outcome("j3"), Outcome::Succeeded);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+}
+
+/// A stuck task the scheduler refuses to remove is still reported lost (the run goes on),
+/// and the refusal is a warning naming the array, its tasks and the scheduler's words.
+#[test]
+fn a_failed_removal_of_stuck_tasks_is_a_warning() {
+    let mut r = Rig::new(1000, |s| {
+        s.poll_interval = secs(1);
+        s.poll_max = secs(1);
+    });
+    r.submit(launches(2)).unwrap();
+    r.cluster()
+        .queue
+        .insert(("1".into(), 1), TaskState::Error("state Eqw".into()));
+    r.cluster().failures.push_back((
+        "cancel_tasks",
+        CallError {
+            message: "permission denied".into(),
+            transient: false,
+        },
+    ));
+    r.step_until(5, |r| r.done.len() == 1);
+    assert_eq!(r.outcome("j1"), Outcome::Lost);
+    assert_eq!(r.calls("cancel_tasks 1 [1]"), 1);
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    let w = &r.warnings[0];
+    assert!(
+        w.contains("array 1") && w.contains("[1]") && w.contains("permission denied"),
+        "{w}"
+    );
+    r.complete("1", 0, 0);
+    r.step_until(5, |r| r.done.len() == 2);
+    assert_eq!(r.outcome("j0"), Outcome::Succeeded);
 }
 
 /// A submission that fails with an error worth retrying keeps its jobs queued and is tried

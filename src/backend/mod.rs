@@ -38,6 +38,12 @@ pub enum Event {
         /// The outcome file it came from: deleted once the record is durable.
         staged: Option<PathBuf>,
     },
+    /// Something went wrong that does not stop the run (a scheduler call whose failure
+    /// costs nothing but a task left in the queue): the runner shows it as a warning line.
+    Warning {
+        /// What happened, as one sentence.
+        message: String,
+    },
     /// SIGINT or SIGTERM arrived; `count` is how many so far.
     Signal {
         /// The signal number.
@@ -56,7 +62,8 @@ pub struct Launch {
     pub attempt: u32,
 }
 
-/// Records one submitted array (see [`Backend::set_recorder`]).
+/// Records one submitted array durably; a cluster backend calls it right after each
+/// submission returns, before anything else happens (see [`create`]).
 pub type Recorder = Box<dyn FnMut(&cluster::Submission) -> Result<()> + Send>;
 
 /// A task of an earlier run's array that may still be running.
@@ -207,22 +214,11 @@ pub trait Backend: Send {
         Vec::new()
     }
 
-    /// Gives the backend a function that records each submitted array durably; it is called
-    /// right after each submission returns, before anything else happens.
-    fn set_recorder(&mut self, recorder: Recorder) {
-        let _ = recorder;
-    }
-
     /// What the last [`Backend::cancel`] could not stop: the scheduler's cancel call kept
     /// failing, so these launches (not among those `cancel` returned) may still run and get no
     /// outcome. `None` when everything was cancelled.
     fn uncancelled(&mut self) -> Option<Uncancelled> {
         None
-    }
-
-    /// Arrays submitted since the last call, for the runner to record durably.
-    fn take_submissions(&mut self) -> Vec<cluster::Submission> {
-        Vec::new()
     }
 
     /// No more submissions will come; workers may exit once idle.
@@ -293,7 +289,8 @@ pub fn syntax(kind: BackendKind) -> &'static dyn syntax::Syntax {
     scheduler(kind).map_or(&local::LocalScript, |s| s.syntax)
 }
 
-/// Creates the backend for a stage.
+/// Creates the backend for a stage. A cluster backend hands each array it submits to
+/// `recorder` (the local backend submits none).
 ///
 /// # Errors
 /// When the backend is not available.
@@ -301,17 +298,17 @@ pub fn create(
     kind: BackendKind,
     spec: StageSpec,
     events: Sender<Event>,
+    recorder: Recorder,
 ) -> Result<Box<dyn Backend>> {
     let Some(s) = scheduler(kind) else {
         return Ok(Box::new(local::LocalBackend::new(spec, events)?));
     };
-    let dir = spec.scripts_dir.clone();
     Ok(Box::new(cluster::ClusterBackend::new(
         s.syntax,
         (s.client)(),
         spec,
         events,
-        dir,
+        recorder,
     )?))
 }
 

@@ -24,8 +24,8 @@ use crate::bundle;
 use crate::cli::GlobalArgs;
 use crate::error::{self, Error, Result};
 use crate::graph::StageGraph;
-use crate::jobs::{self, Job};
-use crate::manifest::{self, JobSource, Manifest};
+use crate::jobs::{self, Job, SourceKind};
+use crate::manifest::{self, Manifest};
 use crate::plan::{Upstream, UpstreamStage};
 use crate::runner::Prepared;
 use crate::signals::Signals;
@@ -75,8 +75,7 @@ pub(crate) fn write_bundle(
     let exe = std::env::current_exe().map_err(|e| Error::store("find", "poolparty", e))?;
     let opts = bundle::BundleOptions {
         out: out.to_path_buf(),
-        backend: g.backend,
-        max_parallel: g.max_parallel,
+        driver_flags: driver_flags(g),
         exe,
     };
     let summary = bundle::write(m, graph, layout, prepared, selected, &opts)?;
@@ -106,6 +105,20 @@ pub(crate) fn write_bundle(
         out.join("submit.sh").display()
     );
     Ok(s)
+}
+
+/// The overrides `load` resolved into the settings, as flags for a bundle's driver jobs, which
+/// load the manifest again: empty, or starting with a space.
+fn driver_flags(g: &GlobalArgs) -> String {
+    use std::fmt::Write as _;
+    let mut flags = String::new();
+    if let Some(b) = g.backend {
+        let _ = write!(flags, " --backend {b}");
+    }
+    if let Some(n) = g.max_parallel {
+        let _ = write!(flags, " --max-parallel {n}");
+    }
+    flags
 }
 
 /// The stages to run: those named with `--stage` plus everything they need (resume makes a
@@ -169,8 +182,8 @@ pub(crate) fn prepare(
         }
         let stage = &m.stages[i];
         let upstream = upstream_paths(m, graph, layout, i);
-        match &stage.source {
-            JobSource::Generate(cmd) if stage.needs.is_empty() => {
+        match SourceKind::of(&stage.source) {
+            SourceKind::Generate(cmd) if stage.needs.is_empty() => {
                 let base = crate::plan::base_context(m, stage, layout, &upstream);
                 let rendered = crate::plan::render_generator(m, stage, cmd, &base)?;
                 let env = crate::plan::stage_env(m, stage, layout, &upstream);
@@ -182,12 +195,12 @@ pub(crate) fn prepare(
                     |visit| jobs::run_generator_with(m, stage, &rendered, &env, signals, visit),
                 )?);
             }
-            JobSource::Generate(cmd) => {
+            SourceKind::Generate(cmd) => {
                 // Its jobs come later, but an undefined variable in the command is known now.
                 let base = crate::plan::base_context(m, stage, layout, &upstream);
                 crate::plan::render_generator(m, stage, cmd, &base)?;
             }
-            JobSource::ForEach(_) => {
+            SourceKind::ForEach(_) => {
                 let up = graph.needs(i)[0];
                 if let Some((up_jobs, _)) = &prepared[up] {
                     let base = crate::plan::base_context(m, stage, layout, &upstream);
@@ -211,8 +224,10 @@ pub(crate) fn prepare(
                         };
                         match renderer.plan(&probe) {
                             // The upstream result's shape is unknown before it exists.
-                            Err(Error::Template { message, .. })
-                                if message.contains("`job.result.") => {}
+                            Err(Error::Template {
+                                undefined: Some(path),
+                                ..
+                            }) if path.starts_with("job.result.") => {}
                             other => {
                                 other?;
                             }
@@ -220,13 +235,13 @@ pub(crate) fn prepare(
                     }
                 }
             }
-            _ => {
+            SourceKind::Static(source) => {
                 prepared[i] = Some(crate::plan::expand_and_plan(
                     m,
                     i,
                     layout,
                     &upstream,
-                    |visit| jobs::expand_static_with(m, stage, visit).expect("static source"),
+                    |visit| jobs::expand_static_with(m, stage, source, visit),
                 )?);
             }
         }

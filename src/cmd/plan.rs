@@ -34,12 +34,7 @@ pub(crate) fn run(
         ..
     } = *ctx;
     let (m, graph, layout) = super::load(manifest, g)?;
-    manifest::check_template_backends(
-        &m,
-        g.backend,
-        out.is_some(),
-        &crate::backend::task_index_vars(),
-    )?;
+    manifest::check_template_backends(&m, out.is_some(), &crate::backend::task_index_vars())?;
     let selected = super::select(&m, &graph, stages)?;
     let prepared = super::prepare(&m, &graph, &layout, &selected, signals)?;
     if let Some(out) = out {

@@ -1,9 +1,8 @@
 //! `poolparty results`: prints the recorded results of a stage, and names the jobs without one.
 
 use std::io::Write;
-use std::path::Path;
 
-use crate::cli::GlobalArgs;
+use crate::cli::{GlobalArgs, ResultsArgs};
 use crate::error::{self, EXIT_SUCCESS, Result};
 use crate::query;
 
@@ -11,14 +10,13 @@ use crate::query;
 ///
 /// # Errors
 /// A bad manifest, an unknown stage or unreadable state.
-pub(crate) fn run(
-    manifest: Option<&Path>,
-    options: query::ResultsOptions,
-    allow_missing: bool,
-    g: &GlobalArgs,
-    stdout: &mut impl Write,
-) -> Result<u8> {
-    let (m, _, layout) = super::load(manifest, g)?;
+pub(crate) fn run(args: &ResultsArgs, g: &GlobalArgs, stdout: &mut impl Write) -> Result<u8> {
+    let (m, _, layout) = super::load(args.manifest.as_deref(), g)?;
+    let options = query::ResultsOptions {
+        stage: args.stage.clone(),
+        format: args.format,
+        with_job: args.with_job,
+    };
     let out = {
         let mut buffered = std::io::BufWriter::with_capacity(1 << 16, &mut *stdout);
         let out = query::results(&m, &layout, &options, &mut buffered)?;
@@ -49,7 +47,7 @@ pub(crate) fn run(
             );
         }
     }
-    Ok(if allow_missing {
+    Ok(if args.allow_missing {
         EXIT_SUCCESS
     } else {
         error::EXIT_JOBS_FAILED

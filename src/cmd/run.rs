@@ -2,8 +2,8 @@
 //! selected stages attached (the runner) or detached (a bundle submitted to the cluster).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 
+use crate::cli::RunArgs;
 use crate::error::{EXIT_SUCCESS, Error, Result};
 use crate::manifest::{self, Manifest};
 use crate::runner::{self, RunOptions, Runner};
@@ -13,31 +13,11 @@ use crate::{bundle, cmd, report};
 
 use super::Ctx;
 
-/// The arguments of `poolparty run`.
-pub(crate) struct RunArgs<'a> {
-    /// The manifest's path, if given.
-    pub manifest: Option<&'a Path>,
-    /// `--stage`: the stages to run (with their needs); empty for all.
-    pub stages: &'a [String],
-    /// `--force`: rerun every job.
-    pub force: bool,
-    /// `--retry-failed`: keep every recorded success, even with a changed fingerprint.
-    pub retry_failed: bool,
-    /// `--detach`: write a bundle and submit it instead of running attached.
-    pub detach: bool,
-    /// `--wait`: wait for the workflow's lock instead of refusing.
-    pub wait: bool,
-    /// `--report`: where to write the run's HTML report.
-    pub report: Option<&'a PathBuf>,
-    /// `--recorded-needs`: take the needs of the named stages as recorded (a driver job's run).
-    pub recorded_needs: bool,
-}
-
 /// `poolparty run`: returns the run's verdict as the exit code.
 ///
 /// # Errors
 /// Bad input (before anything starts), a held lock, or a state fault during the run.
-pub(crate) fn run(args: &RunArgs<'_>, ctx: &Ctx<'_>, stdout: &mut impl Write) -> Result<u8> {
+pub(crate) fn run(args: &RunArgs, ctx: &Ctx<'_>, stdout: &mut impl Write) -> Result<u8> {
     let Ctx {
         g,
         color,
@@ -45,17 +25,17 @@ pub(crate) fn run(args: &RunArgs<'_>, ctx: &Ctx<'_>, stdout: &mut impl Write) ->
         signals,
     } = *ctx;
     let RunArgs {
-        manifest,
-        stages,
+        ref manifest,
+        ref stages,
         force,
         retry_failed,
         detach,
         wait,
-        report: report_path,
+        report: ref report_path,
         recorded_needs,
     } = *args;
-    let (m, graph, layout) = super::load(manifest, g)?;
-    manifest::check_template_backends(&m, g.backend, detach, &crate::backend::task_index_vars())?;
+    let (m, graph, layout) = super::load(manifest.as_deref(), g)?;
+    manifest::check_template_backends(&m, detach, &crate::backend::task_index_vars())?;
     let selected = super::select(&m, &graph, stages)?;
     let run_id = runner::new_run_id();
     let _lock = if wait {
@@ -93,8 +73,6 @@ pub(crate) fn run(args: &RunArgs<'_>, ctx: &Ctx<'_>, stdout: &mut impl Write) ->
     bundle::collect_local(&m, &layout)?;
     let prepared = super::prepare(&m, &graph, &layout, &selected, signals)?;
     let opts = RunOptions {
-        backend: g.backend,
-        max_parallel: g.max_parallel,
         force,
         retry_failed,
         recorded: if recorded_needs {

@@ -19,7 +19,7 @@ pub(crate) fn run(
 ) -> Result<u8> {
     let Ctx { g, signals, .. } = *ctx;
     let (m, graph, layout) = super::load(manifest, g)?;
-    manifest::check_template_backends(&m, g.backend, false, &crate::backend::task_index_vars())?;
+    manifest::check_template_backends(&m, false, &crate::backend::task_index_vars())?;
     let selected = vec![true; m.stages.len()];
     let prepared = super::prepare(&m, &graph, &layout, &selected, signals)?;
     let jobs: usize = prepared.iter().flatten().map(|(j, _)| j.len()).sum();

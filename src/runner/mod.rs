@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::backend::{self, Adopt, CancelMode, Event, Launch, StageSpec};
 use crate::error::{Error, Result};
 use crate::graph::StageGraph;
-use crate::jobs::{self, Job, Jobs};
+use crate::jobs::{self, Job, Jobs, SourceKind};
 use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure};
 use crate::outcome::{JobRecord, Outcome};
 use crate::plan::{self, StagePlan, Upstream, UpstreamStage};
@@ -40,13 +40,10 @@ use crate::summary::{FailedJob, Reporter, RunReport, StageReport};
 use recover::start_watchdog;
 use stage::{Ended, JobSlot, Phase, Running, StageJobs};
 
-/// Choices that come from the command line.
+/// Choices that come from the command line (`--backend` and `--max-parallel` are already in
+/// each stage's settings: `cmd::load` resolved them).
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
-    /// Overrides every stage's backend.
-    pub backend: Option<BackendKind>,
-    /// Overrides every stage's `max_parallel`.
-    pub max_parallel: Option<u32>,
     /// Rerun jobs that already succeeded.
     pub force: bool,
     /// Keep every recorded success, even with a changed fingerprint.
@@ -227,7 +224,7 @@ impl<'a> Runner<'a> {
         outputs::stage_report(
             &self.layout,
             stage.name.as_str(),
-            self.opts.backend.unwrap_or(stage.settings.backend),
+            stage.settings.backend,
             &self.states[i],
         )
     }
@@ -357,9 +354,6 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                 }
             }
         }
-        for i in 0..self.states.len() {
-            self.record_submissions(i)?;
-        }
         Ok(())
     }
 
@@ -462,18 +456,19 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         let upstream = self.upstream(i);
         let any_upstream_failed = upstream.stages.values().any(|u| !u.failed.is_empty());
         let layout = &self.layout;
-        Ok(match (prepared, &stage.source) {
+        Ok(match (prepared, SourceKind::of(&stage.source)) {
             (Some(p), _) if !any_upstream_failed => p,
-            (_, JobSource::ForEach(up)) => {
+            (_, SourceKind::ForEach(up)) => {
                 let n = self.graph.needs(i)[0];
                 debug_assert_eq!(manifest.stages[n].name, *up);
+                // One job per upstream job, same id and order.
                 let jobs = self.states[n]
                     .jobs()
-                    .map_or_else(Jobs::default, |j| jobs::for_each(&j.jobs));
+                    .map_or_else(Jobs::default, |j| j.jobs.clone());
                 let plan = plan::plan_stage(manifest, i, &Jobs::default(), layout, &upstream)?;
                 (jobs, plan)
             }
-            (_, JobSource::Generate(cmd)) => {
+            (_, SourceKind::Generate(cmd)) => {
                 let base = plan::base_context(manifest, stage, layout, &upstream);
                 let rendered = plan::render_generator(manifest, stage, cmd, &base)?;
                 let env = plan::stage_env(manifest, stage, layout, &upstream);
@@ -481,9 +476,11 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                     jobs::run_generator_with(manifest, stage, &rendered, &env, self.signals, visit)
                 })?
             }
-            _ => plan::expand_and_plan(manifest, i, layout, &upstream, |visit| {
-                jobs::expand_static_with(manifest, stage, visit).expect("static source")
-            })?,
+            (_, SourceKind::Static(source)) => {
+                plan::expand_and_plan(manifest, i, layout, &upstream, |visit| {
+                    jobs::expand_static_with(manifest, stage, source, visit)
+                })?
+            }
         })
     }
 
@@ -516,21 +513,18 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         };
         let ledger = Ledger::open(self.layout.ledger(&name))?;
         let reader = LedgerReader::open(self.layout.ledger(&name))?;
-        let kind = self.opts.backend.unwrap_or(plan.settings.backend);
-        let workers = backend::local_workers(
-            self.opts.max_parallel.or(plan.settings.max_parallel),
-            jobs.len(),
-        );
+        let kind = plan.settings.backend;
+        let workers = backend::local_workers(plan.settings.max_parallel, jobs.len());
         let mut spec = StageSpec::new(&plan, &self.layout, &manifest.name, &self.run_id, workers);
         spec.durations = Arc::new(durations);
         if kind == BackendKind::Local {
             spec.live.clone_from(&self.live);
         }
-        let mut backend = backend::create(kind, spec, self.tx.clone())?;
         let record_to = self.layout.submissions(&name);
-        backend.set_recorder(Box::new(move |s| {
+        let recorder: backend::Recorder = Box::new(move |s| {
             store::append_lines(&record_to, &[serde_json::to_string(s).expect("serializes")])
-        }));
+        });
+        let backend = backend::create(kind, spec, self.tx.clone(), recorder)?;
         let n = jobs.len();
         // Commands are rendered again when a job is launched (`planned_job`), not kept.
         let next_poll = backend.next_poll().map(|d| Instant::now() + d);
@@ -685,26 +679,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             r.in_flight -= n;
             return Err(e);
         }
-        self.record_submissions(i)
-    }
-
-    /// Appends the arrays a backend submitted to the stage's `submissions.jsonl`, synced,
-    /// before anything else happens.
-    fn record_submissions(&mut self, i: usize) -> Result<()> {
-        let Some(r) = self.states[i].running() else {
-            return Ok(());
-        };
-        let subs = r.backend.take_submissions();
-        if subs.is_empty() {
-            return Ok(());
-        }
-        let lines: Vec<String> = subs
-            .iter()
-            .map(|s| serde_json::to_string(s).expect("serializes"))
-            .collect();
-        let manifest = self.manifest;
-        let name = manifest.stages[i].name.as_str();
-        store::append_lines(&self.layout.submissions(name), &lines)
+        Ok(())
     }
 
     /// Job `idx` of element-wise stage `i` may go: its upstream job ended with `upstream`.
@@ -820,6 +795,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                 record,
                 staged,
             } => self.finished(stage, record, staged)?,
+            Event::Warning { message } => self.reporter.message(&message),
         }
         Ok(())
     }
@@ -866,8 +842,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         r.in_flight -= 1;
         // The outcome file it came from goes with the sync that makes the record durable.
         let offset = r.ledger.append_staged(&record, staged)?;
-        let kind = self.opts.backend.unwrap_or(r.plan.settings.backend);
-        if let (Some(live), BackendKind::Local) = (&self.live, kind) {
+        if let (Some(live), BackendKind::Local) = (&self.live, r.plan.settings.backend) {
             // Only now may recovery forget the job's group.
             live.append(&store::LiveLine::Recorded {
                 stage: name.to_owned(),
