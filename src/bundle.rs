@@ -28,7 +28,7 @@ use crate::backend::{self, Launch, StageSpec, packing};
 use crate::error::{Error, Result};
 use crate::graph::StageGraph;
 use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure};
-use crate::resume::{self, Collect, ResultSpec, StageHistory};
+use crate::resume::{self, Collect, Policy, ResultSpec, StageHistory};
 use crate::runner::Prepared;
 use crate::store::{self, Layout};
 use crate::template::shell_quote;
@@ -47,6 +47,9 @@ pub struct BundleOptions {
     pub max_parallel: Option<u32>,
     /// The poolparty executable drivers run.
     pub exe: PathBuf,
+    /// How recorded outcomes are treated (`run --detach --force` or `--retry-failed`): which
+    /// jobs the scripts launch, and what the drivers are told.
+    pub policy: Policy,
 }
 
 /// What a bundle holds.
@@ -211,7 +214,8 @@ pub fn write(
         match static_plan {
             Some((jobs, plan)) => {
                 store::write_jobs(&dir.join("jobs.jsonl"), jobs)?;
-                let launches = StageHistory::load(layout, name)?.launches(&plan.all_jobs(jobs)?);
+                let launches =
+                    StageHistory::load(layout, name)?.launches(&plan.all_jobs(jobs)?, opts.policy);
                 let workers = crate::backend::local_workers(
                     opts.max_parallel.or(plan.settings.max_parallel),
                     jobs.len(),
@@ -385,6 +389,12 @@ pub fn write(
                 }
                 if let Some(n) = opts.max_parallel {
                     let _ = write!(cmd, " --max-parallel {n}");
+                }
+                if opts.policy.force {
+                    cmd.push_str(" --force");
+                }
+                if opts.policy.retry_failed {
+                    cmd.push_str(" --retry-failed");
                 }
                 // With `on_failure = "stop"`, a need with a job that did not succeed keeps the
                 // stage from running. Checked here (from the needs' recorded and staged

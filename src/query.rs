@@ -75,7 +75,7 @@ impl Latest<'_> {
     fn kind(self) -> OutcomeKind {
         match self {
             Self::Ledger(s) => s.kind,
-            Self::Staged(s) if s.rc == 0 => OutcomeKind::Succeeded,
+            Self::Staged(s) if s.succeeded() => OutcomeKind::Succeeded,
             Self::Staged(_) => OutcomeKind::Failed,
         }
     }
