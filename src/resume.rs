@@ -382,6 +382,7 @@ pub(crate) fn collect_staged(
         fps.insert((j.id.as_str(), j.attempt), j.fp.as_str());
     }
     let states = store::read_states(&layout.ledger(stage))?;
+    let paths = layout.stage_paths(stage);
     let mut stale: Vec<PathBuf> = Vec::new();
     let mut records: Vec<(JobRecord, Option<PathBuf>)> = Vec::new();
     for (path, staged) in files {
@@ -398,8 +399,8 @@ pub(crate) fn collect_staged(
         }
         let value = store::read_result(
             result.mode,
-            &layout.result_path(stage, &staged.id),
-            &layout.log_out(stage, &staged.id),
+            &paths.result(&staged.id),
+            &paths.log_out(&staged.id),
             result.max_bytes,
             true,
         );
@@ -407,9 +408,7 @@ pub(crate) fn collect_staged(
         records.push((record, Some(path)));
     }
     let n = store::record(layout, stage, records)?;
-    for p in stale {
-        let _ = std::fs::remove_file(p);
-    }
+    store::remove_staged(stale);
     Ok(n)
 }
 

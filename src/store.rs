@@ -67,12 +67,12 @@ impl Layout {
     /// A job's stdout log.
     #[must_use]
     pub fn log_out(&self, stage: &str, id: &str) -> PathBuf {
-        self.logs_dir(stage).join(format!("{id}.out"))
+        log_out_in(&self.logs_dir(stage), id)
     }
     /// A job's stderr log.
     #[must_use]
     pub fn log_err(&self, stage: &str, id: &str) -> PathBuf {
-        self.logs_dir(stage).join(format!("{id}.err"))
+        log_err_in(&self.logs_dir(stage), id)
     }
     /// The folder of result files.
     #[must_use]
@@ -82,7 +82,7 @@ impl Layout {
     /// `$POOLPARTY_RESULT` of a job.
     #[must_use]
     pub fn result_path(&self, stage: &str, id: &str) -> PathBuf {
-        self.results_dir(stage).join(id)
+        result_in(&self.results_dir(stage), id)
     }
     /// The stage's ledger.
     #[must_use]
@@ -123,12 +123,22 @@ impl Layout {
     /// The outcome file a job's wrapper writes for one attempt (`<id>.<attempt>.json`).
     #[must_use]
     pub fn staged_outcome(&self, stage: &str, id: &str, attempt: u32) -> PathBuf {
-        self.staging_dir(stage).join(format!("{id}.{attempt}.json"))
+        staged_in(&self.staging_dir(stage), id, attempt)
     }
     /// The record of a stage's local bundle scripts that `submit.sh` ran.
     #[must_use]
     pub fn bundled(&self, stage: &str) -> PathBuf {
         self.stage_dir(stage).join("bundled.jsonl")
+    }
+    /// A stage's folders of per-job files, for a backend that makes a job's paths many
+    /// times (made once per stage).
+    #[must_use]
+    pub fn stage_paths(&self, stage: &str) -> StagePaths {
+        StagePaths {
+            logs_dir: self.logs_dir(stage),
+            results_dir: self.results_dir(stage),
+            staging_dir: self.staging_dir(stage),
+        }
     }
     /// The record of a stage's submitted driver jobs.
     #[must_use]
@@ -144,6 +154,11 @@ impl Layout {
     #[must_use]
     pub fn runs_dir(&self) -> PathBuf {
         self.root.join(".runs")
+    }
+    /// The provenance record of a run (its whole summary once it ended).
+    #[must_use]
+    pub fn run_record(&self, run: &str) -> PathBuf {
+        self.runs_dir().join(format!("{run}.json"))
     }
     /// The lock file.
     #[must_use]
@@ -170,6 +185,64 @@ impl Layout {
         }
         Ok(())
     }
+}
+
+/// A stage's folders of per-job files ([`Layout::stage_paths`]). The names of a job's files
+/// are made here and in [`Layout`]'s per-job paths alone, through the same functions (the
+/// job wrapper script, `templates/wrapper.sh`, writes the same names).
+#[derive(Clone, Debug)]
+pub struct StagePaths {
+    /// Where logs go: `<logs>/<id>.out|.err`.
+    pub logs_dir: PathBuf,
+    /// Where results go: `<results>/<id>` (and `<id>.job.json`, a job too long for the
+    /// environment).
+    pub results_dir: PathBuf,
+    /// Where job wrappers drop outcome files: `<staging>/<id>.<attempt>.json`.
+    pub staging_dir: PathBuf,
+}
+
+impl StagePaths {
+    /// A job's stdout log.
+    #[must_use]
+    pub fn log_out(&self, id: &str) -> PathBuf {
+        log_out_in(&self.logs_dir, id)
+    }
+    /// A job's stderr log.
+    #[must_use]
+    pub fn log_err(&self, id: &str) -> PathBuf {
+        log_err_in(&self.logs_dir, id)
+    }
+    /// `$POOLPARTY_RESULT` of a job.
+    #[must_use]
+    pub fn result(&self, id: &str) -> PathBuf {
+        result_in(&self.results_dir, id)
+    }
+    /// `$POOLPARTY_JOB_FILE` of a job whose JSON is too long for the environment.
+    #[must_use]
+    pub fn job_file(&self, id: &str) -> PathBuf {
+        self.results_dir.join(format!("{id}.job.json"))
+    }
+    /// The outcome file of one attempt of a job.
+    #[must_use]
+    pub fn staged(&self, id: &str, attempt: u32) -> PathBuf {
+        staged_in(&self.staging_dir, id, attempt)
+    }
+}
+
+fn log_out_in(logs_dir: &Path, id: &str) -> PathBuf {
+    logs_dir.join(format!("{id}.out"))
+}
+
+fn log_err_in(logs_dir: &Path, id: &str) -> PathBuf {
+    logs_dir.join(format!("{id}.err"))
+}
+
+fn result_in(results_dir: &Path, id: &str) -> PathBuf {
+    results_dir.join(id)
+}
+
+fn staged_in(staging_dir: &Path, id: &str, attempt: u32) -> PathBuf {
+    staging_dir.join(format!("{id}.{attempt}.json"))
 }
 
 /// Writes `bytes` to `path` through a temporary file, fsync and rename: readers see the old
@@ -983,6 +1056,34 @@ fn read_result_bytes(path: &Path, max: u64) -> Option<ResultValue> {
 /// Anything that is not a whole outcome file (a temporary file, a foreign file) is skipped.
 #[must_use]
 pub fn read_staged(staging_dir: &Path) -> Vec<(PathBuf, StagedOutcome)> {
+    read_staged_named(staging_dir, |_| true)
+}
+
+/// The outcome files of job `id` waiting in a stage's staging folder (one `read_dir`; only
+/// files named for the job are read).
+#[must_use]
+pub fn read_staged_of(staging_dir: &Path, id: &str) -> Vec<StagedOutcome> {
+    let prefix = format!("{id}.");
+    read_staged_named(staging_dir, |name| name.starts_with(&prefix))
+        .into_iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.id == id)
+        .collect()
+}
+
+/// Removes outcome files (of attempts already recorded); one that is gone already is no
+/// error, nor is one that cannot be removed (a later collection finds it recorded again).
+pub fn remove_staged(paths: impl IntoIterator<Item = PathBuf>) {
+    for p in paths {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// The outcome files in a staging folder whose names `keep` accepts.
+fn read_staged_named(
+    staging_dir: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<(PathBuf, StagedOutcome)> {
     let Ok(dir) = std::fs::read_dir(staging_dir) else {
         return Vec::new();
     };
@@ -990,7 +1091,7 @@ pub fn read_staged(staging_dir: &Path) -> Vec<(PathBuf, StagedOutcome)> {
     for entry in dir.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with('.') || !name.ends_with(".json") {
+        if name.starts_with('.') || !name.ends_with(".json") || !keep(name) {
             continue;
         }
         let path = entry.path();

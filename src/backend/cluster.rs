@@ -21,7 +21,6 @@ use serde::{Deserialize, Serialize};
 use super::syntax::{ArrayScript, Syntax};
 use super::{Backend, CancelMode, Event, Launch, StageSpec, Uncancelled, packing};
 use crate::error::{Error, Result};
-use crate::outcome::StagedOutcome;
 use crate::outcome::{JobRecord, Outcome};
 
 /// How long a scheduler command may take before it counts as failed.
@@ -714,23 +713,8 @@ impl ClusterBackend {
 
     /// Reads every outcome file in the staging folder (one `read_dir`) and reports them.
     fn harvest(&mut self) -> usize {
-        let Ok(dir) = std::fs::read_dir(&self.spec.staging_dir) else {
-            return 0;
-        };
         let mut n = 0;
-        for entry in dir.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.starts_with('.') || !name.ends_with(".json") {
-                continue;
-            }
-            let path = entry.path();
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            let Some(staged) = StagedOutcome::parse(&text) else {
-                continue;
-            };
+        for (path, staged) in crate::store::read_staged(&self.spec.paths.staging_dir) {
             let Some(t) = self.tracked.remove(&(staged.index, staged.attempt)) else {
                 continue;
             };
@@ -744,8 +728,8 @@ impl ClusterBackend {
             }
             let result = crate::store::read_result(
                 self.spec.settings.result,
-                &self.spec.results_dir.join(t.launch.job.id.as_str()),
-                &self.spec.logs_dir.join(format!("{}.out", t.launch.job.id)),
+                &self.spec.paths.result(t.launch.job.id.as_str()),
+                &self.spec.paths.log_out(t.launch.job.id.as_str()),
                 self.spec.settings.result_max_bytes,
                 true,
             );
@@ -941,8 +925,8 @@ impl Backend for ClusterBackend {
             let task = a.position + first;
             let staged = self
                 .spec
-                .staging_dir
-                .join(format!("{}.{}.json", a.launch.job.id, a.launch.attempt))
+                .paths
+                .staged(a.launch.job.id.as_str(), a.launch.attempt)
                 .exists();
             let active = states
                 .as_ref()
@@ -1146,9 +1130,11 @@ mod tests {
             settings: m.stages[0].settings.clone(),
             cwd: dir.to_path_buf(),
             env: Vec::new(),
-            logs_dir: dir.join("logs"),
-            results_dir: dir.join("results"),
-            staging_dir: dir.join("staging"),
+            paths: crate::store::StagePaths {
+                logs_dir: dir.join("logs"),
+                results_dir: dir.join("results"),
+                staging_dir: dir.join("staging"),
+            },
             run: "r".into(),
             workers: 1,
             durations: Arc::default(),

@@ -167,7 +167,7 @@ impl Rig {
     fn new(limit: usize, settings: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let spec = spec(dir.path(), "slurm", settings);
-        std::fs::create_dir_all(&spec.staging_dir).unwrap();
+        std::fs::create_dir_all(&spec.paths.staging_dir).unwrap();
         let clock = FakeClock::new();
         let cluster = Arc::new(Mutex::new(Cluster {
             limit,

@@ -265,20 +265,7 @@ fn latest_record(layout: &Layout, stage: &str, id: &str) -> Result<Option<JobRec
 
 /// The job's outcome files in the staging folder (`<id>.<attempt>.json`).
 fn staged(layout: &Layout, stage: &str, id: &str) -> Vec<StagedOutcome> {
-    let Ok(dir) = std::fs::read_dir(layout.staging_dir(stage)) else {
-        return Vec::new();
-    };
-    let prefix = format!("{id}.");
-    dir.flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with(&prefix) && name.ends_with(".json")
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|t| StagedOutcome::parse(&t))
-        .filter(|s| s.id == id)
-        .collect()
+    store::read_staged_of(&layout.staging_dir(stage), id)
 }
 
 /// Reads new lines of the ledger from where it last stopped.

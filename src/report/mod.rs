@@ -394,7 +394,7 @@ pub fn load_run(manifest: &Manifest, layout: &Layout, run: Option<&str>) -> Resu
             help: Some("run the workflow first with `poolparty run`".to_owned()),
         })?,
     };
-    let path = layout.runs_dir().join(format!("{id}.json"));
+    let path = layout.run_record(&id);
     // A run writes its provenance when it starts and its whole summary when it ends.
     let record: Option<serde_json::Value> = match std::fs::read_to_string(&path) {
         Ok(text) => Some(
