@@ -17,22 +17,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Deserialize;
-
 use crate::backend::Launch;
-use crate::backend::cluster::{Submission, SubmittedJob};
 use crate::error::Result;
 use crate::jobs::Jobs;
 use crate::manifest::ResultMode;
 use crate::outcome::{JobRecord, StagedOutcome};
 use crate::plan::{Fp, PlannedJob};
-use crate::store::{self, JobState, JobStates, Layout};
-
-/// One line of a stage's `bundled.jsonl`: a local script that a bundle's `submit.sh` ran.
-#[derive(Debug, Deserialize)]
-struct Bundled {
-    tasks: Vec<Vec<SubmittedJob>>,
-}
+use crate::store::{self, Bundled, JobState, JobStates, Layout, Submission, SubmittedJob};
 
 /// How a run treats recorded outcomes (from the command line).
 #[derive(Clone, Copy, Debug, Default)]

@@ -1370,6 +1370,124 @@ pub fn tail(path: &Path, n: usize) -> Option<String> {
     crate::jobs::stderr_tail(&buf, n)
 }
 
+/// One submitted array: a line of `submissions.jsonl`, appended by the runner (through the
+/// cluster backend's recorder) and by a bundle's `submit.sh` (`pp_record`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Submission {
+    /// The scheduler's job id.
+    pub job_id: String,
+    /// The script.
+    pub script: PathBuf,
+    /// The run that submitted it.
+    pub run: String,
+    /// The scheduler's name ([`crate::manifest::BackendKind::as_str`]: `slurm`, `sge`, `pbs`
+    /// or `lsf`); empty in records written before it was added. Kept as text, so a name this
+    /// version does not know fails only the `cancel` that needs it, not every read.
+    #[serde(default)]
+    pub scheduler: String,
+    /// For each array task (index `first_index + position`): the jobs it runs.
+    pub tasks: Vec<Vec<SubmittedJob>>,
+    /// When it was submitted (Unix seconds): the start of its tasks' queue wait. Absent in
+    /// records written before it was added and by bundles' `submit.sh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted: Option<f64>,
+}
+
+/// One job of a submitted array task.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SubmittedJob {
+    /// Job index.
+    pub index: usize,
+    /// Job id.
+    pub id: String,
+    /// Attempt (unique per job across runs).
+    pub attempt: u32,
+    /// The job's fingerprint when submitted: an outcome counts as up to date only for it.
+    #[serde(default)]
+    pub fp: String,
+}
+
+/// One line of `bundled.jsonl`, `{"script","tasks"}`: a local script that a bundle's
+/// `submit.sh` ran (`pp_record_local`), with the jobs of each of its tasks, as [`Submission`]
+/// lists them (only the tasks are read).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Bundled {
+    /// For each task: the jobs it runs.
+    pub tasks: Vec<Vec<SubmittedJob>>,
+}
+
+/// One line of `drivers.jsonl`: a driver job a bundle's `submit.sh` submitted
+/// (`pp_record_driver`: `job_id`, `script`, `scheduler`), or one that ended (`job_id`,
+/// `done`: written by the driver itself when its run ends, and by `poolparty cancel`, with
+/// `cancelled`, through [`close_drivers`]). Fields are in alphabetical order, the order
+/// `cancel` has always written them in.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DriverLine {
+    /// Cancelled by `poolparty cancel`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
+    /// Ended (or cancelled).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub done: bool,
+    /// The scheduler's job id (empty when the submission printed none).
+    #[serde(default)]
+    pub job_id: String,
+    /// The driver's script.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// The scheduler's name, as in [`Submission::scheduler`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
+}
+
+/// The driver jobs of a stage that were submitted and have not ended (or been cancelled):
+/// (scheduler, job id), in submission order.
+///
+/// # Errors
+/// When `drivers.jsonl` cannot be read.
+pub fn open_drivers(layout: &Layout, stage: &str) -> Result<Vec<(String, String)>> {
+    let lines: Vec<DriverLine> = read_lines(&layout.drivers(stage))?;
+    let done: std::collections::HashSet<&str> = lines
+        .iter()
+        .filter(|l| l.done)
+        .map(|l| l.job_id.as_str())
+        .collect();
+    let mut open: Vec<(String, String)> = Vec::new();
+    for l in &lines {
+        let Some(sched) = &l.scheduler else {
+            continue;
+        };
+        let id = l.job_id.as_str();
+        if !id.is_empty() && !done.contains(id) && !open.iter().any(|(_, o)| o == id) {
+            open.push((sched.clone(), id.to_owned()));
+        }
+    }
+    Ok(open)
+}
+
+/// Marks driver jobs as done (after `poolparty cancel` cancelled them).
+///
+/// # Errors
+/// On I/O failure.
+pub fn close_drivers(layout: &Layout, stage: &str, ids: &[String]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            let line = DriverLine {
+                cancelled: true,
+                done: true,
+                job_id: id.clone(),
+                ..DriverLine::default()
+            };
+            serde_json::to_string(&line).expect("a driver line serializes")
+        })
+        .collect();
+    append_lines(&layout.drivers(stage), &lines)
+}
+
 /// One line of `.live.jsonl`, the record of the local jobs' process groups: a runner writes
 /// a header, a `starting` line before it starts a job, a `started` line with its process group
 /// right after, and a `recorded` line once its outcome is in the ledger. Groups started and not recorded
@@ -1540,6 +1658,35 @@ pub fn read_live(path: &Path) -> Result<Option<(Option<LiveLine>, Vec<LiveLine>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drivers_are_open_until_done_and_cancel_writes_its_line_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().join("w"));
+        layout.create_stage_dirs("s").unwrap();
+        // As `submit.sh` and the drivers write them.
+        std::fs::write(
+            layout.drivers("s"),
+            concat!(
+                "{\"job_id\":\"5\",\"script\":\"/b/s/driver.sh\",\"scheduler\":\"slurm\"}\n",
+                "{\"job_id\":\"6\",\"script\":\"/b/t/driver.sh\",\"scheduler\":\"sge\"}\n",
+                "{\"job_id\":\"\",\"script\":\"/b/u/driver.sh\",\"scheduler\":\"sge\"}\n",
+                "{\"job_id\":\"5\",\"done\":true}\n",
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            open_drivers(&layout, "s").unwrap(),
+            [("sge".to_owned(), "6".to_owned())]
+        );
+        close_drivers(&layout, "s", &["6".to_owned()]).unwrap();
+        let text = std::fs::read_to_string(layout.drivers("s")).unwrap();
+        assert_eq!(
+            text.lines().last(),
+            Some("{\"cancelled\":true,\"done\":true,\"job_id\":\"6\"}")
+        );
+        assert!(open_drivers(&layout, "s").unwrap().is_empty());
+    }
 
     #[test]
     fn write_if_changed_writes_only_what_differs() {

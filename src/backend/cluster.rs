@@ -16,12 +16,11 @@ use std::sync::OnceLock;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use super::syntax::{ArrayScript, Syntax};
 use super::{Backend, CancelMode, Event, Launch, StageSpec, Uncancelled, packing};
 use crate::error::{Error, Result};
 use crate::outcome::{JobRecord, Outcome};
+use crate::store::{Submission, SubmittedJob};
 
 /// How long a scheduler command may take before it counts as failed.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -244,40 +243,6 @@ pub fn call(
             message: format!("`{line}` failed ({st}): {err}"),
         }),
     }
-}
-
-/// One submitted array, as recorded durably in `submissions.jsonl`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Submission {
-    /// The scheduler's job id.
-    pub job_id: String,
-    /// The script.
-    pub script: PathBuf,
-    /// The run that submitted it.
-    pub run: String,
-    /// `slurm` or `sge`.
-    #[serde(default)]
-    pub scheduler: String,
-    /// For each array task (index `first_index + position`): the jobs it runs.
-    pub tasks: Vec<Vec<SubmittedJob>>,
-    /// When it was submitted (Unix seconds): the start of its tasks' queue wait. Absent in
-    /// records written before it was added and by bundles' `submit.sh`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub submitted: Option<f64>,
-}
-
-/// One job of a submitted array task.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SubmittedJob {
-    /// Job index.
-    pub index: usize,
-    /// Job id.
-    pub id: String,
-    /// Attempt (unique per job across runs).
-    pub attempt: u32,
-    /// The job's fingerprint when submitted: an outcome counts as up to date only for it.
-    #[serde(default)]
-    pub fp: String,
 }
 
 /// The time as the state machine sees it: the real clock in runs; tests drive a fake one, so

@@ -12,13 +12,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::cluster::{
-    ArrayLimit, CallError, Client, Clock, ClusterBackend, SUBMIT_PATIENCE, Submission, TaskState,
+    ArrayLimit, CallError, Client, Clock, ClusterBackend, SUBMIT_PATIENCE, TaskState,
 };
 use super::syntax::testing::{launches, spec};
 use super::{Adopt, Backend, CancelMode, Event, Launch};
 use crate::error::Result;
 use crate::manifest::Settings;
 use crate::outcome::{JobRecord, Outcome};
+use crate::store::Submission;
 
 /// A clock that only moves when told to (or when the backend "sleeps").
 #[derive(Clone)]

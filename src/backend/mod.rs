@@ -57,7 +57,7 @@ pub struct Launch {
 }
 
 /// Records one submitted array (see [`Backend::set_recorder`]).
-pub type Recorder = Box<dyn FnMut(&cluster::Submission) -> Result<()> + Send>;
+pub type Recorder = Box<dyn FnMut(&crate::store::Submission) -> Result<()> + Send>;
 
 /// A task of an earlier run's array that may still be running.
 #[derive(Clone, Debug)]
@@ -215,7 +215,7 @@ pub trait Backend: Send {
     }
 
     /// Arrays submitted since the last call, for the runner to record durably.
-    fn take_submissions(&mut self) -> Vec<cluster::Submission> {
+    fn take_submissions(&mut self) -> Vec<crate::store::Submission> {
         Vec::new()
     }
 

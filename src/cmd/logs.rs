@@ -325,9 +325,7 @@ fn something_pending(layout: &Layout, stage: &str, id: &str, last_attempt: u32) 
             return true;
         }
     }
-    let Ok(subs) =
-        store::read_lines::<crate::backend::cluster::Submission>(&layout.submissions(stage))
-    else {
+    let Ok(subs) = store::read_lines::<store::Submission>(&layout.submissions(stage)) else {
         return false;
     };
     subs.iter()

@@ -16,7 +16,6 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::backend::cluster::Submission;
 use crate::error::{Error, Result};
 use crate::graph::StageGraph;
 use crate::manifest::Manifest;
@@ -464,7 +463,7 @@ pub fn collect(
         let name = stage.name.as_str();
         let jobs = store::read_jobs(&layout.jobs_file(name))?;
         let records = store::read_ledger(&layout.ledger(name))?;
-        let subs: Vec<Submission> =
+        let subs: Vec<store::Submission> =
             store::read_lines(&layout.submissions(name)).unwrap_or_default();
         let mut submitted: HashMap<(usize, u32), f64> = HashMap::new();
         for s in subs.iter().filter(|s| s.run == run.run) {
