@@ -435,6 +435,15 @@ pub struct Holder {
     pub run: String,
 }
 
+impl Holder {
+    /// Whether the holder is a live process on this host (one on another host cannot be
+    /// checked from here).
+    #[must_use]
+    pub fn is_live_here(&self) -> bool {
+        self.host == hostname() && Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+}
+
 /// An exclusive hold on a workflow's state folder, released on drop (or when the process
 /// dies, even by SIGKILL: it is an `flock`).
 #[derive(Debug)]
@@ -1600,6 +1609,15 @@ impl LiveGroups {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Removes `.live.jsonl` (a runner that ended, or a dead run's record once recovered).
+///
+/// # Errors
+/// When it cannot be removed (or is not there).
+pub fn remove_live(layout: &Layout) -> Result<()> {
+    let path = layout.live_file();
+    std::fs::remove_file(&path).map_err(|e| Error::store("remove", &path, e))
 }
 
 /// What `.live.jsonl` says: the runner that wrote it and the groups it started whose outcome

@@ -321,7 +321,7 @@ impl LedgerTail {
 /// submitted by hand) has not reported yet.
 fn something_pending(layout: &Layout, stage: &str, id: &str, last_attempt: u32) -> bool {
     if let Some(h) = store::read_holder(layout) {
-        if h.host != store::hostname() || Path::new(&format!("/proc/{}", h.pid)).exists() {
+        if h.host != store::hostname() || h.is_live_here() {
             return true;
         }
     }

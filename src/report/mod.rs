@@ -419,9 +419,7 @@ pub fn load_run(manifest: &Manifest, layout: &Layout, run: Option<&str>) -> Resu
         });
     }
     let holder = holder.filter(|h| h.run == id);
-    let live = holder.as_ref().is_some_and(|h| {
-        h.host == store::hostname() && Path::new(&format!("/proc/{}", h.pid)).exists()
-    });
+    let live = holder.as_ref().is_some_and(store::Holder::is_live_here);
     let mut report = crate::query::status(manifest, layout)?;
     report.run.clone_from(&id);
     report.started = record
