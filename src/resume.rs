@@ -11,7 +11,8 @@
 //! same rules. [`collect_staged`] moves outcome files into the ledger (through
 //! [`store::record`]), so that they count like any recorded attempt.
 //!
-//! Reads the store; writes only through [`store::record`]. Never asks a scheduler.
+//! Reads the store; writes only through [`store::record`] (and deletes outcome files already
+//! recorded through [`store::remove_staged`]). Never asks a scheduler.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

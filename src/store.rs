@@ -1,5 +1,6 @@
-//! The state store: the only module that touches a workflow's state folder
-//! (`<work_dir>/<workflow>/`).
+//! The state store: the owner of a workflow's state folder (`<work_dir>/<workflow>/`): its
+//! paths, the formats of what is recorded there and the rules for writing it. Others write
+//! there only at paths and through types from here (DESIGN.md, "who writes what").
 //!
 //! Layout (see DESIGN.md):
 //! ```text
@@ -20,7 +21,11 @@
 //! the ledger, never rewritten, and only through [`Ledger`] (during a run) or [`record`]
 //! (outside one), which keep its durability rules. Readers get each job's latest state as a
 //! small [`JobState`] ([`read_states`]) and fetch a record or result by its offset
-//! ([`LedgerReader`]); a job's result is read from its files by [`read_result`] alone.
+//! ([`LedgerReader`]); a job's result is read from its files by [`read_result`] alone. A
+//! job's paths are made by [`Layout`] or, once per stage for a backend, [`StagePaths`];
+//! outcome files are read by [`read_staged`] and removed by the ledger's sync, [`record`] or
+//! [`remove_staged`]. The formats of the other recorded lines are typed here too
+//! ([`Submission`], [`Bundled`], [`DriverLine`], [`LiveLine`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
