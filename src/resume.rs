@@ -271,8 +271,8 @@ impl StageHistory {
     /// What a run would do with `jobs` (fingerprints `fps`): the jobs [`Self::decide`]
     /// reuses are done, the others new, changed or failed by their latest record. An outcome
     /// file waiting in the staging folder counts as the job's latest outcome, since `run`
-    /// collects it first (and reuses a success made with the fingerprint it was bundled with,
-    /// or any for an array, whose outcome is adopted).
+    /// collects it first (a success in it is done when the fingerprint a local bundle recorded
+    /// for it is the job's, or when none is recorded).
     pub(crate) fn counts(&self, jobs: &Jobs, fps: &[Fp]) -> Counts {
         let mut c = Counts::default();
         for (j, fp) in jobs.iter().zip(fps) {
