@@ -22,15 +22,15 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::backend::cluster::{ArrayLimit, SubmittedJob};
+use crate::backend::cluster::ArrayLimit;
 use crate::backend::syntax::ArrayScript;
 use crate::backend::{self, Launch, StageSpec, packing};
 use crate::error::{Error, Result};
 use crate::graph::StageGraph;
 use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure};
-use crate::resume::{self, Collect, ResultSpec, StageHistory};
+use crate::resume::{self, Collect, Policy, ResultSpec, StageHistory};
 use crate::runner::Prepared;
-use crate::store::{self, Layout};
+use crate::store::{self, Layout, SubmittedJob};
 use crate::template::shell_quote;
 
 /// The run label of bundled submissions: fixed, so two bundles of the same state diff cleanly.
@@ -47,6 +47,9 @@ pub struct BundleOptions {
     pub driver_flags: String,
     /// The poolparty executable drivers run.
     pub exe: PathBuf,
+    /// How recorded outcomes are treated (`run --detach --force` or `--retry-failed`): which
+    /// jobs the scripts launch, and what the drivers are told.
+    pub policy: Policy,
 }
 
 /// What a bundle holds.
@@ -56,45 +59,6 @@ pub struct BundleSummary {
     pub stages: Vec<(String, BackendKind, usize, String)>,
     /// The array limits the scripts were cut by, and where each came from.
     pub limits: Vec<(BackendKind, ArrayLimit)>,
-}
-
-/// The driver jobs of a stage that were submitted and have not ended (or been cancelled):
-/// (scheduler, job id).
-///
-/// # Errors
-/// When `drivers.jsonl` cannot be read.
-pub fn open_drivers(layout: &Layout, stage: &str) -> Result<Vec<(String, String)>> {
-    let lines: Vec<serde_json::Value> = store::read_lines(&layout.drivers(stage))?;
-    let done: HashSet<&str> = lines
-        .iter()
-        .filter(|v| v["done"].as_bool() == Some(true))
-        .filter_map(|v| v["job_id"].as_str())
-        .collect();
-    let mut open: Vec<(String, String)> = Vec::new();
-    for v in &lines {
-        let (Some(id), Some(sched)) = (v["job_id"].as_str(), v["scheduler"].as_str()) else {
-            continue;
-        };
-        if !id.is_empty() && !done.contains(id) && !open.iter().any(|(_, o)| o == id) {
-            open.push((sched.to_owned(), id.to_owned()));
-        }
-    }
-    Ok(open)
-}
-
-/// Marks driver jobs as done (after `poolparty cancel` cancelled them).
-///
-/// # Errors
-/// On I/O failure.
-pub fn close_drivers(layout: &Layout, stage: &str, ids: &[String]) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let lines: Vec<String> = ids
-        .iter()
-        .map(|id| serde_json::json!({"job_id": id, "done": true, "cancelled": true}).to_string())
-        .collect();
-    store::append_lines(&layout.drivers(stage), &lines)
 }
 
 /// Moves the outcomes of jobs that local bundle scripts ran (outcome files in a stage's
@@ -211,7 +175,8 @@ pub fn write(
         match static_plan {
             Some((jobs, plan)) => {
                 store::write_jobs(&dir.join("jobs.jsonl"), jobs)?;
-                let launches = StageHistory::load(layout, name)?.launches(&plan.all_jobs(jobs)?);
+                let launches =
+                    StageHistory::load(layout, name)?.launches(&plan.all_jobs(jobs)?, opts.policy);
                 let workers = crate::backend::local_workers(plan.settings.max_parallel, jobs.len());
                 let settings_plan_spec = StageSpec::new(plan, layout, &m.name, BUNDLE_RUN, workers);
                 let throttled = settings_plan_spec.settings.max_parallel.is_some();
@@ -374,6 +339,12 @@ pub fn write(
                     shell_quote(name),
                     opts.driver_flags
                 );
+                if opts.policy.force {
+                    cmd.push_str(" --force");
+                }
+                if opts.policy.retry_failed {
+                    cmd.push_str(" --retry-failed");
+                }
                 // With `on_failure = "stop"`, a need with a job that did not succeed keeps the
                 // stage from running. Checked here (from the needs' recorded and staged
                 // outcomes) because the driver's `run --stage` would otherwise run the failed

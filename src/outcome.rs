@@ -276,6 +276,13 @@ impl StagedOutcome {
         serde_json::from_str(text).ok()
     }
 
+    /// Whether the job succeeded: the one place an outcome file's exit status becomes an
+    /// outcome (0 succeeded; anything else failed with that code).
+    #[must_use]
+    pub fn succeeded(&self) -> bool {
+        self.rc == 0
+    }
+
     /// The record of this attempt.
     #[must_use]
     pub fn record(&self, run: String, fp: String, result: Option<ResultValue>) -> JobRecord {
@@ -283,7 +290,7 @@ impl StagedOutcome {
             index: self.index,
             id: self.id.clone(),
             attempt: self.attempt,
-            outcome: if self.rc == 0 {
+            outcome: if self.succeeded() {
                 Outcome::Succeeded
             } else {
                 Outcome::Failed { code: self.rc }

@@ -75,7 +75,7 @@ impl Latest<'_> {
     fn kind(self) -> OutcomeKind {
         match self {
             Self::Ledger(s) => s.kind,
-            Self::Staged(s) if s.rc == 0 => OutcomeKind::Succeeded,
+            Self::Staged(s) if s.succeeded() => OutcomeKind::Succeeded,
             Self::Staged(_) => OutcomeKind::Failed,
         }
     }
@@ -469,7 +469,7 @@ fn latest_run(layout: &Layout) -> Option<(String, f64)> {
     match (recorded, holder) {
         (Some(r), Some(h)) if h.run > r => Some((h.run, h.started)),
         (Some(r), _) => {
-            let started = std::fs::read_to_string(layout.runs_dir().join(format!("{r}.json")))
+            let started = std::fs::read_to_string(layout.run_record(&r))
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
                 .and_then(|v| v["started"].as_f64())

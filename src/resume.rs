@@ -11,28 +11,20 @@
 //! same rules. [`collect_staged`] moves outcome files into the ledger (through
 //! [`store::record`]), so that they count like any recorded attempt.
 //!
-//! Reads the store; writes only through [`store::record`]. Never asks a scheduler.
+//! Reads the store; writes only through [`store::record`] (and deletes outcome files already
+//! recorded through [`store::remove_staged`]). Never asks a scheduler.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Deserialize;
-
 use crate::backend::Launch;
-use crate::backend::cluster::{Submission, SubmittedJob};
 use crate::error::Result;
 use crate::jobs::Jobs;
 use crate::manifest::ResultMode;
 use crate::outcome::{JobRecord, StagedOutcome};
 use crate::plan::{Fp, PlannedJob};
-use crate::store::{self, JobState, JobStates, Layout};
-
-/// One line of a stage's `bundled.jsonl`: a local script that a bundle's `submit.sh` ran.
-#[derive(Debug, Deserialize)]
-struct Bundled {
-    tasks: Vec<Vec<SubmittedJob>>,
-}
+use crate::store::{self, Bundled, JobState, JobStates, Layout, Submission, SubmittedJob};
 
 /// How a run treats recorded outcomes (from the command line).
 #[derive(Clone, Copy, Debug, Default)]
@@ -208,9 +200,7 @@ impl StageHistory {
             return latest.map_or(Decision::NotRecorded, |s| Decision::Recorded(*s));
         }
         match latest {
-            Some(s) if !policy.force && s.succeeded() && (s.fp_is(fp) || policy.retry_failed) => {
-                Decision::Recorded(*s)
-            }
+            Some(s) if reuses(s, fp, policy) => Decision::Recorded(*s),
             _ => Decision::Launch {
                 attempt: self.last_attempt(id) + 1,
             },
@@ -278,44 +268,59 @@ impl StageHistory {
             .collect()
     }
 
-    /// What a run would do with `jobs` (fingerprints `fps`): an outcome file waiting in the
-    /// staging folder counts as the job's latest outcome, since `run` collects it first.
+    /// What a run would do with `jobs` (fingerprints `fps`): the jobs [`Self::decide`]
+    /// reuses are done, the others new, changed or failed by their latest record. An outcome
+    /// file waiting in the staging folder counts as the job's latest outcome, since `run`
+    /// collects it first (a success in it is done when the fingerprint a local bundle recorded
+    /// for it is the job's, or when none is recorded).
     pub(crate) fn counts(&self, jobs: &Jobs, fps: &[Fp]) -> Counts {
         let mut c = Counts::default();
         for (j, fp) in jobs.iter().zip(fps) {
             let id = j.id;
             let fp = fp.as_str();
-            // (succeeded, with the job's current fingerprint)
-            let state = match (self.staged.get(id), self.states.get(id)) {
-                (Some(s), _) => Some((s.outcome.rc == 0, s.fp.as_deref().is_none_or(|f| f == fp))),
-                (None, Some(r)) => Some((r.succeeded(), r.fp_is(fp))),
-                (None, None) => None,
-            };
-            match state {
+            if let Some(s) = self.staged.get(id) {
+                match (
+                    s.outcome.succeeded(),
+                    s.fp.as_deref().is_none_or(|f| f == fp),
+                ) {
+                    (true, true) => c.done += 1,
+                    (true, false) => c.changed += 1,
+                    (false, _) => c.failed += 1,
+                }
+                continue;
+            }
+            // What `decide` does with the job under the default policy, from the state read
+            // once (`decide` itself would also look up its attempt number).
+            match self.states.get(id) {
                 None => c.new += 1,
-                Some((true, true)) => c.done += 1,
-                Some((true, false)) => c.changed += 1,
-                Some((false, _)) => c.failed += 1,
+                Some(r) if reuses(r, fp, Policy::default()) => c.done += 1,
+                Some(r) if r.succeeded() => c.changed += 1,
+                Some(_) => c.failed += 1,
             }
         }
         c
     }
 
-    /// The launches a run would make now for planned jobs (those not reused), each with its
-    /// attempt number.
-    pub(crate) fn launches(&self, jobs: &[Arc<PlannedJob>]) -> Vec<Launch> {
+    /// The launches a run with `policy` would make now for planned jobs (those not reused),
+    /// each with its attempt number.
+    pub(crate) fn launches(&self, jobs: &[Arc<PlannedJob>], policy: Policy) -> Vec<Launch> {
         jobs.iter()
-            .filter_map(
-                |j| match self.decide(j.id.as_str(), &j.fp, Policy::default()) {
-                    Decision::Launch { attempt } => Some(Launch {
-                        job: Arc::clone(j),
-                        attempt,
-                    }),
-                    _ => None,
-                },
-            )
+            .filter_map(|j| match self.decide(j.id.as_str(), &j.fp, policy) {
+                Decision::Launch { attempt } => Some(Launch {
+                    job: Arc::clone(j),
+                    attempt,
+                }),
+                _ => None,
+            })
             .collect()
     }
+}
+
+/// The reuse rule: a job's latest record `latest` stands (is reused rather than launched
+/// again) when it is a success made with the job's current fingerprint `fp` (or any, with
+/// `--retry-failed`), and `--force` is not given.
+fn reuses(latest: &JobState, fp: &str, policy: Policy) -> bool {
+    !policy.force && latest.succeeded() && (latest.fp_is(fp) || policy.retry_failed)
 }
 
 /// How a stage's results are recorded (its `result` settings).
@@ -369,6 +374,7 @@ pub(crate) fn collect_staged(
         fps.insert((j.id.as_str(), j.attempt), j.fp.as_str());
     }
     let states = store::read_states(&layout.ledger(stage))?;
+    let paths = layout.stage_paths(stage);
     let mut stale: Vec<PathBuf> = Vec::new();
     let mut records: Vec<(JobRecord, Option<PathBuf>)> = Vec::new();
     for (path, staged) in files {
@@ -385,8 +391,8 @@ pub(crate) fn collect_staged(
         }
         let value = store::read_result(
             result.mode,
-            &layout.result_path(stage, &staged.id),
-            &layout.log_out(stage, &staged.id),
+            &paths.result(&staged.id),
+            &paths.log_out(&staged.id),
             result.max_bytes,
             true,
         );
@@ -394,9 +400,7 @@ pub(crate) fn collect_staged(
         records.push((record, Some(path)));
     }
     let n = store::record(layout, stage, records)?;
-    for p in stale {
-        let _ = std::fs::remove_file(p);
-    }
+    store::remove_staged(stale);
     Ok(n)
 }
 

@@ -1,5 +1,6 @@
-//! The state store: the only module that touches a workflow's state folder
-//! (`<work_dir>/<workflow>/`).
+//! The state store: the owner of a workflow's state folder (`<work_dir>/<workflow>/`): its
+//! paths, the formats of what is recorded there and the rules for writing it. Others write
+//! there only at paths and through types from here (DESIGN.md, "who writes what").
 //!
 //! Layout (see DESIGN.md):
 //! ```text
@@ -20,7 +21,11 @@
 //! the ledger, never rewritten, and only through [`Ledger`] (during a run) or [`record`]
 //! (outside one), which keep its durability rules. Readers get each job's latest state as a
 //! small [`JobState`] ([`read_states`]) and fetch a record or result by its offset
-//! ([`LedgerReader`]); a job's result is read from its files by [`read_result`] alone.
+//! ([`LedgerReader`]); a job's result is read from its files by [`read_result`] alone. A
+//! job's paths are made by [`Layout`] or, once per stage for a backend, [`StagePaths`];
+//! outcome files are read by [`read_staged`] and removed by the ledger's sync, [`record`] or
+//! [`remove_staged`]. The formats of the other recorded lines are typed here too
+//! ([`Submission`], [`Bundled`], [`DriverLine`], [`LiveLine`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -67,12 +72,12 @@ impl Layout {
     /// A job's stdout log.
     #[must_use]
     pub fn log_out(&self, stage: &str, id: &str) -> PathBuf {
-        self.logs_dir(stage).join(format!("{id}.out"))
+        log_out_in(&self.logs_dir(stage), id)
     }
     /// A job's stderr log.
     #[must_use]
     pub fn log_err(&self, stage: &str, id: &str) -> PathBuf {
-        self.logs_dir(stage).join(format!("{id}.err"))
+        log_err_in(&self.logs_dir(stage), id)
     }
     /// The folder of result files.
     #[must_use]
@@ -82,7 +87,7 @@ impl Layout {
     /// `$POOLPARTY_RESULT` of a job.
     #[must_use]
     pub fn result_path(&self, stage: &str, id: &str) -> PathBuf {
-        self.results_dir(stage).join(id)
+        result_in(&self.results_dir(stage), id)
     }
     /// The stage's ledger.
     #[must_use]
@@ -123,12 +128,22 @@ impl Layout {
     /// The outcome file a job's wrapper writes for one attempt (`<id>.<attempt>.json`).
     #[must_use]
     pub fn staged_outcome(&self, stage: &str, id: &str, attempt: u32) -> PathBuf {
-        self.staging_dir(stage).join(format!("{id}.{attempt}.json"))
+        staged_in(&self.staging_dir(stage), id, attempt)
     }
     /// The record of a stage's local bundle scripts that `submit.sh` ran.
     #[must_use]
     pub fn bundled(&self, stage: &str) -> PathBuf {
         self.stage_dir(stage).join("bundled.jsonl")
+    }
+    /// A stage's folders of per-job files, for a backend that makes a job's paths many
+    /// times (made once per stage).
+    #[must_use]
+    pub fn stage_paths(&self, stage: &str) -> StagePaths {
+        StagePaths {
+            logs_dir: self.logs_dir(stage),
+            results_dir: self.results_dir(stage),
+            staging_dir: self.staging_dir(stage),
+        }
     }
     /// The record of a stage's submitted driver jobs.
     #[must_use]
@@ -144,6 +159,11 @@ impl Layout {
     #[must_use]
     pub fn runs_dir(&self) -> PathBuf {
         self.root.join(".runs")
+    }
+    /// The provenance record of a run (its whole summary once it ended).
+    #[must_use]
+    pub fn run_record(&self, run: &str) -> PathBuf {
+        self.runs_dir().join(format!("{run}.json"))
     }
     /// The lock file.
     #[must_use]
@@ -170,6 +190,64 @@ impl Layout {
         }
         Ok(())
     }
+}
+
+/// A stage's folders of per-job files ([`Layout::stage_paths`]). The names of a job's files
+/// are made here and in [`Layout`]'s per-job paths alone, through the same functions (the
+/// job wrapper script, `templates/wrapper.sh`, writes the same names).
+#[derive(Clone, Debug)]
+pub struct StagePaths {
+    /// Where logs go: `<logs>/<id>.out|.err`.
+    pub logs_dir: PathBuf,
+    /// Where results go: `<results>/<id>` (and `<id>.job.json`, a job too long for the
+    /// environment).
+    pub results_dir: PathBuf,
+    /// Where job wrappers drop outcome files: `<staging>/<id>.<attempt>.json`.
+    pub staging_dir: PathBuf,
+}
+
+impl StagePaths {
+    /// A job's stdout log.
+    #[must_use]
+    pub fn log_out(&self, id: &str) -> PathBuf {
+        log_out_in(&self.logs_dir, id)
+    }
+    /// A job's stderr log.
+    #[must_use]
+    pub fn log_err(&self, id: &str) -> PathBuf {
+        log_err_in(&self.logs_dir, id)
+    }
+    /// `$POOLPARTY_RESULT` of a job.
+    #[must_use]
+    pub fn result(&self, id: &str) -> PathBuf {
+        result_in(&self.results_dir, id)
+    }
+    /// `$POOLPARTY_JOB_FILE` of a job whose JSON is too long for the environment.
+    #[must_use]
+    pub fn job_file(&self, id: &str) -> PathBuf {
+        self.results_dir.join(format!("{id}.job.json"))
+    }
+    /// The outcome file of one attempt of a job.
+    #[must_use]
+    pub fn staged(&self, id: &str, attempt: u32) -> PathBuf {
+        staged_in(&self.staging_dir, id, attempt)
+    }
+}
+
+fn log_out_in(logs_dir: &Path, id: &str) -> PathBuf {
+    logs_dir.join(format!("{id}.out"))
+}
+
+fn log_err_in(logs_dir: &Path, id: &str) -> PathBuf {
+    logs_dir.join(format!("{id}.err"))
+}
+
+fn result_in(results_dir: &Path, id: &str) -> PathBuf {
+    results_dir.join(id)
+}
+
+fn staged_in(staging_dir: &Path, id: &str, attempt: u32) -> PathBuf {
+    staging_dir.join(format!("{id}.{attempt}.json"))
 }
 
 /// Writes `bytes` to `path` through a temporary file, fsync and rename: readers see the old
@@ -360,6 +438,15 @@ pub struct Holder {
     pub started: f64,
     /// The run id.
     pub run: String,
+}
+
+impl Holder {
+    /// Whether the holder is a live process on this host (one on another host cannot be
+    /// checked from here).
+    #[must_use]
+    pub fn is_live_here(&self) -> bool {
+        self.host == hostname() && Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
 }
 
 /// An exclusive hold on a workflow's state folder, released on drop (or when the process
@@ -983,6 +1070,34 @@ fn read_result_bytes(path: &Path, max: u64) -> Option<ResultValue> {
 /// Anything that is not a whole outcome file (a temporary file, a foreign file) is skipped.
 #[must_use]
 pub fn read_staged(staging_dir: &Path) -> Vec<(PathBuf, StagedOutcome)> {
+    read_staged_named(staging_dir, |_| true)
+}
+
+/// The outcome files of job `id` waiting in a stage's staging folder (one `read_dir`; only
+/// files named for the job are read).
+#[must_use]
+pub fn read_staged_of(staging_dir: &Path, id: &str) -> Vec<StagedOutcome> {
+    let prefix = format!("{id}.");
+    read_staged_named(staging_dir, |name| name.starts_with(&prefix))
+        .into_iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.id == id)
+        .collect()
+}
+
+/// Removes outcome files (of attempts already recorded); one that is gone already is no
+/// error, nor is one that cannot be removed (a later collection finds it recorded again).
+pub fn remove_staged(paths: impl IntoIterator<Item = PathBuf>) {
+    for p in paths {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// The outcome files in a staging folder whose names `keep` accepts.
+fn read_staged_named(
+    staging_dir: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<(PathBuf, StagedOutcome)> {
     let Ok(dir) = std::fs::read_dir(staging_dir) else {
         return Vec::new();
     };
@@ -990,7 +1105,7 @@ pub fn read_staged(staging_dir: &Path) -> Vec<(PathBuf, StagedOutcome)> {
     for entry in dir.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with('.') || !name.ends_with(".json") {
+        if name.starts_with('.') || !name.ends_with(".json") || !keep(name) {
             continue;
         }
         let path = entry.path();
@@ -1269,6 +1384,124 @@ pub fn tail(path: &Path, n: usize) -> Option<String> {
     crate::jobs::stderr_tail(&buf, n)
 }
 
+/// One submitted array: a line of `submissions.jsonl`, appended by the runner (through the
+/// cluster backend's recorder) and by a bundle's `submit.sh` (`pp_record`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Submission {
+    /// The scheduler's job id.
+    pub job_id: String,
+    /// The script.
+    pub script: PathBuf,
+    /// The run that submitted it.
+    pub run: String,
+    /// The scheduler's name ([`crate::manifest::BackendKind::as_str`]: `slurm`, `sge`, `pbs`
+    /// or `lsf`); empty in records written before it was added. Kept as text, so a name this
+    /// version does not know fails only the `cancel` that needs it, not every read.
+    #[serde(default)]
+    pub scheduler: String,
+    /// For each array task (index `first_index + position`): the jobs it runs.
+    pub tasks: Vec<Vec<SubmittedJob>>,
+    /// When it was submitted (Unix seconds): the start of its tasks' queue wait. Absent in
+    /// records written before it was added and by bundles' `submit.sh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted: Option<f64>,
+}
+
+/// One job of a submitted array task.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SubmittedJob {
+    /// Job index.
+    pub index: usize,
+    /// Job id.
+    pub id: String,
+    /// Attempt (unique per job across runs).
+    pub attempt: u32,
+    /// The job's fingerprint when submitted: an outcome counts as up to date only for it.
+    #[serde(default)]
+    pub fp: String,
+}
+
+/// One line of `bundled.jsonl`, `{"script","tasks"}`: a local script that a bundle's
+/// `submit.sh` ran (`pp_record_local`), with the jobs of each of its tasks, as [`Submission`]
+/// lists them (only the tasks are read).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Bundled {
+    /// For each task: the jobs it runs.
+    pub tasks: Vec<Vec<SubmittedJob>>,
+}
+
+/// One line of `drivers.jsonl`: a driver job a bundle's `submit.sh` submitted
+/// (`pp_record_driver`: `job_id`, `script`, `scheduler`), or one that ended (`job_id`,
+/// `done`: written by the driver itself when its run ends, and by `poolparty cancel`, with
+/// `cancelled`, through [`close_drivers`]). Fields are in alphabetical order, the order
+/// `cancel` has always written them in.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DriverLine {
+    /// Cancelled by `poolparty cancel`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
+    /// Ended (or cancelled).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub done: bool,
+    /// The scheduler's job id (empty when the submission printed none).
+    #[serde(default)]
+    pub job_id: String,
+    /// The driver's script.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// The scheduler's name, as in [`Submission::scheduler`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
+}
+
+/// The driver jobs of a stage that were submitted and have not ended (or been cancelled):
+/// (scheduler, job id), in submission order.
+///
+/// # Errors
+/// When `drivers.jsonl` cannot be read.
+pub fn open_drivers(layout: &Layout, stage: &str) -> Result<Vec<(String, String)>> {
+    let lines: Vec<DriverLine> = read_lines(&layout.drivers(stage))?;
+    let done: std::collections::HashSet<&str> = lines
+        .iter()
+        .filter(|l| l.done)
+        .map(|l| l.job_id.as_str())
+        .collect();
+    let mut open: Vec<(String, String)> = Vec::new();
+    for l in &lines {
+        let Some(sched) = &l.scheduler else {
+            continue;
+        };
+        let id = l.job_id.as_str();
+        if !id.is_empty() && !done.contains(id) && !open.iter().any(|(_, o)| o == id) {
+            open.push((sched.clone(), id.to_owned()));
+        }
+    }
+    Ok(open)
+}
+
+/// Marks driver jobs as done (after `poolparty cancel` cancelled them).
+///
+/// # Errors
+/// On I/O failure.
+pub fn close_drivers(layout: &Layout, stage: &str, ids: &[String]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            let line = DriverLine {
+                cancelled: true,
+                done: true,
+                job_id: id.clone(),
+                ..DriverLine::default()
+            };
+            serde_json::to_string(&line).expect("a driver line serializes")
+        })
+        .collect();
+    append_lines(&layout.drivers(stage), &lines)
+}
+
 /// One line of `.live.jsonl`, the record of the local jobs' process groups: a runner writes
 /// a header, a `starting` line before it starts a job, a `started` line with its process group
 /// right after, and a `recorded` line once its outcome is in the ledger. Groups started and not recorded
@@ -1383,6 +1616,15 @@ impl LiveGroups {
     }
 }
 
+/// Removes `.live.jsonl` (a runner that ended, or a dead run's record once recovered).
+///
+/// # Errors
+/// When it cannot be removed (or is not there).
+pub fn remove_live(layout: &Layout) -> Result<()> {
+    let path = layout.live_file();
+    std::fs::remove_file(&path).map_err(|e| Error::store("remove", &path, e))
+}
+
 /// What `.live.jsonl` says: the runner that wrote it and the groups it started whose outcome
 /// is not recorded, in start order (`None` when there is no record).
 ///
@@ -1439,6 +1681,35 @@ pub fn read_live(path: &Path) -> Result<Option<(Option<LiveLine>, Vec<LiveLine>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drivers_are_open_until_done_and_cancel_writes_its_line_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().join("w"));
+        layout.create_stage_dirs("s").unwrap();
+        // As `submit.sh` and the drivers write them.
+        std::fs::write(
+            layout.drivers("s"),
+            concat!(
+                "{\"job_id\":\"5\",\"script\":\"/b/s/driver.sh\",\"scheduler\":\"slurm\"}\n",
+                "{\"job_id\":\"6\",\"script\":\"/b/t/driver.sh\",\"scheduler\":\"sge\"}\n",
+                "{\"job_id\":\"\",\"script\":\"/b/u/driver.sh\",\"scheduler\":\"sge\"}\n",
+                "{\"job_id\":\"5\",\"done\":true}\n",
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            open_drivers(&layout, "s").unwrap(),
+            [("sge".to_owned(), "6".to_owned())]
+        );
+        close_drivers(&layout, "s", &["6".to_owned()]).unwrap();
+        let text = std::fs::read_to_string(layout.drivers("s")).unwrap();
+        assert_eq!(
+            text.lines().last(),
+            Some("{\"cancelled\":true,\"done\":true,\"job_id\":\"6\"}")
+        );
+        assert!(open_drivers(&layout, "s").unwrap().is_empty());
+    }
 
     #[test]
     fn write_if_changed_writes_only_what_differs() {

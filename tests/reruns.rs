@@ -690,6 +690,33 @@ fn detached_two_stage_run(backend: Backend) {
 
 backends!(detached_two_stage_run: local => Local, slurm => Slurm, sge => Sge);
 
+/// `run --detach --force` runs every job again, in the bundle's scripts and in the drivers
+/// (it used to be ignored: the bundle reused every recorded success).
+fn detached_force(backend: Backend) {
+    let wf = workflow("detachforce", backend);
+    let _g = guard(backend, &wf);
+    let t = Test::new()
+        .manifest(&two_stages(backend, &wf))
+        .file("gen.sh", GEN_SH);
+    std::fs::write(t.path().join("gate"), "").unwrap();
+    pp(&t, &["run"]).code(0);
+    pp(&t, &["run", "--detach", "--force"]).code(0);
+    let report = wait_status(&t, backend, &wf, DETACHED_LIMIT, |r| {
+        r["verdict"] == "succeeded"
+    });
+    assert_eq!(stage(&report, "b")["stats"]["succeeded"], 3, "{report:#}");
+    let ev: Vec<String> = events(&t).into_iter().map(|e| e.0).collect();
+    for kind in ["a", "b"] {
+        assert_eq!(
+            ev.iter().filter(|k| *k == kind).count(),
+            6,
+            "`run --detach --force` did not run every job of `{kind}` again: {ev:?}"
+        );
+    }
+}
+
+backends!(detached_force: local => Local);
+
 /// A detached run where a job of `a` fails: b's driver does not run a's failed job again
 /// (and b, `on_failure = "stop"`, does not run).
 fn detached_run_with_a_failed_need(backend: Backend) {

@@ -10,19 +10,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command as Proc, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use super::syntax::{ArrayScript, Syntax};
 use super::{Backend, CancelMode, Event, Launch, Recorder, StageSpec, Uncancelled, packing};
 use crate::error::{Error, Result};
-use crate::outcome::StagedOutcome;
 use crate::outcome::{JobRecord, Outcome};
+use crate::store::{Submission, SubmittedJob};
 
 /// How long a scheduler command may take before it counts as failed.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -245,40 +243,6 @@ pub fn call(
             message: format!("`{line}` failed ({st}): {err}"),
         }),
     }
-}
-
-/// One submitted array, as recorded durably in `submissions.jsonl`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Submission {
-    /// The scheduler's job id.
-    pub job_id: String,
-    /// The script.
-    pub script: PathBuf,
-    /// The run that submitted it.
-    pub run: String,
-    /// `slurm` or `sge`.
-    #[serde(default)]
-    pub scheduler: String,
-    /// For each array task (index `first_index + position`): the jobs it runs.
-    pub tasks: Vec<Vec<SubmittedJob>>,
-    /// When it was submitted (Unix seconds): the start of its tasks' queue wait. Absent in
-    /// records written before it was added and by bundles' `submit.sh`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub submitted: Option<f64>,
-}
-
-/// One job of a submitted array task.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SubmittedJob {
-    /// Job index.
-    pub index: usize,
-    /// Job id.
-    pub id: String,
-    /// Attempt (unique per job across runs).
-    pub attempt: u32,
-    /// The job's fingerprint when submitted: an outcome counts as up to date only for it.
-    #[serde(default)]
-    pub fp: String,
 }
 
 /// The time as the state machine sees it: the real clock in runs; tests drive a fake one, so
@@ -712,23 +676,8 @@ impl ClusterBackend {
 
     /// Reads every outcome file in the staging folder (one `read_dir`) and reports them.
     fn harvest(&mut self) -> usize {
-        let Ok(dir) = std::fs::read_dir(&self.spec.staging_dir) else {
-            return 0;
-        };
         let mut n = 0;
-        for entry in dir.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.starts_with('.') || !name.ends_with(".json") {
-                continue;
-            }
-            let path = entry.path();
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            let Some(staged) = StagedOutcome::parse(&text) else {
-                continue;
-            };
+        for (path, staged) in crate::store::read_staged(&self.spec.paths.staging_dir) {
             let Some(t) = self.tracked.remove(&(staged.index, staged.attempt)) else {
                 continue;
             };
@@ -742,8 +691,8 @@ impl ClusterBackend {
             }
             let result = crate::store::read_result(
                 self.spec.settings.result,
-                &self.spec.results_dir.join(t.launch.job.id.as_str()),
-                &self.spec.logs_dir.join(format!("{}.out", t.launch.job.id)),
+                &self.spec.paths.result(t.launch.job.id.as_str()),
+                &self.spec.paths.log_out(t.launch.job.id.as_str()),
                 self.spec.settings.result_max_bytes,
                 true,
             );
@@ -935,8 +884,8 @@ impl Backend for ClusterBackend {
             let task = a.position + first;
             let staged = self
                 .spec
-                .staging_dir
-                .join(format!("{}.{}.json", a.launch.job.id, a.launch.attempt))
+                .paths
+                .staged(a.launch.job.id.as_str(), a.launch.attempt)
                 .exists();
             let active = states
                 .as_ref()
@@ -1131,9 +1080,11 @@ mod tests {
             settings: m.stages[0].settings.clone(),
             cwd: dir.to_path_buf(),
             env: Vec::new(),
-            logs_dir: dir.join("logs"),
-            results_dir: dir.join("results"),
-            staging_dir: dir.join("staging"),
+            paths: crate::store::StagePaths {
+                logs_dir: dir.join("logs"),
+                results_dir: dir.join("results"),
+                staging_dir: dir.join("staging"),
+            },
             run: "r".into(),
             workers: 1,
             durations: Arc::default(),

@@ -12,13 +12,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::cluster::{
-    ArrayLimit, CallError, Client, Clock, ClusterBackend, SUBMIT_PATIENCE, Submission, TaskState,
+    ArrayLimit, CallError, Client, Clock, ClusterBackend, SUBMIT_PATIENCE, TaskState,
 };
 use super::syntax::testing::{launches, spec};
 use super::{Adopt, Backend, CancelMode, Event, Launch, Recorder};
 use crate::error::Result;
 use crate::manifest::Settings;
 use crate::outcome::{JobRecord, Outcome};
+use crate::store::Submission;
 
 /// A clock that only moves when told to (or when the backend "sleeps").
 #[derive(Clone)]
@@ -190,7 +191,7 @@ impl Rig {
     fn new(limit: usize, settings: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let spec = spec(dir.path(), "slurm", settings);
-        std::fs::create_dir_all(&spec.staging_dir).unwrap();
+        std::fs::create_dir_all(&spec.paths.staging_dir).unwrap();
         let clock = FakeClock::new();
         let cluster = Arc::new(Mutex::new(Cluster {
             limit,

@@ -140,7 +140,7 @@ impl Stale {
         if spec.settings.result != ResultMode::File {
             return Self::None;
         }
-        match std::fs::read_dir(&spec.results_dir) {
+        match std::fs::read_dir(&spec.paths.results_dir) {
             Ok(dir) => {
                 let mut names = HashSet::new();
                 for entry in dir {
@@ -397,7 +397,7 @@ fn run_one(shared: &Shared, launch: &Launch, scratch: &mut Scratch) -> JobRecord
     let spec = &shared.spec;
     let job = &launch.job;
     let id = job.id.as_str();
-    let result_path = spec.results_dir.join(id);
+    let result_path = spec.paths.result(id);
     let start = now();
     let record = |outcome: Outcome, result: Option<ResultValue>| JobRecord {
         index: job.index,
@@ -424,7 +424,7 @@ fn run_one(shared: &Shared, launch: &Launch, scratch: &mut Scratch) -> JobRecord
     let job_file = if job.json.len() <= JOB_ENV_MAX {
         None
     } else {
-        let path = spec.results_dir.join(format!("{id}.job.json"));
+        let path = spec.paths.job_file(id);
         if let Err(e) = std::fs::write(&path, &job.json) {
             return record(
                 Outcome::ExecFailed {
@@ -543,8 +543,8 @@ fn run_one(shared: &Shared, launch: &Launch, scratch: &mut Scratch) -> JobRecord
     // stays in the stdout log, whatever the job prints.
     let capture_stdout = (spec.settings.result == ResultMode::Stdout)
         .then(|| Capture::new(spec.settings.result_max_bytes));
-    let mut out = LazyLog::new(spec.logs_dir.join(format!("{id}.out")));
-    let mut err = LazyLog::new(spec.logs_dir.join(format!("{id}.err")));
+    let mut out = LazyLog::new(spec.paths.log_out(id));
+    let mut err = LazyLog::new(spec.paths.log_err(id));
     let (status, stopped, stdout_buf) = supervise(
         shared,
         child,

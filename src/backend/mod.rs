@@ -64,7 +64,7 @@ pub struct Launch {
 
 /// Records one submitted array durably; a cluster backend calls it right after each
 /// submission returns, before anything else happens (see [`create`]).
-pub type Recorder = Box<dyn FnMut(&cluster::Submission) -> Result<()> + Send>;
+pub type Recorder = Box<dyn FnMut(&crate::store::Submission) -> Result<()> + Send>;
 
 /// A task of an earlier run's array that may still be running.
 #[derive(Clone, Debug)]
@@ -132,12 +132,8 @@ pub struct StageSpec {
     pub cwd: PathBuf,
     /// Stage environment.
     pub env: Vec<(String, String)>,
-    /// Where logs go: `<logs>/<id>.out|.err`.
-    pub logs_dir: PathBuf,
-    /// Where results go: `<results>/<id>`.
-    pub results_dir: PathBuf,
-    /// Where cluster wrappers drop outcome files.
-    pub staging_dir: PathBuf,
+    /// Where a job's logs, result and outcome files go (the store's names).
+    pub paths: crate::store::StagePaths,
     /// The run id.
     pub run: String,
     /// Workers for the local backend (resolved `max_parallel`).
@@ -166,9 +162,7 @@ impl StageSpec {
             settings: plan.settings.clone(),
             cwd: plan.cwd.clone(),
             env: plan.env.clone(),
-            logs_dir: layout.logs_dir(&name),
-            results_dir: layout.results_dir(&name),
-            staging_dir: layout.staging_dir(&name),
+            paths: layout.stage_paths(&name),
             run: run.to_owned(),
             workers,
             name,

@@ -214,9 +214,9 @@ impl ArrayScript {
             .collect();
         let p = |p: &Path| p.display().to_string();
         let base = json!({
-            "logs_dir": p(&spec.logs_dir),
-            "results_dir": p(&spec.results_dir),
-            "staging_dir": p(&spec.staging_dir),
+            "logs_dir": p(&spec.paths.logs_dir),
+            "results_dir": p(&spec.paths.results_dir),
+            "staging_dir": p(&spec.paths.staging_dir),
             "env": env,
         });
         let wrapper = self
@@ -339,9 +339,11 @@ pub(crate) mod testing {
             settings: m.stages[0].settings.clone(),
             cwd: dir.to_path_buf(),
             env: Vec::new(),
-            logs_dir: dir.join("logs"),
-            results_dir: dir.join("results"),
-            staging_dir: dir.join("staging"),
+            paths: crate::store::StagePaths {
+                logs_dir: dir.join("logs"),
+                results_dir: dir.join("results"),
+                staging_dir: dir.join("staging"),
+            },
             run: "r".into(),
             workers: 1,
             durations: Arc::default(),

@@ -8,7 +8,7 @@ use crate::error::{self, EXIT_SUCCESS, Error, Result};
 use crate::manifest::Manifest;
 use crate::resume::StageHistory;
 use crate::store::{self, Layout};
-use crate::{backend, bundle, outcome, runner};
+use crate::{backend, outcome, runner};
 
 /// `poolparty cancel [MANIFEST]`.
 ///
@@ -37,7 +37,7 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
     let mut drivers: Vec<(String, Vec<String>)> = Vec::new();
     for stage in &m.stages {
         let name = stage.name.as_str();
-        let open = bundle::open_drivers(layout, name)?;
+        let open = store::open_drivers(layout, name)?;
         if open.is_empty() {
             continue;
         }
@@ -93,7 +93,7 @@ fn cancel(m: &Manifest, layout: &Layout) -> Result<u8> {
         eprintln!("poolparty: cancelled {what} on {scheduler}");
     }
     for (name, ids) in &drivers {
-        bundle::close_drivers(layout, name, ids)?;
+        store::close_drivers(layout, name, ids)?;
     }
     drop(lock);
     if by_scheduler.is_empty() {

@@ -265,20 +265,7 @@ fn latest_record(layout: &Layout, stage: &str, id: &str) -> Result<Option<JobRec
 
 /// The job's outcome files in the staging folder (`<id>.<attempt>.json`).
 fn staged(layout: &Layout, stage: &str, id: &str) -> Vec<StagedOutcome> {
-    let Ok(dir) = std::fs::read_dir(layout.staging_dir(stage)) else {
-        return Vec::new();
-    };
-    let prefix = format!("{id}.");
-    dir.flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with(&prefix) && name.ends_with(".json")
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|t| StagedOutcome::parse(&t))
-        .filter(|s| s.id == id)
-        .collect()
+    store::read_staged_of(&layout.staging_dir(stage), id)
 }
 
 /// Reads new lines of the ledger from where it last stopped.
@@ -334,13 +321,11 @@ impl LedgerTail {
 /// submitted by hand) has not reported yet.
 fn something_pending(layout: &Layout, stage: &str, id: &str, last_attempt: u32) -> bool {
     if let Some(h) = store::read_holder(layout) {
-        if h.host != store::hostname() || Path::new(&format!("/proc/{}", h.pid)).exists() {
+        if h.host != store::hostname() || h.is_live_here() {
             return true;
         }
     }
-    let Ok(subs) =
-        store::read_lines::<crate::backend::cluster::Submission>(&layout.submissions(stage))
-    else {
+    let Ok(subs) = store::read_lines::<store::Submission>(&layout.submissions(stage)) else {
         return false;
     };
     subs.iter()

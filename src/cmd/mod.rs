@@ -62,6 +62,10 @@ pub(crate) fn load(
 }
 
 /// Writes a bundle and returns the text that describes it.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the loaded workflow as `load` and `prepare` give it, and where and how to bundle it"
+)]
 pub(crate) fn write_bundle(
     m: &Manifest,
     graph: &StageGraph,
@@ -69,6 +73,7 @@ pub(crate) fn write_bundle(
     prepared: &Prepared,
     selected: &[bool],
     g: &GlobalArgs,
+    policy: crate::resume::Policy,
     out: &std::path::Path,
 ) -> Result<String> {
     use std::fmt::Write as _;
@@ -77,6 +82,7 @@ pub(crate) fn write_bundle(
         out: out.to_path_buf(),
         driver_flags: driver_flags(g),
         exe,
+        policy,
     };
     let summary = bundle::write(m, graph, layout, prepared, selected, &opts)?;
     let mut s = format!(

@@ -8,7 +8,7 @@ use crate::error::{self, EXIT_SUCCESS, Error, Result};
 use crate::graph::StageGraph;
 use crate::jobs::Jobs;
 use crate::manifest::{self, JobSource, Manifest};
-use crate::resume::StageHistory;
+use crate::resume::{Counts, Decision, Policy, StageHistory};
 use crate::runner::Prepared;
 use crate::store::{self, Layout};
 use crate::summary::Verbosity;
@@ -39,7 +39,16 @@ pub(crate) fn run(
     let prepared = super::prepare(&m, &graph, &layout, &selected, signals)?;
     if let Some(out) = out {
         let out = std::path::absolute(out).map_err(|e| Error::store("resolve", out, e))?;
-        let s = super::write_bundle(&m, &graph, &layout, &prepared, &selected, g, &out)?;
+        let s = super::write_bundle(
+            &m,
+            &graph,
+            &layout,
+            &prepared,
+            &selected,
+            g,
+            Policy::default(),
+            &out,
+        )?;
         let _ = stdout.write_all(s.as_bytes());
         return Ok(EXIT_SUCCESS);
     }
@@ -57,14 +66,8 @@ pub(crate) fn run(
     Ok(EXIT_SUCCESS)
 }
 
-fn resume_counts(
-    layout: &Layout,
-    name: &str,
-    jobs: &Jobs,
-    p: &plan::StagePlan,
-) -> Result<(usize, usize, usize, usize)> {
-    let c = StageHistory::load(layout, name)?.counts(jobs, &p.fps);
-    Ok((c.new, c.changed, c.failed, c.done))
+fn resume_counts(layout: &Layout, name: &str, jobs: &Jobs, p: &plan::StagePlan) -> Result<Counts> {
+    Ok(StageHistory::load(layout, name)?.counts(jobs, &p.fps))
 }
 
 /// How `bundle = "auto"` would pack a cluster stage's jobs that would run: by the durations
@@ -90,9 +93,10 @@ fn auto_bundling(
         .iter()
         .zip(&p.fps)
         .filter(|(j, fp)| {
-            history
-                .state(j.id)
-                .is_none_or(|r| !r.succeeded() || !r.fp_is(fp.as_str()))
+            matches!(
+                history.decide(j.id, fp.as_str(), Policy::default()),
+                Decision::Launch { .. }
+            )
         })
         .map(|(j, _)| j.id)
         .collect();
@@ -176,7 +180,12 @@ fn plan_text(
         out.push_str(")\n");
         match &prepared[i] {
             Some((jobs, p)) => {
-                let (new, changed, failed, done) = resume_counts(layout, s.name.as_str(), jobs, p)?;
+                let Counts {
+                    new,
+                    changed,
+                    failed,
+                    done,
+                } = resume_counts(layout, s.name.as_str(), jobs, p)?;
                 let _ = writeln!(
                     out,
                     "  {}: {} would run ({new} new, {changed} changed, {failed} failed before), {done} done and reused",
@@ -306,7 +315,12 @@ fn plan_json(
         });
         let mut jobs_json = None;
         if let Some((jobs, p)) = &prepared[i] {
-            let (new, changed, failed, done) = resume_counts(layout, s.name.as_str(), jobs, p)?;
+            let Counts {
+                new,
+                changed,
+                failed,
+                done,
+            } = resume_counts(layout, s.name.as_str(), jobs, p)?;
             v["counts"] =
                 serde_json::json!({"new": new, "changed": changed, "failed": failed, "done": done});
             let kind = s.settings.backend;

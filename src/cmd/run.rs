@@ -6,6 +6,7 @@ use std::io::Write;
 use crate::cli::RunArgs;
 use crate::error::{EXIT_SUCCESS, Error, Result};
 use crate::manifest::{self, Manifest};
+use crate::resume::Policy;
 use crate::runner::{self, RunOptions, Runner};
 use crate::store::{self, Layout};
 use crate::summary::Reporter;
@@ -50,7 +51,20 @@ pub(crate) fn run(args: &RunArgs, ctx: &Ctx<'_>, stdout: &mut impl Write) -> Res
     if detach {
         let prepared = super::prepare(&m, &graph, &layout, &selected, signals)?;
         let out = layout.root().join(".detached").join(&run_id);
-        let s = super::write_bundle(&m, &graph, &layout, &prepared, &selected, g, &out)?;
+        let s = super::write_bundle(
+            &m,
+            &graph,
+            &layout,
+            &prepared,
+            &selected,
+            g,
+            Policy {
+                force,
+                retry_failed,
+                ..Policy::default()
+            },
+            &out,
+        )?;
         let _ = stdout.write_all(s.as_bytes());
         drop(_lock);
         let status = std::process::Command::new("bash")

@@ -41,9 +41,7 @@ pub(crate) fn run(manifest: Option<&Path>, ctx: &Ctx<'_>, stdout: &mut impl Writ
         // then still to come rather than not run.
         if let Some(h) = store::read_holder(&layout).filter(|h| {
             // (Not this process: it may have held the lock to recover a dead run.)
-            h.pid != std::process::id()
-                && h.host == store::hostname()
-                && std::path::Path::new(&format!("/proc/{}", h.pid)).exists()
+            h.pid != std::process::id() && h.is_live_here()
         }) {
             let _ = writeln!(
                 stdout,

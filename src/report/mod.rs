@@ -16,7 +16,6 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::backend::cluster::Submission;
 use crate::error::{Error, Result};
 use crate::graph::StageGraph;
 use crate::manifest::Manifest;
@@ -394,7 +393,7 @@ pub fn load_run(manifest: &Manifest, layout: &Layout, run: Option<&str>) -> Resu
             help: Some("run the workflow first with `poolparty run`".to_owned()),
         })?,
     };
-    let path = layout.runs_dir().join(format!("{id}.json"));
+    let path = layout.run_record(&id);
     // A run writes its provenance when it starts and its whole summary when it ends.
     let record: Option<serde_json::Value> = match std::fs::read_to_string(&path) {
         Ok(text) => Some(
@@ -420,9 +419,7 @@ pub fn load_run(manifest: &Manifest, layout: &Layout, run: Option<&str>) -> Resu
         });
     }
     let holder = holder.filter(|h| h.run == id);
-    let live = holder.as_ref().is_some_and(|h| {
-        h.host == store::hostname() && Path::new(&format!("/proc/{}", h.pid)).exists()
-    });
+    let live = holder.as_ref().is_some_and(store::Holder::is_live_here);
     let mut report = crate::query::status(manifest, layout)?;
     report.run.clone_from(&id);
     report.started = record
@@ -464,7 +461,7 @@ pub fn collect(
         let name = stage.name.as_str();
         let jobs = store::read_jobs(&layout.jobs_file(name))?;
         let records = store::read_ledger(&layout.ledger(name))?;
-        let subs: Vec<Submission> =
+        let subs: Vec<store::Submission> =
             store::read_lines(&layout.submissions(name)).unwrap_or_default();
         let mut submitted: HashMap<(usize, u32), f64> = HashMap::new();
         for s in subs.iter().filter(|s| s.run == run.run) {

@@ -187,8 +187,8 @@ impl<'a> Runner<'a> {
         // Dropping a backend reaps every job it started (on an error they were killed just
         // above), so nothing is left for the watchdog or a later command to stop, even when
         // the run ends in an error.
-        if let Some(live) = self.live.take() {
-            let _ = std::fs::remove_file(live.path());
+        if self.live.take().is_some() {
+            let _ = store::remove_live(&self.layout);
         }
         if let Some((mut child, write)) = watchdog {
             drop(write);

@@ -181,7 +181,7 @@ pub(super) fn write_provenance(
     run: &str,
     started: f64,
 ) -> Result<()> {
-    let path: PathBuf = layout.runs_dir().join(format!("{run}.json"));
+    let path: PathBuf = layout.run_record(run);
     let value = json!({
         "format_version": store::FORMAT_VERSION,
         "run": run,
@@ -206,10 +206,7 @@ pub(super) fn write_provenance(
 /// On I/O failure.
 pub fn write_report(layout: &Layout, report: &RunReport) -> Result<()> {
     let text = serde_json::to_string_pretty(report).expect("serializes");
-    store::atomic_write(
-        &layout.runs_dir().join(format!("{}.json", report.run)),
-        text.as_bytes(),
-    )?;
+    store::atomic_write(&layout.run_record(&report.run), text.as_bytes())?;
     store::atomic_write(&layout.summary(), text.as_bytes())
 }
 

@@ -62,7 +62,7 @@ pub fn recover(layout: &Layout) -> Result<Option<Recovered>> {
         ),
     };
     if open.is_empty() {
-        let _ = std::fs::remove_file(&path);
+        let _ = store::remove_live(layout);
         return Ok(None);
     }
     if host != store::hostname() {
@@ -144,7 +144,7 @@ pub fn recover(layout: &Layout) -> Result<Option<Recovered>> {
         });
         jobs += store::record(layout, stage, records)?;
     }
-    std::fs::remove_file(&path).map_err(|e| Error::store("remove", &path, e))?;
+    store::remove_live(layout)?;
     Ok(Some(Recovered { run, jobs, stopped }))
 }
 
