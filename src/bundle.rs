@@ -432,6 +432,9 @@ pub fn write(
                         q(&drivers)
                     );
                     std::fs::write(&path, script).map_err(io(&path))?;
+                    // `afterany`: the driver runs however its needs ended and applies
+                    // `on_failure` itself; `afterok` would leave it pending forever (Slurm,
+                    // LSF) or get it deleted (PBS) when a need failed, unexplained.
                     let _ = writeln!(
                         sh,
                         "prev=$(pp_submit_{} afterany \"{}\" \"\" {})\npp_record_driver {} \"$prev\" {} {}\n{var}=\"$prev\"",

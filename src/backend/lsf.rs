@@ -194,6 +194,14 @@ pub fn not_found_ids(message: &str) -> Vec<String> {
 /// `-w "done(ID) && ended(ID)"` (afterok is `done`, afterany `ended`), the script on stdin;
 /// the task file goes in the environment, which bsub passes on (LSF passes no arguments to a
 /// script read from stdin).
+///
+/// Syntax from the LSF command reference, `bsub -w 'dependency_expression'`: `done(job_ID)`
+/// holds once the job is DONE, `ended(job_ID)` once it is DONE or EXIT, joined with `&&`. An
+/// id is the array's own (`123`), not `123[*]`: "Job array dependencies" (whole array
+/// dependency) makes a condition on an array's id hold once it holds for every element, while
+/// `name[*]` pairs the elements of two arrays one to one. A condition that can never hold
+/// (`done` of an element that exited) keeps the dependent job pending, which is why a bundle's
+/// driver jobs wait with `ended` and apply `on_failure` themselves.
 const SUBMIT_FUNCTION: &str = r#"  local dep="" id cond=done opts=()
   if [ "$1" = afterany ]; then cond=ended; fi
   for id in $2; do dep="${dep:+$dep && }$cond($id)"; done
@@ -365,6 +373,61 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::backend::syntax::testing;
+
+    /// The driver job's header: name, one log for stdout and stderr, working folder.
+    #[test]
+    fn driver_header() {
+        assert_eq!(
+            Lsf.driver_header("pp-w-b-driver", "'/s/b/driver.log'", "/w"),
+            "#BSUB -J pp-w-b-driver\n#BSUB -o '/s/b/driver.log'\n#BSUB -cwd /w"
+        );
+    }
+
+    /// `pp_submit_lsf`: `-w "done(A) && done(B) && ended(C)"` (bsub -w: `done` is state DONE,
+    /// `ended` DONE or EXIT; a condition on an array's id holds once it holds for every
+    /// element), the script on standard input, the task file in the environment, and the
+    /// job id from `Job <42> is submitted ...`.
+    #[test]
+    fn dependency_lines() {
+        let script = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(script.path(), "#BSUB -J x").unwrap();
+        let s = script.path().display().to_string();
+        let submit = |args: String| {
+            testing::submit(
+                &Lsf,
+                "bsub",
+                "Job <42> is submitted to queue <normal>.",
+                &args,
+            )
+        };
+        let stdin = "stdin #BSUB -J x";
+        let (out, argv) = submit(format!(r#"afterok "1 2" "3" {s} a/t.jobs"#));
+        assert_eq!(out, "42\n");
+        assert_eq!(
+            argv,
+            [
+                "-w",
+                "done(1) && done(2) && ended(3)",
+                "env POOLPARTY_TASK_FILE=/b/a/t.jobs",
+                stdin
+            ]
+        );
+        let (_, argv) = submit(format!(r#"afterany "1" "" {s}"#));
+        assert_eq!(argv, ["-w", "ended(1)", "env POOLPARTY_TASK_FILE=", stdin]);
+        let (_, argv) = submit(format!(r#"afterok "" "" {s}"#));
+        assert_eq!(argv, ["env POOLPARTY_TASK_FILE=", stdin]);
+        // Waiting asks about each job; one whose elements all ended ends its wait.
+        let (_, calls) =
+            testing::run_function(WAIT_FUNCTION, "bjobs", ("DONE\nEXIT", 0), r#""7 8""#);
+        assert_eq!(
+            calls,
+            [
+                ["-noheader", "-o", "stat", "7"],
+                ["-noheader", "-o", "stat", "8"]
+            ]
+        );
+    }
 
     #[test]
     fn arrays_times_and_memory() {

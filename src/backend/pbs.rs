@@ -204,6 +204,13 @@ pub fn unknown_ids(message: &str) -> Vec<String> {
 /// The body of `submit.sh`'s `pp_submit_pbs KIND "IDS" "ANY_IDS" SCRIPT [TASK_FILE]`:
 /// `-W depend=KIND:IDS,afterany:ANY_IDS`; the task file goes in the environment
 /// (`-v POOLPARTY_TASK_FILE=`), since PBS passes no arguments to a script.
+///
+/// Syntax from OpenPBS `qsub.1B`, option `-W depend=<type>:<arg list>[,<type>:<arg list>]`
+/// with job ids joined by `:`. The ids are arrays as qsub printed them (`123[].server`,
+/// `qsub.1B` DESCRIPTION): a dependency on an array is on the whole array, ended when every
+/// subjob has (the server refuses one on a single subjob, `req_register.c`). A dependency that
+/// can never be met (`afterok` on a failed job) gets the dependent job deleted by the server,
+/// which is why a bundle's driver jobs wait with `afterany` and apply `on_failure` themselves.
 const SUBMIT_FUNCTION: &str = r#"  local dep="" opts=()
   if [ -n "$2" ]; then dep="$1:$(echo $2 | tr ' ' ':')"; fi
   if [ -n "$3" ]; then dep="${dep:+$dep,}afterany:$(echo $3 | tr ' ' ':')"; fi
@@ -377,6 +384,61 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::backend::syntax::testing;
+
+    /// The driver job's header: name, bash, one log for stdout and stderr, then a `cd`
+    /// (PBS has no option for the starting folder).
+    #[test]
+    fn driver_header() {
+        assert_eq!(
+            Pbs.driver_header("pp-w-b-driver", "'/s/b/driver.log'", "/w"),
+            "#PBS -N pp-w-b-driver\n#PBS -S /bin/bash\n#PBS -j oe\n#PBS -o '/s/b/driver.log'\ncd /w || exit 2"
+        );
+    }
+
+    /// `pp_submit_pbs`: `-W depend=afterok:A:B,afterany:C` (qsub.1B, `-W depend=<type>:<arg
+    /// list>[,<type>:<arg list>]`, job ids joined with `:`) naming arrays by the ids qsub
+    /// printed (`1[].srv`: a dependency on an array is on the whole array; the server refuses
+    /// one on a single subjob); the task file in `-v POOLPARTY_TASK_FILE=`; the id as printed.
+    #[test]
+    fn dependency_lines() {
+        let submit = |args| testing::submit(&Pbs, "qsub", "42[].srv", args);
+        let (out, argv) = submit(r#"afterok "1[].srv 2[].srv" "" s.sh a/t.jobs"#);
+        assert_eq!(out, "42[].srv\n");
+        assert_eq!(
+            argv,
+            [
+                "-W",
+                "depend=afterok:1[].srv:2[].srv",
+                "-v",
+                "POOLPARTY_TASK_FILE=/b/a/t.jobs",
+                "s.sh"
+            ]
+        );
+        let (_, argv) = submit(r#"afterany "" "3[].srv 4[].srv" d.sh"#);
+        assert_eq!(argv, ["-W", "depend=afterany:3[].srv:4[].srv", "d.sh"]);
+        let (_, argv) = submit(r#"afterok "1[].srv" "3[].srv" s.sh"#);
+        assert_eq!(
+            argv,
+            ["-W", "depend=afterok:1[].srv,afterany:3[].srv", "s.sh"]
+        );
+        let (_, argv) = submit(r#"afterok "" "" s.sh"#);
+        assert_eq!(argv, ["s.sh"]);
+        // Waiting asks about each job (with history); a finished one ends its wait.
+        let (_, calls) = testing::run_function(
+            WAIT_FUNCTION,
+            "qstat",
+            (r#"{"Jobs":{"7[].srv":{"job_state":"F"}}}"#, 0),
+            r#""7[].srv 8[].srv""#,
+        );
+        assert_eq!(
+            calls,
+            [
+                ["-x", "-f", "-F", "json", "7[].srv"],
+                ["-x", "-f", "-F", "json", "8[].srv"]
+            ]
+        );
+    }
 
     #[test]
     fn array_ranges() {

@@ -369,7 +369,9 @@ pub(crate) mod testing {
 
     /// Runs `body` as a bash function called with `args` (shell words), with `program`
     /// replaced by a stub that prints `answer` and returns `status`; returns what the
-    /// function printed and each call of the stub as its argument list.
+    /// function printed and each call of the stub as its argument list. Where the call sets
+    /// `POOLPARTY_TASK_FILE` or gives the stub a standard input (bsub reads its script so),
+    /// the list ends with `env POOLPARTY_TASK_FILE=VALUE` and `stdin TEXT`.
     pub(crate) fn run_function(
         body: &str,
         program: &str,
@@ -378,8 +380,9 @@ pub(crate) mod testing {
     ) -> (String, Vec<Vec<String>>) {
         // The stub logs to a file: the functions may silence the command's stderr.
         let log = tempfile::NamedTempFile::new().unwrap();
+        let extra = r#"if [ -n "${POOLPARTY_TASK_FILE+x}" ]; then printf 'env POOLPARTY_TASK_FILE=%s\0' "$POOLPARTY_TASK_FILE" >> "$PP_LOG"; fi; local pp_in; pp_in=$(cat); if [ -n "$pp_in" ]; then printf 'stdin %s\0' "$pp_in" >> "$PP_LOG"; fi"#;
         let script = format!(
-            "pp_bundle=/b\n{program}() {{ printf '%s\\0' \"$@\" >> \"$PP_LOG\"; printf '\\n' >> \"$PP_LOG\"; printf '%s\\n' '{answer}'; return {status}; }}\npp_f() {{\n{body}\n}}\npp_f {args}\n"
+            "pp_bundle=/b\n{program}() {{ printf '%s\\0' \"$@\" >> \"$PP_LOG\"; {extra}; printf '\\n' >> \"$PP_LOG\"; printf '%s\\n' '{answer}'; return {status}; }}\npp_f() {{\n{body}\n}}\npp_f {args}\n"
         );
         let out = std::process::Command::new("bash")
             .args(["-c", &script])
@@ -421,6 +424,8 @@ mod tests {
     use super::testing::{launches, spec};
     use super::*;
     use crate::backend::local::LocalScript;
+    use crate::backend::lsf::Lsf;
+    use crate::backend::pbs::Pbs;
     use crate::backend::sge::Sge;
     use crate::backend::slurm::Slurm;
 
@@ -503,6 +508,67 @@ mod tests {
             ],
         );
         assert!(script.contains("${SGE_TASK_ID:?not an array task} - 1"));
+    }
+
+    /// The PBS header (`qsub.1B`): 1-based `-J` range with its `%K` throttle, `walltime` in
+    /// `H:MM:SS`, `ncpus`, memory in PBS units, the queue, extra lines verbatim; a `cd` to the
+    /// stage's folder, since PBS starts jobs in the home folder. One task is the range `1-2:2`.
+    #[test]
+    fn pbs_script_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(dir.path(), "pbs", with_resources);
+        let script = render(&Pbs, &spec, &tasks_of_two());
+        has_lines(
+            &script,
+            &[
+                "#PBS -N pp-w-a-r",
+                "#PBS -J 1-3%3",
+                "#PBS -l walltime=0:04:00",
+                "#PBS -l ncpus=4",
+                "#PBS -l mem=4gb",
+                "#PBS -q all.q",
+                "#PBS --constraint=avx2",
+                "pp_data=/data/r-1.jobs",
+            ],
+        );
+        assert!(script.contains("\ncd "), "{script}");
+        assert!(script.contains("${PBS_ARRAY_INDEX:?not an array task} - 1"));
+        assert!(
+            !script.contains("short"),
+            "a Slurm partition in a PBS script"
+        );
+        let one = render(&Pbs, &spec, &[launches(1)]);
+        has_lines(&one, &["#PBS -J 1-2:2%3"]);
+    }
+
+    /// The LSF header (`bsub`): the array and its throttle in the job name
+    /// (`-J "name[1-N]%K"`), the run limit in `H:MM` (whole minutes), slots on one host,
+    /// memory in LSF units, the queue, extra lines verbatim.
+    #[test]
+    fn lsf_script_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(dir.path(), "lsf", with_resources);
+        let script = render(&Lsf, &spec, &tasks_of_two());
+        has_lines(
+            &script,
+            &[
+                "#BSUB -J \"pp-w-a-r[1-3]%3\"",
+                "#BSUB -W 0:04",
+                "#BSUB -n 4",
+                "#BSUB -R \"span[hosts=1]\"",
+                "#BSUB -M 4GB",
+                "#BSUB -q all.q",
+                "#BSUB --constraint=avx2",
+                "pp_data=/data/r-1.jobs",
+            ],
+        );
+        assert!(script.contains("${LSB_JOBINDEX:?not an array task} - 1"));
+        assert!(
+            !script.contains("short"),
+            "a Slurm partition in an LSF script"
+        );
+        let one = render(&Lsf, &spec, &[launches(1)]);
+        has_lines(&one, &["#BSUB -J \"pp-w-a-r[1-1]%3\""]);
     }
 
     /// The local bundle script runs every task itself, `max_parallel` at a time.
