@@ -25,13 +25,13 @@ struct Embedded {
 fn templates() -> Vec<Embedded> {
     crate::backend::SCHEDULERS
         .iter()
-        .map(|s| s.syntax)
-        .chain([&crate::backend::local::LocalScript as &dyn crate::backend::syntax::Syntax])
+        .map(|s| &s.syntax.script)
+        .chain([&crate::backend::local::SCRIPT])
         .map(|s| Embedded {
-            name: s.name(),
-            file: s.template_file(),
-            about: s.template_about(),
-            text: s.default_template(),
+            name: s.name,
+            file: s.template_file,
+            about: s.template_about,
+            text: s.template,
         })
         .collect()
 }

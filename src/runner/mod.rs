@@ -255,8 +255,8 @@ impl<'a> Runner<'a> {
             ids.extend(u.job_ids.iter().cloned());
         }
         let jobs: usize = self.uncancelled.iter().map(|(_, u)| u.launches.len()).sum();
-        let command = crate::backend::scheduler_named(backend)
-            .map_or("scancel", |s| s.syntax.cancel_command());
+        let command =
+            crate::backend::scheduler_named(backend).map_or("scancel", |s| s.syntax.cancel_command);
         crate::error::Error::Backend {
             backend,
             message: format!(
