@@ -1037,7 +1037,7 @@ impl Backend for ClusterBackend {
             // not "interrupted"; they keep no outcome, and a later `poolparty cancel` or
             // `run` finds them in submissions.jsonl.
             self.uncancelled = Some(Uncancelled {
-                scheduler: self.syntax.script.name,
+                scheduler: self.syntax,
                 job_ids: std::mem::take(&mut self.active_jobs),
                 launches: self.tracked.drain().map(|(_, t)| t.launch).collect(),
                 error: e.message,

@@ -73,8 +73,8 @@ pub struct Adopt {
 /// Arrays a cancel could not stop (see [`Backend::uncancelled`]).
 #[derive(Debug)]
 pub struct Uncancelled {
-    /// `slurm` or `sge`.
-    pub scheduler: &'static str,
+    /// The scheduler's syntax (its name, and the command a person cancels with).
+    pub scheduler: &'static syntax::Syntax,
     /// The arrays' job ids.
     pub job_ids: Vec<String>,
     /// The launches in them that have no outcome.
