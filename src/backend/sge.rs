@@ -1,6 +1,6 @@
 //! Grid Engine: `qsub -terse` per array, one `qstat -xml` per poll, `qdel` (the [`Client`]);
 //! `#$` scripts with 1-based local indices (`-t 1-N`, `-tc` throttle), `h_rt` as `HH:MM:SS`,
-//! `-hold_jid` in bundles (the [`Syntax`]). Tasks in an error state (`Eqw`) are deleted and
+//! `-hold_jid` in bundles ([`SYNTAX`]). Tasks in an error state (`Eqw`) are deleted and
 //! resubmitted.
 //!
 //! `qstat` forgets a task as soon as it ends, so a task killed at its time limit (`h_rt`) would
@@ -28,7 +28,7 @@ const TRANSIENT: &[&str] = &[
     "got send error",
 ];
 
-/// The Grid Engine scheduler's [`Client`] (its syntax is [`SYNTAX`]).
+/// The Grid Engine scheduler's [`Client`] (its syntax is `SYNTAX`).
 #[derive(Debug, Default)]
 pub struct Sge;
 

@@ -1,6 +1,6 @@
 //! Slurm: `sbatch --parsable` per array, one `squeue -t all` per poll for all of the stage's
 //! arrays, `scancel` (the [`Client`]); `#SBATCH` scripts, `--array=0-N%K`, `D-HH:MM:SS`,
-//! `--dependency=afterok:` in bundles (the [`Syntax`]). Array indices are local to each array
+//! `--dependency=afterany:` in bundles ([`SYNTAX`]). Array indices are local to each array
 //! (0..k-1), bounded by the cluster's `MaxArraySize`, which bounds the index rather than the
 //! count.
 
