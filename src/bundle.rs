@@ -370,13 +370,11 @@ pub fn write(
                         guards.join(" || ")
                     );
                 }
-                if kind == BackendKind::Local {
-                    let _ = writeln!(sh, "{cmd} || true");
-                } else {
+                if let Some(scheduler) = backend::scheduler(kind) {
                     let log = state_dir.join("driver.log");
                     let path = dir.join("driver.sh");
-                    let syntax = backend::syntax(kind);
-                    let header = syntax.driver_header(
+                    let syntax = scheduler.syntax;
+                    let header = (syntax.driver_header)(
                         &format!("pp-{}-{name}-driver", m.name),
                         &q(&log),
                         &q(&m.dir),
@@ -387,10 +385,13 @@ pub fn write(
                     let drivers = layout.drivers(name);
                     let script = format!(
                         "#!/bin/bash\n# poolparty driver of stage `{name}`: its jobs are known only once what it needs is done.\n{header}\n{cmd}\nrc=$?\nprintf '{{\"job_id\":\"%s\",\"done\":true}}\\n' \"${{{}:-}}\" >> {}\nexit \"$rc\"\n",
-                        syntax.job_id_var(),
+                        syntax.job_id_var,
                         q(&drivers)
                     );
                     std::fs::write(&path, script).map_err(io(&path))?;
+                    // `afterany`: the driver runs however its needs ended and applies
+                    // `on_failure` itself; `afterok` would leave it pending forever (Slurm,
+                    // LSF) or get it deleted (PBS) when a need failed, unexplained.
                     let _ = writeln!(
                         sh,
                         "prev=$(pp_submit_{} afterany \"{}\" \"\" {})\npp_record_driver {} \"$prev\" {} {}\n{var}=\"$prev\"",
@@ -401,6 +402,8 @@ pub fn write(
                         q(&rel.join("driver.sh")),
                         kind.as_str(),
                     );
+                } else {
+                    let _ = writeln!(sh, "{cmd} || true");
                 }
                 summary
                     .stages
@@ -423,25 +426,16 @@ pub fn write(
 /// (`scontrol`/`qconf` may be missing where bundles are written), otherwise the scheduler's
 /// documented default; either way it says which.
 fn array_limit(s: &backend::Scheduler) -> ArrayLimit {
-    match (s.client)().max_array_tasks() {
-        Ok(limit) => limit,
-        Err(e) => ArrayLimit {
-            tasks: s.syntax.default_max_array_tasks(),
-            source: format!(
-                "the documented default `{}` of {} (the cluster could not be asked: {})",
-                s.syntax.max_array_key(),
-                s.syntax.name(),
-                match e {
-                    Error::Backend {
-                        message,
-                        detail: Some(d),
-                        ..
-                    } => format!("{message}: {d}"),
-                    e => e.to_string(),
-                }
-            ),
-        },
-    }
+    (s.client)().max_array_tasks().unwrap_or_else(|e| {
+        s.limit.fallback(&match e {
+            Error::Backend {
+                message,
+                detail: Some(d),
+                ..
+            } => format!("{message}: {d}"),
+            e => e.to_string(),
+        })
+    })
 }
 
 /// `submit.sh`'s `pp_submit_<scheduler>` and `pp_wait_<scheduler>` of each scheduler the
@@ -453,7 +447,7 @@ fn scheduler_functions(kinds: impl Iterator<Item = BackendKind>) -> String {
         .iter()
         .filter(|s| kinds.contains(&s.kind))
     {
-        let name = s.syntax.name();
+        let name = s.syntax.script.name;
         let _ = write!(
             out,
             "# pp_submit_{name} KIND \"IDS\" \"ANY_IDS\" SCRIPT [TASK_FILE]: submits after IDS ended as KIND\n\
@@ -462,8 +456,7 @@ fn scheduler_functions(kinds: impl Iterator<Item = BackendKind>) -> String {
              pp_submit_{name}() {{\n{}\n}}\n\
              # pp_wait_{name} \"IDS\": waits until those jobs left the queue.\n\
              pp_wait_{name}() {{\n{}\n}}\n",
-            s.syntax.submit_function(),
-            s.syntax.wait_function(),
+            s.syntax.submit_function, s.syntax.wait_function,
         );
     }
     out

@@ -2,8 +2,10 @@
 //! `cmd::load` applies the global `--backend` and `--max-parallel` to the manifest's settings
 //! once, so no module after `cmd` reads the command line.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValue, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::graph::GraphFormat;
@@ -24,8 +26,8 @@ pub struct Cli {
 /// Flags accepted by every command.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Run every stage on this backend (`local`, `slurm`, `sge`, `pbs`, `lsf`), whatever the manifest says.
-    #[arg(long, global = true, value_name = "NAME")]
+    /// Run every stage on this backend, whatever the manifest says.
+    #[arg(long, global = true, value_name = "NAME", value_parser = BackendParser)]
     pub backend: Option<BackendKind>,
     /// Override every stage's `max_parallel`.
     #[arg(long, global = true, value_name = "N", allow_hyphen_values = true, value_parser = parse_max_parallel)]
@@ -53,6 +55,28 @@ fn parse_max_parallel(text: &str) -> Result<u32, String> {
             "`{text}` is not a number of jobs: write a whole number from 1 to {}",
             u32::MAX
         )),
+    }
+}
+
+/// Parses a backend's name (unknown names get the manifest's "did you mean"); help and shell
+/// completions list the names, from [`BackendKind::ALL`].
+#[derive(Clone)]
+struct BackendParser;
+
+impl TypedValueParser for BackendParser {
+    type Value = BackendKind;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<BackendKind, clap::Error> {
+        (|s: &str| s.parse::<BackendKind>()).parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(BackendKind::names().map(PossibleValue::new)))
     }
 }
 
@@ -246,13 +270,15 @@ pub enum TemplatesCmd {
     List,
     /// Print an embedded template.
     Show {
-        /// `slurm`, `sge`, `pbs`, `lsf` or `local`.
-        name: String,
+        /// The backend whose template to print.
+        #[arg(value_name = "NAME", value_parser = BackendParser)]
+        backend: BackendKind,
     },
     /// Write an embedded template into a folder, to edit and use with the `template` key.
     Eject {
-        /// `slurm`, `sge`, `pbs`, `lsf` or `local`.
-        name: String,
+        /// The backend whose template to write.
+        #[arg(value_name = "NAME", value_parser = BackendParser)]
+        backend: BackendKind,
         /// The folder (default: the current one).
         dir: Option<PathBuf>,
         /// Overwrite the file if it exists.

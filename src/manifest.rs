@@ -107,7 +107,11 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    /// The name used in manifests and on the command line.
+    /// Every backend, in the order they are listed to people.
+    pub const ALL: [Self; 5] = [Self::Local, Self::Slurm, Self::Sge, Self::Pbs, Self::Lsf];
+
+    /// The name used in manifests and on the command line: the one place names are spelled
+    /// (serde's `lowercase` spelling, checked by a test).
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -117,6 +121,11 @@ impl BackendKind {
             Self::Pbs => "pbs",
             Self::Lsf => "lsf",
         }
+    }
+
+    /// Every backend's name, in [`BackendKind::ALL`] order.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        Self::ALL.into_iter().map(Self::as_str)
     }
 }
 
@@ -129,16 +138,19 @@ impl fmt::Display for BackendKind {
 impl std::str::FromStr for BackendKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "local" => Ok(Self::Local),
-            "slurm" => Ok(Self::Slurm),
-            "sge" => Ok(Self::Sge),
-            "pbs" => Ok(Self::Pbs),
-            "lsf" => Ok(Self::Lsf),
-            other => Err(format!(
-                "unknown backend `{other}`, expected `local`, `slurm`, `sge`, `pbs` or `lsf`"
-            )),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let [rest @ .., last] = Self::ALL.map(|k| format!("`{k}`"));
+                format!(
+                    "unknown backend `{s}`, expected {} or {last}{}",
+                    rest.join(", "),
+                    did_you_mean(s, Self::names())
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default()
+                )
+            })
     }
 }
 
@@ -1422,6 +1434,27 @@ pub fn json_schema() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Backend names are spelled once (`as_str`), agree with serde's, parse back, and an
+    /// unknown one lists them all with a suggestion.
+    #[test]
+    fn backend_names_come_from_one_list() {
+        for k in BackendKind::ALL {
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.as_str())
+            );
+            assert_eq!(k.as_str().parse::<BackendKind>(), Ok(k));
+        }
+        assert_eq!(
+            "slurrm".parse::<BackendKind>().unwrap_err(),
+            "unknown backend `slurrm`, expected `local`, `slurm`, `sge`, `pbs` or `lsf` (did you mean `slurm`?)"
+        );
+        assert_eq!(
+            "condor".parse::<BackendKind>().unwrap_err(),
+            "unknown backend `condor`, expected `local`, `slurm`, `sge`, `pbs` or `lsf`"
+        );
+    }
 
     fn parse_str(text: &str) -> Result<Manifest> {
         parse(Path::new("/tmp/poolparty.toml"), text.to_owned())

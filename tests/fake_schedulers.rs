@@ -364,6 +364,96 @@ fn bundle_runs(s: &Sched) {
         "pbs" => assert!(dep.contains("-W depend=afterany:1"), "{dep}"),
         _ => assert!(dep.contains("-w ended(1"), "{dep}"),
     }
+    assert_driver_waits_for_the_array(s, &t, &wf);
+}
+
+/// The driver of `b` waits for the whole array of `a` to end, however its jobs ended:
+/// `-W depend=afterany:<id>` with the array's id as qsub printed it, `<seq>[].<server>`
+/// (qsub.1B `-W depend=`; a dependency on an array is on all of it), or `-w ended(<id>)`
+/// (bsub -w; "Job array dependencies": a condition on an array's id holds once every element
+/// meets it). Not `afterok` / `done()`: the driver applies `on_failure` itself, as on Slurm
+/// (`--dependency=afterany:`) and Grid Engine (`-hold_jid`). No other submission waits.
+fn assert_driver_waits_for_the_array(s: &Sched, t: &Test, wf: &str) {
+    let log = std::fs::read_to_string(t.path().join("calls.log")).unwrap();
+    let array = submissions(t, wf, "a")[0]["job_id"]
+        .as_str()
+        .expect("a's array id")
+        .to_owned();
+    let waiting: Vec<&str> = log
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some(s.submit))
+        .filter(|l| l.contains("depend=") || l.contains(" -w "))
+        .collect();
+    let driver = match s.name {
+        "pbs" => format!("qsub -W depend=afterany:{array} b/driver.sh"),
+        _ => format!("bsub -w ended({array})"),
+    };
+    assert_eq!(waiting, [driver.as_str()], "{log}");
+}
+
+/// A need with a failed job: `b`'s driver still runs (its dependency is on the array's end,
+/// not its success), finds the failure, says `b` does not run and ends; nothing is left
+/// queued. With `afterok` / `done()` PBS would delete the driver (qsub.1B: a dependency that
+/// cannot be met deletes the job) and LSF would keep it pending forever, and no log would say
+/// why `b` never ran.
+fn failed_need(s: &Sched) {
+    let wf = format!("{}failneed", s.name);
+    let t = test(s).manifest(&format!(
+        "{}[stages.a]\njobs = [{{ id = \"x\" }}, {{ id = \"bad\" }}]\nrun = '[ {{{{job.id}}}} != bad ]'\n\
+         [stages.b]\nneeds = [\"a\"]\njobs = [1]\nrun = 'echo b >> {{{{workflow.dir}}}}/b.txt'\n",
+        header(s, &wf, "")
+    ));
+    t.run(&["plan", "--out", "bundle"]).code(0);
+    let cmd = t.command(&[]);
+    let out = std::process::Command::new("bash")
+        .arg(t.path().join("bundle/submit.sh"))
+        .current_dir(t.path())
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "submit.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The fake writes each job's output to `sched/jobs/<seq>.<index>.log`.
+    let jobs = t.path().join("sched/jobs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let texts: Vec<String> = std::fs::read_dir(&jobs)
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let said = texts.iter().any(|x| x.contains("`b` does not run"));
+        let open = texts
+            .iter()
+            .any(|x| x.contains("\"state\": \"running\"") || x.contains("\"state\": \"queued\""));
+        if said && !open {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the driver did not end saying `b` does not run: {texts:?}\ncalls: {}",
+            std::fs::read_to_string(t.path().join("calls.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(!t.path().join("b.txt").exists(), "b ran");
+    t.run(&["status"]).code(1).stdout_has("a job 1 `bad`");
+    assert_driver_waits_for_the_array(s, &t, &wf);
+}
+
+#[test]
+fn pbs_failed_need_ends_its_driver() {
+    failed_need(&PBS);
+}
+
+#[test]
+fn lsf_failed_need_ends_its_driver() {
+    failed_need(&LSF);
 }
 
 #[test]

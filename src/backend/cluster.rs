@@ -50,7 +50,9 @@ pub struct ArrayLimit {
 }
 
 /// Where a scheduler keeps its array limit: the command that prints it, how to read the
-/// number, and what to say about each source.
+/// number, and the scheduler's documented default. Every sentence about where a limit came
+/// from is worded here.
+#[derive(Debug)]
 pub struct LimitQuery {
     /// The command and its arguments (`scontrol show config`).
     pub command: (&'static str, &'static [&'static str]),
@@ -58,9 +60,12 @@ pub struct LimitQuery {
     pub transient: &'static [&'static str],
     /// Finds the limit in the command's output.
     pub parse: fn(&str) -> Option<usize>,
-    /// The source named when the output has it: "the cluster's `MaxArraySize` (…)".
-    pub found: &'static str,
-    /// The scheduler's documented default, and the source named when the output has none.
+    /// Who answers, for people: "the cluster", "the server".
+    pub asked: &'static str,
+    /// The setting's name there (`MaxArraySize`).
+    pub setting: &'static str,
+    /// The scheduler's documented default, and how it is named for people ("Grid Engine's
+    /// default `max_aj_tasks`").
     pub default: (usize, &'static str),
 }
 
@@ -68,7 +73,7 @@ impl LimitQuery {
     /// Asks once per process: every stage of a run submits to the same cluster, and a stage
     /// starting while the controller is unreachable then needs no answer from it. A command
     /// that fails is not remembered (the next stage asks again); what to do then is the
-    /// scheduler's choice.
+    /// scheduler's choice (see [`LimitQuery::fallback`]).
     ///
     /// # Errors
     /// The failed call.
@@ -78,26 +83,40 @@ impl LimitQuery {
         }
         let (program, args) = self.command;
         let out = call(program, args, self.transient)?;
+        // For people: `qmgr -c "list server"`.
+        let shown = std::iter::once(program)
+            .chain(args.iter().copied())
+            .map(|a| {
+                if a.contains(' ') {
+                    format!("\"{a}\"")
+                } else {
+                    a.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
         let limit = match (self.parse)(&out) {
             Some(tasks) => ArrayLimit {
                 tasks,
-                source: self.found.into(),
+                source: format!("{}'s `{}` (`{shown}`)", self.asked, self.setting),
             },
             None => ArrayLimit {
                 tasks: self.default.0,
-                source: self.default.1.into(),
+                source: format!("{} (`{shown}` has none)", self.default.1),
             },
         };
         Ok(cache.get_or_init(|| limit).clone())
     }
 
-    /// The documented default (`what`) when `who` (the cluster, the server) could not be
-    /// asked, saying why.
+    /// The documented default, used because the scheduler could not be asked (`why`).
     #[must_use]
-    pub fn fallback(&self, what: &str, who: &str, e: &CallError) -> ArrayLimit {
+    pub fn fallback(&self, why: &str) -> ArrayLimit {
         ArrayLimit {
             tasks: self.default.0,
-            source: format!("{what} ({who} could not be asked: {})", e.message),
+            source: format!(
+                "{} ({} could not be asked: {why})",
+                self.default.1, self.asked
+            ),
         }
     }
 }
@@ -305,7 +324,7 @@ impl Wave {
 
 /// A cluster backend for one stage.
 pub struct ClusterBackend {
-    syntax: &'static dyn Syntax,
+    syntax: &'static Syntax,
     client: Box<dyn Client>,
     clock: Box<dyn Clock>,
     script: ArrayScript,
@@ -364,7 +383,7 @@ impl ClusterBackend {
     /// # Errors
     /// A custom template that cannot be read or compiled.
     pub fn new(
-        syntax: &'static dyn Syntax,
+        syntax: &'static Syntax,
         client: Box<dyn Client>,
         spec: StageSpec,
         events: Sender<Event>,
@@ -378,14 +397,14 @@ impl ClusterBackend {
     /// # Errors
     /// As [`ClusterBackend::new`].
     pub fn with_clock(
-        syntax: &'static dyn Syntax,
+        syntax: &'static Syntax,
         client: Box<dyn Client>,
         clock: Box<dyn Clock>,
         spec: StageSpec,
         events: Sender<Event>,
         recorder: Recorder,
     ) -> Result<Self> {
-        let script = ArrayScript::new(syntax, &spec)?;
+        let script = ArrayScript::new(&syntax.script, &spec)?;
         let interval = spec.settings.poll_interval;
         let now = clock.now();
         Ok(Self {
@@ -527,7 +546,7 @@ impl ClusterBackend {
                         now.saturating_duration_since(*self.submit_failing.get_or_insert(now));
                     if failing >= SUBMIT_PATIENCE {
                         return Err(Error::Backend {
-                            backend: self.syntax.name(),
+                            backend: self.syntax.script.name,
                             message: format!(
                                 "could not submit the jobs of stage `{}`: the scheduler kept failing for {} s",
                                 self.spec.name,
@@ -540,7 +559,7 @@ impl ClusterBackend {
                 }
                 Err(e) => {
                     return Err(Error::Backend {
-                        backend: self.syntax.name(),
+                        backend: self.syntax.script.name,
                         message: format!(
                             "the scheduler refused the array script `{}`",
                             path.display()
@@ -555,7 +574,7 @@ impl ClusterBackend {
             self.next_status = self
                 .next_status
                 .min(self.clock.now() + self.spec.settings.poll_interval);
-            let first = self.syntax.first_index();
+            let first = self.syntax.script.first_index;
             let mut record = Vec::with_capacity(tasks.len());
             for (t, launches) in tasks.into_iter().enumerate() {
                 record.push(
@@ -596,7 +615,7 @@ impl ClusterBackend {
                 job_id,
                 script: path,
                 run: self.spec.run.clone(),
-                scheduler: self.syntax.name().to_owned(),
+                scheduler: self.syntax.script.name.to_owned(),
                 tasks: record,
                 submitted: Some(submitted),
             };
@@ -876,7 +895,7 @@ impl Backend for ClusterBackend {
         // If the scheduler cannot be asked now, keep everything: tasks that are really gone
         // are found lost after the grace period.
         let states = self.client.query(&ids).ok();
-        let first = self.syntax.first_index();
+        let first = self.syntax.script.first_index;
         let mut kept = Vec::new();
         let mut stuck: std::collections::BTreeMap<String, Vec<usize>> =
             std::collections::BTreeMap::new();
@@ -950,7 +969,7 @@ impl Backend for ClusterBackend {
             // not "interrupted"; they keep no outcome, and a later `poolparty cancel` or
             // `run` finds them in submissions.jsonl.
             self.uncancelled = Some(Uncancelled {
-                scheduler: self.syntax.name(),
+                scheduler: self.syntax,
                 job_ids: std::mem::take(&mut self.active_jobs),
                 launches: self.tracked.drain().map(|(_, t)| t.launch).collect(),
                 error: e.message,
@@ -1094,7 +1113,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let (recorder, recorded) = recording();
         let b = ClusterBackend::with_clock(
-            &crate::backend::slurm::Slurm,
+            &crate::backend::slurm::SYNTAX,
             Box::new(sched),
             Box::new(crate::backend::fake::FakeClock::new()),
             spec,

@@ -205,7 +205,7 @@ impl Rig {
         let (tx, rx) = std::sync::mpsc::channel();
         let (recorder, recorded) = recording();
         let b = ClusterBackend::with_clock(
-            &super::slurm::Slurm,
+            &super::slurm::SYNTAX,
             Box::new(FakeClient(Arc::clone(&cluster))),
             Box::new(clock.clone()),
             spec,

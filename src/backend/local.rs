@@ -6,8 +6,8 @@
 //! group, a grace period, then SIGKILL) when the time limit passes or the run is cancelled:
 //! only the thread that will reap a child ever signals it, so a recycled pid is never hit.
 //!
-//! [`LocalScript`] is the [`Syntax`] of the script a bundle (`plan --out`, `run --detach`)
-//! runs a local stage with: the same wrapper and task file as an array script, run by `xargs`.
+//! [`SCRIPT`] is how the script a bundle (`plan --out`, `run --detach`) runs a local stage
+//! with is written: the same wrapper and task file as an array script, run by `xargs`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
@@ -27,7 +27,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use super::syntax::Syntax;
+use super::syntax::ScriptSyntax;
 use super::{Backend, CancelMode, Event, Launch, StageSpec};
 use crate::error::Result;
 use crate::manifest::{ResultMode, WallTime};
@@ -38,58 +38,18 @@ use crate::store::{LiveLine, now};
 /// The embedded template of a bundle's local script (`run-local.sh`).
 pub const TEMPLATE: &str = include_str!("../../templates/local.sh.hbs");
 
-/// How a bundle's local script is written. It is never submitted: `submit.sh` runs it in
-/// place, so the driver and submission members (for schedulers) are empty.
-#[derive(Debug, Default)]
-pub struct LocalScript;
-
-impl Syntax for LocalScript {
-    fn name(&self) -> &'static str {
-        "local"
-    }
-    fn default_template(&self) -> &'static str {
-        TEMPLATE
-    }
-    fn template_file(&self) -> &'static str {
-        "local.sh.hbs"
-    }
-    fn template_about(&self) -> &'static str {
-        "the `run-local.sh` script of a local stage in a bundle (`plan --out`, `run --detach`)"
-    }
-    fn first_index(&self) -> usize {
-        0
-    }
-    fn default_max_array_tasks(&self) -> usize {
-        usize::MAX
-    }
-    fn max_array_key(&self) -> &'static str {
-        ""
-    }
-    fn array_spec(&self, tasks: usize, _: Option<u32>) -> String {
-        format!("0-{}", tasks.saturating_sub(1))
-    }
-    fn format_time(&self, t: WallTime) -> String {
-        t.hms()
-    }
-    fn task_index_var(&self) -> &'static str {
-        ""
-    }
-    fn job_id_var(&self) -> &'static str {
-        ""
-    }
-    fn driver_header(&self, _: &str, _: &str, _: &str) -> String {
-        String::new()
-    }
-    fn submit_function(&self) -> &'static str {
-        ""
-    }
-    fn wait_function(&self) -> &'static str {
-        ""
-    }
-    fn cancel_command(&self) -> &'static str {
-        ""
-    }
-}
+/// How a bundle's local script (`run-local.sh`) is written: indices from 0, every task run
+/// in place by `xargs`, so nothing of a scheduler.
+pub static SCRIPT: ScriptSyntax = ScriptSyntax {
+    name: "local",
+    template: TEMPLATE,
+    template_file: "local.sh.hbs",
+    template_about: "the `run-local.sh` script of a local stage in a bundle (`plan --out`, `run --detach`)",
+    first_index: 0,
+    array_spec: |tasks, _| format!("0-{}", tasks.saturating_sub(1)),
+    format_time: WallTime::hms,
+    format_memory: str::to_owned,
+};
 
 /// How long a job may take to exit after SIGTERM before it is killed.
 pub const GRACE: Duration = Duration::from_secs(5);

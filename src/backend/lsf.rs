@@ -29,7 +29,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 use super::cluster::{ArrayLimit, CallError, Client, LimitQuery, TaskState, call, query_known_ids};
-use super::syntax::Syntax;
+use super::syntax::{ScriptSyntax, Syntax};
 use crate::error::Result;
 use crate::manifest::WallTime;
 
@@ -194,6 +194,14 @@ pub fn not_found_ids(message: &str) -> Vec<String> {
 /// `-w "done(ID) && ended(ID)"` (afterok is `done`, afterany `ended`), the script on stdin;
 /// the task file goes in the environment, which bsub passes on (LSF passes no arguments to a
 /// script read from stdin).
+///
+/// Syntax from the LSF command reference, `bsub -w 'dependency_expression'`: `done(job_ID)`
+/// holds once the job is DONE, `ended(job_ID)` once it is DONE or EXIT, joined with `&&`. An
+/// id is the array's own (`123`), not `123[*]`: "Job array dependencies" (whole array
+/// dependency) makes a condition on an array's id hold once it holds for every element, while
+/// `name[*]` pairs the elements of two arrays one to one. A condition that can never hold
+/// (`done` of an element that exited) keeps the dependent job pending, which is why a bundle's
+/// driver jobs wait with `ended` and apply `on_failure` themselves.
 const SUBMIT_FUNCTION: &str = r#"  local dep="" id cond=done opts=()
   if [ "$1" = afterany ]; then cond=ended; fi
   for id in $2; do dep="${dep:+$dep && }$cond($id)"; done
@@ -205,56 +213,32 @@ const SUBMIT_FUNCTION: &str = r#"  local dep="" id cond=done opts=()
 /// (or the job is cleaned and `not found`).
 const WAIT_FUNCTION: &str = r#"  for id in $1; do while bjobs -noheader -o stat "$id" 2>/dev/null | grep -qv -e DONE -e EXIT; do sleep 10; done; done"#;
 
-impl Syntax for Lsf {
-    fn name(&self) -> &'static str {
-        "lsf"
-    }
-    fn default_template(&self) -> &'static str {
-        TEMPLATE
-    }
-    fn template_file(&self) -> &'static str {
-        "lsf.bsub.hbs"
-    }
-    fn template_about(&self) -> &'static str {
-        "the bsub script of one LSF job array (submitted as `bsub < SCRIPT`)"
-    }
-    fn first_index(&self) -> usize {
-        1
-    }
-    fn default_max_array_tasks(&self) -> usize {
-        DEFAULT_MAX_JOB_ARRAY_SIZE
-    }
-    fn max_array_key(&self) -> &'static str {
-        "MAX_JOB_ARRAY_SIZE"
-    }
-    fn array_spec(&self, tasks: usize, _throttle: Option<u32>) -> String {
-        array_spec(tasks)
-    }
-    fn format_time(&self, t: WallTime) -> String {
-        format_time(t)
-    }
-    fn format_memory(&self, m: &str) -> String {
-        format_memory(m)
-    }
-    fn task_index_var(&self) -> &'static str {
-        "LSB_JOBINDEX"
-    }
-    fn job_id_var(&self) -> &'static str {
-        "LSB_JOBID"
-    }
-    fn driver_header(&self, job_name: &str, log: &str, cwd: &str) -> String {
-        // Without `-e`, `-o` gets stdout and stderr.
-        format!("#BSUB -J {job_name}\n#BSUB -o {log}\n#BSUB -cwd {cwd}")
-    }
-    fn submit_function(&self) -> &'static str {
-        SUBMIT_FUNCTION
-    }
-    fn wait_function(&self) -> &'static str {
-        WAIT_FUNCTION
-    }
-    fn cancel_command(&self) -> &'static str {
-        "bkill"
-    }
+/// How LSF's scripts and commands are written.
+pub static SYNTAX: Syntax = Syntax {
+    script: ScriptSyntax {
+        name: "lsf",
+        template: TEMPLATE,
+        template_file: "lsf.bsub.hbs",
+        template_about: "the bsub script of one LSF job array (submitted as `bsub < SCRIPT`)",
+        first_index: 1,
+        // The throttle goes after the brackets, in the template (`name[1-N]%K`).
+        array_spec: |tasks, _throttle| array_spec(tasks),
+        format_time,
+        format_memory,
+    },
+    task_index_var: "LSB_JOBINDEX",
+    job_id_var: "LSB_JOBID",
+    driver_header,
+    submit_function: SUBMIT_FUNCTION,
+    wait_function: WAIT_FUNCTION,
+    cancel_command: "bkill",
+};
+
+/// The `#BSUB` lines of a driver job: name, one log (stdout and stderr), working folder.
+#[must_use]
+pub fn driver_header(job_name: &str, log: &str, cwd: &str) -> String {
+    // Without `-e`, `-o` gets stdout and stderr.
+    format!("#BSUB -J {job_name}\n#BSUB -o {log}\n#BSUB -cwd {cwd}")
 }
 
 // --- client: runs bsub, bjobs, bkill, bparams -------------------------------------------------
@@ -285,24 +269,27 @@ impl Lsf {
     }
 }
 
+/// Where the cluster keeps its array limit, and the documented default.
+pub static LIMIT: LimitQuery = LimitQuery {
+    command: ("bparams", &["-a"]),
+    transient: TRANSIENT,
+    parse: parse_max_job_array_size,
+    asked: "the cluster",
+    setting: "MAX_JOB_ARRAY_SIZE",
+    default: (
+        DEFAULT_MAX_JOB_ARRAY_SIZE,
+        "LSF's default `MAX_JOB_ARRAY_SIZE`",
+    ),
+};
+
 impl Client for Lsf {
     fn max_array_tasks(&mut self) -> Result<ArrayLimit> {
         // Asked once per process (every stage of a run submits to the same cluster). A cluster
         // that cannot be asked gives LSF's documented default, not remembered.
         static MAX_JOB_ARRAY_SIZE: OnceLock<ArrayLimit> = OnceLock::new();
-        let query = LimitQuery {
-            command: ("bparams", &["-a"]),
-            transient: TRANSIENT,
-            parse: parse_max_job_array_size,
-            found: "the cluster's `MAX_JOB_ARRAY_SIZE` (`bparams -a`)",
-            default: (
-                DEFAULT_MAX_JOB_ARRAY_SIZE,
-                "LSF's default `MAX_JOB_ARRAY_SIZE` (`bparams -a` has none)",
-            ),
-        };
-        Ok(query.ask(&MAX_JOB_ARRAY_SIZE).unwrap_or_else(|e| {
-            query.fallback("LSF's default `MAX_JOB_ARRAY_SIZE`", "the cluster", &e)
-        }))
+        Ok(LIMIT
+            .ask(&MAX_JOB_ARRAY_SIZE)
+            .unwrap_or_else(|e| LIMIT.fallback(&e.message)))
     }
     fn submit(&mut self, script: &Path) -> std::result::Result<String, CallError> {
         // bsub reads #BSUB lines only from its standard input; `call` gives none, so a shell
@@ -365,6 +352,61 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::backend::syntax::testing;
+
+    /// The driver job's header: name, one log for stdout and stderr, working folder.
+    #[test]
+    fn driver_header() {
+        assert_eq!(
+            super::driver_header("pp-w-b-driver", "'/s/b/driver.log'", "/w"),
+            "#BSUB -J pp-w-b-driver\n#BSUB -o '/s/b/driver.log'\n#BSUB -cwd /w"
+        );
+    }
+
+    /// `pp_submit_lsf`: `-w "done(A) && done(B) && ended(C)"` (bsub -w: `done` is state DONE,
+    /// `ended` DONE or EXIT; a condition on an array's id holds once it holds for every
+    /// element), the script on standard input, the task file in the environment, and the
+    /// job id from `Job <42> is submitted ...`.
+    #[test]
+    fn dependency_lines() {
+        let script = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(script.path(), "#BSUB -J x").unwrap();
+        let s = script.path().display().to_string();
+        let submit = |args: String| {
+            testing::submit(
+                &SYNTAX,
+                "bsub",
+                "Job <42> is submitted to queue <normal>.",
+                &args,
+            )
+        };
+        let stdin = "stdin #BSUB -J x";
+        let (out, argv) = submit(format!(r#"afterok "1 2" "3" {s} a/t.jobs"#));
+        assert_eq!(out, "42\n");
+        assert_eq!(
+            argv,
+            [
+                "-w",
+                "done(1) && done(2) && ended(3)",
+                "env POOLPARTY_TASK_FILE=/b/a/t.jobs",
+                stdin
+            ]
+        );
+        let (_, argv) = submit(format!(r#"afterany "1" "" {s}"#));
+        assert_eq!(argv, ["-w", "ended(1)", "env POOLPARTY_TASK_FILE=", stdin]);
+        let (_, argv) = submit(format!(r#"afterok "" "" {s}"#));
+        assert_eq!(argv, ["env POOLPARTY_TASK_FILE=", stdin]);
+        // Waiting asks about each job; one whose elements all ended ends its wait.
+        let (_, calls) =
+            testing::run_function(WAIT_FUNCTION, "bjobs", ("DONE\nEXIT", 0), r#""7 8""#);
+        assert_eq!(
+            calls,
+            [
+                ["-noheader", "-o", "stat", "7"],
+                ["-noheader", "-o", "stat", "8"]
+            ]
+        );
+    }
 
     #[test]
     fn arrays_times_and_memory() {

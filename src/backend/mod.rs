@@ -80,8 +80,8 @@ pub struct Adopt {
 /// Arrays a cancel could not stop (see [`Backend::uncancelled`]).
 #[derive(Debug)]
 pub struct Uncancelled {
-    /// `slurm` or `sge`.
-    pub scheduler: &'static str,
+    /// The scheduler's syntax (its name, and the command a person cancels with).
+    pub scheduler: &'static syntax::Syntax,
     /// The arrays' job ids.
     pub job_ids: Vec<String>,
     /// The launches in them that have no outcome.
@@ -224,7 +224,9 @@ pub struct Scheduler {
     /// Its backend.
     pub kind: BackendKind,
     /// How its scripts and commands are written (pure).
-    pub syntax: &'static dyn syntax::Syntax,
+    pub syntax: &'static syntax::Syntax,
+    /// Where it keeps its array limit, and its documented default.
+    pub limit: &'static cluster::LimitQuery,
     /// Makes a client that runs its commands.
     pub client: fn() -> Box<dyn cluster::Client>,
 }
@@ -235,22 +237,26 @@ pub struct Scheduler {
 pub static SCHEDULERS: &[Scheduler] = &[
     Scheduler {
         kind: BackendKind::Slurm,
-        syntax: &slurm::Slurm,
+        syntax: &slurm::SYNTAX,
+        limit: &slurm::LIMIT,
         client: || Box::new(slurm::Slurm),
     },
     Scheduler {
         kind: BackendKind::Sge,
-        syntax: &sge::Sge,
+        syntax: &sge::SYNTAX,
+        limit: &sge::LIMIT,
         client: || Box::new(sge::Sge),
     },
     Scheduler {
         kind: BackendKind::Pbs,
-        syntax: &pbs::Pbs,
+        syntax: &pbs::SYNTAX,
+        limit: &pbs::LIMIT,
         client: || Box::new(pbs::Pbs),
     },
     Scheduler {
         kind: BackendKind::Lsf,
-        syntax: &lsf::Lsf,
+        syntax: &lsf::SYNTAX,
+        limit: &lsf::LIMIT,
         client: || Box::new(lsf::Lsf),
     },
 ];
@@ -264,7 +270,7 @@ pub fn scheduler(kind: BackendKind) -> Option<&'static Scheduler> {
 /// The scheduler named `name` (as in `submissions.jsonl`).
 #[must_use]
 pub fn scheduler_named(name: &str) -> Option<&'static Scheduler> {
-    SCHEDULERS.iter().find(|s| s.syntax.name() == name)
+    SCHEDULERS.iter().find(|s| s.syntax.script.name == name)
 }
 
 /// Each scheduler's array task variable: a template that reads one is written for that
@@ -273,14 +279,15 @@ pub fn scheduler_named(name: &str) -> Option<&'static Scheduler> {
 pub fn task_index_vars() -> Vec<(BackendKind, &'static str)> {
     SCHEDULERS
         .iter()
-        .map(|s| (s.kind, s.syntax.task_index_var()))
+        .map(|s| (s.kind, s.syntax.task_index_var))
         .collect()
 }
 
-/// How a backend's scripts are written: its scheduler's, or the local bundle script's.
+/// How a backend's array scripts are written: its scheduler's, or the local bundle
+/// script's.
 #[must_use]
-pub fn syntax(kind: BackendKind) -> &'static dyn syntax::Syntax {
-    scheduler(kind).map_or(&local::LocalScript, |s| s.syntax)
+pub fn syntax(kind: BackendKind) -> &'static syntax::ScriptSyntax {
+    scheduler(kind).map_or(&local::SCRIPT, |s| &s.syntax.script)
 }
 
 /// Creates the backend for a stage. A cluster backend hands each array it submits to
@@ -322,7 +329,7 @@ pub fn cancel_arrays(scheduler: &str, job_ids: &[String]) -> Result<()> {
         });
     };
     (s.client)().cancel(job_ids).map_err(|e| Error::Backend {
-        backend: s.syntax.name(),
+        backend: s.syntax.script.name,
         message: "cancelling failed".into(),
         detail: Some(e.message),
     })
@@ -339,13 +346,13 @@ mod tests {
     fn schedulers_are_registered_consistently() {
         let mut files = std::collections::HashSet::new();
         for s in SCHEDULERS {
-            let name = s.syntax.name();
+            let name = s.syntax.script.name;
             assert_eq!(name, s.kind.as_str());
             assert_eq!(name.parse::<BackendKind>(), Ok(s.kind));
             assert!(std::ptr::eq(scheduler(s.kind).unwrap(), s));
             assert!(std::ptr::eq(scheduler_named(name).unwrap(), s));
-            assert!(std::ptr::eq(syntax(s.kind), s.syntax));
-            let template = s.syntax.default_template();
+            assert!(std::ptr::eq(syntax(s.kind), &s.syntax.script));
+            let template = s.syntax.script.template;
             for (kind, var) in task_index_vars() {
                 assert_eq!(
                     template.contains(var),
@@ -353,13 +360,13 @@ mod tests {
                     "{name} template, {var}"
                 );
             }
-            assert!(!s.syntax.submit_function().is_empty(), "{name}");
-            assert!(!s.syntax.wait_function().is_empty(), "{name}");
-            assert!(s.syntax.default_max_array_tasks() > 1, "{name}");
-            assert!(files.insert(s.syntax.template_file()), "{name}");
+            assert!(!s.syntax.submit_function.is_empty(), "{name}");
+            assert!(!s.syntax.wait_function.is_empty(), "{name}");
+            assert!(s.limit.default.0 > 1, "{name}");
+            assert!(files.insert(s.syntax.script.template_file), "{name}");
         }
         assert!(scheduler(BackendKind::Local).is_none());
-        assert_eq!(syntax(BackendKind::Local).name(), "local");
+        assert_eq!(syntax(BackendKind::Local).name, "local");
         assert!(scheduler_named("local").is_none());
     }
 

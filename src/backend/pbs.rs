@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 use super::cluster::{ArrayLimit, CallError, Client, LimitQuery, TaskState, call, query_known_ids};
-use super::syntax::Syntax;
+use super::syntax::{ScriptSyntax, Syntax};
 use crate::error::Result;
 use crate::manifest::WallTime;
 
@@ -204,6 +204,13 @@ pub fn unknown_ids(message: &str) -> Vec<String> {
 /// The body of `submit.sh`'s `pp_submit_pbs KIND "IDS" "ANY_IDS" SCRIPT [TASK_FILE]`:
 /// `-W depend=KIND:IDS,afterany:ANY_IDS`; the task file goes in the environment
 /// (`-v POOLPARTY_TASK_FILE=`), since PBS passes no arguments to a script.
+///
+/// Syntax from OpenPBS `qsub.1B`, option `-W depend=<type>:<arg list>[,<type>:<arg list>]`
+/// with job ids joined by `:`. The ids are arrays as qsub printed them (`123[].server`,
+/// `qsub.1B` DESCRIPTION): a dependency on an array is on the whole array, ended when every
+/// subjob has (the server refuses one on a single subjob, `req_register.c`). A dependency that
+/// can never be met (`afterok` on a failed job) gets the dependent job deleted by the server,
+/// which is why a bundle's driver jobs wait with `afterany` and apply `on_failure` themselves.
 const SUBMIT_FUNCTION: &str = r#"  local dep="" opts=()
   if [ -n "$2" ]; then dep="$1:$(echo $2 | tr ' ' ':')"; fi
   if [ -n "$3" ]; then dep="${dep:+$dep,}afterany:$(echo $3 | tr ' ' ':')"; fi
@@ -215,58 +222,31 @@ const SUBMIT_FUNCTION: &str = r#"  local dep="" opts=()
 /// history) or forgotten (`qstat` fails).
 const WAIT_FUNCTION: &str = r#"  for id in $1; do while qstat -x -f -F json "$id" 2>/dev/null | grep -q '"job_state":"[^FX]"'; do sleep 10; done; done"#;
 
-impl Syntax for Pbs {
-    fn name(&self) -> &'static str {
-        "pbs"
-    }
-    fn default_template(&self) -> &'static str {
-        TEMPLATE
-    }
-    fn template_file(&self) -> &'static str {
-        "pbs.qsub.hbs"
-    }
-    fn template_about(&self) -> &'static str {
-        "the qsub script of one PBS Pro / OpenPBS array job"
-    }
-    fn first_index(&self) -> usize {
-        1
-    }
-    fn default_max_array_tasks(&self) -> usize {
-        DEFAULT_MAX_ARRAY_SIZE
-    }
-    fn max_array_key(&self) -> &'static str {
-        "max_array_size"
-    }
-    fn array_spec(&self, tasks: usize, throttle: Option<u32>) -> String {
-        array_spec(tasks, throttle)
-    }
-    fn format_time(&self, t: WallTime) -> String {
-        format_time(t)
-    }
-    fn format_memory(&self, m: &str) -> String {
-        format_memory(m)
-    }
-    fn task_index_var(&self) -> &'static str {
-        "PBS_ARRAY_INDEX"
-    }
-    fn job_id_var(&self) -> &'static str {
-        "PBS_JOBID"
-    }
-    fn driver_header(&self, job_name: &str, log: &str, cwd: &str) -> String {
-        // PBS has no option for the starting folder (jobs start in $HOME): the script cds.
-        format!(
-            "#PBS -N {job_name}\n#PBS -S /bin/bash\n#PBS -j oe\n#PBS -o {log}\ncd {cwd} || exit 2"
-        )
-    }
-    fn submit_function(&self) -> &'static str {
-        SUBMIT_FUNCTION
-    }
-    fn wait_function(&self) -> &'static str {
-        WAIT_FUNCTION
-    }
-    fn cancel_command(&self) -> &'static str {
-        "qdel"
-    }
+/// How PBS's scripts and commands are written.
+pub static SYNTAX: Syntax = Syntax {
+    script: ScriptSyntax {
+        name: "pbs",
+        template: TEMPLATE,
+        template_file: "pbs.qsub.hbs",
+        template_about: "the qsub script of one PBS Pro / OpenPBS array job",
+        first_index: 1,
+        array_spec,
+        format_time,
+        format_memory,
+    },
+    task_index_var: "PBS_ARRAY_INDEX",
+    job_id_var: "PBS_JOBID",
+    driver_header,
+    submit_function: SUBMIT_FUNCTION,
+    wait_function: WAIT_FUNCTION,
+    cancel_command: "qdel",
+};
+
+/// The `#PBS` lines of a driver job: name, bash, one log; then a `cd` to its folder.
+#[must_use]
+pub fn driver_header(job_name: &str, log: &str, cwd: &str) -> String {
+    // PBS has no option for the starting folder (jobs start in $HOME): the script cds.
+    format!("#PBS -N {job_name}\n#PBS -S /bin/bash\n#PBS -j oe\n#PBS -o {log}\ncd {cwd} || exit 2")
 }
 
 // --- client: runs qsub, qstat, qdel, qmgr -----------------------------------------------------
@@ -299,24 +279,24 @@ impl Pbs {
     }
 }
 
+/// Where the server keeps its array limit, and the documented default.
+pub static LIMIT: LimitQuery = LimitQuery {
+    command: ("qmgr", &["-c", "list server"]),
+    transient: TRANSIENT,
+    parse: parse_max_array_size,
+    asked: "the server",
+    setting: "max_array_size",
+    default: (DEFAULT_MAX_ARRAY_SIZE, "PBS's default `max_array_size`"),
+};
+
 impl Client for Pbs {
     fn max_array_tasks(&mut self) -> Result<ArrayLimit> {
         // Asked once per process (every stage of a run submits to the same server). A server
         // that cannot be asked gives PBS's documented default, not remembered.
         static MAX_ARRAY_SIZE: OnceLock<ArrayLimit> = OnceLock::new();
-        let query = LimitQuery {
-            command: ("qmgr", &["-c", "list server"]),
-            transient: TRANSIENT,
-            parse: parse_max_array_size,
-            found: "the server's `max_array_size` (`qmgr -c \"list server\"`)",
-            default: (
-                DEFAULT_MAX_ARRAY_SIZE,
-                "PBS's default `max_array_size` (the server sets none)",
-            ),
-        };
-        Ok(query
+        Ok(LIMIT
             .ask(&MAX_ARRAY_SIZE)
-            .unwrap_or_else(|e| query.fallback("PBS's default `max_array_size`", "the server", &e)))
+            .unwrap_or_else(|e| LIMIT.fallback(&e.message)))
     }
     fn submit(&mut self, script: &Path) -> std::result::Result<String, CallError> {
         let path = script.display().to_string();
@@ -377,6 +357,61 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::backend::syntax::testing;
+
+    /// The driver job's header: name, bash, one log for stdout and stderr, then a `cd`
+    /// (PBS has no option for the starting folder).
+    #[test]
+    fn driver_header() {
+        assert_eq!(
+            super::driver_header("pp-w-b-driver", "'/s/b/driver.log'", "/w"),
+            "#PBS -N pp-w-b-driver\n#PBS -S /bin/bash\n#PBS -j oe\n#PBS -o '/s/b/driver.log'\ncd /w || exit 2"
+        );
+    }
+
+    /// `pp_submit_pbs`: `-W depend=afterok:A:B,afterany:C` (qsub.1B, `-W depend=<type>:<arg
+    /// list>[,<type>:<arg list>]`, job ids joined with `:`) naming arrays by the ids qsub
+    /// printed (`1[].srv`: a dependency on an array is on the whole array; the server refuses
+    /// one on a single subjob); the task file in `-v POOLPARTY_TASK_FILE=`; the id as printed.
+    #[test]
+    fn dependency_lines() {
+        let submit = |args| testing::submit(&SYNTAX, "qsub", "42[].srv", args);
+        let (out, argv) = submit(r#"afterok "1[].srv 2[].srv" "" s.sh a/t.jobs"#);
+        assert_eq!(out, "42[].srv\n");
+        assert_eq!(
+            argv,
+            [
+                "-W",
+                "depend=afterok:1[].srv:2[].srv",
+                "-v",
+                "POOLPARTY_TASK_FILE=/b/a/t.jobs",
+                "s.sh"
+            ]
+        );
+        let (_, argv) = submit(r#"afterany "" "3[].srv 4[].srv" d.sh"#);
+        assert_eq!(argv, ["-W", "depend=afterany:3[].srv:4[].srv", "d.sh"]);
+        let (_, argv) = submit(r#"afterok "1[].srv" "3[].srv" s.sh"#);
+        assert_eq!(
+            argv,
+            ["-W", "depend=afterok:1[].srv,afterany:3[].srv", "s.sh"]
+        );
+        let (_, argv) = submit(r#"afterok "" "" s.sh"#);
+        assert_eq!(argv, ["s.sh"]);
+        // Waiting asks about each job (with history); a finished one ends its wait.
+        let (_, calls) = testing::run_function(
+            WAIT_FUNCTION,
+            "qstat",
+            (r#"{"Jobs":{"7[].srv":{"job_state":"F"}}}"#, 0),
+            r#""7[].srv 8[].srv""#,
+        );
+        assert_eq!(
+            calls,
+            [
+                ["-x", "-f", "-F", "json", "7[].srv"],
+                ["-x", "-f", "-F", "json", "8[].srv"]
+            ]
+        );
+    }
 
     #[test]
     fn array_ranges() {

@@ -1,6 +1,6 @@
 //! Grid Engine: `qsub -terse` per array, one `qstat -xml` per poll, `qdel` (the [`Client`]);
 //! `#$` scripts with 1-based local indices (`-t 1-N`, `-tc` throttle), `h_rt` as `HH:MM:SS`,
-//! `-hold_jid` in bundles (the [`Syntax`]). Tasks in an error state (`Eqw`) are deleted and
+//! `-hold_jid` in bundles ([`SYNTAX`]). Tasks in an error state (`Eqw`) are deleted and
 //! resubmitted.
 //!
 //! `qstat` forgets a task as soon as it ends, so a task killed at its time limit (`h_rt`) would
@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use super::cluster::{ArrayLimit, CallError, Client, LimitQuery, TaskState, call};
-use super::syntax::Syntax;
+use super::syntax::{ScriptSyntax, Syntax};
 use crate::error::Result;
 use crate::manifest::WallTime;
 
@@ -28,61 +28,50 @@ const TRANSIENT: &[&str] = &[
     "got send error",
 ];
 
-/// The Grid Engine scheduler: its [`Syntax`] and its [`Client`].
+/// The Grid Engine scheduler's [`Client`] (its syntax is `SYNTAX`).
 #[derive(Debug, Default)]
 pub struct Sge;
 
-impl Syntax for Sge {
-    fn name(&self) -> &'static str {
-        "sge"
-    }
-    fn default_template(&self) -> &'static str {
-        TEMPLATE
-    }
-    fn template_file(&self) -> &'static str {
-        "sge.qsub.hbs"
-    }
-    fn template_about(&self) -> &'static str {
-        "the qsub script of one Grid Engine array job"
-    }
-    fn first_index(&self) -> usize {
-        1
-    }
-    fn default_max_array_tasks(&self) -> usize {
-        DEFAULT_MAX_AJ_TASKS
-    }
-    fn max_array_key(&self) -> &'static str {
-        "max_aj_tasks"
-    }
-    fn array_spec(&self, tasks: usize, _throttle: Option<u32>) -> String {
-        format!("1-{tasks}")
-    }
-    fn format_time(&self, t: WallTime) -> String {
-        t.hms()
-    }
-    fn task_index_var(&self) -> &'static str {
-        "SGE_TASK_ID"
-    }
-    fn job_id_var(&self) -> &'static str {
-        "JOB_ID"
-    }
-    fn driver_header(&self, job_name: &str, log: &str, cwd: &str) -> String {
-        format!("#$ -N {job_name}\n#$ -S /bin/bash\n#$ -j y\n#$ -o {log}\n#$ -wd {cwd}")
-    }
-    fn submit_function(&self) -> &'static str {
-        // `-hold_jid` waits for the end of IDS and ANY_IDS whatever their outcome.
-        r#"  local ids hold=""
+/// How Grid Engine's scripts and commands are written.
+pub static SYNTAX: Syntax = Syntax {
+    script: ScriptSyntax {
+        name: "sge",
+        template: TEMPLATE,
+        template_file: "sge.qsub.hbs",
+        template_about: "the qsub script of one Grid Engine array job",
+        first_index: 1,
+        // The throttle is its own header line (`-tc`).
+        array_spec: |tasks, _throttle| format!("1-{tasks}"),
+        format_time: WallTime::hms,
+        format_memory: str::to_owned,
+    },
+    task_index_var: "SGE_TASK_ID",
+    job_id_var: "JOB_ID",
+    driver_header,
+    // `-hold_jid` waits for the end of IDS and ANY_IDS whatever their outcome.
+    submit_function: r#"  local ids hold=""
   ids=$(echo $2 $3 | tr ' ' ',')
   if [ -n "$ids" ]; then hold="-hold_jid $ids"; fi
-  qsub -terse $hold "$4" ${5:+"$pp_bundle/$5"} | cut -d. -f1"#
-    }
-    fn wait_function(&self) -> &'static str {
-        r#"  for id in $1; do while qstat -j "$id" >/dev/null 2>&1; do sleep 10; done; done"#
-    }
-    fn cancel_command(&self) -> &'static str {
-        "qdel"
-    }
+  qsub -terse $hold "$4" ${5:+"$pp_bundle/$5"} | cut -d. -f1"#,
+    wait_function: r#"  for id in $1; do while qstat -j "$id" >/dev/null 2>&1; do sleep 10; done; done"#,
+    cancel_command: "qdel",
+};
+
+/// The `#$` lines of a driver job: name, bash, one log, working folder.
+#[must_use]
+pub fn driver_header(job_name: &str, log: &str, cwd: &str) -> String {
+    format!("#$ -N {job_name}\n#$ -S /bin/bash\n#$ -j y\n#$ -o {log}\n#$ -wd {cwd}")
 }
+
+/// Where the cluster keeps its array limit, and the documented default.
+pub static LIMIT: LimitQuery = LimitQuery {
+    command: ("qconf", &["-sconf"]),
+    transient: TRANSIENT,
+    parse: parse_max_aj_tasks,
+    asked: "the cluster",
+    setting: "max_aj_tasks",
+    default: (DEFAULT_MAX_AJ_TASKS, "Grid Engine's default `max_aj_tasks`"),
+};
 
 impl Client for Sge {
     fn max_array_tasks(&mut self) -> Result<ArrayLimit> {
@@ -92,19 +81,9 @@ impl Client for Sge {
         // read falls back to Grid Engine's default (not remembered, so the next stage asks
         // again); 0 means unlimited.
         static MAX_AJ_TASKS: OnceLock<ArrayLimit> = OnceLock::new();
-        let query = LimitQuery {
-            command: ("qconf", &["-sconf"]),
-            transient: TRANSIENT,
-            parse: parse_max_aj_tasks,
-            found: "the cluster's `max_aj_tasks` (`qconf -sconf`)",
-            default: (
-                DEFAULT_MAX_AJ_TASKS,
-                "Grid Engine's default `max_aj_tasks` (`qconf -sconf` has none)",
-            ),
-        };
-        Ok(query.ask(&MAX_AJ_TASKS).unwrap_or_else(|e| {
-            query.fallback("Grid Engine's default `max_aj_tasks`", "the cluster", &e)
-        }))
+        Ok(LIMIT
+            .ask(&MAX_AJ_TASKS)
+            .unwrap_or_else(|e| LIMIT.fallback(&e.message)))
     }
     fn submit(&mut self, script: &Path) -> std::result::Result<String, CallError> {
         let path = script.display().to_string();
@@ -332,17 +311,17 @@ failed       0
     #[test]
     fn array_specs_and_times() {
         // The throttle is its own directive (`-tc`), not part of the range.
-        assert_eq!(Sge.array_spec(10, Some(2)), "1-10");
-        assert_eq!(Sge.array_spec(1, None), "1-1");
+        assert_eq!((SYNTAX.script.array_spec)(10, Some(2)), "1-10");
+        assert_eq!((SYNTAX.script.array_spec)(1, None), "1-1");
         let t = |s| WallTime(std::time::Duration::from_secs(s));
-        assert_eq!(Sge.format_time(t(90_061)), "25:01:01");
-        assert_eq!(Sge.format_time(t(59)), "0:00:59");
+        assert_eq!((SYNTAX.script.format_time)(t(90_061)), "25:01:01");
+        assert_eq!((SYNTAX.script.format_time)(t(59)), "0:00:59");
     }
 
     #[test]
     fn driver_header() {
         assert_eq!(
-            Sge.driver_header("pp-w-b-driver", "/s/b/driver.log", "/w"),
+            super::driver_header("pp-w-b-driver", "/s/b/driver.log", "/w"),
             "#$ -N pp-w-b-driver\n#$ -S /bin/bash\n#$ -j y\n#$ -o /s/b/driver.log\n#$ -wd /w"
         );
     }
@@ -352,7 +331,7 @@ failed       0
     /// the task range.
     #[test]
     fn dependency_lines() {
-        let submit = |args| testing::submit(&Sge, "qsub", "42.1-3:1", args);
+        let submit = |args| testing::submit(&SYNTAX, "qsub", "42.1-3:1", args);
         let (out, argv) = submit(r#"afterok "1 2" "3" s.sh a/t.jobs"#);
         assert_eq!(out, "42\n");
         assert_eq!(
@@ -362,7 +341,7 @@ failed       0
         let (_, argv) = submit(r#"afterany "" "" d.sh"#);
         assert_eq!(argv, ["-terse", "d.sh"]);
         // Waiting asks about each job until `qstat -j` fails (the job is unknown).
-        let (_, calls) = testing::run_function(Sge.wait_function(), "qstat", ("", 1), r#""7 8""#);
+        let (_, calls) = testing::run_function(SYNTAX.wait_function, "qstat", ("", 1), r#""7 8""#);
         assert_eq!(calls, [["-j", "7"], ["-j", "8"]]);
     }
 

@@ -1,6 +1,6 @@
 //! Slurm: `sbatch --parsable` per array, one `squeue -t all` per poll for all of the stage's
 //! arrays, `scancel` (the [`Client`]); `#SBATCH` scripts, `--array=0-N%K`, `D-HH:MM:SS`,
-//! `--dependency=afterok:` in bundles (the [`Syntax`]). Array indices are local to each array
+//! `--dependency=afterany:` in bundles ([`SYNTAX`]). Array indices are local to each array
 //! (0..k-1), bounded by the cluster's `MaxArraySize`, which bounds the index rather than the
 //! count.
 
@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use super::cluster::{ArrayLimit, CallError, Client, LimitQuery, TaskState, call};
-use super::syntax::Syntax;
+use super::syntax::{ScriptSyntax, Syntax};
 use crate::error::{Error, Result};
 use crate::manifest::WallTime;
 
@@ -26,84 +26,71 @@ const TRANSIENT: &[&str] = &[
     "Zero Bytes were transmitted",
 ];
 
-/// The Slurm scheduler: its [`Syntax`] and its [`Client`].
+/// The Slurm scheduler's [`Client`] (its syntax is [`SYNTAX`]).
 #[derive(Debug, Default)]
 pub struct Slurm;
 
 /// Slurm's documented default `MaxArraySize` (slurm.conf): indices 0..=1000.
 pub const DEFAULT_MAX_ARRAY_SIZE: usize = 1001;
 
-impl Syntax for Slurm {
-    fn name(&self) -> &'static str {
-        "slurm"
-    }
-    fn default_template(&self) -> &'static str {
-        TEMPLATE
-    }
-    fn template_file(&self) -> &'static str {
-        "slurm.sbatch.hbs"
-    }
-    fn template_about(&self) -> &'static str {
-        "the sbatch script of one Slurm job array (one array task per bundle of jobs)"
-    }
-    fn first_index(&self) -> usize {
-        0
-    }
-    fn default_max_array_tasks(&self) -> usize {
-        DEFAULT_MAX_ARRAY_SIZE
-    }
-    fn max_array_key(&self) -> &'static str {
-        "MaxArraySize"
-    }
-    fn array_spec(&self, tasks: usize, throttle: Option<u32>) -> String {
-        let mut s = format!("0-{}", tasks.saturating_sub(1));
-        if let Some(t) = throttle {
-            s.push_str(&format!("%{t}"));
-        }
-        s
-    }
-    fn format_time(&self, t: WallTime) -> String {
-        t.slurm()
-    }
-    fn task_index_var(&self) -> &'static str {
-        "SLURM_ARRAY_TASK_ID"
-    }
-    fn job_id_var(&self) -> &'static str {
-        "SLURM_JOB_ID"
-    }
-    fn driver_header(&self, job_name: &str, log: &str, cwd: &str) -> String {
-        format!("#SBATCH --job-name={job_name}\n#SBATCH --output={log}\n#SBATCH --chdir={cwd}")
-    }
-    fn submit_function(&self) -> &'static str {
-        r#"  local dep=""
+/// How Slurm's scripts and commands are written.
+pub static SYNTAX: Syntax = Syntax {
+    script: ScriptSyntax {
+        name: "slurm",
+        template: TEMPLATE,
+        template_file: "slurm.sbatch.hbs",
+        template_about: "the sbatch script of one Slurm job array (one array task per bundle of jobs)",
+        first_index: 0,
+        array_spec,
+        format_time: WallTime::slurm,
+        format_memory: str::to_owned,
+    },
+    task_index_var: "SLURM_ARRAY_TASK_ID",
+    job_id_var: "SLURM_JOB_ID",
+    driver_header,
+    submit_function: r#"  local dep=""
   if [ -n "$2" ]; then dep="$1:$(echo $2 | tr ' ' ':')"; fi
   if [ -n "$3" ]; then dep="${dep:+$dep,}afterany:$(echo $3 | tr ' ' ':')"; fi
-  sbatch --parsable ${dep:+--dependency=$dep} "$4" ${5:+"$pp_bundle/$5"} | cut -d';' -f1"#
+  sbatch --parsable ${dep:+--dependency=$dep} "$4" ${5:+"$pp_bundle/$5"} | cut -d';' -f1"#,
+    wait_function: r#"  while [ -n "$(squeue -h -j "$(echo $1 | tr ' ' ',')" -t PD,R,CG,S,CF 2>/dev/null)" ]; do sleep 10; done"#,
+    cancel_command: "scancel",
+};
+
+/// `--array=0-N[%K]`: local indices from 0, with the throttle.
+#[must_use]
+pub fn array_spec(tasks: usize, throttle: Option<u32>) -> String {
+    let mut s = format!("0-{}", tasks.saturating_sub(1));
+    if let Some(t) = throttle {
+        s.push_str(&format!("%{t}"));
     }
-    fn wait_function(&self) -> &'static str {
-        r#"  while [ -n "$(squeue -h -j "$(echo $1 | tr ' ' ',')" -t PD,R,CG,S,CF 2>/dev/null)" ]; do sleep 10; done"#
-    }
-    fn cancel_command(&self) -> &'static str {
-        "scancel"
-    }
+    s
 }
+
+/// The `#SBATCH` lines of a driver job: name, log, working folder.
+#[must_use]
+pub fn driver_header(job_name: &str, log: &str, cwd: &str) -> String {
+    format!("#SBATCH --job-name={job_name}\n#SBATCH --output={log}\n#SBATCH --chdir={cwd}")
+}
+
+/// Where the cluster keeps its array limit, and the documented default.
+pub static LIMIT: LimitQuery = LimitQuery {
+    command: ("scontrol", &["show", "config"]),
+    transient: TRANSIENT,
+    parse: parse_max_array_size,
+    asked: "the cluster",
+    setting: "MaxArraySize",
+    default: (
+        DEFAULT_MAX_ARRAY_SIZE,
+        "the documented default `MaxArraySize` of slurm",
+    ),
+};
 
 impl Client for Slurm {
     fn max_array_tasks(&mut self) -> Result<ArrayLimit> {
         // Asked once per process: every stage of a run submits to the same cluster, and a
         // stage starting while the controller is unreachable then needs no answer from it.
         static MAX_ARRAY_SIZE: OnceLock<ArrayLimit> = OnceLock::new();
-        let query = LimitQuery {
-            command: ("scontrol", &["show", "config"]),
-            transient: TRANSIENT,
-            parse: parse_max_array_size,
-            found: "the cluster's `MaxArraySize` (`scontrol show config`)",
-            default: (
-                DEFAULT_MAX_ARRAY_SIZE,
-                "Slurm's default `MaxArraySize` (`scontrol show config` has none)",
-            ),
-        };
-        query.ask(&MAX_ARRAY_SIZE).map_err(|e| Error::Backend {
+        LIMIT.ask(&MAX_ARRAY_SIZE).map_err(|e| Error::Backend {
             backend: "slurm",
             message: "cannot read the cluster's configuration".into(),
             detail: Some(e.message),
@@ -234,18 +221,18 @@ mod tests {
 
     #[test]
     fn array_specs_and_times() {
-        assert_eq!(Slurm.array_spec(10, None), "0-9");
-        assert_eq!(Slurm.array_spec(10, Some(2)), "0-9%2");
-        assert_eq!(Slurm.array_spec(1, None), "0-0");
+        assert_eq!(array_spec(10, None), "0-9");
+        assert_eq!(array_spec(10, Some(2)), "0-9%2");
+        assert_eq!(array_spec(1, None), "0-0");
         let t = |s| WallTime(std::time::Duration::from_secs(s));
-        assert_eq!(Slurm.format_time(t(90_061)), "1-01:01:01");
-        assert_eq!(Slurm.format_time(t(59)), "0-00:00:59");
+        assert_eq!((SYNTAX.script.format_time)(t(90_061)), "1-01:01:01");
+        assert_eq!((SYNTAX.script.format_time)(t(59)), "0-00:00:59");
     }
 
     #[test]
     fn driver_header() {
         assert_eq!(
-            Slurm.driver_header("pp-w-b-driver", "'/s/b/driver.log'", "/w"),
+            super::driver_header("pp-w-b-driver", "'/s/b/driver.log'", "/w"),
             "#SBATCH --job-name=pp-w-b-driver\n#SBATCH --output='/s/b/driver.log'\n#SBATCH --chdir=/w"
         );
     }
@@ -254,7 +241,7 @@ mod tests {
     /// the task file after the script, and the job id without the cluster name.
     #[test]
     fn dependency_lines() {
-        let submit = |args| testing::submit(&Slurm, "sbatch", "42;cluster", args);
+        let submit = |args| testing::submit(&SYNTAX, "sbatch", "42;cluster", args);
         let (out, argv) = submit(r#"afterok "1 2" "" s.sh a/t.jobs"#);
         assert_eq!(out, "42\n");
         assert_eq!(
@@ -276,9 +263,36 @@ mod tests {
         let (_, argv) = submit(r#"afterok "" "" s.sh"#);
         assert_eq!(argv, ["--parsable", "s.sh"]);
         // Waiting asks for the jobs still in the queue; an empty answer ends the wait.
-        let (_, calls) =
-            testing::run_function(Slurm.wait_function(), "squeue", ("", 0), r#""7 8""#);
+        let (_, calls) = testing::run_function(SYNTAX.wait_function, "squeue", ("", 0), r#""7 8""#);
         assert_eq!(calls, [["-h", "-j", "7,8", "-t", "PD,R,CG,S,CF"]]);
+    }
+
+    /// Every source of an array limit is worded by [`LimitQuery`]: found, not set, or the
+    /// documented default because the cluster could not be asked.
+    #[test]
+    fn limit_sources() {
+        let query = |out: &'static [&'static str]| LimitQuery {
+            command: ("echo", out),
+            ..LIMIT
+        };
+        let found = query(&["MaxArraySize = 7"]).ask(&OnceLock::new()).unwrap();
+        assert_eq!(found.tasks, 7);
+        assert_eq!(
+            found.source,
+            "the cluster's `MaxArraySize` (`echo \"MaxArraySize = 7\"`)"
+        );
+        let none = query(&["Foo = 1"]).ask(&OnceLock::new()).unwrap();
+        assert_eq!(none.tasks, DEFAULT_MAX_ARRAY_SIZE);
+        assert_eq!(
+            none.source,
+            "the documented default `MaxArraySize` of slurm (`echo \"Foo = 1\"` has none)"
+        );
+        let fallback = LIMIT.fallback("cannot run `scontrol`");
+        assert_eq!(fallback.tasks, DEFAULT_MAX_ARRAY_SIZE);
+        assert_eq!(
+            fallback.source,
+            "the documented default `MaxArraySize` of slurm (the cluster could not be asked: cannot run `scontrol`)"
+        );
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The pure half of a cluster backend: how a scheduler's scripts and commands are written.
 //!
-//! A [`Syntax`] knows its scheduler's script template, array indices and specs, time format,
-//! task-index variable, documented array limit and the shell lines a bundle's `submit.sh`
-//! submits and waits with. [`ArrayScript`] renders an array script and its task file through
-//! it. Nothing here runs a command or touches a file: the runner (through
-//! [`super::cluster::ClusterBackend`]) and `plan --out` (`bundle.rs`) render the same way, and
-//! the tests below check the output without a cluster.
+//! A [`ScriptSyntax`] says how an array script is written (template, array indices and spec,
+//! time and memory formats); the local backend's bundle script (`run-local.sh`) has one too.
+//! A scheduler's [`Syntax`] adds what only a scheduler has: its task-index and job-id
+//! variables, its driver job header and the shell lines a bundle's `submit.sh` submits, waits
+//! and cancels with. Each is one `static` of plain data and functions in the backend's file.
+//! [`ArrayScript`] renders an array script and its task file through a [`ScriptSyntax`]. Only
+//! [`ArrayScript::new`] reads a file (a custom template); nothing here runs a command: the
+//! runner (through [`super::cluster::ClusterBackend`]) and `plan --out` (`bundle.rs`) render
+//! the same way, and the tests below check the output without a cluster.
 
 use std::path::Path;
 
@@ -17,53 +20,54 @@ use crate::manifest::WallTime;
 use crate::plan::Command;
 use crate::template::{Quoting, Templates};
 
-/// How one scheduler's scripts and commands are written. Pure: no method runs anything.
-///
-/// Implemented once per scheduler, beside its [`super::cluster::Client`], in
-/// `backend/<scheduler>.rs`, and registered in [`super::SCHEDULERS`]; the local backend's
-/// bundle script has one too ([`super::local::LocalScript`]).
-pub trait Syntax: Send + Sync {
-    /// The backend's name, as in manifests and `submissions.jsonl` (`slurm`, `sge`).
-    fn name(&self) -> &'static str;
+/// How an array script is written: what a scheduler's array scripts and the local bundle
+/// script share. Pure; one `static` per backend.
+#[derive(Debug)]
+pub struct ScriptSyntax {
+    /// The backend's name, as in manifests and `submissions.jsonl` (`slurm`, `local`).
+    pub name: &'static str,
     /// The embedded script template.
-    fn default_template(&self) -> &'static str;
+    pub template: &'static str,
     /// The file name `poolparty templates eject` writes the template as.
-    fn template_file(&self) -> &'static str;
+    pub template_file: &'static str,
     /// What the template renders, for `poolparty templates list`.
-    fn template_about(&self) -> &'static str;
+    pub template_about: &'static str,
     /// The first array index (Slurm 0, Grid Engine 1).
-    fn first_index(&self) -> usize;
-    /// The most tasks one array may have when the cluster is not asked: the scheduler's
-    /// documented default (Slurm `MaxArraySize` 1001, Grid Engine `max_aj_tasks` 75000).
-    fn default_max_array_tasks(&self) -> usize;
-    /// The name of the cluster setting that bounds an array (`MaxArraySize`).
-    fn max_array_key(&self) -> &'static str;
-    /// The `array` value of the script header for `tasks` tasks.
-    fn array_spec(&self, tasks: usize, throttle: Option<u32>) -> String;
+    pub first_index: usize,
+    /// The `array` value of the script header for a number of tasks and a throttle.
+    pub array_spec: fn(usize, Option<u32>) -> String,
     /// The time limit in the scheduler's format.
-    fn format_time(&self, t: WallTime) -> String;
-    /// A memory size (`memory`, e.g. `4G`) in the scheduler's format; by default as written.
-    fn format_memory(&self, m: &str) -> String {
-        m.to_owned()
-    }
+    pub format_time: fn(WallTime) -> String,
+    /// A memory size (`memory`, e.g. `4G`) in the scheduler's format.
+    pub format_memory: fn(&str) -> String,
+}
+
+/// How one scheduler's scripts and commands are written: its [`ScriptSyntax`] and what only a
+/// scheduler has. Pure; one `SYNTAX` static per scheduler, beside its
+/// [`super::cluster::Client`] in `backend/<scheduler>.rs`, registered in
+/// [`super::SCHEDULERS`].
+#[derive(Debug)]
+pub struct Syntax {
+    /// How its array scripts are written.
+    pub script: ScriptSyntax,
     /// The environment variable holding an array task's index (`SLURM_ARRAY_TASK_ID`).
-    fn task_index_var(&self) -> &'static str;
+    pub task_index_var: &'static str,
     /// The environment variable holding a batch job's own id inside it (`SLURM_JOB_ID`).
-    fn job_id_var(&self) -> &'static str;
-    /// The header lines of a bundle's driver job script (name, log, working folder); the
-    /// arguments are shell-quoted already where they need it.
-    fn driver_header(&self, job_name: &str, log: &str, cwd: &str) -> String;
+    pub job_id_var: &'static str,
+    /// The header lines of a bundle's driver job script from its job name, log and working
+    /// folder (shell-quoted already where they need it).
+    pub driver_header: fn(&str, &str, &str) -> String,
     /// The body of `submit.sh`'s `pp_submit_<name> KIND "IDS" "ANY_IDS" SCRIPT [TASK_FILE]`:
     /// submits SCRIPT once IDS ended as KIND (`afterok` or `afterany`) and ANY_IDS ended in
     /// any way, telling the script where TASK_FILE (a path relative to `$pp_bundle`) is when
     /// given: as its first argument, or in `POOLPARTY_TASK_FILE` where the scheduler passes
     /// no arguments (PBS, LSF); prints the new job id.
-    fn submit_function(&self) -> &'static str;
+    pub submit_function: &'static str,
     /// The body of `submit.sh`'s `pp_wait_<name> "IDS"`: returns once those jobs left the
     /// queue.
-    fn wait_function(&self) -> &'static str;
+    pub wait_function: &'static str,
     /// The command a person cancels arrays with (`scancel`), named in messages.
-    fn cancel_command(&self) -> &'static str;
+    pub cancel_command: &'static str,
 }
 
 /// The job wrapper shared by both script templates (rendered, then inserted as `{{{wrapper}}}`).
@@ -144,9 +148,10 @@ pub fn job_name(spec: &StageSpec) -> String {
     format!("pp-{}-{}-{}", spec.workflow, spec.name, spec.run)
 }
 
-/// A stage's compiled array script template, rendered through its scheduler's [`Syntax`].
+/// A stage's compiled array script template, rendered through its backend's
+/// [`ScriptSyntax`].
 pub struct ArrayScript {
-    syntax: &'static dyn Syntax,
+    syntax: &'static ScriptSyntax,
     templates: Templates,
 }
 
@@ -156,21 +161,21 @@ impl ArrayScript {
     ///
     /// # Errors
     /// A custom template that cannot be read or compiled.
-    pub fn new(syntax: &'static dyn Syntax, spec: &StageSpec) -> Result<Self> {
+    pub fn new(syntax: &'static ScriptSyntax, spec: &StageSpec) -> Result<Self> {
         let template_text = match &spec.settings.template {
             Some((path, _)) => std::fs::read_to_string(path).map_err(|e| Error::Backend {
-                backend: syntax.name(),
+                backend: syntax.name,
                 message: format!("cannot read template `{}`: {e}", path.display()),
                 detail: None,
             })?,
-            None => syntax.default_template().to_owned(),
+            None => syntax.template.to_owned(),
         };
         let mut templates = Templates::new();
         for (name, text) in [("script", template_text.as_str()), ("wrapper", WRAPPER)] {
             templates
                 .add(name, text, Quoting::Shell)
                 .map_err(|f| Error::Backend {
-                    backend: syntax.name(),
+                    backend: syntax.name,
                     message: format!("invalid {name} template: {}", f.message),
                     detail: None,
                 })?;
@@ -223,7 +228,7 @@ impl ArrayScript {
             .templates
             .render("wrapper", Quoting::Shell, &base)
             .map_err(|f| self.render_error(spec, &f.message))?;
-        let first = self.syntax.first_index();
+        let first = self.syntax.first_index;
         let task_file = encode_tasks(tasks).map_err(|m| self.render_error(spec, &m))?;
         // Which jobs each task runs, for custom templates (the stock ones do not list them).
         let cases: Vec<Value> = tasks
@@ -243,22 +248,21 @@ impl ArrayScript {
         let per_task =
             u32::try_from(tasks.iter().map(Vec::len).max().unwrap_or(1).max(1)).unwrap_or(u32::MAX);
         let time = s.time.map(|t| {
-            self.syntax
-                .format_time(crate::manifest::WallTime(t.0.saturating_mul(per_task)))
+            (self.syntax.format_time)(crate::manifest::WallTime(t.0.saturating_mul(per_task)))
         });
         let ctx = json!({
             "workflow": spec.workflow,
             "stage": spec.name,
             "submission": submission,
             "job_name": job_name(spec),
-            "array": self.syntax.array_spec(tasks.len(), throttle),
+            "array": (self.syntax.array_spec)(tasks.len(), throttle),
             "throttle": throttle,
             "tasks": tasks.len(),
             "jobs": tasks.iter().map(Vec::len).sum::<usize>(),
             "cwd": p(&spec.cwd),
             "time": time,
             "cpus": s.resources.cpus,
-            "memory": s.resources.memory.as_deref().map(|m| self.syntax.format_memory(m)),
+            "memory": s.resources.memory.as_deref().map(self.syntax.format_memory),
             "partition": s.resources.partition,
             "account": s.resources.account,
             "qos": s.resources.qos,
@@ -291,7 +295,7 @@ impl ArrayScript {
 
     fn render_error(&self, spec: &StageSpec, message: &str) -> Error {
         Error::Backend {
-            backend: self.syntax.name(),
+            backend: self.syntax.name,
             message: format!(
                 "cannot render the array script of stage `{}`: {message}",
                 spec.name
@@ -371,7 +375,9 @@ pub(crate) mod testing {
 
     /// Runs `body` as a bash function called with `args` (shell words), with `program`
     /// replaced by a stub that prints `answer` and returns `status`; returns what the
-    /// function printed and each call of the stub as its argument list.
+    /// function printed and each call of the stub as its argument list. Where the call sets
+    /// `POOLPARTY_TASK_FILE` or gives the stub a standard input (bsub reads its script so),
+    /// the list ends with `env POOLPARTY_TASK_FILE=VALUE` and `stdin TEXT`.
     pub(crate) fn run_function(
         body: &str,
         program: &str,
@@ -380,8 +386,9 @@ pub(crate) mod testing {
     ) -> (String, Vec<Vec<String>>) {
         // The stub logs to a file: the functions may silence the command's stderr.
         let log = tempfile::NamedTempFile::new().unwrap();
+        let extra = r#"if [ -n "${POOLPARTY_TASK_FILE+x}" ]; then printf 'env POOLPARTY_TASK_FILE=%s\0' "$POOLPARTY_TASK_FILE" >> "$PP_LOG"; fi; local pp_in; pp_in=$(cat); if [ -n "$pp_in" ]; then printf 'stdin %s\0' "$pp_in" >> "$PP_LOG"; fi"#;
         let script = format!(
-            "pp_bundle=/b\n{program}() {{ printf '%s\\0' \"$@\" >> \"$PP_LOG\"; printf '\\n' >> \"$PP_LOG\"; printf '%s\\n' '{answer}'; return {status}; }}\npp_f() {{\n{body}\n}}\npp_f {args}\n"
+            "pp_bundle=/b\n{program}() {{ printf '%s\\0' \"$@\" >> \"$PP_LOG\"; {extra}; printf '\\n' >> \"$PP_LOG\"; printf '%s\\n' '{answer}'; return {status}; }}\npp_f() {{\n{body}\n}}\npp_f {args}\n"
         );
         let out = std::process::Command::new("bash")
             .args(["-c", &script])
@@ -405,12 +412,12 @@ pub(crate) mod testing {
     /// `submit.sh`'s submit function of `syntax`, run with a stub `program` that prints
     /// `answer`: what it printed and the stub's one argument list.
     pub(crate) fn submit(
-        syntax: &dyn Syntax,
+        syntax: &Syntax,
         program: &str,
         answer: &str,
         args: &str,
     ) -> (String, Vec<String>) {
-        let (out, mut calls) = run_function(syntax.submit_function(), program, (answer, 0), args);
+        let (out, mut calls) = run_function(syntax.submit_function, program, (answer, 0), args);
         assert_eq!(calls.len(), 1, "{calls:?}");
         (out, calls.remove(0))
     }
@@ -422,11 +429,17 @@ mod tests {
 
     use super::testing::{launches, spec};
     use super::*;
-    use crate::backend::local::LocalScript;
-    use crate::backend::sge::Sge;
-    use crate::backend::slurm::Slurm;
+    use crate::backend::{local, lsf, pbs, sge, slurm};
 
-    fn render(syntax: &'static dyn Syntax, spec: &StageSpec, tasks: &[Vec<Launch>]) -> String {
+    fn render(syntax: &'static Syntax, spec: &StageSpec, tasks: &[Vec<Launch>]) -> String {
+        render_script(&syntax.script, spec, tasks)
+    }
+
+    fn render_script(
+        syntax: &'static ScriptSyntax,
+        spec: &StageSpec,
+        tasks: &[Vec<Launch>],
+    ) -> String {
         ArrayScript::new(syntax, spec)
             .unwrap()
             .render(spec, tasks, "r-1", "/data/r-1.jobs")
@@ -464,7 +477,7 @@ mod tests {
     fn slurm_script_header() {
         let dir = tempfile::tempdir().unwrap();
         let spec = spec(dir.path(), "slurm", with_resources);
-        let script = render(&Slurm, &spec, &tasks_of_two());
+        let script = render(&slurm::SYNTAX, &spec, &tasks_of_two());
         has_lines(
             &script,
             &[
@@ -490,7 +503,7 @@ mod tests {
     fn sge_script_header() {
         let dir = tempfile::tempdir().unwrap();
         let spec = spec(dir.path(), "sge", with_resources);
-        let script = render(&Sge, &spec, &tasks_of_two());
+        let script = render(&sge::SYNTAX, &spec, &tasks_of_two());
         has_lines(
             &script,
             &[
@@ -507,12 +520,73 @@ mod tests {
         assert!(script.contains("${SGE_TASK_ID:?not an array task} - 1"));
     }
 
+    /// The PBS header (`qsub.1B`): 1-based `-J` range with its `%K` throttle, `walltime` in
+    /// `H:MM:SS`, `ncpus`, memory in PBS units, the queue, extra lines verbatim; a `cd` to the
+    /// stage's folder, since PBS starts jobs in the home folder. One task is the range `1-2:2`.
+    #[test]
+    fn pbs_script_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(dir.path(), "pbs", with_resources);
+        let script = render(&pbs::SYNTAX, &spec, &tasks_of_two());
+        has_lines(
+            &script,
+            &[
+                "#PBS -N pp-w-a-r",
+                "#PBS -J 1-3%3",
+                "#PBS -l walltime=0:04:00",
+                "#PBS -l ncpus=4",
+                "#PBS -l mem=4gb",
+                "#PBS -q all.q",
+                "#PBS --constraint=avx2",
+                "pp_data=/data/r-1.jobs",
+            ],
+        );
+        assert!(script.contains("\ncd "), "{script}");
+        assert!(script.contains("${PBS_ARRAY_INDEX:?not an array task} - 1"));
+        assert!(
+            !script.contains("short"),
+            "a Slurm partition in a PBS script"
+        );
+        let one = render(&pbs::SYNTAX, &spec, &[launches(1)]);
+        has_lines(&one, &["#PBS -J 1-2:2%3"]);
+    }
+
+    /// The LSF header (`bsub`): the array and its throttle in the job name
+    /// (`-J "name[1-N]%K"`), the run limit in `H:MM` (whole minutes), slots on one host,
+    /// memory in LSF units, the queue, extra lines verbatim.
+    #[test]
+    fn lsf_script_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(dir.path(), "lsf", with_resources);
+        let script = render(&lsf::SYNTAX, &spec, &tasks_of_two());
+        has_lines(
+            &script,
+            &[
+                "#BSUB -J \"pp-w-a-r[1-3]%3\"",
+                "#BSUB -W 0:04",
+                "#BSUB -n 4",
+                "#BSUB -R \"span[hosts=1]\"",
+                "#BSUB -M 4GB",
+                "#BSUB -q all.q",
+                "#BSUB --constraint=avx2",
+                "pp_data=/data/r-1.jobs",
+            ],
+        );
+        assert!(script.contains("${LSB_JOBINDEX:?not an array task} - 1"));
+        assert!(
+            !script.contains("short"),
+            "a Slurm partition in an LSF script"
+        );
+        let one = render(&lsf::SYNTAX, &spec, &[launches(1)]);
+        has_lines(&one, &["#BSUB -J \"pp-w-a-r[1-1]%3\""]);
+    }
+
     /// The local bundle script runs every task itself, `max_parallel` at a time.
     #[test]
     fn local_script_runs_its_tasks_with_xargs() {
         let dir = tempfile::tempdir().unwrap();
         let spec = spec(dir.path(), "local", with_resources);
-        let script = render(&LocalScript, &spec, &tasks_of_two());
+        let script = render_script(&local::SCRIPT, &spec, &tasks_of_two());
         has_lines(&script, &["  seq 0 2 | xargs -P 3 -n 1 bash \"$0\""]);
     }
 
@@ -522,7 +596,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = spec(dir.path(), "slurm", |_| {});
         spec.cwd = "/data/my work".into();
-        let script = render(&Slurm, &spec, &[launches(1)]);
+        let script = render(&slurm::SYNTAX, &spec, &[launches(1)]);
         has_lines(
             &script,
             &["#SBATCH --chdir='/data/my work'", "#SBATCH --array=0-0"],
@@ -542,7 +616,7 @@ mod tests {
             (bad_env, "not a shell identifier"),
             (bad_extra, "line break"),
         ] {
-            let e = ArrayScript::new(&Slurm, &spec)
+            let e = ArrayScript::new(&slurm::SYNTAX.script, &spec)
                 .unwrap()
                 .render(&spec, &[launches(1)], "r-1", "x.jobs")
                 .unwrap_err()
@@ -570,10 +644,10 @@ mod tests {
         };
         let good = with("t.hbs");
         assert_eq!(
-            render(&Sge, &good, &[launches(2)]),
+            render(&sge::SYNTAX, &good, &[launches(2)]),
             "#!/bin/sh\n# 1-1 pp-w-a-r\n"
         );
-        let e = ArrayScript::new(&Sge, &with("bad.hbs"))
+        let e = ArrayScript::new(&sge::SYNTAX.script, &with("bad.hbs"))
             .err()
             .unwrap()
             .to_string();
@@ -589,7 +663,7 @@ mod tests {
     fn script_size_does_not_grow_with_the_jobs() {
         let dir = tempfile::tempdir().unwrap();
         let spec = spec(dir.path(), "slurm", |_| {});
-        let script = ArrayScript::new(&crate::backend::slurm::Slurm, &spec).unwrap();
+        let script = ArrayScript::new(&slurm::SYNTAX.script, &spec).unwrap();
         let big = "'\"$(x)`y`\\\n é".repeat(10_000);
         let many: Vec<Vec<Launch>> = launches(1000)
             .into_iter()

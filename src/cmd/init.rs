@@ -20,7 +20,7 @@ const MANIFEST: &str = r#"#:schema ./poolparty.schema.json
 name = "{{name}}"           # [A-Za-z0-9_-]+; state and logs go to .poolparty/{{name}}/
 
 [defaults]                    # inherited by every stage; any stage may override these
-backend = "local"             # "slurm" or "sge" for a cluster (or `--backend slurm`)
+backend = "local"             # {{clusters}} for a cluster (or `--backend slurm`)
 # max_parallel = 4            # jobs at once (default: the CPUs here; none on a cluster)
 # retries = 1                 # reruns of a job that failed
 # time = "10m"                # per-job time limit
@@ -81,6 +81,18 @@ fn workflow_name(dir: &Path) -> String {
     }
 }
 
+/// The cluster backends, for a comment: `"slurm", "sge", "pbs" or "lsf"`.
+fn clusters() -> String {
+    let names: Vec<String> = crate::backend::SCHEDULERS
+        .iter()
+        .map(|s| format!("\"{}\"", s.kind))
+        .collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
+    }
+}
+
 /// Runs `poolparty init`.
 ///
 /// # Errors
@@ -89,7 +101,9 @@ pub(crate) fn run(dir: Option<&Path>, force: bool, out: &mut dyn Write) -> Resul
     let dir = dir.map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let name = workflow_name(&dir);
     let schema = crate::manifest::json_schema();
-    let manifest = MANIFEST.replace("{{name}}", &name);
+    let manifest = MANIFEST
+        .replace("{{name}}", &name)
+        .replace("{{clusters}}", &clusters());
     let files: [(&str, &str); 4] = [
         ("poolparty.toml", &manifest),
         ("poolparty.schema.json", &schema),
@@ -120,4 +134,13 @@ pub(crate) fn run(dir: Option<&Path>, force: bool, out: &mut dyn Write) -> Resul
         crate::quoting::shell_quote(&shown)
     );
     Ok(EXIT_SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The starter manifest names every cluster backend, from the registry.
+    #[test]
+    fn the_starter_names_every_cluster() {
+        assert_eq!(super::clusters(), r#""slurm", "sge", "pbs" or "lsf""#);
+    }
 }

@@ -7,71 +7,42 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::backend;
 use crate::cli::TemplatesCmd;
-use crate::error::{self, EXIT_SUCCESS, Error, Result};
-
-/// One embedded template: a backend's script.
-struct Embedded {
-    /// The name the command takes (a backend's name).
-    name: &'static str,
-    /// The file name it is ejected as.
-    file: &'static str,
-    /// What it renders.
-    about: &'static str,
-    text: &'static str,
-}
-
-/// Every backend's template: the schedulers', then the local bundle script's.
-fn templates() -> Vec<Embedded> {
-    crate::backend::SCHEDULERS
-        .iter()
-        .map(|s| s.syntax)
-        .chain([&crate::backend::local::LocalScript as &dyn crate::backend::syntax::Syntax])
-        .map(|s| Embedded {
-            name: s.name(),
-            file: s.template_file(),
-            about: s.template_about(),
-            text: s.default_template(),
-        })
-        .collect()
-}
-
-fn get(name: &str) -> Result<Embedded> {
-    let mut all = templates();
-    if let Some(i) = all.iter().position(|t| t.name == name || t.file == name) {
-        return Ok(all.swap_remove(i));
-    }
-    let names = || all.iter().map(|t| t.name);
-    Err(Error::Usage {
-        message: format!("there is no template `{name}`"),
-        help: error::did_you_mean(name, names()).or_else(|| {
-            Some(format!(
-                "templates: {}",
-                names().collect::<Vec<_>>().join(", ")
-            ))
-        }),
-    })
-}
+use crate::error::{EXIT_SUCCESS, Error, Result};
 
 /// Runs `poolparty templates ACTION`.
 ///
 /// # Errors
-/// An unknown template, an existing file without `--force`, a file that cannot be written.
+/// An existing file without `--force`, a file that cannot be written.
 pub(crate) fn run(action: &TemplatesCmd, out: &mut dyn Write) -> Result<u8> {
     match action {
         TemplatesCmd::List => {
-            for t in templates() {
-                let _ = writeln!(out, "{:<6} {:<17} {}", t.name, t.file, t.about);
+            // The schedulers', then the local bundle script's.
+            for t in backend::SCHEDULERS
+                .iter()
+                .map(|s| &s.syntax.script)
+                .chain([&backend::local::SCRIPT])
+            {
+                let _ = writeln!(
+                    out,
+                    "{:<6} {:<17} {}",
+                    t.name, t.template_file, t.template_about
+                );
             }
         }
-        TemplatesCmd::Show { name } => {
-            let _ = out.write_all(get(name)?.text.as_bytes());
+        TemplatesCmd::Show { backend } => {
+            let _ = out.write_all(backend::syntax(*backend).template.as_bytes());
         }
-        TemplatesCmd::Eject { name, dir, force } => {
-            let t = get(name)?;
+        TemplatesCmd::Eject {
+            backend,
+            dir,
+            force,
+        } => {
+            let t = backend::syntax(*backend);
             let dir = dir.clone().unwrap_or_else(|| PathBuf::from("."));
-            let path = dir.join(t.file);
-            write_new(&path, t.text, *force)?;
+            let path = dir.join(t.template_file);
+            write_new(&path, t.template, *force)?;
             let _ = writeln!(out, "wrote {}", path.display());
             eprintln!(
                 "poolparty: use it with `template = \"{}\"` (relative to the manifest) in `[defaults]` or a stage; it must keep `{{{{{{wrapper}}}}}}` and the `case` over the tasks",

@@ -234,13 +234,13 @@ impl<'a> Runner<'a> {
     fn uncancelled_error(&self) -> crate::error::Error {
         let mut ids = Vec::new();
         let mut lines = Vec::new();
-        let mut backend = "cluster";
+        let (mut backend, mut command) = ("cluster", "poolparty cancel");
         for (i, u) in &self.uncancelled {
-            backend = u.scheduler;
+            (backend, command) = (u.scheduler.script.name, u.scheduler.cancel_command);
             lines.push(format!(
                 "stage `{}`: {} {} ({}): {}",
                 self.manifest.stages[*i].name,
-                u.scheduler,
+                backend,
                 if u.job_ids.len() == 1 {
                     "array"
                 } else {
@@ -252,8 +252,6 @@ impl<'a> Runner<'a> {
             ids.extend(u.job_ids.iter().cloned());
         }
         let jobs: usize = self.uncancelled.iter().map(|(_, u)| u.launches.len()).sum();
-        let command = crate::backend::scheduler_named(backend)
-            .map_or("scancel", |s| s.syntax.cancel_command());
         crate::error::Error::Backend {
             backend,
             message: format!(
