@@ -470,7 +470,7 @@ impl ClusterBackend {
                     message: format!(
                         "stage `{}`: could not remove tasks {tasks:?} of {} array {job_id}, stuck in an error state (they may stay in the queue): {}",
                         self.spec.name,
-                        self.syntax.name(),
+                        self.syntax.script.name,
                         e.message
                     ),
                 });
