@@ -203,7 +203,13 @@ impl StageHistory {
 
     /// The decision for a job with fingerprint `fp`.
     pub(crate) fn decide(&self, id: &str, fp: &str, policy: Policy) -> Decision {
-        let latest = self.states.get(id);
+        self.decide_at(usize::MAX, id, fp, policy)
+    }
+
+    /// [`StageHistory::decide`] for the job at `index` (its state looked for there first, see
+    /// [`JobStates::get_at`]).
+    pub(crate) fn decide_at(&self, index: usize, id: &str, fp: &str, policy: Policy) -> Decision {
+        let latest = self.states.get_at(index, id);
         if policy.recorded {
             return latest.map_or(Decision::NotRecorded, |s| Decision::Recorded(*s));
         }
@@ -286,7 +292,7 @@ impl StageHistory {
             let id = j.id;
             let fp = fp.as_str();
             // (succeeded, with the job's current fingerprint)
-            let state = match (self.staged.get(id), self.states.get(id)) {
+            let state = match (self.staged.get(id), self.states.get_at(j.index, id)) {
                 (Some(s), _) => Some((s.outcome.rc == 0, s.fp.as_deref().is_none_or(|f| f == fp))),
                 (None, Some(r)) => Some((r.succeeded(), r.fp_is(fp))),
                 (None, None) => None,

@@ -621,7 +621,10 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
     /// the same fingerprint is reused; the job is finalized here).
     fn launch_or_reuse(&mut self, i: usize, idx: usize) -> Option<Launch> {
         let r = self.states[i].running()?;
-        match r.history.decide(r.jobs.jobs.id(idx), r.fp(idx), r.policy) {
+        match r
+            .history
+            .decide_at(idx, r.jobs.jobs.id(idx), r.fp(idx), r.policy)
+        {
             Decision::Recorded(prev) if prev.succeeded() => {
                 r.jobs.done_before += 1;
                 self.finalize(i, idx, Outcome::Succeeded, Some(prev.offset), None);
