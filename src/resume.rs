@@ -112,7 +112,22 @@ impl StageHistory {
     /// # Errors
     /// Unreadable or corrupt state files.
     pub(crate) fn load(layout: &Layout, stage: &str) -> Result<Self> {
-        let states = store::read_states(&layout.ledger(stage))?;
+        Self::load_with(layout, stage, None)
+    }
+
+    /// [`StageHistory::load`] with the ledger's states already read (`None`: read them now).
+    ///
+    /// # Errors
+    /// As [`StageHistory::load`].
+    pub(crate) fn load_with(
+        layout: &Layout,
+        stage: &str,
+        states: Option<JobStates>,
+    ) -> Result<Self> {
+        let states = match states {
+            Some(s) => s,
+            None => store::read_states(&layout.ledger(stage))?,
+        };
         let submissions: Vec<Submission> = store::read_lines(&layout.submissions(stage))?;
         let bundled: Vec<Bundled> = store::read_lines(&layout.bundled(stage))?;
         let mut submitted: HashMap<Box<str>, u32> = HashMap::new();

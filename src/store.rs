@@ -888,6 +888,53 @@ pub fn read_states(path: &Path) -> Result<JobStates> {
     read_states_in_blocks(path, STATE_BLOCK)
 }
 
+/// A ledger's states read ahead of when they are needed (a run reads them while it expands
+/// the jobs), with what the file was when read: they stand only while the file is unchanged.
+pub struct StatesAhead {
+    states: JobStates,
+    stamp: Option<FileStamp>,
+}
+
+/// What identifies a file's content for [`StatesAhead`]: an append changes its length, a
+/// replacement its inode, a rewrite its modification time.
+#[derive(PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        let (dev, ino) = identity(&meta);
+        Some(Self {
+            dev,
+            ino,
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+}
+
+impl StatesAhead {
+    /// Reads a ledger's states now; `None` when it cannot be read or changed while it was
+    /// (read again when needed, which reports the error then).
+    #[must_use]
+    pub fn read(path: &Path) -> Option<Self> {
+        let stamp = FileStamp::of(path);
+        let states = read_states(path).ok()?;
+        (FileStamp::of(path) == stamp).then_some(Self { states, stamp })
+    }
+
+    /// The states, if the ledger is still the file they were read from (else `None`).
+    #[must_use]
+    pub fn current(self, path: &Path) -> Option<JobStates> {
+        (FileStamp::of(path) == self.stamp).then_some(self.states)
+    }
+}
+
 /// Bytes of ledger lines parsed as one block by [`read_states`]' threads.
 const STATE_BLOCK: usize = 1 << 18;
 
