@@ -1821,6 +1821,32 @@ mod tests {
     }
 
     #[test]
+    fn states_read_ahead_stand_only_while_the_ledger_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        // No ledger yet: nothing recorded, and still nothing when the stage starts.
+        let none = StatesAhead::read(&path).unwrap();
+        assert!(none.current(&path).unwrap().is_empty());
+        let mut l = Ledger::open(path.clone()).unwrap();
+        l.append(&rec("a", 1, Outcome::Succeeded)).unwrap();
+        l.sync().unwrap();
+        let ahead = StatesAhead::read(&path).unwrap();
+        assert_eq!(ahead.current(&path).unwrap()["a"].attempt, 1);
+        let ahead = StatesAhead::read(&path).unwrap();
+        l.append(&rec("a", 2, Outcome::Succeeded)).unwrap();
+        l.sync().unwrap();
+        assert!(
+            ahead.current(&path).is_none(),
+            "an appended ledger is read again"
+        );
+        std::fs::write(&path, "this is not json\n").unwrap();
+        assert!(
+            StatesAhead::read(&path).is_none(),
+            "errors are left for the stage"
+        );
+    }
+
+    #[test]
     fn only_a_torn_last_line_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.jsonl");
