@@ -327,11 +327,7 @@ pub fn parse_value(text: &str) -> serde_json::Result<Value> {
     let value: Value = serde_json::from_str(text)?;
     // Only a digit right before `e`/`E` can start an exponent (most job values have an `e`
     // in some string, and the second walk would double the parse of every job).
-    let exponent = text
-        .as_bytes()
-        .windows(2)
-        .any(|w| w[0].is_ascii_digit() && matches!(w[1], b'e' | b'E'));
-    if !exponent {
+    if !has_exponent(text) {
         return Ok(value);
     }
     let mut exact = Exact {
@@ -339,6 +335,14 @@ pub fn parse_value(text: &str) -> serde_json::Result<Value> {
         at: 0,
     };
     Ok(exact.value())
+}
+
+/// Whether JSON text may hold a number with an exponent: a digit right before `e`/`E` (true
+/// for every such number, and for some strings too).
+fn has_exponent(text: &str) -> bool {
+    text.as_bytes()
+        .windows(2)
+        .any(|w| w[0].is_ascii_digit() && matches!(w[1], b'e' | b'E'))
 }
 
 /// A second pass over JSON text serde_json already accepted (see [`parse_value`]).
@@ -441,7 +445,9 @@ impl Exact<'_> {
 /// from, so an id does not depend on how a number's exponent was written and stays what
 /// earlier versions computed.
 fn id_json(json: &str) -> std::borrow::Cow<'_, str> {
-    if json.contains(['e', 'E']) {
+    // As in `parse_value`: only a digit right before `e`/`E` can start an exponent (an `e`
+    // in a string alone would parse and write every such job again).
+    if has_exponent(json) {
         if let Ok(v) = serde_json::from_str::<Value>(json) {
             return std::borrow::Cow::Owned(
                 serde_json::to_string(&v).expect("a JSON value serializes"),

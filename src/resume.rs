@@ -104,7 +104,22 @@ impl StageHistory {
     /// # Errors
     /// Unreadable or corrupt state files.
     pub(crate) fn load(layout: &Layout, stage: &str) -> Result<Self> {
-        let states = store::read_states(&layout.ledger(stage))?;
+        Self::load_with(layout, stage, None)
+    }
+
+    /// [`StageHistory::load`] with the ledger's states already read (`None`: read them now).
+    ///
+    /// # Errors
+    /// As [`StageHistory::load`].
+    pub(crate) fn load_with(
+        layout: &Layout,
+        stage: &str,
+        states: Option<JobStates>,
+    ) -> Result<Self> {
+        let states = match states {
+            Some(s) => s,
+            None => store::read_states(&layout.ledger(stage))?,
+        };
         let submissions: Vec<Submission> = store::read_lines(&layout.submissions(stage))?;
         let bundled: Vec<Bundled> = store::read_lines(&layout.bundled(stage))?;
         let mut submitted: HashMap<Box<str>, u32> = HashMap::new();
@@ -195,7 +210,13 @@ impl StageHistory {
 
     /// The decision for a job with fingerprint `fp`.
     pub(crate) fn decide(&self, id: &str, fp: &str, policy: Policy) -> Decision {
-        let latest = self.states.get(id);
+        self.decide_at(usize::MAX, id, fp, policy)
+    }
+
+    /// [`StageHistory::decide`] for the job at `index` (its state looked for there first, see
+    /// [`JobStates::get_at`]).
+    pub(crate) fn decide_at(&self, index: usize, id: &str, fp: &str, policy: Policy) -> Decision {
+        let latest = self.states.get_at(index, id);
         if policy.recorded {
             return latest.map_or(Decision::NotRecorded, |s| Decision::Recorded(*s));
         }
@@ -291,7 +312,7 @@ impl StageHistory {
             }
             // What `decide` does with the job under the default policy, from the state read
             // once (`decide` itself would also look up its attempt number).
-            match self.states.get(id) {
+            match self.states.get_at(j.index, id) {
                 None => c.new += 1,
                 Some(r) if reuses(r, fp, Policy::default()) => c.done += 1,
                 Some(r) if r.succeeded() => c.changed += 1,

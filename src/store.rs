@@ -905,6 +905,17 @@ impl JobStates {
         self.find(id).map(|i| &self.states[i])
     }
 
+    /// The latest state of job `id`, looked for first in slot `hint` (a job's index: a ledger
+    /// written in job order has each job's first record there), then by id. The same answer as
+    /// [`JobStates::get`] (an id has one slot), without a random probe for each job.
+    #[must_use]
+    pub fn get_at(&self, hint: usize, id: &str) -> Option<&JobState> {
+        if hint < self.states.len() && self.id(hint) == id {
+            return Some(&self.states[hint]);
+        }
+        self.get(id)
+    }
+
     /// Whether no job has a record.
     #[must_use]
     pub fn is_empty(&self) -> bool {
@@ -961,32 +972,112 @@ impl std::ops::Index<&str> for JobStates {
 /// # Errors
 /// As [`read_ledger`].
 pub fn read_states(path: &Path) -> Result<JobStates> {
+    read_states_in_blocks(path, STATE_BLOCK)
+}
+
+/// A ledger's states read ahead of when they are needed (a run reads them while it expands
+/// the jobs), with what the file was when read: they stand only while the file is unchanged.
+pub struct StatesAhead {
+    states: JobStates,
+    stamp: Option<FileStamp>,
+}
+
+/// What identifies a file's content for [`StatesAhead`]: an append changes its length, a
+/// replacement its inode, a rewrite its modification time.
+#[derive(PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        let (dev, ino) = identity(&meta);
+        Some(Self {
+            dev,
+            ino,
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+}
+
+impl StatesAhead {
+    /// Reads a ledger's states now; `None` when it cannot be read or changed while it was
+    /// (read again when needed, which reports the error then).
+    #[must_use]
+    pub fn read(path: &Path) -> Option<Self> {
+        let stamp = FileStamp::of(path);
+        let states = read_states(path).ok()?;
+        (FileStamp::of(path) == stamp).then_some(Self { states, stamp })
+    }
+
+    /// The states, if the ledger is still the file they were read from (else `None`).
+    #[must_use]
+    pub fn current(self, path: &Path) -> Option<JobStates> {
+        (FileStamp::of(path) == self.stamp).then_some(self.states)
+    }
+}
+
+/// Bytes of ledger lines parsed as one block by [`read_states`]' threads.
+const STATE_BLOCK: usize = 1 << 18;
+
+/// The records of one block of ledger lines, parsed on a worker thread: their ids one after
+/// the other, and each record's state with where its id ends.
+#[derive(Default)]
+struct StatesBlock {
+    ids: String,
+    states: Vec<(usize, JobState)>,
+    /// The length of the block's first record line and of its id (to size the table).
+    first: Option<(usize, usize)>,
+}
+
+/// [`read_states`] with blocks of `block` bytes (small in tests, to cut lines anywhere).
+fn read_states_in_blocks(path: &Path, block: usize) -> Result<JobStates> {
     let mut states = JobStates::default();
     let size = std::fs::metadata(path).map_or(0, |m| m.len());
-    for_each_line_at(path, |line, offset| {
-        let r: StateRecord<'_> = serde_json::from_slice(line)?;
-        if states.is_empty() {
-            // Sized once, for as many records as lines like the first (no record is shorter
-            // than 64 bytes), rather than grown a table at a time.
-            let lines = size / (line.len() as u64).max(64);
-            states.reserve(usize::try_from(lines).unwrap_or(0), r.id.len());
-        }
-        states.update(
-            &r.id,
-            JobState {
-                offset,
-                index: r.index,
-                start: r.start.unwrap_or(f64::NAN),
-                end: r.end.unwrap_or(f64::NAN),
-                kind: OutcomeKind::of(&r.outcome),
-                exit_code: r.outcome.exit_code(),
-                attempt: r.attempt,
-                max_attempt: r.attempt,
-                fp: r.fp.as_bytes().try_into().ok(),
-            },
-        );
-        Ok(())
-    })?;
+    for_each_line_par(
+        path,
+        block,
+        |b: &mut StatesBlock, line, offset| {
+            let r: StateRecord<'_> = serde_json::from_slice(line)?;
+            b.first.get_or_insert((line.len(), r.id.len()));
+            b.ids.push_str(&r.id);
+            b.states.push((
+                b.ids.len(),
+                JobState {
+                    offset,
+                    index: r.index,
+                    start: r.start.unwrap_or(f64::NAN),
+                    end: r.end.unwrap_or(f64::NAN),
+                    kind: OutcomeKind::of(&r.outcome),
+                    exit_code: r.outcome.exit_code(),
+                    attempt: r.attempt,
+                    max_attempt: r.attempt,
+                    fp: r.fp.as_bytes().try_into().ok(),
+                },
+            ));
+            Ok(())
+        },
+        |b| {
+            if let (true, Some((line, id))) = (states.is_empty(), b.first.take()) {
+                // Sized once, for as many records as lines like the first (no record is
+                // shorter than 64 bytes), rather than grown a table at a time.
+                let lines = size / (line as u64).max(64);
+                states.reserve(usize::try_from(lines).unwrap_or(0), id);
+            }
+            let mut start = 0;
+            for (end, state) in b.states.drain(..) {
+                states.update(&b.ids[start..end], state);
+                start = end;
+            }
+            b.ids.clear();
+            b.first = None;
+        },
+    )?;
     Ok(states)
 }
 
@@ -1009,8 +1100,24 @@ struct StateRecord<'a> {
     #[serde(borrow)]
     fp: std::borrow::Cow<'a, str>,
     #[expect(dead_code, reason = "checked as a record's, not kept")]
-    #[serde(default)]
-    result: Option<ResultValue>,
+    #[serde(default, borrow)]
+    result: Option<ResultCheck<'a>>,
+}
+
+/// A record's result as [`StateRecord`] checks it: the shape of a [`ResultValue`] (same
+/// variants, same fields, the same text accepted), borrowed from the line instead of copied.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[expect(dead_code, reason = "checked as a record's, not kept")]
+enum ResultCheck<'a> {
+    Json(#[serde(borrow)] &'a RawValue),
+    Text(#[serde(borrow)] std::borrow::Cow<'a, str>),
+    Base64(#[serde(borrow)] std::borrow::Cow<'a, str>),
+    File {
+        #[serde(borrow)]
+        path: std::borrow::Cow<'a, str>,
+        bytes: u64,
+    },
 }
 
 fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
@@ -1229,6 +1336,146 @@ fn for_each_line_at(
         }
     }
     Ok(())
+}
+
+/// [`for_each_line_at`] on several threads, for large files: the file is cut into blocks of
+/// whole lines (about `block` bytes), each block is parsed on a worker into an accumulator `B`
+/// (`parse` gets each line that holds something and its offset), and `merge` gets the blocks'
+/// accumulators in file order and leaves them empty (they and the blocks' buffers are used
+/// again, so memory stays that of a few blocks). The same lines are skipped and the same error
+/// is returned (the first in file order) as by [`for_each_line_at`]; the accumulators of the
+/// blocks before it are merged first.
+fn for_each_line_par<B: Default + Send>(
+    path: &Path,
+    block: usize,
+    parse: impl Fn(&mut B, &[u8], u64) -> serde_json::Result<()> + Sync,
+    mut merge: impl FnMut(&mut B),
+) -> Result<()> {
+    /// What a worker makes of a block: its accumulator, its number of lines, the first bad
+    /// line (its number within the block, and why), and its buffer back.
+    type Parsed<B> = (B, usize, Option<(usize, String)>, Vec<u8>);
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::store("read", path, e)),
+    };
+    let block = block.max(1);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+    let parse = &parse;
+    let parse_block = move |bytes: Vec<u8>, start: u64, mut acc: B| -> Parsed<B> {
+        let (mut at, mut n) = (0, 0);
+        while at < bytes.len() {
+            let end = bytes[at..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(bytes.len(), |e| at + e + 1);
+            let line = &bytes[at..end];
+            n += 1;
+            let complete = line.last() == Some(&b'\n');
+            let nul = line.contains(&0);
+            if nul {
+                let why = "NUL bytes instead of a record".to_owned();
+                return (acc, n, Some((n, why)), bytes);
+            }
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                match parse(&mut acc, line, start + at as u64) {
+                    Ok(()) => {}
+                    Err(_) if !complete => {}
+                    Err(e) => return (acc, n, Some((n, e.to_string())), bytes),
+                }
+            }
+            at = end;
+        }
+        (acc, n, None, bytes)
+    };
+    std::thread::scope(|scope| {
+        let mut to = Vec::with_capacity(workers);
+        let mut from = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, u64, B)>(1);
+            let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Parsed<B>>(1);
+            scope.spawn(move || {
+                for (bytes, start, acc) in rx {
+                    if done_tx.send(parse_block(bytes, start, acc)).is_err() {
+                        break;
+                    }
+                }
+            });
+            to.push(tx);
+            from.push(done_rx);
+        }
+        let (mut sent, mut merged, mut lines) = (0usize, 0usize, 0usize);
+        // Emptied accumulators and buffers, to be used again.
+        let (mut accs, mut bufs): (Vec<B>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
+        // Merges the next block in file order.
+        let mut next = |merged: &mut usize, accs: &mut Vec<B>, bufs: &mut Vec<Vec<u8>>| {
+            let (mut acc, n, bad, mut buf) = from[*merged % workers]
+                .recv()
+                .expect("a ledger worker does not panic");
+            *merged += 1;
+            merge(&mut acc);
+            accs.push(acc);
+            buf.clear();
+            bufs.push(buf);
+            if let Some((k, why)) = bad {
+                return Err(corrupt(path, lines + k, why));
+            }
+            lines += n;
+            Ok(())
+        };
+        let (mut carry, mut offset, mut eof) = (Vec::new(), 0u64, false);
+        while !eof {
+            let mut buf = bufs.pop().unwrap_or_default();
+            buf.append(&mut carry);
+            let (kept, want) = (buf.len(), block);
+            buf.reserve(want);
+            let read = Read::by_ref(&mut file)
+                .take(want as u64)
+                .read_to_end(&mut buf);
+            let read = match read {
+                Ok(n) => n,
+                Err(e) => {
+                    // The lines before it first, as a reader line by line finds them.
+                    while merged < sent {
+                        next(&mut merged, &mut accs, &mut bufs)?;
+                    }
+                    return Err(Error::store("read", path, e));
+                }
+            };
+            eof = read < want;
+            let cut = if eof {
+                buf.len()
+            } else {
+                match buf[kept..].iter().rposition(|&b| b == b'\n') {
+                    Some(p) => kept + p + 1,
+                    // One line longer than a block: read on.
+                    None => {
+                        carry = buf;
+                        continue;
+                    }
+                }
+            };
+            carry.extend_from_slice(&buf[cut..]);
+            buf.truncate(cut);
+            if buf.is_empty() {
+                continue;
+            }
+            let start = offset;
+            offset += buf.len() as u64;
+            if sent - merged == 2 * workers {
+                next(&mut merged, &mut accs, &mut bufs)?;
+            }
+            let acc = accs.pop().unwrap_or_default();
+            to[sent % workers]
+                .send((buf, start, acc))
+                .expect("a ledger worker does not panic");
+            sent += 1;
+        }
+        while merged < sent {
+            next(&mut merged, &mut accs, &mut bufs)?;
+        }
+        Ok(())
+    })
 }
 
 /// The error for line `n` of a state file that is not a record, with how to recover.
@@ -1783,6 +2030,91 @@ mod tests {
         let mut reader = LedgerReader::open(path.clone()).unwrap();
         let r: JobRecord = reader.read_at(last["a"].offset).unwrap();
         assert_eq!((r.id.as_str(), r.attempt), ("a", 2));
+    }
+
+    #[test]
+    fn lines_read_in_blocks_on_threads_are_the_lines_read_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let files: [&[u8]; 8] = [
+            b"{\"a\":1}\n\n  \n{\"b\":[1,2]}\r\n{\"c\":\"x\"}\n",
+            b"{\"a\":1}\n{\"b\":2}",
+            b"{\"a\":1}\n{\"b\":",
+            b"{\"a\":1}\n{bad}\n{\"c\":3}\n",
+            b"{\"a\":1}\n{\"b\":\0}\n{\"c\":3}\n",
+            b"\n\n{\"a\":1}\n{\"b\":2}\n{bad\n",
+            b"",
+            b"{\"a\":\"a long line, longer than a block of a few bytes\"}\n{\"b\":2}\n",
+        ];
+        let seen =
+            |r: Result<()>, lines: Vec<(String, u64)>| (r.map_err(|e| format!("{e:?}")), lines);
+        for bytes in files {
+            std::fs::write(&path, bytes).unwrap();
+            let mut one = Vec::new();
+            let expected = for_each_line_at(&path, |line, at| {
+                serde_json::from_slice::<serde_json::Value>(line)?;
+                one.push((String::from_utf8_lossy(line).into_owned(), at));
+                Ok(())
+            });
+            let expected = seen(expected, one);
+            for block in [1, 2, 3, 7, 16, 1 << 20] {
+                let mut all = Vec::new();
+                let got = for_each_line_par(
+                    &path,
+                    block,
+                    |acc: &mut Vec<(String, u64)>, line, at| {
+                        serde_json::from_slice::<serde_json::Value>(line)?;
+                        acc.push((String::from_utf8_lossy(line).into_owned(), at));
+                        Ok(())
+                    },
+                    |acc| all.append(acc),
+                );
+                assert_eq!(seen(got, all), expected, "block {block}: {bytes:?}");
+            }
+        }
+        // The same states, whatever the blocks.
+        std::fs::remove_file(&path).unwrap();
+        let mut l = Ledger::open(path.clone()).unwrap();
+        for (id, attempt, o) in [
+            ("a", 1, Outcome::Failed { code: 1 }),
+            ("b", 1, Outcome::Succeeded),
+            ("a", 2, Outcome::Succeeded),
+        ] {
+            l.append(&rec(id, attempt, o)).unwrap();
+        }
+        l.sync().unwrap();
+        let whole = format!("{:?}", read_states(&path).unwrap());
+        for block in [1, 5, 100] {
+            let states = read_states_in_blocks(&path, block).unwrap();
+            assert_eq!(format!("{states:?}"), whole);
+            assert_eq!((states["a"].attempt, states["a"].max_attempt), (2, 2));
+        }
+    }
+
+    #[test]
+    fn states_read_ahead_stand_only_while_the_ledger_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        // No ledger yet: nothing recorded, and still nothing when the stage starts.
+        let none = StatesAhead::read(&path).unwrap();
+        assert!(none.current(&path).unwrap().is_empty());
+        let mut l = Ledger::open(path.clone()).unwrap();
+        l.append(&rec("a", 1, Outcome::Succeeded)).unwrap();
+        l.sync().unwrap();
+        let ahead = StatesAhead::read(&path).unwrap();
+        assert_eq!(ahead.current(&path).unwrap()["a"].attempt, 1);
+        let ahead = StatesAhead::read(&path).unwrap();
+        l.append(&rec("a", 2, Outcome::Succeeded)).unwrap();
+        l.sync().unwrap();
+        assert!(
+            ahead.current(&path).is_none(),
+            "an appended ledger is read again"
+        );
+        std::fs::write(&path, "this is not json\n").unwrap();
+        assert!(
+            StatesAhead::read(&path).is_none(),
+            "errors are left for the stage"
+        );
     }
 
     #[test]

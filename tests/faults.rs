@@ -87,6 +87,28 @@ fn garbage_line_in_a_ledger_is_refused_with_its_line() {
     t.run(&["status"]).code(0);
 }
 
+/// `plan` reads the recorded state while it expands the jobs (#14): a corrupt ledger is still
+/// reported with its line, and bad input before it, as when the two were read one after the
+/// other.
+#[test]
+fn plan_reads_a_corrupt_ledger_ahead_and_reports_bad_input_first() {
+    let t = Test::new().manifest(TWO_JOBS);
+    t.run(&["run"]).code(0);
+    let ledger = t.state("w").join("a/ledger.jsonl");
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    std::fs::write(&ledger, format!("{text}this is not json\n")).unwrap();
+    t.run(&["plan"])
+        .code(3)
+        .stderr_has("line 3 is not a record");
+    t.run(&["--json", "plan"])
+        .code(3)
+        .stderr_has("line 3 is not a record");
+    let manifest = t.path().join("poolparty.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("{{job}} >>", "{{job.nope}} >>")).unwrap();
+    t.run(&["plan"]).code(2).stderr_has("job.nope");
+}
+
 #[test]
 fn torn_last_line_is_still_accepted() {
     let t = Test::new().manifest(TWO_JOBS);

@@ -36,8 +36,8 @@ pub(crate) fn run(
     let (m, graph, layout) = super::load(manifest, g)?;
     manifest::check_template_backends(&m, out.is_some(), &crate::backend::task_index_vars())?;
     let selected = super::select(&m, &graph, stages)?;
-    let prepared = super::prepare(&m, &graph, &layout, &selected, signals)?;
     if let Some(out) = out {
+        let prepared = super::prepare(&m, &graph, &layout, &selected, signals)?;
         let out = std::path::absolute(out).map_err(|e| Error::store("resolve", out, e))?;
         let s = super::write_bundle(
             &m,
@@ -52,22 +52,59 @@ pub(crate) fn run(
         let _ = stdout.write_all(s.as_bytes());
         return Ok(EXIT_SUCCESS);
     }
+    // What is recorded of each stage is read while its jobs are expanded, on another thread:
+    // the two take about as long for a stage of a million jobs.
+    let (prepared, mut histories) = std::thread::scope(|scope| {
+        let histories = scope.spawn(|| read_histories(&m, &layout, &selected));
+        let prepared = super::prepare(&m, &graph, &layout, &selected, signals);
+        let histories = histories
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (prepared, histories)
+    });
+    let prepared = prepared?;
     // Written as it is made (a stage of a million jobs lists a million commands), after
     // everything that can fail has been read.
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout);
+    let h = &mut histories;
     if g.json {
-        plan_json(&m, &graph, &layout, &prepared, &selected, &mut out)?;
+        plan_json(&m, &graph, &layout, &prepared, h, &selected, &mut out)?;
     } else {
         plan_text(
-            &m, &graph, &layout, &prepared, &selected, verbosity, &mut out,
+            &m, &graph, &layout, &prepared, h, &selected, verbosity, &mut out,
         )?;
     }
     let _ = out.flush();
     Ok(EXIT_SUCCESS)
 }
 
-fn resume_counts(layout: &Layout, name: &str, jobs: &Jobs, p: &plan::StagePlan) -> Result<Counts> {
-    Ok(StageHistory::load(layout, name)?.counts(jobs, &p.fps))
+/// Each selected stage's recorded state, read ahead (`None` where its jobs are only known at
+/// run time); a stage whose state cannot be read keeps its error for when it is shown.
+type Histories = Vec<Option<Result<StageHistory>>>;
+
+fn read_histories(m: &Manifest, layout: &Layout, selected: &[bool]) -> Histories {
+    m.stages
+        .iter()
+        .zip(selected)
+        .map(|(s, &on)| {
+            let static_jobs = !matches!(s.source, JobSource::ForEach(_));
+            (on && static_jobs).then(|| StageHistory::load(layout, s.name.as_str()))
+        })
+        .collect()
+}
+
+fn resume_counts(
+    layout: &Layout,
+    name: &str,
+    jobs: &Jobs,
+    p: &plan::StagePlan,
+    read: Option<Result<StageHistory>>,
+) -> Result<Counts> {
+    let history = match read {
+        Some(h) => h?,
+        None => StageHistory::load(layout, name)?,
+    };
+    Ok(history.counts(jobs, &p.fps))
 }
 
 /// How `bundle = "auto"` would pack a cluster stage's jobs that would run: by the durations
@@ -153,11 +190,13 @@ fn auto_bundling_line(v: &serde_json::Value) -> String {
     }
 }
 
+#[expect(clippy::too_many_arguments, reason = "the parts of one `plan` listing")]
 fn plan_text(
     m: &Manifest,
     graph: &StageGraph,
     layout: &Layout,
     prepared: &Prepared,
+    histories: &mut Histories,
     selected: &[bool],
     verbosity: Verbosity,
     stdout: &mut impl Write,
@@ -180,12 +219,13 @@ fn plan_text(
         out.push_str(")\n");
         match &prepared[i] {
             Some((jobs, p)) => {
+                let read = histories[i].take();
                 let Counts {
                     new,
                     changed,
                     failed,
                     done,
-                } = resume_counts(layout, s.name.as_str(), jobs, p)?;
+                } = resume_counts(layout, s.name.as_str(), jobs, p, read)?;
                 let _ = writeln!(
                     out,
                     "  {}: {} would run ({new} new, {changed} changed, {failed} failed before), {done} done and reused",
@@ -298,6 +338,7 @@ fn plan_json(
     graph: &StageGraph,
     layout: &Layout,
     prepared: &Prepared,
+    histories: &mut Histories,
     selected: &[bool],
     stdout: &mut impl Write,
 ) -> Result<()> {
@@ -315,12 +356,13 @@ fn plan_json(
         });
         let mut jobs_json = None;
         if let Some((jobs, p)) = &prepared[i] {
+            let read = histories[i].take();
             let Counts {
                 new,
                 changed,
                 failed,
                 done,
-            } = resume_counts(layout, s.name.as_str(), jobs, p)?;
+            } = resume_counts(layout, s.name.as_str(), jobs, p, read)?;
             v["counts"] =
                 serde_json::json!({"new": new, "changed": changed, "failed": failed, "done": done});
             let kind = s.settings.backend;

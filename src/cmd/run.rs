@@ -85,7 +85,28 @@ pub(crate) fn run(args: &RunArgs, ctx: &Ctx<'_>, stdout: &mut impl Write) -> Res
     }
     // Outcomes of jobs a local bundle ran go to the ledger first, to be reused.
     bundle::collect_local(&m, &layout)?;
-    let prepared = super::prepare(&m, &graph, &layout, &selected, signals)?;
+    // Each stage's ledger is read while the jobs are expanded (this run holds the lock: only
+    // it can change a ledger, and a stage uses what was read only if its ledger is unchanged).
+    let (prepared, ahead) = std::thread::scope(|scope| {
+        let ahead = scope.spawn(|| {
+            m.stages
+                .iter()
+                .zip(&selected)
+                .map(|(s, &on)| {
+                    let path = layout.ledger(s.name.as_str());
+                    (on && !matches!(s.source, manifest::JobSource::ForEach(_)))
+                        .then(|| store::StatesAhead::read(&path))
+                        .flatten()
+                })
+                .collect::<Vec<_>>()
+        });
+        let prepared = super::prepare(&m, &graph, &layout, &selected, signals);
+        let ahead = ahead
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (prepared, ahead)
+    });
+    let prepared = prepared?;
     let opts = RunOptions {
         force,
         retry_failed,
@@ -108,6 +129,7 @@ pub(crate) fn run(args: &RunArgs, ctx: &Ctx<'_>, stdout: &mut impl Write) -> Res
         &mut reporter,
         signals,
     )
+    .with_states_ahead(ahead)
     .run(prepared);
     let report = match ran {
         Ok(report) => report,

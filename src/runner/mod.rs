@@ -80,6 +80,8 @@ pub struct Runner<'a> {
     /// Arrays an interrupt could not cancel (their jobs may still run), per stage.
     uncancelled: Vec<(usize, backend::Uncancelled)>,
     live: Option<Arc<store::LiveGroups>>,
+    /// Each stage's ledger states read ahead, used if its ledger is unchanged when it starts.
+    ahead: Vec<Option<store::StatesAhead>>,
 }
 
 impl<'a> Runner<'a> {
@@ -120,7 +122,16 @@ impl<'a> Runner<'a> {
             started: store::now(),
             uncancelled: Vec::new(),
             live: None,
+            ahead: Vec::new(),
         }
+    }
+
+    /// Gives the run each stage's ledger states read ahead (by stage index), for a stage to
+    /// use when it starts if its ledger has not changed since.
+    #[must_use]
+    pub fn with_states_ahead(mut self, ahead: Vec<Option<store::StatesAhead>>) -> Self {
+        self.ahead = ahead;
+        self
     }
 
     /// Runs until every selected stage is done, skipped or interrupted.
@@ -496,7 +507,9 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             max_bytes: plan.settings.result_max_bytes,
         };
         resume::collect_staged(&self.layout, &name, result, &self.run_id, Collect::All)?;
-        let history = StageHistory::load(&self.layout, &name)?;
+        let ahead = self.ahead.get_mut(i).and_then(Option::take);
+        let states = ahead.and_then(|a| a.current(&self.layout.ledger(&name)));
+        let history = StageHistory::load_with(&self.layout, &name, states)?;
         // Automatic bundling packs by the durations earlier runs recorded.
         let durations = match plan.settings.auto_bundle {
             Some(_) => backend::packing::recorded_durations(&store::read_ledger(
@@ -613,7 +626,10 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
     /// the same fingerprint is reused; the job is finalized here).
     fn launch_or_reuse(&mut self, i: usize, idx: usize) -> Option<Launch> {
         let r = self.states[i].running()?;
-        match r.history.decide(r.jobs.jobs.id(idx), r.fp(idx), r.policy) {
+        match r
+            .history
+            .decide_at(idx, r.jobs.jobs.id(idx), r.fp(idx), r.policy)
+        {
             Decision::Recorded(prev) if prev.succeeded() => {
                 r.jobs.done_before += 1;
                 self.finalize(i, idx, Outcome::Succeeded, Some(prev.offset), None);

@@ -12,10 +12,10 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::manifest::{BackendKind, Manifest};
 use crate::outcome::{Outcome, Stats, Verdict};
-use crate::store::{self, Layout};
+use crate::store::{self, Layout, LedgerReader};
 use crate::summary::{RunReport, StageReport};
 
-use crate::jobs::JobRef;
+use crate::jobs::{JobRef, Jobs};
 
 use super::stage::{JobSlot, Phase, StageJobs};
 
@@ -23,12 +23,43 @@ use super::stage::{JobSlot, Phase, StageJobs};
 /// (results are read back from the ledger by offset).
 pub(super) fn write_stage_files(layout: &Layout, name: &str, jobs: &mut StageJobs) -> Result<()> {
     // Each file is compared with what an earlier run left and written only when it differs:
-    // a resumed run that finds everything done rewrites nothing.
+    // a resumed run that finds everything done rewrites nothing. The two are made on two
+    // threads (each reads and compares a file as long as the jobs are many).
+    let StageJobs {
+        jobs: list,
+        slots,
+        reader,
+        ..
+    } = jobs;
+    let (slots, list) = (&*slots, &*list);
+    let (results, outcomes) = std::thread::scope(|scope| {
+        let results = scope.spawn(|| write_results(layout, name, slots, reader));
+        let outcomes = write_outcomes(layout, name, list, slots);
+        let results = results
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (results, outcomes)
+    });
+    results?;
+    outcomes
+}
+
+/// `results.jsonl`: each job's result read back from the ledger, or `null`.
+fn write_results(
+    layout: &Layout,
+    name: &str,
+    slots: &[JobSlot],
+    reader: &mut LedgerReader,
+) -> Result<()> {
     let results_path = layout.results_file(name);
     let io = |e| Error::store("write", &results_path, e);
     store::write_if_changed_with(&results_path, |w| {
-        for idx in 0..jobs.slots.len() {
-            match jobs.result(idx)? {
+        for slot in slots {
+            let result = match slot.result {
+                Some(o) => reader.result_at(o)?,
+                None => None,
+            };
+            match result {
                 Some(r) => w.write_all(r.to_json().as_bytes()).map_err(io)?,
                 None => w.write_all(b"null").map_err(io)?,
             }
@@ -36,7 +67,11 @@ pub(super) fn write_stage_files(layout: &Layout, name: &str, jobs: &mut StageJob
         }
         Ok(())
     })?;
-    // One line per job, in job order: what a stage that needs this one gets to read.
+    Ok(())
+}
+
+/// `outcomes.jsonl`: one line per job, in job order (what a stage that needs this one reads).
+fn write_outcomes(layout: &Layout, name: &str, list: &Jobs, slots: &[JobSlot]) -> Result<()> {
     let outcomes_path = layout.outcomes_file(name);
     let io = |e| Error::store("write", &outcomes_path, e);
     // One listing of the logs rather than two `stat`s per job.
@@ -45,7 +80,7 @@ pub(super) fn write_stage_files(layout: &Layout, name: &str, jobs: &mut StageJob
         .unwrap_or_default();
     let mut line = Vec::with_capacity(512);
     store::write_if_changed_with(&outcomes_path, |w| {
-        for (j, slot) in jobs.jobs.iter().zip(&jobs.slots) {
+        for (j, slot) in list.iter().zip(slots) {
             line.clear();
             outcome_line(&mut line, layout, name, &logs, &j, slot);
             w.write_all(&line).map_err(io)?;
