@@ -463,11 +463,11 @@ fn latest_run(layout: &Layout) -> Option<(String, f64)> {
             name.strip_suffix(".json").map(str::to_owned)
         })
         .filter(|n| n.starts_with(|c: char| c.is_ascii_digit()))
-        .max();
+        .max_by(|a, b| run_order(a).cmp(&run_order(b)));
     let holder =
         store::read_holder(layout).filter(|h| h.run.starts_with(|c: char| c.is_ascii_digit()));
     match (recorded, holder) {
-        (Some(r), Some(h)) if h.run > r => Some((h.run, h.started)),
+        (Some(r), Some(h)) if run_order(&h.run) > run_order(&r) => Some((h.run, h.started)),
         (Some(r), _) => {
             let started = std::fs::read_to_string(layout.run_record(&r))
                 .ok()
@@ -478,6 +478,15 @@ fn latest_run(layout: &Layout) -> Option<(String, f64)> {
         }
         (None, Some(h)) => Some((h.run, h.started)),
         (None, None) => None,
+    }
+}
+
+/// How run ids (`<UTC start time>-<pid>`) order: by start time, then by process id as a
+/// number (as text, `…-9999` would sort after `…-10000` of the same second).
+fn run_order(id: &str) -> (&str, u64) {
+    match id.rsplit_once('-') {
+        Some((time, pid)) => (time, pid.parse().unwrap_or(0)),
+        None => (id, 0),
     }
 }
 
@@ -569,7 +578,7 @@ pub fn status(manifest: &Manifest, layout: &Layout) -> Result<RunReport> {
     // A run killed before writing its summary (or still running) is newer than `summary.json`:
     // the outcomes above are its outcomes, so name it, not the run before it.
     let (run, started, ended) = match (summary, latest_run(layout)) {
-        (Some(s), Some((id, at))) if id > s.run => (id, at, None),
+        (Some(s), Some((id, at))) if run_order(&id) > run_order(&s.run) => (id, at, None),
         (Some(s), _) => (s.run, s.started, s.ended),
         (None, Some((id, at))) => (id, at, None),
         (None, None) => ("none".to_owned(), 0.0, None),
@@ -587,4 +596,16 @@ pub fn status(manifest: &Manifest, layout: &Layout) -> Result<RunReport> {
         state_dir: layout.root().to_path_buf(),
         stages,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_order;
+
+    #[test]
+    fn run_ids_order_by_time_then_pid_as_a_number() {
+        assert!(run_order("20261202T013221-10000") > run_order("20261202T013221-9999"));
+        assert!(run_order("20261202T013222-5") > run_order("20261202T013221-99999"));
+        assert!(run_order("20261202T013221-7") == run_order("20261202T013221-7"));
+    }
 }
