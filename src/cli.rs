@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::graph::GraphFormat;
 use crate::manifest::BackendKind;
+use crate::query::ResultsFormat;
 
 /// Declarative Pool.map: run a TOML manifest's jobs on a local pool, Slurm or Grid Engine.
 #[derive(Debug, Parser)]
@@ -285,17 +286,4 @@ pub enum TemplatesCmd {
         #[arg(long)]
         force: bool,
     },
-}
-
-/// Formats of `poolparty results`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ResultsFormat {
-    /// One JSON array, element i the result of job i.
-    Json,
-    /// One object per job: index, id, exit_code, result.
-    Jsonl,
-    /// Comma-separated, object results flattened into columns.
-    Csv,
-    /// Tab-separated, likewise.
-    Tsv,
 }
