@@ -1,6 +1,8 @@
 //! Command-line types (clap derive) only. `lib.rs` hands each command (`cmd/`) its arguments;
 //! `cmd::load` applies the global `--backend` and `--max-parallel` to the manifest's settings
-//! once, so no module after `cmd` reads the command line.
+//! once, so no module after `cmd` reads the command line: only `cmd/*` and `lib` import this
+//! file. The value enums of `--format` flags belong to the module whose output they choose
+//! (`graph`, `query`, `report`) and are imported here.
 
 use std::ffi::OsStr;
 use std::path::PathBuf;

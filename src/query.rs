@@ -1,8 +1,9 @@
 //! Read-only views of recorded state: `poolparty results` (a stage's results in job order) and
 //! `poolparty status` (every stage's outcomes).
 //!
-//! Reads only the store (jobs and ledger files), never the scheduler, so both work during a
-//! run, after a killed run, after a resumed run and after a detached one.
+//! Reads only the store (jobs and ledger files, outcome files not collected yet), never the
+//! scheduler, and writes nothing, so both work during a run, after a killed run, after a
+//! resumed run and after a detached one.
 
 use std::io::Write;
 

@@ -1,4 +1,5 @@
-//! One file per command, each with a `run` that `lib.rs` dispatches to in one line.
+//! One file per command, each with a `run` that `lib.rs` dispatches to in one line (`man`
+//! shares `completions.rs`).
 //!
 //! Commands load the manifest through [`load`], which applies the command line's overrides
 //! (`--backend`, `--max-parallel`) to every stage's settings once, so every command and every
