@@ -1,6 +1,8 @@
 //! Command-line types (clap derive) only. `lib.rs` hands each command (`cmd/`) its arguments;
 //! `cmd::load` applies the global `--backend` and `--max-parallel` to the manifest's settings
-//! once, so no module after `cmd` reads the command line.
+//! once, so no module after `cmd` reads the command line: only `cmd/*` and `lib` import this
+//! file. The value enums of `--format` flags belong to the module whose output they choose
+//! (`graph`, `query`, `report`) and are imported here.
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -10,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::graph::GraphFormat;
 use crate::manifest::BackendKind;
+use crate::query::ResultsFormat;
 
 /// Declarative Pool.map: run a TOML manifest's jobs on a local pool, Slurm or Grid Engine.
 #[derive(Debug, Parser)]
@@ -285,17 +288,4 @@ pub enum TemplatesCmd {
         #[arg(long)]
         force: bool,
     },
-}
-
-/// Formats of `poolparty results`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ResultsFormat {
-    /// One JSON array, element i the result of job i.
-    Json,
-    /// One object per job: index, id, exit_code, result.
-    Jsonl,
-    /// Comma-separated, object results flattened into columns.
-    Csv,
-    /// Tab-separated, likewise.
-    Tsv,
 }

@@ -1,10 +1,10 @@
 //! Job expansion: a stage's job source (inline `jobs`, `matrix`, `jobs_file`, or a generator's
 //! output) becomes an ordered list of [`Job`]s with validated, unique [`JobId`]s.
 //!
-//! Reads a [`Stage`](crate::manifest::Stage); runs the generator command it is given (already
+//! Reads a [`Stage`] (and its `jobs_file`); runs the generator command it is given (already
 //! rendered by the caller) in its own process group, with both pipes read through `poll(2)` so
 //! neither can fill up and deadlock, within `generate_time`, stopped on a signal. Produces
-//! `Vec<Job>`; touches no state.
+//! [`Jobs`]; never renders a command and touches no state.
 
 use std::fmt;
 use std::path::Path;

@@ -2,14 +2,15 @@
 //!
 //! The pipeline, one module per step, data flowing one way:
 //! `manifest` (parse, validate) → `jobs` (expand) → `template` → `graph` → `plan`
-//! (rendered commands) → `runner` driving a [`backend`] → `outcome`s recorded by `store`
-//! → `summary`. `query` and `report` read recorded state back; `cmd/` holds one file per
-//! command. DESIGN.md has the map.
+//! (rendered commands) → `runner` driving a `backend` (local, Slurm, Grid Engine, PBS, LSF)
+//! → `outcome`s recorded by `store` → `summary`. `resume` decides per job what a run does
+//! with what is recorded; `query` and `report` read recorded state back; `cmd/` holds one
+//! file per command. DESIGN.md has the map.
 //!
 //! [`run`] is the whole program: parse the command line, dispatch to the command in one line,
-//! print an error once, and return the exit code (`error` has the table). Every module is
-//! `pub(crate)` (so the compiler finds dead code); [`testing`] holds the few entry points the
-//! property tests and one Grid Engine test call.
+//! print an error once, and return the exit code (`error` has the table). No module is public
+//! (each is `pub(crate)`, `cmd` private), so the compiler finds dead code; [`testing`] holds
+//! the few entry points the property tests and one Grid Engine test call.
 
 pub(crate) mod backend;
 pub(crate) mod bundle;

@@ -1,8 +1,11 @@
 //! The manifest: `poolparty.toml` parsed into [`RawManifest`] (serde, spans kept), then
 //! validated once into [`Manifest`], whose types cannot hold an invalid value.
 //!
-//! Data flows out of here only: `jobs`, `template`, `graph` and `plan` read a [`Manifest`];
-//! nothing writes back into it. Spans of the fields that later checks point at (stage names,
+//! Data flows out of here only: `jobs`, `graph`, `plan` and everything after read a
+//! [`Manifest`]; once `cmd::load` has applied the command line's overrides to its settings,
+//! nothing changes it. Validating compiles every template (`template`), and reads a stage's
+//! custom script `template`, so a broken one fails before anything runs; nothing here runs a
+//! command. Spans of the fields that later checks point at (stage names,
 //! `needs`, templates, job sources) are kept so their errors still land in the manifest.
 
 use std::collections::BTreeMap;

@@ -2,9 +2,10 @@
 //! stopped with SIGTERM then SIGKILL after a grace period; and the `/proc` lookups that find
 //! what is left of a job's group after its runner died.
 //!
-//! A leaf module: it knows nothing of the pipeline. [`run_captured`] runs a generator (its
+//! It knows nothing of the pipeline (it imports only `signals`). [`run_captured`] runs a generator (its
 //! leader killed with poolparty through [`own_group`]); the local backend supervises jobs
-//! itself and records their groups with [`start_time`].
+//! itself and records their groups with [`start_time_between`]; `runner::recover` stops a
+//! dead runner's groups with [`stop_groups`].
 
 use std::io::{ErrorKind, Read};
 use std::os::fd::AsFd;

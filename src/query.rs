@@ -1,14 +1,14 @@
 //! Read-only views of recorded state: `poolparty results` (a stage's results in job order) and
 //! `poolparty status` (every stage's outcomes).
 //!
-//! Reads only the store (jobs and ledger files), never the scheduler, so both work during a
-//! run, after a killed run, after a resumed run and after a detached one.
+//! Reads only the store (jobs and ledger files, outcome files not collected yet), never the
+//! scheduler, and writes nothing, so both work during a run, after a killed run, after a
+//! resumed run and after a detached one.
 
 use std::io::Write;
 
 use serde_json::Value;
 
-use crate::cli::ResultsFormat;
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::manifest::ResultMode;
@@ -26,6 +26,19 @@ pub struct ResultsOutput {
     pub missing_total: usize,
     /// Notes for stderr (results kept as files).
     pub notes: Vec<String>,
+}
+
+/// Output formats of `poolparty results`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResultsFormat {
+    /// One JSON array, element i the result of job i.
+    Json,
+    /// One object per job: index, id, exit_code, result.
+    Jsonl,
+    /// Comma-separated, object results flattened into columns.
+    Csv,
+    /// Tab-separated, likewise.
+    Tsv,
 }
 
 /// Options of `results`.

@@ -1,4 +1,6 @@
-//! The summary: the one place (besides error printing) that writes to the terminal.
+//! The summary: how a run looks on the terminal, and how an error is rendered. Below `cmd/`,
+//! the only module that prints (besides `signals`' one line when a signal ends the process);
+//! commands print their own output and notes.
 //!
 //! [`Reporter`] receives what the runner decided (stage started, job finished, stage done) and
 //! shows live progress: indicatif bars on a terminal, plain lines otherwise. At the end it prints

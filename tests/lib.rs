@@ -1,4 +1,5 @@
-//! Integration tests: every test runs the real `poolparty` binary through [`harness::Test`].
+//! Integration tests: every test runs the real `poolparty` binary through [`harness::Test`]
+//! (except `house`, which reads the sources for DESIGN.md's import rules).
 //! One test binary (autotests = false) so it links once.
 
 mod harness;
@@ -10,6 +11,7 @@ mod fake_schedulers;
 mod faults;
 mod fuzz;
 mod graph;
+mod house;
 mod local;
 mod manifest_errors;
 mod python;

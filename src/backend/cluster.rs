@@ -1,10 +1,11 @@
-//! What the Slurm and Grid Engine backends share: array scripts rendered from a template,
-//! chunking, bundling, throttled submission, one scheduler query per poll with backoff,
-//! outcome files harvested from the staging folder, and lost-task detection.
+//! What the cluster backends (Slurm, Grid Engine, PBS, LSF) share: array scripts rendered from
+//! a template, chunking, bundling, throttled submission, one scheduler query per poll with
+//! backoff, outcome files harvested from the staging folder, and lost-task detection.
 //!
-//! A scheduler is two parts, both in its own file (`slurm.rs`, `sge.rs`): a [`Syntax`] (pure:
-//! how its scripts are written, see `syntax.rs`) and a [`Client`] (the only code that runs its
-//! commands, `sbatch`/`squeue`/`scancel` or `qsub`/`qstat`/`qdel`, and reads their output).
+//! A scheduler is two parts, both in its own file (`slurm.rs`, `sge.rs`, `pbs.rs`, `lsf.rs`):
+//! a [`Syntax`] (pure: how its scripts are written, see `syntax.rs`) and a [`Client`] (the
+//! only code that runs its commands, such as `sbatch`/`squeue`/`scancel`, `qsub`/`qstat`/`qdel`
+//! or `bsub`/`bjobs`/`bkill`, and reads their output).
 //! [`ClusterBackend`] is the state machine over them: what to submit, when to ask, and what
 //! an answer means for a job.
 

@@ -1,8 +1,18 @@
 //! Backends run planned jobs somewhere and report how each attempt ended as [`Event`]s.
 //!
 //! One small trait, [`Backend`]: `submit` launches, `poll` asks the scheduler (clusters), and
-//! `cancel` stops. Backends never print, never read the manifest and never write poolparty's
-//! state: they get a [`StageSpec`] with the paths to use, and the runner records what they report.
+//! `cancel` stops. Backends never print, never read the manifest file, and never write the
+//! ledger, `submissions.jsonl` or any other record: the runner records what they report (a
+//! cluster backend hands each array to the runner's recorder before submitting the next).
+//! They write only what a job needs to run and what a dead runner's recovery needs, at the
+//! paths of the [`StageSpec`] they are given: the local backend a job's log files, its job
+//! file (a value too large for the environment) and the `starting`/`started` lines of
+//! `.live.jsonl` (through [`crate::store::LiveGroups`]); the cluster backend its array
+//! scripts and task files (`scripts/`, `tasks/`). Both read results through
+//! [`crate::store::read_result`], which removes a small result file once it is recorded.
+//!
+//! [`SCHEDULERS`] is the one list of cluster schedulers (Slurm, Grid Engine, PBS, LSF); each
+//! is one file here (its [`syntax::Syntax`] and [`cluster::Client`]).
 
 pub mod cluster;
 #[cfg(test)]

@@ -7,8 +7,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::cmd::templates::write_new;
 use crate::error::{EXIT_SUCCESS, Error, Result};
+
+use super::write_new;
 
 const MANIFEST: &str = r#"#:schema ./poolparty.schema.json
 # A poolparty workflow. Try: poolparty validate, poolparty plan, poolparty run,

@@ -1,10 +1,12 @@
-//! One file per command, each with a `run` that `lib.rs` dispatches to in one line.
+//! One file per command, each with a `run` that `lib.rs` dispatches to in one line (`man`
+//! shares `completions.rs`).
 //!
 //! Commands load the manifest through [`load`], which applies the command line's overrides
 //! (`--backend`, `--max-parallel`) to every stage's settings once, so every command and every
 //! module after it sees the settings in effect. The pieces several commands share (stage
-//! selection, validating everything before a run starts, writing a bundle) live here; no
-//! command imports another.
+//! selection, validating everything before a run starts, writing a bundle, writing a file
+//! that `init` or `templates eject` must not overwrite) live here, so no command imports
+//! another.
 
 pub(crate) mod cancel;
 pub(crate) mod completions;
@@ -253,4 +255,21 @@ pub(crate) fn prepare(
         }
     }
     Ok(prepared)
+}
+
+/// Writes a file that must not exist yet (unless `force`), creating its folder.
+///
+/// # Errors
+/// The file exists and `force` is off, or it cannot be written.
+pub(crate) fn write_new(path: &std::path::Path, text: &str, force: bool) -> Result<()> {
+    if !force && path.exists() {
+        return Err(Error::Usage {
+            message: format!("`{}` already exists", path.display()),
+            help: Some("pass `--force` to overwrite it".to_owned()),
+        });
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::store("create", parent, e))?;
+    }
+    std::fs::write(path, text).map_err(|e| Error::store("write", path, e))
 }

@@ -5,11 +5,13 @@
 //! edit and point `template` at.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::backend;
 use crate::cli::TemplatesCmd;
-use crate::error::{EXIT_SUCCESS, Error, Result};
+use crate::error::{EXIT_SUCCESS, Result};
+
+use super::write_new;
 
 /// Runs `poolparty templates ACTION`.
 ///
@@ -51,21 +53,4 @@ pub(crate) fn run(action: &TemplatesCmd, out: &mut dyn Write) -> Result<u8> {
         }
     }
     Ok(EXIT_SUCCESS)
-}
-
-/// Writes a file that must not exist yet (unless `force`), creating its folder.
-///
-/// # Errors
-/// The file exists and `force` is off, or it cannot be written.
-pub(crate) fn write_new(path: &Path, text: &str, force: bool) -> Result<()> {
-    if !force && path.exists() {
-        return Err(Error::Usage {
-            message: format!("`{}` already exists", path.display()),
-            help: Some("pass `--force` to overwrite it".to_owned()),
-        });
-    }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| Error::store("create", parent, e))?;
-    }
-    std::fs::write(path, text).map_err(|e| Error::store("write", path, e))
 }

@@ -3,12 +3,13 @@
 //! it alone appends the record to the store's ledger (durable first), retries or finalizes the
 //! job, feeds element-wise stages, and only then tells the reporter.
 //!
-//! Reads `plan`, `graph`, `store`, `backend` and `summary`; those never call each other.
+//! Joins `plan`, `graph`, `resume`, `store`, `backend` and `summary`: backends and the
+//! reporter never call each other; only the runner passes what one says to the other.
 //!
 //! By role, as nextest splits executor, dispatcher and reporter: this file is the drive loop
 //! and event handling; [`stage`] holds each stage's phase, whose variants own the data that
 //! exists in them; [`outputs`] writes a stage's results and outcomes files and the run report;
-//! [`recover`] cleans up after a runner that died, and starts the watchdog.
+//! [`mod@recover`] cleans up after a runner that died, and starts the watchdog.
 
 mod outputs;
 mod recover;

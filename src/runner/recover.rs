@@ -1,5 +1,9 @@
 //! Recovery after a runner that died (SIGKILL, out of memory, a crash) while local jobs ran,
 //! and the watchdog each runner starts so that its jobs die with it.
+//!
+//! [`recover`] is how `run`, `status` and `cancel` (holding the lock) record a dead runner's
+//! jobs as interrupted: through `store::record`, like every writer outside a run; the
+//! watchdog stops processes and records nothing.
 
 use std::collections::HashMap;
 
