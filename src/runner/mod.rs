@@ -560,10 +560,10 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             }
         } else {
             let adopted = self.adopt(i);
-            let launches: Vec<Launch> = (0..n)
-                .filter(|idx| !adopted.contains(idx))
-                .filter_map(|idx| self.launch_or_reuse(i, idx))
-                .collect();
+            let mut launches = Vec::new();
+            for idx in (0..n).filter(|idx| !adopted.contains(idx)) {
+                launches.extend(self.launch_or_reuse(i, idx)?);
+            }
             self.submit(i, launches)?;
         }
         Ok(())
@@ -611,36 +611,35 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
 
     /// The first launch of a job, or `None` when its recorded outcome stands (a success with
     /// the same fingerprint is reused; the job is finalized here).
-    fn launch_or_reuse(&mut self, i: usize, idx: usize) -> Option<Launch> {
-        let r = self.states[i].running()?;
+    ///
+    /// # Errors
+    /// The ledger cannot be read or written: the job would be left without an outcome.
+    fn launch_or_reuse(&mut self, i: usize, idx: usize) -> Result<Option<Launch>> {
+        let Some(r) = self.states[i].running() else {
+            return Ok(None);
+        };
         match r.history.decide(r.jobs.jobs.id(idx), r.fp(idx), r.policy) {
             Decision::Recorded(prev) if prev.succeeded() => {
                 r.jobs.done_before += 1;
-                self.finalize(i, idx, Outcome::Succeeded, Some(prev.offset), None);
-                None
+                self.finalize(i, idx, Outcome::Succeeded, Some(prev.offset), None)?;
+                Ok(None)
             }
             Decision::Recorded(prev) => {
                 // A stage taken as recorded keeps its latest failure.
-                match r.jobs.record_at(prev.offset) {
-                    Ok(rec) => {
-                        let outcome = rec.outcome.clone();
-                        self.finalize(i, idx, outcome, Some(prev.offset), Some(&rec));
-                    }
-                    Err(e) => self.reporter.diagnostic(&e),
-                }
-                None
+                let rec = r.jobs.record_at(prev.offset)?;
+                let outcome = rec.outcome.clone();
+                self.finalize(i, idx, outcome, Some(prev.offset), Some(&rec))?;
+                Ok(None)
             }
             Decision::NotRecorded => {
                 let reason = "it has no recorded outcome".to_owned();
-                if let Err(e) = self.record_not_run(i, idx, reason) {
-                    self.reporter.diagnostic(&e);
-                }
-                None
+                self.record_not_run(i, idx, reason)?;
+                Ok(None)
             }
             Decision::Launch { attempt } => {
                 let job = r.planned_job(idx);
                 r.jobs.slots[idx].attempt = attempt;
-                Some(Launch { job, attempt })
+                Ok(Some(Launch { job, attempt }))
             }
         }
     }
@@ -727,7 +726,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         match r.plan.renderer.plan(&element) {
             Ok(p) => {
                 r.jobs.slots[idx].planned = Some(Arc::new(p));
-                if let Some(l) = self.launch_or_reuse(i, idx) {
+                if let Some(l) = self.launch_or_reuse(i, idx)? {
                     if let Some(r) = self.states[i].running() {
                         r.queued.push(l);
                     }
@@ -768,7 +767,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             result: None,
         };
         let offset = r.ledger.append(&record)?;
-        self.finalize(i, idx, outcome, Some(offset), Some(&record));
+        self.finalize(i, idx, outcome, Some(offset), Some(&record))?;
         Ok(())
     }
 
@@ -877,7 +876,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             return Ok(());
         }
         let outcome = record.outcome.clone();
-        self.finalize(i, idx, outcome, Some(offset), Some(&record));
+        self.finalize(i, idx, outcome, Some(offset), Some(&record))?;
         if let Outcome::OutputLost { .. } = &record.outcome {
             // A full disk: every further job would lose its output too.
             let dir = self.layout.logs_dir(name);
@@ -898,6 +897,9 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
 
     /// Job `idx` of running stage `i` ended for this run with `outcome`; its result is in the
     /// record at `result` in the stage's ledger.
+    ///
+    /// # Errors
+    /// Feeding an element-wise dependent could not read or write a ledger.
     fn finalize(
         &mut self,
         i: usize,
@@ -905,14 +907,14 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         outcome: Outcome,
         result: Option<u64>,
         record: Option<&JobRecord>,
-    ) {
+    ) -> Result<()> {
         let manifest = self.manifest;
         let name = manifest.stages[i].name.as_str();
         let Some(r) = self.states[i].running() else {
-            return;
+            return Ok(());
         };
         if r.jobs.slots[idx].outcome.is_some() {
-            return;
+            return Ok(());
         }
         let job = r.jobs.jobs.at(idx);
         // Parsed from the job's value only when something shows it (not for a reused job).
@@ -957,10 +959,9 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             })
             .collect();
         for d in dependents {
-            if let Err(e) = self.feed_element(d, idx, &outcome) {
-                self.reporter.diagnostic(&e);
-            }
+            self.feed_element(d, idx, &outcome)?;
         }
+        Ok(())
     }
 
     /// Ends every running stage whose jobs have all ended (its files written, its backend
