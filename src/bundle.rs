@@ -163,11 +163,6 @@ pub fn write(
                 }
             }
         }
-        let dep_kind = if stage.on_failure == OnFailure::Continue {
-            "afterany"
-        } else {
-            "afterok"
-        };
         let _ = writeln!(
             b.sh,
             "\n# stage `{name}` ({kind})\n{}=\"\"\npp_prepare {} {}",
@@ -184,7 +179,7 @@ pub fn write(
             .as_ref()
             .filter(|_| !element_wise && needs.is_empty());
         match static_plan {
-            Some((jobs, plan)) => b.static_stage(&s, jobs, plan, dep_kind, &dep_ids)?,
+            Some((jobs, plan)) => b.static_stage(&s, jobs, plan)?,
             None => {
                 // With `on_failure = "stop"`, a need with a job that did not succeed keeps
                 // the stage from running.
@@ -235,16 +230,10 @@ struct StageFiles<'a> {
 }
 
 impl Bundle<'_> {
-    /// A stage whose jobs are known now: the scripts of the jobs that would be launched
-    /// (arrays, or one local script), cut and packed as `run` would.
-    fn static_stage(
-        &mut self,
-        s: &StageFiles,
-        jobs: &Jobs,
-        plan: &StagePlan,
-        dep_kind: &str,
-        dep_ids: &[String],
-    ) -> Result<()> {
+    /// A stage whose jobs are known now (it needs no other stage, so its arrays wait for
+    /// nothing): the scripts of the jobs that would be launched (arrays, or one local
+    /// script), cut and packed as `run` would.
+    fn static_stage(&mut self, s: &StageFiles, jobs: &Jobs, plan: &StagePlan) -> Result<()> {
         let (m, layout, name, kind) = (self.m, self.layout, s.name, s.kind);
         store::write_jobs(&s.dir.join("jobs.jsonl"), jobs)?;
         let launches =
@@ -326,14 +315,14 @@ impl Bundle<'_> {
                     q(&rel_path),
                 );
             } else {
-                // With a throttle, arrays of a stage run one after another.
+                // With a throttle, arrays of a stage run one after another; they wait for
+                // nothing else (no IDS, so the kind `afterok` is never used).
                 let after_prev = if throttled && k > 0 { "$prev" } else { "" };
                 let var = &s.var;
                 let _ = writeln!(
                     self.sh,
-                    "prev=$(pp_submit_{} {dep_kind} \"{}\" \"{after_prev}\" {} {})\npp_record {} \"$prev\" {} {} {}\n{var}=\"${{{var}}}${{{var}:+ }}$prev\"",
+                    "prev=$(pp_submit_{} afterok \"\" \"{after_prev}\" {} {})\npp_record {} \"$prev\" {} {} {}\n{var}=\"${{{var}}}${{{var}:+ }}$prev\"",
                     kind.as_str(),
-                    dep_ids.join(" "),
                     q(&rel_path),
                     q(&s.rel.join(&data_name)),
                     q(&s.state_dir),
