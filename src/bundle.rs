@@ -248,12 +248,7 @@ impl Bundle<'_> {
             .settings
             .auto_bundle
             .filter(|_| kind != BackendKind::Local);
-        let min_tasks = spec
-            .settings
-            .max_parallel
-            .map_or(packing::AUTO_MIN_TASKS, |p| {
-                packing::AUTO_MIN_TASKS.min(p as usize)
-            });
+        let min_tasks = packing::min_tasks(spec.settings.max_parallel);
         let script = ArrayScript::new(backend::syntax(kind), &spec)?;
         if launches.is_empty() {
             let _ = writeln!(self.sh, "echo \"stage {name}: every job is done already\"");
@@ -468,15 +463,7 @@ fn tasks_json(tasks: &[Vec<Launch>]) -> String {
     let lines: Vec<String> = tasks
         .iter()
         .map(|t| {
-            let r: Vec<SubmittedJob> = t
-                .iter()
-                .map(|l| SubmittedJob {
-                    index: l.job.index,
-                    id: l.job.id.to_string(),
-                    attempt: l.attempt,
-                    fp: l.job.fp.clone(),
-                })
-                .collect();
+            let r: Vec<SubmittedJob> = t.iter().map(SubmittedJob::from).collect();
             serde_json::to_string(&r).expect("serializes")
         })
         .collect();
