@@ -123,8 +123,8 @@ impl<'a> Runner<'a> {
     /// Runs until every selected stage is done, skipped or interrupted.
     ///
     /// # Errors
-    /// Only errors that make the state untrustworthy (the ledger cannot be written) or a
-    /// backend failure; job failures are outcomes, not errors.
+    /// Only errors that make the state untrustworthy (the ledger cannot be written, or read
+    /// back) or a backend failure; job failures are outcomes, not errors.
     pub fn run(mut self, mut prepared: Prepared) -> Result<RunReport> {
         let tx = Mutex::new(self.tx.clone());
         let subscription = self.signals.subscribe(move |signal, count| {
@@ -765,7 +765,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         if let (Some(live), BackendKind::Local) = (&self.live, r.plan.settings.backend) {
             // Only now may recovery forget the job's group.
             live.append(&store::LiveLine::Recorded {
-                stage: r.plan.name.to_string(),
+                stage: self.manifest.stages[i].name.as_str().to_owned(),
                 id: record.id.clone(),
                 attempt: record.attempt,
             })

@@ -2,6 +2,11 @@
 //! stage has nothing, a running one its plan, backend, ledger and per-job slots, an ended one
 //! only what later stages and the report read (its jobs, their outcomes and where their
 //! results are).
+//!
+//! The running phase does the per-job work on its own data: start a job or take its recorded
+//! outcome, record what the runner decides, retry within the budgets, adopt, submit, cancel,
+//! finalize. The runner matches a stage's phase once per event and does only what crosses
+//! stages or leaves the run: the reporter, feeding element-wise stages.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
