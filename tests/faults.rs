@@ -142,6 +142,37 @@ run = "if [ {{job}} = 2 ]; then rm -rf {{stage.dir}}; fi; sleep 0.2"
         .stderr_has("deleted or replaced during the run");
 }
 
+/// An upstream result that cannot be read back when an element-wise job is fed (here job 2
+/// of `a` cuts `a`'s ledger short once job 1 is recorded, so its own record is not where the
+/// runner wrote it) is the run's error, at once and once: it used to be a side diagnostic that
+/// left the job of `b` without an outcome, and the run failed only later, on the same read.
+#[test]
+fn unreadable_upstream_result_stops_the_run_with_exit_3() {
+    let t = Test::new().manifest(
+        r#"
+[workflow]
+name = "w"
+[stages.a]
+jobs = [1, 2]
+max_parallel = 2
+run = "if [ {{job}} = 2 ]; then while [ ! -s {{stage.dir}}/ledger.jsonl ]; do sleep 0.05; done; : > {{stage.dir}}/ledger.jsonl; fi"
+[stages.b]
+for_each = "a"
+run = "true"
+"#,
+    );
+    let out = t.run(&["run"]);
+    out.code(3)
+        .stderr_has("a/ledger.jsonl")
+        .stderr_has("no record at byte");
+    assert_eq!(
+        out.stderr.matches("no record at byte").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+}
+
 /// A 2 MiB tmpfs mounted for one test (root only; unmounted when dropped).
 struct Tmpfs(PathBuf);
 

@@ -578,17 +578,7 @@ impl ClusterBackend {
             let first = self.syntax.script.first_index;
             let mut record = Vec::with_capacity(tasks.len());
             for (t, launches) in tasks.into_iter().enumerate() {
-                record.push(
-                    launches
-                        .iter()
-                        .map(|l| SubmittedJob {
-                            index: l.job.index,
-                            id: l.job.id.to_string(),
-                            attempt: l.attempt,
-                            fp: l.job.fp.clone(),
-                        })
-                        .collect(),
-                );
+                record.push(launches.iter().map(SubmittedJob::from).collect());
                 for l in launches {
                     self.tracked.insert(
                         (l.job.index, l.attempt),
@@ -673,13 +663,7 @@ impl ClusterBackend {
                 return true;
             }
         };
-        let min_tasks = self
-            .spec
-            .settings
-            .max_parallel
-            .map_or(packing::AUTO_MIN_TASKS, |p| {
-                packing::AUTO_MIN_TASKS.min(p as usize)
-            });
+        let min_tasks = packing::min_tasks(self.spec.settings.max_parallel);
         let launches: Vec<Launch> = self.pending.drain(..).collect();
         let recorded = launches
             .iter()

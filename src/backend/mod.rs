@@ -72,6 +72,18 @@ pub struct Launch {
     pub attempt: u32,
 }
 
+impl From<&Launch> for crate::store::SubmittedJob {
+    /// How a submission records the launch (`submissions.jsonl`, a bundle's `.tasks.json`).
+    fn from(l: &Launch) -> Self {
+        Self {
+            index: l.job.index,
+            id: l.job.id.to_string(),
+            attempt: l.attempt,
+            fp: l.job.fp.clone(),
+        }
+    }
+}
+
 /// Records one submitted array durably; a cluster backend calls it right after each
 /// submission returns, before anything else happens (see [`create`]).
 pub type Recorder = Box<dyn FnMut(&crate::store::Submission) -> Result<()> + Send>;

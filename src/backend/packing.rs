@@ -35,6 +35,13 @@ pub const WAVE_SETTLE: Duration = Duration::from_secs(1);
 /// packing never serializes what would have run side by side.
 pub const AUTO_MIN_TASKS: usize = 10;
 
+/// The fewest tasks automatic bundling spreads a stage's jobs over: [`AUTO_MIN_TASKS`], or
+/// `max_parallel` when lower (more tasks than may run at once would gain nothing).
+#[must_use]
+pub fn min_tasks(max_parallel: Option<u32>) -> usize {
+    max_parallel.map_or(AUTO_MIN_TASKS, |p| AUTO_MIN_TASKS.min(p as usize))
+}
+
 /// How many tasks jobs totalling `total` seconds need for tasks near `target` seconds: at least
 /// `min_tasks` (and 1), at most `jobs`.
 #[must_use]
@@ -194,6 +201,14 @@ mod tests {
         // Never more tasks than jobs, never fewer than one.
         assert_eq!(task_count(1e9, 1.0, 7, 10), 7);
         assert_eq!(task_count(0.0, 600.0, 3, 0), 1);
+    }
+
+    /// The minimum number of tasks, lowered by `max_parallel`.
+    #[test]
+    fn min_tasks_is_the_minimum_or_max_parallel_when_lower() {
+        assert_eq!(min_tasks(None), AUTO_MIN_TASKS);
+        assert_eq!(min_tasks(Some(3)), 3);
+        assert_eq!(min_tasks(Some(500)), AUTO_MIN_TASKS);
     }
 
     /// Thousands of short jobs become tens of tasks, each near the others' length.

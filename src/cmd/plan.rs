@@ -144,12 +144,7 @@ fn auto_bundling(
     let v = match packing::estimate(ids.iter().copied(), &known) {
         Some(d) => {
             let recorded = ids.iter().filter(|id| known.contains_key(**id)).count();
-            let min_tasks = p
-                .settings
-                .max_parallel
-                .map_or(packing::AUTO_MIN_TASKS, |m| {
-                    packing::AUTO_MIN_TASKS.min(m as usize)
-                });
+            let min_tasks = packing::min_tasks(p.settings.max_parallel);
             let (_, packing) = packing::pack(&d, recorded, task_time, min_tasks);
             serde_json::json!({"mode": "auto", "task_time": task_time, "packing": packing})
         }

@@ -18,7 +18,7 @@ mod stage;
 pub use outputs::write_report;
 pub use recover::{recover, watchdog};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
@@ -26,20 +26,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::backend::{self, Adopt, CancelMode, Event, Launch, StageSpec};
+use crate::backend::{self, CancelMode, Event, StageSpec};
 use crate::error::{Error, Result};
 use crate::graph::StageGraph;
 use crate::jobs::{self, Job, Jobs, SourceKind};
 use crate::manifest::{BackendKind, JobSource, Manifest, OnFailure};
 use crate::outcome::{JobRecord, Outcome};
 use crate::plan::{self, StagePlan, Upstream, UpstreamStage};
-use crate::resume::{self, Collect, Decision, Policy, ResultSpec, StageHistory};
+use crate::resume::{self, Collect, Policy, ResultSpec, StageHistory};
 use crate::signals::Signals;
 use crate::store::{self, Layout, Ledger, LedgerReader};
-use crate::summary::{FailedJob, Reporter, RunReport, StageReport};
+use crate::summary::{Reporter, RunReport, StageReport};
 
 use recover::start_watchdog;
-use stage::{Ended, JobSlot, Phase, Running, StageJobs};
+use stage::{Ended, JobSlot, Phase, Running, SUCCEEDED, StageJobs, Start};
 
 /// Choices that come from the command line (`--backend` and `--max-parallel` are already in
 /// each stage's settings: `cmd::load` resolved them).
@@ -58,9 +58,6 @@ pub struct RunOptions {
 
 /// A stage's jobs, expanded before the run started (for validation), if they could be.
 pub type Prepared = Vec<Option<(Jobs, StagePlan)>>;
-
-/// How many failed jobs get their stderr tail read for the summary.
-const TAILS_SHOWN: usize = 20;
 
 /// One run of a manifest.
 pub struct Runner<'a> {
@@ -138,8 +135,8 @@ impl<'a> Runner<'a> {
     /// Runs until every selected stage is done, skipped or interrupted.
     ///
     /// # Errors
-    /// Only errors that make the state untrustworthy (the ledger cannot be written) or a
-    /// backend failure; job failures are outcomes, not errors.
+    /// Only errors that make the state untrustworthy (the ledger cannot be written, or read
+    /// back) or a backend failure; job failures are outcomes, not errors.
     pub fn run(mut self, mut prepared: Prepared) -> Result<RunReport> {
         let tx = Mutex::new(self.tx.clone());
         let subscription = self.signals.subscribe(move |signal, count| {
@@ -540,7 +537,7 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         let n = jobs.len();
         // Commands are rendered again when a job is launched (`planned_job`), not kept.
         let next_poll = backend.next_poll().map(|d| Instant::now() + d);
-        self.states[i] = Phase::Running(Box::new(Running {
+        let mut r = Box::new(Running {
             jobs: StageJobs {
                 jobs,
                 slots: vec![JobSlot::default(); n],
@@ -558,234 +555,158 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             in_flight: 0,
             started: Instant::now(),
             next_poll,
-        }));
+        });
         self.reporter.stage_started(i, &name, n, kind);
-
-        if let JobSource::ForEach(_) = stage.source {
-            // Feed the elements whose upstream job already ended.
-            let up = self.graph.needs(i)[0];
-            for idx in 0..n {
-                let ended = self.states[up]
-                    .jobs()
-                    .and_then(|j| j.slots[idx].outcome.clone());
-                if let Some(o) = ended {
-                    self.feed_element(i, idx, &o)?;
-                }
-            }
-        } else {
-            let adopted = self.adopt(i);
-            let launches: Vec<Launch> = (0..n)
-                .filter(|idx| !adopted.contains(idx))
-                .filter_map(|idx| self.launch_or_reuse(i, idx))
-                .collect();
-            self.submit(i, launches)?;
-        }
-        Ok(())
+        // The stage runs even when starting its jobs fails: the run's error path stops what
+        // it adopted or launched.
+        let started = self.start_jobs(i, &mut r);
+        self.states[i] = Phase::Running(r);
+        started
     }
 
-    /// Hands tasks of earlier runs that have no recorded outcome to the backend; returns the
-    /// job indices it took over (they are in flight now).
-    fn adopt(&mut self, i: usize) -> HashSet<usize> {
-        let Some(r) = self.states[i].running() else {
-            return HashSet::new();
-        };
-        let adoptable = r.history.adoptable(&r.jobs.jobs, &r.plan.fps, r.policy);
-        if adoptable.is_empty() {
-            return HashSet::new();
+    /// Starts the jobs of stage `i`, which has just started (its dependents have not):
+    /// adopts what earlier runs left running, reuses what they recorded, launches the rest;
+    /// an element-wise stage gets the elements whose upstream job already ended.
+    fn start_jobs(&mut self, i: usize, r: &mut Running) -> Result<()> {
+        let stage = &self.manifest.stages[i];
+        if let JobSource::ForEach(up_name) = &stage.source {
+            let up = self.graph.needs(i)[0];
+            let stop = stage.on_failure == OnFailure::Stop;
+            for idx in 0..r.jobs.slots.len() {
+                // An upstream stage that did not start (unselected) gave this one no jobs.
+                let Some(up_jobs) = self.states[up].jobs_mut() else {
+                    break;
+                };
+                let Some(upstream) = up_jobs.slots[idx].outcome.clone() else {
+                    continue;
+                };
+                let element;
+                let fed = if !upstream.is_success() && stop {
+                    Err(format!("upstream job of `{up_name}` did not succeed"))
+                } else {
+                    element = element_of(up_jobs, &self.layout, up_name.as_str(), idx, &upstream)?;
+                    Ok(&element)
+                };
+                if let Some((offset, rec)) = feed(r, idx, fed, &self.run_id, self.reporter)? {
+                    if let Some(label) = r.finalize(idx, offset, rec.as_ref(), &self.layout) {
+                        self.ended(i, idx, rec.as_ref(), label)?;
+                    }
+                }
+            }
+            return Ok(());
         }
-        let open: Vec<Adopt> = adoptable
-            .into_iter()
-            .map(|a| Adopt {
-                launch: Launch {
-                    job: r.planned_job(a.index),
-                    attempt: a.attempt,
-                },
-                job_id: a.job_id,
-                position: a.position,
-            })
-            .collect();
-        let attempts: HashMap<usize, u32> = open
-            .iter()
-            .map(|a| (a.launch.job.index, a.launch.attempt))
-            .collect();
-        let kept = r.backend.adopt(open);
-        for &idx in &kept {
-            r.jobs.slots[idx].attempt = attempts[&idx];
-        }
-        r.in_flight += kept.len();
-        if !kept.is_empty() {
+        let adopted = r.adopt();
+        if !adopted.is_empty() {
             self.reporter.message(&format!(
                 "stage `{}`: reattached to {} of an earlier run",
-                self.manifest.stages[i].name,
-                crate::error::count(kept.len(), "job")
+                stage.name,
+                crate::error::count(adopted.len(), "job")
             ));
         }
-        kept.into_iter().collect()
-    }
-
-    /// The first launch of a job, or `None` when its recorded outcome stands (a success with
-    /// the same fingerprint is reused; the job is finalized here).
-    fn launch_or_reuse(&mut self, i: usize, idx: usize) -> Option<Launch> {
-        let r = self.states[i].running()?;
-        match r
-            .history
-            .decide_at(idx, r.jobs.jobs.id(idx), r.fp(idx), r.policy)
-        {
-            Decision::Recorded(prev) if prev.succeeded() => {
-                r.jobs.done_before += 1;
-                self.finalize(i, idx, Outcome::Succeeded, Some(prev.offset), None);
-                None
-            }
-            Decision::Recorded(prev) => {
-                // A stage taken as recorded keeps its latest failure.
-                match r.jobs.record_at(prev.offset) {
-                    Ok(rec) => {
-                        let outcome = rec.outcome.clone();
-                        self.finalize(i, idx, outcome, Some(prev.offset), Some(&rec));
+        let mut launches = Vec::new();
+        for idx in (0..r.jobs.slots.len()).filter(|idx| !adopted.contains(idx)) {
+            match r.start(idx, &self.run_id)? {
+                Start::Launch(l) => launches.push(l),
+                Start::Ended(offset, rec) => {
+                    if let Some(label) = r.finalize(idx, offset, rec.as_ref(), &self.layout) {
+                        self.ended(i, idx, rec.as_ref(), label)?;
                     }
-                    Err(e) => self.reporter.diagnostic(&e),
                 }
-                None
-            }
-            Decision::NotRecorded => {
-                let reason = "it has no recorded outcome".to_owned();
-                if let Err(e) = self.record_not_run(i, idx, reason) {
-                    self.reporter.diagnostic(&e);
-                }
-                None
-            }
-            Decision::Launch { attempt } => {
-                let job = r.planned_job(idx);
-                r.jobs.slots[idx].attempt = attempt;
-                Some(Launch { job, attempt })
             }
         }
+        r.submit(launches)
     }
 
     /// Submits the retries and element-wise jobs that handling a batch of events produced:
     /// one submission per stage, not one per job.
     fn submit_queued(&mut self) -> Result<()> {
         for i in 0..self.states.len() {
-            let Some(r) = self.states[i].running() else {
+            let Phase::Running(r) = &mut self.states[i] else {
                 continue;
             };
             let queued = std::mem::take(&mut r.queued);
-            if self.interrupted {
-                for l in queued {
-                    self.record_not_run(i, l.job.index, "run interrupted".to_owned())?;
-                }
-            } else {
-                self.submit(i, queued)?;
+            if !self.interrupted {
+                r.submit(queued)?;
+                continue;
             }
+            let mut ended = Vec::new();
+            for l in queued {
+                let reason = "run interrupted".to_owned();
+                let outcome = Outcome::NotRun { reason };
+                ended.extend(r.record_end(l.job.index, 0, outcome, &self.run_id, &self.layout)?);
+            }
+            self.report_ended(i, ended)?;
         }
         Ok(())
     }
 
-    fn submit(&mut self, i: usize, launches: Vec<Launch>) -> Result<()> {
-        if launches.is_empty() {
-            return Ok(());
-        }
-        let Some(r) = self.states[i].running() else {
-            return Ok(());
-        };
-        let n = launches.len();
-        r.in_flight += n;
-        if let Err(e) = r.backend.submit(launches) {
-            r.in_flight -= n;
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Job `idx` of element-wise stage `i` may go: its upstream job ended with `upstream`.
-    fn feed_element(&mut self, i: usize, idx: usize, upstream: &Outcome) -> Result<()> {
-        let stage = &self.manifest.stages[i];
-        let up = self.graph.needs(i)[0];
-        if !upstream.is_success() && stage.on_failure == OnFailure::Stop {
-            let reason = format!(
-                "upstream job of `{}` did not succeed",
-                self.manifest.stages[up].name
-            );
-            self.record_not_run(i, idx, reason)?;
-            return Ok(());
-        }
-        let manifest = self.manifest;
-        let up_name = manifest.stages[up].name.as_str();
-        let Some(up_jobs) = self.states[up].jobs_mut() else {
-            return Ok(());
-        };
-        // Inserted as values, not through `json!`: its `to_value` would rewrite numbers
-        // (`1E2` to `1e+2`), and numbers reach the command as written.
-        let result = up_jobs.result(idx)?.map_or(Value::Null, |r| {
-            jobs::parse_value(&r.to_json()).unwrap_or(Value::Null)
-        });
-        let up_job = up_jobs.jobs.at(idx);
-        let mut value = json!({
-            "id": up_job.id,
-            "index": idx,
-            "exit_code": upstream.exit_code(),
-            "outcome": upstream.describe(),
-            "stdout": self.layout.log_out(up_name, up_job.id),
-            "stderr": self.layout.log_err(up_name, up_job.id),
-        });
-        if let Value::Object(map) = &mut value {
-            map.insert("upstream".to_owned(), up_job.value());
-            map.insert("result".to_owned(), result);
-        }
-        let element = Job {
-            index: idx,
-            id: up_job.job_id(),
-            json: serde_json::to_string(&value).expect("serializes"),
-            value,
-        };
-        let Some(r) = self.states[i].running() else {
-            return Ok(());
-        };
-        match r.plan.renderer.plan(&element) {
-            Ok(p) => {
-                r.jobs.slots[idx].planned = Some(Arc::new(p));
-                if let Some(l) = self.launch_or_reuse(i, idx) {
-                    if let Some(r) = self.states[i].running() {
-                        r.queued.push(l);
-                    }
-                }
-            }
-            Err(e) => {
-                self.reporter.diagnostic(&e);
-                self.record_not_run(i, idx, "its command could not be rendered".to_owned())?;
-            }
-        }
-        Ok(())
-    }
-
-    fn record_not_run(&mut self, i: usize, idx: usize, reason: String) -> Result<()> {
-        self.record_outcome(i, idx, 0, Outcome::NotRun { reason })
-    }
-
-    /// Records an outcome the runner decided itself (not run, interrupted).
-    fn record_outcome(
+    /// Job `idx` of stage `i` ended (see [`Running::finalize`]) with `record`'s outcome (a
+    /// reused success when `None`): tells the reporter, then feeds the element-wise stages
+    /// that read `i`.
+    fn ended(
         &mut self,
         i: usize,
         idx: usize,
-        attempt: u32,
-        outcome: Outcome,
+        record: Option<&JobRecord>,
+        label: Option<String>,
     ) -> Result<()> {
-        let Some(r) = self.states[i].running() else {
-            return Ok(());
-        };
-        let record = JobRecord {
-            index: idx,
-            id: r.jobs.jobs.id(idx).to_owned(),
-            attempt,
-            outcome: outcome.clone(),
-            start: None,
-            end: None,
-            run: self.run_id.clone(),
-            fp: String::new(),
-            result: None,
-        };
-        let offset = r.ledger.append(&record)?;
-        self.finalize(i, idx, outcome, Some(offset), Some(&record));
+        match record {
+            Some(rec) => self.reporter.job_finished(i, rec, label.as_deref()),
+            None => self.reporter.job_reused(i),
+        }
+        self.feed_dependents(i, idx, record.map_or(&SUCCEEDED, |r| &r.outcome))
+    }
+
+    /// [`Runner::ended`] for jobs of stage `i` recorded together (an interrupt).
+    fn report_ended(
+        &mut self,
+        i: usize,
+        ended: Vec<(usize, JobRecord, Option<String>)>,
+    ) -> Result<()> {
+        for (idx, rec, label) in ended {
+            self.ended(i, idx, Some(&rec), label)?;
+        }
+        Ok(())
+    }
+
+    /// Job `idx` of stage `up` ended with `upstream`: each running element-wise stage that
+    /// reads `up` gets its job `idx` (its element, or a record that it does not run).
+    fn feed_dependents(&mut self, up: usize, idx: usize, upstream: &Outcome) -> Result<()> {
+        let manifest = self.manifest;
+        let up_name = manifest.stages[up].name.as_str();
+        let mut element = None;
+        for d in 0..self.states.len() {
+            let stage = &manifest.stages[d];
+            // A dependent that has not started yet gets the element when it starts
+            // (`start_jobs`); one that ended or was skipped needs nothing more.
+            if !matches!(&stage.source, JobSource::ForEach(n) if n.as_str() == up_name)
+                || !matches!(self.states[d], Phase::Running(_))
+            {
+                continue;
+            }
+            let fed = if !upstream.is_success() && stage.on_failure == OnFailure::Stop {
+                Err(format!("upstream job of `{up_name}` did not succeed"))
+            } else {
+                Ok(match element {
+                    Some(ref e) => e,
+                    None => {
+                        // The stage whose job ended has started: its jobs are there.
+                        let Some(up_jobs) = self.states[up].jobs_mut() else {
+                            return Ok(());
+                        };
+                        element.insert(element_of(up_jobs, &self.layout, up_name, idx, upstream)?)
+                    }
+                })
+            };
+            let Phase::Running(r) = &mut self.states[d] else {
+                continue;
+            };
+            if let Some((offset, rec)) = feed(r, idx, fed, &self.run_id, self.reporter)? {
+                if let Some(label) = r.finalize(idx, offset, rec.as_ref(), &self.layout) {
+                    self.ended(d, idx, rec.as_ref(), label)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -821,83 +742,61 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
                 self.skip(i, "run interrupted".to_owned());
                 continue;
             }
-            let Some(r) = self.states[i].running() else {
+            let Phase::Running(r) = &mut self.states[i] else {
                 continue;
             };
-            let dropped = r.backend.cancel(mode);
-            r.in_flight -= dropped.len();
-            if let Some(u) = r.backend.uncancelled() {
-                // No outcome for these: they may still run.
-                r.in_flight -= u.launches.len();
-                r.remaining -= u.launches.len();
+            let (dropped, uncancelled) = r.cancel(mode);
+            if let Some(u) = uncancelled {
                 self.uncancelled.push((i, u));
             }
+            let mut ended = Vec::new();
             for (l, outcome) in dropped {
-                self.record_outcome(i, l.job.index, l.attempt, outcome)?;
+                let (idx, attempt) = (l.job.index, l.attempt);
+                ended.extend(r.record_end(idx, attempt, outcome, &self.run_id, &self.layout)?);
             }
             // Element-wise jobs not yet fed will never be.
-            let missing: Vec<usize> = self.states[i].jobs().map_or_else(Vec::new, |j| {
-                (0..j.slots.len())
-                    .filter(|&idx| j.slots[idx].outcome.is_none() && j.slots[idx].attempt == 0)
-                    .collect()
-            });
-            for idx in missing {
-                self.record_not_run(i, idx, "run interrupted".to_owned())?;
+            for idx in 0..r.jobs.slots.len() {
+                let slot = &r.jobs.slots[idx];
+                if slot.outcome.is_none() && slot.attempt == 0 {
+                    let reason = "run interrupted".to_owned();
+                    let outcome = Outcome::NotRun { reason };
+                    ended.extend(r.record_end(idx, 0, outcome, &self.run_id, &self.layout)?);
+                }
             }
+            self.report_ended(i, ended)?;
         }
         Ok(())
     }
 
     fn finished(&mut self, i: usize, record: JobRecord, staged: Option<PathBuf>) -> Result<()> {
-        let manifest = self.manifest;
-        let name = manifest.stages[i].name.as_str();
-        let Some(r) = self.states[i].running() else {
+        // A backend reports the jobs in flight, and a stage ends only once none is; only a
+        // launch that an interrupt could not cancel (no longer counted) may report after its
+        // stage ended: it has no outcome, the run's error names it.
+        let Phase::Running(r) = &mut self.states[i] else {
             return Ok(());
         };
-        r.in_flight -= 1;
-        // The outcome file it came from goes with the sync that makes the record durable.
-        let offset = r.ledger.append_staged(&record, staged)?;
+        let offset = r.append(&record, staged)?;
         if let (Some(live), BackendKind::Local) = (&self.live, r.plan.settings.backend) {
             // Only now may recovery forget the job's group.
             live.append(&store::LiveLine::Recorded {
-                stage: name.to_owned(),
+                stage: self.manifest.stages[i].name.as_str().to_owned(),
                 id: record.id.clone(),
                 attempt: record.attempt,
             })
             .map_err(|e| Error::store("append to", live.path(), e))?;
         }
-        let idx = record.index;
-        let settings = &r.plan.settings;
-        let (retries, resubmit_lost) = (settings.retries, settings.resubmit_lost);
-        let slot = &mut r.jobs.slots[idx];
-        // Lost tasks are resubmitted up to `resubmit_lost` times; failures are retried
-        // `retries` times; the two budgets are separate.
-        let again = if record.outcome == Outcome::Lost {
-            slot.losses += 1;
-            slot.losses <= resubmit_lost
-        } else if record.outcome.is_retryable() {
-            slot.failures += 1;
-            slot.failures <= retries
-        } else {
-            false
-        };
-        if again && !self.interrupted && !r.policy.recorded {
-            let label = slot
-                .planned
-                .as_ref()
-                .and_then(|p| crate::summary::job_label(&p.json));
+        if let Some(launch) = r.retry(&record, self.interrupted) {
+            let label = crate::summary::job_label(&launch.job.json);
             self.reporter.job_retrying(i, &record, label.as_deref());
-            let attempt = record.attempt + 1;
-            let job = r.planned_job(idx);
-            r.jobs.slots[idx].attempt = attempt;
-            r.queued.push(Launch { job, attempt });
+            r.queued.push(launch);
             return Ok(());
         }
-        let outcome = record.outcome.clone();
-        self.finalize(i, idx, outcome, Some(offset), Some(&record));
+        if let Some(label) = r.finalize(record.index, offset, Some(&record), &self.layout) {
+            self.ended(i, record.index, Some(&record), label)?;
+        }
         if let Outcome::OutputLost { .. } = &record.outcome {
             // A full disk: every further job would lose its output too.
-            let dir = self.layout.logs_dir(name);
+            let dir = self.layout.logs_dir(self.manifest.stages[i].name.as_str());
             let what = format!(
                 "job {} `{}` {} (recorded so); the run stops",
                 record.index,
@@ -911,73 +810,6 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
             ));
         }
         Ok(())
-    }
-
-    /// Job `idx` of running stage `i` ended for this run with `outcome`; its result is in the
-    /// record at `result` in the stage's ledger.
-    fn finalize(
-        &mut self,
-        i: usize,
-        idx: usize,
-        outcome: Outcome,
-        result: Option<u64>,
-        record: Option<&JobRecord>,
-    ) {
-        let manifest = self.manifest;
-        let name = manifest.stages[i].name.as_str();
-        let Some(r) = self.states[i].running() else {
-            return;
-        };
-        if r.jobs.slots[idx].outcome.is_some() {
-            return;
-        }
-        let job = r.jobs.jobs.at(idx);
-        // Parsed from the job's value only when something shows it (not for a reused job).
-        let label = (record.is_some() || !outcome.is_success())
-            .then(|| crate::summary::job_label(job.json))
-            .flatten();
-        if !outcome.is_success() && !matches!(outcome, Outcome::NotRun { .. }) {
-            let id = job.id.to_owned();
-            let out = self.layout.log_out(name, &id);
-            let err = self.layout.log_err(name, &id);
-            let tail = if r.jobs.failed.len() < TAILS_SHOWN {
-                store::tail(&err, 5)
-            } else {
-                None
-            };
-            r.jobs.failed.push(FailedJob {
-                index: idx,
-                id,
-                label: label.clone(),
-                outcome: outcome.clone(),
-                attempts: record.map_or(0, |r| r.attempt),
-                exit_code: outcome.exit_code(),
-                stdout_log: out.exists().then_some(out),
-                stderr_log: err.exists().then_some(err),
-                stderr_tail: tail,
-            });
-        }
-        let slot = &mut r.jobs.slots[idx];
-        slot.outcome = Some(outcome.clone());
-        slot.result = result;
-        r.remaining -= 1;
-        if let Some(rec) = record {
-            self.reporter.job_finished(i, rec, label.as_deref());
-        } else {
-            self.reporter.job_reused(i);
-        }
-        // Element-wise dependents that are already running get their element now.
-        let dependents: Vec<usize> = (0..self.states.len())
-            .filter(|&d| {
-                matches!(self.states[d], Phase::Running(_))
-                    && matches!(&self.manifest.stages[d].source, JobSource::ForEach(up) if up.as_str() == name)
-            })
-            .collect();
-        for d in dependents {
-            if let Err(e) = self.feed_element(d, idx, &outcome) {
-                self.reporter.diagnostic(&e);
-            }
-        }
     }
 
     /// Ends every running stage whose jobs have all ended (its files written, its backend
@@ -1008,6 +840,77 @@ cancel them with `poolparty cancel {}` once the scheduler answers (or `{command}
         }
         Ok(any)
     }
+}
+
+/// The element of job `idx` of the stage `up_name`, which ended with `upstream`, for the
+/// element-wise stages that read it: the upstream job's id, value, outcome, logs and result.
+///
+/// # Errors
+/// Its result cannot be read back from the ledger.
+fn element_of(
+    up_jobs: &mut StageJobs,
+    layout: &Layout,
+    up_name: &str,
+    idx: usize,
+    upstream: &Outcome,
+) -> Result<Job> {
+    // Inserted as values, not through `json!`: its `to_value` would rewrite numbers
+    // (`1E2` to `1e+2`), and numbers reach the command as written.
+    let result = up_jobs.result(idx)?.map_or(Value::Null, |r| {
+        jobs::parse_value(&r.to_json()).unwrap_or(Value::Null)
+    });
+    let up_job = up_jobs.jobs.at(idx);
+    let mut value = json!({
+        "id": up_job.id,
+        "index": idx,
+        "exit_code": upstream.exit_code(),
+        "outcome": upstream.describe(),
+        "stdout": layout.log_out(up_name, up_job.id),
+        "stderr": layout.log_err(up_name, up_job.id),
+    });
+    if let Value::Object(map) = &mut value {
+        map.insert("upstream".to_owned(), up_job.value());
+        map.insert("result".to_owned(), result);
+    }
+    Ok(Job {
+        index: idx,
+        id: up_job.job_id(),
+        json: serde_json::to_string(&value).expect("serializes"),
+        value,
+    })
+}
+
+/// Gives job `idx` of the running element-wise stage `r` its element (`Err`: why it does not
+/// run): renders its command and starts it (a launch waits in the stage's queue), or records
+/// it as not run. Returns how it ended, if it did (see [`Start::Ended`]).
+///
+/// # Errors
+/// The ledger cannot be read or written.
+fn feed(
+    r: &mut Running,
+    idx: usize,
+    element: std::result::Result<&Job, String>,
+    run_id: &str,
+    reporter: &Reporter,
+) -> Result<Option<(u64, Option<JobRecord>)>> {
+    let start = match element.map(|e| r.plan.renderer.plan(e)) {
+        Ok(Ok(p)) => {
+            r.jobs.slots[idx].planned = Some(Arc::new(p));
+            r.start(idx, run_id)?
+        }
+        Ok(Err(e)) => {
+            reporter.diagnostic(&e);
+            r.not_run(idx, "its command could not be rendered".to_owned(), run_id)?
+        }
+        Err(reason) => r.not_run(idx, reason, run_id)?,
+    };
+    Ok(match start {
+        Start::Launch(l) => {
+            r.queued.push(l);
+            None
+        }
+        Start::Ended(offset, rec) => Some((offset, rec)),
+    })
 }
 
 /// A fresh run id: UTC time plus the process id.

@@ -2,18 +2,31 @@
 //! stage has nothing, a running one its plan, backend, ledger and per-job slots, an ended one
 //! only what later stages and the report read (its jobs, their outcomes and where their
 //! results are).
+//!
+//! The running phase does the per-job work on its own data: start a job or take its recorded
+//! outcome, record what the runner decides, retry within the budgets, adopt, submit, cancel,
+//! finalize. The runner matches a stage's phase once per event and does only what crosses
+//! stages or leaves the run: the reporter, feeding element-wise stages.
 
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::{Backend, Launch};
+use crate::backend::{Adopt, Backend, CancelMode, Launch, Uncancelled};
 use crate::error::Result;
 use crate::jobs::Jobs;
 use crate::outcome::{JobRecord, Outcome, ResultValue, Stats};
 use crate::plan::{PlannedJob, StagePlan};
-use crate::resume::{Policy, StageHistory};
-use crate::store::{Ledger, LedgerReader};
+use crate::resume::{Decision, Policy, StageHistory};
+use crate::store::{self, Layout, Ledger, LedgerReader};
 use crate::summary::FailedJob;
+
+/// How many failed jobs get their stderr tail read for the summary.
+const TAILS_SHOWN: usize = 20;
+
+/// The outcome of a job ended without a record of this run (a reused success).
+pub(super) static SUCCEEDED: Outcome = Outcome::Succeeded;
 
 /// Where a stage is in the run.
 pub(super) enum Phase {
@@ -165,6 +178,238 @@ impl Running {
         job
     }
 
+    /// How job `idx` starts: launched, or ended by what earlier runs recorded (a success with
+    /// the same fingerprint is reused; a stage taken as recorded keeps its latest failure,
+    /// and a job of it with no record is recorded as not run).
+    ///
+    /// # Errors
+    /// The ledger cannot be read or written.
+    pub(super) fn start(&mut self, idx: usize, run_id: &str) -> Result<Start> {
+        Ok(
+            match self
+                .history
+                .decide_at(idx, self.jobs.jobs.id(idx), self.fp(idx), self.policy)
+            {
+                Decision::Recorded(prev) if prev.succeeded() => {
+                    self.jobs.done_before += 1;
+                    Start::Ended(prev.offset, None)
+                }
+                Decision::Recorded(prev) => {
+                    Start::Ended(prev.offset, Some(self.jobs.record_at(prev.offset)?))
+                }
+                Decision::NotRecorded => {
+                    self.not_run(idx, "it has no recorded outcome".to_owned(), run_id)?
+                }
+                Decision::Launch { attempt } => {
+                    let job = self.planned_job(idx);
+                    self.jobs.slots[idx].attempt = attempt;
+                    Start::Launch(Launch { job, attempt })
+                }
+            },
+        )
+    }
+
+    /// Records that job `idx` did not run, and why.
+    ///
+    /// # Errors
+    /// The ledger cannot be written.
+    pub(super) fn not_run(&mut self, idx: usize, reason: String, run_id: &str) -> Result<Start> {
+        let (offset, record) = self.record(idx, 0, Outcome::NotRun { reason }, run_id)?;
+        Ok(Start::Ended(offset, Some(record)))
+    }
+
+    /// [`Running::record`], then [`Running::finalize`]: the job, its record and its label,
+    /// unless it had ended already.
+    ///
+    /// # Errors
+    /// The ledger cannot be written.
+    pub(super) fn record_end(
+        &mut self,
+        idx: usize,
+        attempt: u32,
+        outcome: Outcome,
+        run_id: &str,
+        layout: &Layout,
+    ) -> Result<Option<(usize, JobRecord, Option<String>)>> {
+        let (offset, record) = self.record(idx, attempt, outcome, run_id)?;
+        Ok(self
+            .finalize(idx, offset, Some(&record), layout)
+            .map(|label| (idx, record, label)))
+    }
+
+    /// Records an outcome the runner decided itself (not run, interrupted).
+    ///
+    /// # Errors
+    /// The ledger cannot be written.
+    pub(super) fn record(
+        &mut self,
+        idx: usize,
+        attempt: u32,
+        outcome: Outcome,
+        run_id: &str,
+    ) -> Result<(u64, JobRecord)> {
+        let record = JobRecord {
+            index: idx,
+            id: self.jobs.jobs.id(idx).to_owned(),
+            attempt,
+            outcome,
+            start: None,
+            end: None,
+            run: run_id.to_owned(),
+            fp: String::new(),
+            result: None,
+        };
+        let offset = self.ledger.append(&record)?;
+        Ok((offset, record))
+    }
+
+    /// Appends the record of an attempt the backend reported (its outcome file, if any, goes
+    /// with the sync that makes the record durable); returns its offset.
+    ///
+    /// # Errors
+    /// The ledger cannot be written.
+    pub(super) fn append(&mut self, record: &JobRecord, staged: Option<PathBuf>) -> Result<u64> {
+        self.in_flight -= 1;
+        self.ledger.append_staged(record, staged)
+    }
+
+    /// The next attempt of the job `record` ended, if its budget allows one: lost tasks are
+    /// resubmitted up to `resubmit_lost` times, failures retried `retries` times; the two
+    /// budgets are separate. None once interrupted, nor for a stage taken as recorded.
+    pub(super) fn retry(&mut self, record: &JobRecord, interrupted: bool) -> Option<Launch> {
+        let settings = &self.plan.settings;
+        let slot = &mut self.jobs.slots[record.index];
+        let again = if record.outcome == Outcome::Lost {
+            slot.losses += 1;
+            slot.losses <= settings.resubmit_lost
+        } else if record.outcome.is_retryable() {
+            slot.failures += 1;
+            slot.failures <= settings.retries
+        } else {
+            false
+        };
+        if !again || interrupted || self.policy.recorded {
+            return None;
+        }
+        let attempt = record.attempt + 1;
+        let job = self.planned_job(record.index);
+        self.jobs.slots[record.index].attempt = attempt;
+        Some(Launch { job, attempt })
+    }
+
+    /// Hands tasks of earlier runs that have no recorded outcome to the backend; returns the
+    /// job indices it took over (they are in flight now).
+    pub(super) fn adopt(&mut self) -> HashSet<usize> {
+        let adoptable = self
+            .history
+            .adoptable(&self.jobs.jobs, &self.plan.fps, self.policy);
+        if adoptable.is_empty() {
+            return HashSet::new();
+        }
+        let open: Vec<Adopt> = adoptable
+            .into_iter()
+            .map(|a| Adopt {
+                launch: Launch {
+                    job: self.planned_job(a.index),
+                    attempt: a.attempt,
+                },
+                job_id: a.job_id,
+                position: a.position,
+            })
+            .collect();
+        let attempts: HashMap<usize, u32> = open
+            .iter()
+            .map(|a| (a.launch.job.index, a.launch.attempt))
+            .collect();
+        let kept = self.backend.adopt(open);
+        for &idx in &kept {
+            self.jobs.slots[idx].attempt = attempts[&idx];
+        }
+        self.in_flight += kept.len();
+        kept.into_iter().collect()
+    }
+
+    /// Hands `launches` to the backend.
+    ///
+    /// # Errors
+    /// The backend refused them (nothing was launched).
+    pub(super) fn submit(&mut self, launches: Vec<Launch>) -> Result<()> {
+        if launches.is_empty() {
+            return Ok(());
+        }
+        let n = launches.len();
+        self.in_flight += n;
+        if let Err(e) = self.backend.submit(launches) {
+            self.in_flight -= n;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Cancels what runs: returns the launches the backend settled itself, with their
+    /// outcome, and what it could not cancel (those get no outcome: they may still run).
+    pub(super) fn cancel(
+        &mut self,
+        mode: CancelMode,
+    ) -> (Vec<(Launch, Outcome)>, Option<Uncancelled>) {
+        let dropped = self.backend.cancel(mode);
+        self.in_flight -= dropped.len();
+        let uncancelled = self.backend.uncancelled();
+        if let Some(u) = &uncancelled {
+            self.in_flight -= u.launches.len();
+            self.remaining -= u.launches.len();
+        }
+        (dropped, uncancelled)
+    }
+
+    /// Job `idx` ended for this run: with `record`'s outcome (a reused success when `None`),
+    /// its result in the ledger record at `result`. Returns the label the reporter shows, or
+    /// `None` when the job had ended already (nothing to report).
+    pub(super) fn finalize(
+        &mut self,
+        idx: usize,
+        result: u64,
+        record: Option<&JobRecord>,
+        layout: &Layout,
+    ) -> Option<Option<String>> {
+        if self.jobs.slots[idx].outcome.is_some() {
+            return None;
+        }
+        let outcome = record.map_or(&SUCCEEDED, |r| &r.outcome);
+        let job = self.jobs.jobs.at(idx);
+        // Parsed from the job's value only when something shows it (not for a reused job).
+        let label = (record.is_some() || !outcome.is_success())
+            .then(|| crate::summary::job_label(job.json))
+            .flatten();
+        if !outcome.is_success() && !matches!(outcome, Outcome::NotRun { .. }) {
+            let id = job.id.to_owned();
+            let name = self.plan.name.as_str();
+            let out = layout.log_out(name, &id);
+            let err = layout.log_err(name, &id);
+            let tail = if self.jobs.failed.len() < TAILS_SHOWN {
+                store::tail(&err, 5)
+            } else {
+                None
+            };
+            self.jobs.failed.push(FailedJob {
+                index: idx,
+                id,
+                label: label.clone(),
+                outcome: outcome.clone(),
+                attempts: record.map_or(0, |r| r.attempt),
+                exit_code: outcome.exit_code(),
+                stdout_log: out.exists().then_some(out),
+                stderr_log: err.exists().then_some(err),
+                stderr_tail: tail,
+            });
+        }
+        let slot = &mut self.jobs.slots[idx];
+        slot.outcome = Some(outcome.clone());
+        slot.result = Some(result);
+        self.remaining -= 1;
+        Some(label)
+    }
+
     /// The fingerprint job `idx` has now.
     pub(super) fn fp(&self, idx: usize) -> &str {
         match &self.jobs.slots[idx].planned {
@@ -172,6 +417,15 @@ impl Running {
             None => self.plan.fps.get(idx).map_or("", |f| f.as_str()),
         }
     }
+}
+
+/// How a job starts (see [`Running::start`]).
+pub(super) enum Start {
+    /// It is launched.
+    Launch(Launch),
+    /// It ended without a launch: the ledger record at the offset holds its result; the
+    /// record itself, unless it is a reused success.
+    Ended(u64, Option<JobRecord>),
 }
 
 /// A stage whose jobs all ended.
