@@ -7,8 +7,9 @@
 //! reporter never call each other; only the runner passes what one says to the other.
 //!
 //! By role, as nextest splits executor, dispatcher and reporter: this file is the drive loop
-//! and event handling; [`stage`] holds each stage's phase, whose variants own the data that
-//! exists in them; [`outputs`] writes a stage's results and outcomes files and the run report;
+//! and event handling, matching a stage's phase once per event; [`stage`] holds each stage's
+//! phase, whose variants own the data that exists in them, and a running stage's per-job work
+//! (start or reuse, record, retry, adopt, submit, cancel, finalize); [`outputs`] writes a stage's results and outcomes files and the run report;
 //! [`mod@recover`] cleans up after a runner that died, and starts the watchdog.
 
 mod outputs;
