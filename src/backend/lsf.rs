@@ -77,15 +77,9 @@ pub fn format_time(t: WallTime) -> String {
 #[must_use]
 pub fn format_memory(m: &str) -> String {
     let m = m.trim();
-    match m.char_indices().last() {
-        Some((i, c))
-            if matches!(c.to_ascii_uppercase(), 'K' | 'M' | 'G' | 'T' | 'P')
-                && !m[..i].is_empty()
-                && m[..i].bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            format!("{}{}B", &m[..i], c.to_ascii_uppercase())
-        }
-        _ => m.to_owned(),
+    match super::syntax::size_and_unit(m) {
+        Some((n, unit)) => format!("{n}{}B", unit.to_ascii_uppercase()),
+        None => m.to_owned(),
     }
 }
 

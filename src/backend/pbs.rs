@@ -79,15 +79,9 @@ pub fn format_time(t: WallTime) -> String {
 #[must_use]
 pub fn format_memory(m: &str) -> String {
     let m = m.trim();
-    match m.char_indices().last() {
-        Some((i, c))
-            if matches!(c.to_ascii_lowercase(), 'k' | 'm' | 'g' | 't' | 'p')
-                && !m[..i].is_empty()
-                && m[..i].bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            format!("{}{}b", &m[..i], c.to_ascii_lowercase())
-        }
-        _ => m.to_owned(),
+    match super::syntax::size_and_unit(m) {
+        Some((n, unit)) => format!("{n}{}b", unit.to_ascii_lowercase()),
+        None => m.to_owned(),
     }
 }
 

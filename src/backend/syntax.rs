@@ -306,6 +306,17 @@ impl ArrayScript {
 }
 
 /// A POSIX shell variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+/// A memory size as a whole number and a one-letter unit (`4G` → `("4", 'G')`, the letter as
+/// written), or `None` for anything else (schedulers pass that on as written).
+pub fn size_and_unit(m: &str) -> Option<(&str, char)> {
+    let (i, c) = m.char_indices().last()?;
+    let n = &m[..i];
+    (matches!(c.to_ascii_uppercase(), 'K' | 'M' | 'G' | 'T' | 'P')
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit()))
+    .then_some((n, c))
+}
+
 fn is_identifier(s: &str) -> bool {
     s.chars()
         .next()
