@@ -1018,8 +1018,6 @@ mod tests {
 
     use super::*;
     use crate::backend::fake::{Recorded, recording, taken};
-    use crate::jobs::JobId;
-    use crate::plan::{Command, PlannedJob};
 
     /// A scheduler that logs its calls and lists every task of array `1` while `listed`.
     struct Fake {
@@ -1057,6 +1055,8 @@ mod tests {
         }
     }
 
+    use crate::backend::syntax::testing::launches;
+
     fn backend(
         dir: &Path,
         settings: impl FnOnce(&mut crate::manifest::Settings),
@@ -1067,34 +1067,12 @@ mod tests {
         Arc<Mutex<Vec<&'static str>>>,
         Recorded,
     ) {
-        let text =
-            "[workflow]\nname = \"w\"\n[stages.a]\nbackend = \"slurm\"\njobs = [1]\nrun = \"true\"\n"
-                .to_owned();
-        let m = crate::manifest::parse(&dir.join("poolparty.toml"), text).unwrap();
+        let spec = crate::backend::syntax::testing::spec(dir, "slurm", settings);
         let log = Arc::new(Mutex::new(Vec::new()));
         let sched = Fake {
             log: log.clone(),
             listed: Arc::new(Mutex::new(listed)),
         };
-        let mut spec = StageSpec {
-            stage: 0,
-            name: "a".into(),
-            workflow: "w".into(),
-            scripts_dir: dir.join("scripts"),
-            settings: m.stages[0].settings.clone(),
-            cwd: dir.to_path_buf(),
-            env: Vec::new(),
-            paths: crate::store::StagePaths {
-                logs_dir: dir.join("logs"),
-                results_dir: dir.join("results"),
-                staging_dir: dir.join("staging"),
-            },
-            run: "r".into(),
-            workers: 1,
-            durations: Arc::default(),
-            live: None,
-        };
-        settings(&mut spec.settings);
         let (tx, rx) = std::sync::mpsc::channel();
         let (recorder, recorded) = recording();
         let b = ClusterBackend::with_clock(
@@ -1107,21 +1085,6 @@ mod tests {
         )
         .unwrap();
         (b, rx, log, recorded)
-    }
-
-    fn launches(n: usize) -> Vec<Launch> {
-        (0..n)
-            .map(|i| Launch {
-                job: Arc::new(PlannedJob {
-                    index: i,
-                    id: JobId::new(&format!("j{i}")).unwrap(),
-                    json: i.to_string(),
-                    command: Command::Argv(vec!["echo".into(), format!("{i}")]),
-                    fp: String::new(),
-                }),
-                attempt: 1,
-            })
-            .collect()
     }
 
     fn ms(n: u64) -> Duration {
